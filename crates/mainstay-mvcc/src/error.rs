@@ -1,0 +1,36 @@
+//! Why a KV command was refused. The API layer maps each variant to etcd's exact
+//! gRPC code and message (mainstay-api's status table); nothing here knows gRPC.
+
+use serde::{Deserialize, Serialize};
+
+/// A KV request that cannot be served; the keyspace is unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum MvccError {
+    /// A request or compare named an empty key.
+    #[error("key is not provided")]
+    EmptyKey,
+    /// `ignore_value` / `ignore_lease` on a key that does not exist.
+    #[error("key not found")]
+    KeyNotFound,
+    /// `ignore_value` together with a value.
+    #[error("value is provided")]
+    ValueProvided,
+    /// `ignore_lease` together with a lease.
+    #[error("lease is provided")]
+    LeaseProvided,
+    /// More operations in one transaction level than allowed.
+    #[error("too many operations in txn request")]
+    TooManyOps,
+    /// A key written twice in one transaction branch.
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
+    /// The revision asked for has been compacted away.
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    /// The revision asked for does not exist yet.
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// A put named a lease that does not exist.
+    #[error("requested lease not found")]
+    LeaseNotFound,
+}

@@ -1,0 +1,379 @@
+//! The multi-version keyspace: every key's history of puts and deletions, the
+//! current revision and the compacted revision. Reads at any retained revision,
+//! writes through `Writer` (see `writer.rs`), compaction and a content hash.
+//!
+//! Everything is in memory and deterministic; `mainstay-storage` persists the
+//! `Change`s a write returns and rebuilds a `KeySpace` with `restore` on start-up.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::MvccError;
+use crate::types::{KeyValue, RangeRequest, RangeResponse, Revision, SortOrder, SortTarget};
+
+/// The live part of a put: what a key holds from `Record::revision` on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Live {
+    /// Revision of the put that created this incarnation.
+    pub create_revision: Revision,
+    /// Puts since creation.
+    pub version: i64,
+    /// The value.
+    pub value: Vec<u8>,
+    /// Attached lease, 0 for none.
+    pub lease: i64,
+}
+
+/// One step of a key's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Revision of the write.
+    pub revision: Revision,
+    /// The key's state from then on; `None` is a deletion (tombstone).
+    pub live: Option<Live>,
+}
+
+/// What a write or compaction changed, for the storage layer to persist in the
+/// same transaction as the applied log id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A record appended to a key's history.
+    Append {
+        /// The key.
+        key: Vec<u8>,
+        /// The new record.
+        record: Record,
+    },
+    /// Records dropped by compaction.
+    Remove {
+        /// The key.
+        key: Vec<u8>,
+        /// Revision of the dropped record.
+        revision: Revision,
+    },
+}
+
+/// The revision of an empty store, as in etcd: the first write gets revision 2.
+pub const INITIAL_REVISION: Revision = 1;
+
+/// Every key's history plus the store revisions. See the module docs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySpace {
+    /// Per key, its records in strictly increasing revision order; never empty.
+    pub(crate) keys: BTreeMap<Vec<u8>, Vec<Record>>,
+    /// The revision of the last effective write.
+    pub(crate) revision: Revision,
+    /// Reads below this revision fail with `Compacted`; 0 before any compaction.
+    pub(crate) compacted: Revision,
+}
+
+impl Default for KeySpace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KeySpace {
+    /// An empty keyspace at the initial revision.
+    pub fn new() -> Self {
+        KeySpace {
+            keys: BTreeMap::new(),
+            revision: INITIAL_REVISION,
+            compacted: 0,
+        }
+    }
+
+    /// Rebuilds a keyspace from persisted records (any order) and revisions.
+    pub fn restore(
+        records: impl IntoIterator<Item = (Vec<u8>, Record)>,
+        revision: Revision,
+        compacted: Revision,
+    ) -> Self {
+        let mut keys: BTreeMap<Vec<u8>, Vec<Record>> = BTreeMap::new();
+        for (key, record) in records {
+            assert!(
+                record.revision <= revision,
+                "record above the store revision"
+            );
+            keys.entry(key).or_default().push(record);
+        }
+        for history in keys.values_mut() {
+            history.sort_by_key(|record| record.revision);
+        }
+        assert!(
+            compacted <= revision,
+            "compacted {compacted} above revision {revision}"
+        );
+        KeySpace {
+            keys,
+            revision: revision.max(INITIAL_REVISION),
+            compacted,
+        }
+    }
+
+    /// The revision of the last effective write.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// The compacted revision (0 if never compacted).
+    pub fn compacted_revision(&self) -> Revision {
+        self.compacted
+    }
+
+    /// Every record, in key then revision order (for snapshots and hashing).
+    pub fn records(&self) -> impl Iterator<Item = (&[u8], &Record)> {
+        self.keys
+            .iter()
+            .flat_map(|(key, history)| history.iter().map(move |record| (key.as_slice(), record)))
+    }
+
+    /// Number of keys live at the current revision.
+    pub fn live_keys(&self) -> usize {
+        self.keys
+            .values()
+            .filter(|history| history.last().is_some_and(|r| r.live.is_some()))
+            .count()
+    }
+
+    /// Checks that `revision` (≤ 0 = current) can be read and resolves it.
+    pub fn resolve_read_revision(&self, revision: Revision) -> Result<Revision, MvccError> {
+        self.resolve_at(revision, self.revision)
+    }
+
+    pub(crate) fn resolve_at(
+        &self,
+        revision: Revision,
+        current: Revision,
+    ) -> Result<Revision, MvccError> {
+        if revision <= 0 {
+            return Ok(current);
+        }
+        if revision > current {
+            return Err(MvccError::FutureRevision);
+        }
+        if revision < self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        Ok(revision)
+    }
+
+    /// The key as of `revision`, if it was live then.
+    pub fn get(&self, key: &[u8], revision: Revision) -> Option<KeyValue> {
+        let history = self.keys.get(key)?;
+        record_at(history, revision).and_then(|record| to_key_value(key, record))
+    }
+
+    /// Keys live at `revision` in `[key, range_end)` (etcd's range_end rules), in key order.
+    pub fn live_in_range<'a>(
+        &'a self,
+        key: &'a [u8],
+        range_end: &'a [u8],
+        revision: Revision,
+    ) -> impl Iterator<Item = KeyValue> + 'a {
+        self.histories_in_range(key, range_end)
+            .filter_map(move |(k, history)| {
+                record_at(history, revision).and_then(|record| to_key_value(k, record))
+            })
+    }
+
+    pub(crate) fn histories_in_range<'a>(
+        &'a self,
+        key: &'a [u8],
+        range_end: &'a [u8],
+    ) -> Box<dyn Iterator<Item = (&'a [u8], &'a Vec<Record>)> + 'a> {
+        let iter: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<Record>)>> = if range_end.is_empty() {
+            Box::new(self.keys.get_key_value(key).into_iter())
+        } else if range_end == [0] {
+            Box::new(
+                self.keys
+                    .range::<[u8], _>((Bound::Included(key), Bound::Unbounded)),
+            )
+        } else if range_end <= key {
+            Box::new(std::iter::empty())
+        } else {
+            Box::new(
+                self.keys
+                    .range::<[u8], _>((Bound::Included(key), Bound::Excluded(range_end))),
+            )
+        };
+        Box::new(iter.map(|(k, history)| (k.as_slice(), history)))
+    }
+
+    /// Serves a range read at `request.revision` (validated against `current`).
+    pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        self.range_at(request, self.revision)
+    }
+
+    pub(crate) fn range_at(
+        &self,
+        request: &RangeRequest,
+        current: Revision,
+    ) -> Result<RangeResponse, MvccError> {
+        if request.key.is_empty() {
+            return Err(MvccError::EmptyKey);
+        }
+        let revision = self.resolve_at(request.revision, current)?;
+        let filtered = request.min_mod_revision > 0
+            || request.max_mod_revision > 0
+            || request.min_create_revision > 0
+            || request.max_create_revision > 0;
+        let sorted = !(request.sort_target == SortTarget::Key
+            && matches!(request.sort_order, SortOrder::None | SortOrder::Ascend));
+        let limit = usize::try_from(request.limit).unwrap_or(0);
+        let mut count: i64 = 0;
+        let mut kvs = Vec::new();
+        for kv in self.live_in_range(&request.key, &request.range_end, revision) {
+            count += 1;
+            if request.count_only {
+                continue;
+            }
+            if !filtered && !sorted && limit > 0 && kvs.len() > limit {
+                // The limit is pushed down: one extra key is enough to know `more`.
+                continue;
+            }
+            kvs.push(kv);
+        }
+        if filtered {
+            kvs.retain(|kv| passes_filters(request, kv));
+        }
+        if sorted {
+            sort_kvs(&mut kvs, request.sort_order, request.sort_target);
+        }
+        let mut more = false;
+        if limit > 0 && kvs.len() > limit {
+            kvs.truncate(limit);
+            more = true;
+        }
+        if request.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        Ok(RangeResponse {
+            revision: current,
+            kvs,
+            more,
+            count,
+        })
+    }
+
+    /// Drops history below `revision`, keeping each key's state at it.
+    pub fn compact(&mut self, revision: Revision) -> Result<Vec<Change>, MvccError> {
+        if revision <= self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        if revision > self.revision {
+            return Err(MvccError::FutureRevision);
+        }
+        let mut changes = Vec::new();
+        let mut emptied = Vec::new();
+        for (key, history) in self.keys.iter_mut() {
+            // Keep the newest record at or below `revision` unless it is a tombstone.
+            let at = history.partition_point(|record| record.revision <= revision);
+            let mut drop = at.saturating_sub(1);
+            if at > 0 && history[at - 1].live.is_none() {
+                drop = at;
+            }
+            for record in history.drain(..drop) {
+                changes.push(Change::Remove {
+                    key: key.clone(),
+                    revision: record.revision,
+                });
+            }
+            if history.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        for key in emptied {
+            self.keys.remove(&key);
+        }
+        self.compacted = revision;
+        Ok(changes)
+    }
+
+    /// A content hash over every retained record at or below `revision` (≤ 0 =
+    /// current). Replicas that applied the same log agree on it.
+    pub fn hash(&self, revision: Revision) -> Result<u32, MvccError> {
+        let revision = self.resolve_read_revision(revision)?;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&self.compacted.to_be_bytes());
+        for (key, record) in self.records() {
+            if record.revision > revision {
+                continue;
+            }
+            hasher.update(&(key.len() as u64).to_be_bytes());
+            hasher.update(key);
+            hasher.update(&record.revision.to_be_bytes());
+            match &record.live {
+                None => hasher.update(&[0]),
+                Some(live) => {
+                    hasher.update(&[1]);
+                    hasher.update(&live.create_revision.to_be_bytes());
+                    hasher.update(&live.version.to_be_bytes());
+                    hasher.update(&live.lease.to_be_bytes());
+                    hasher.update(&(live.value.len() as u64).to_be_bytes());
+                    hasher.update(&live.value);
+                }
+            }
+        }
+        Ok(hasher.finalize())
+    }
+}
+
+/// The newest record at or below `revision`.
+pub(crate) fn record_at(history: &[Record], revision: Revision) -> Option<&Record> {
+    let at = history.partition_point(|record| record.revision <= revision);
+    if at == 0 { None } else { history.get(at - 1) }
+}
+
+pub(crate) fn to_key_value(key: &[u8], record: &Record) -> Option<KeyValue> {
+    let live = record.live.as_ref()?;
+    Some(KeyValue {
+        key: key.to_vec(),
+        create_revision: live.create_revision,
+        mod_revision: record.revision,
+        version: live.version,
+        value: live.value.clone(),
+        lease: live.lease,
+    })
+}
+
+fn passes_filters(request: &RangeRequest, kv: &KeyValue) -> bool {
+    (request.min_mod_revision <= 0 || kv.mod_revision >= request.min_mod_revision)
+        && (request.max_mod_revision <= 0 || kv.mod_revision <= request.max_mod_revision)
+        && (request.min_create_revision <= 0 || kv.create_revision >= request.min_create_revision)
+        && (request.max_create_revision <= 0 || kv.create_revision <= request.max_create_revision)
+}
+
+fn sort_kvs(kvs: &mut [KeyValue], order: SortOrder, target: SortTarget) {
+    // etcd sorts ascending when a target other than the key is given without an order.
+    let descend = order == SortOrder::Descend;
+    kvs.sort_by(|a, b| {
+        let ordering = match target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        };
+        if descend {
+            ordering.reverse()
+        } else {
+            ordering
+        }
+    });
+}
+
+/// Whether `key` lies in `[start, end)` under etcd's range_end rules.
+pub fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
+    if end.is_empty() {
+        key == start
+    } else if end == [0] {
+        key >= start
+    } else {
+        key >= start && key < end
+    }
+}

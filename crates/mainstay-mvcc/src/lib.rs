@@ -1,0 +1,22 @@
+//! PURE. The multi-version keyspace with etcd's revision semantics, and what a KV
+//! command does to it.
+//!
+//! No I/O, no clock, no randomness, no async: the same keyspace and command give
+//! the same result everywhere, so replicas agree and the simulator can drive it.
+//! Persisting is the caller's job: every write returns the `Change`s to store.
+
+mod command;
+mod error;
+mod key_space;
+mod types;
+mod validate;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use command::{Applied, Command, CommandResponse};
+pub use error::MvccError;
+pub use key_space::{Change, INITIAL_REVISION, KeySpace, Live, Record, in_range};
+pub use types::*;
+pub use validate::validate_txn;

@@ -1,0 +1,561 @@
+//! Semantics tests (each following an etcd behaviour) and a property test of
+//! `KeySpace::apply` + `range` against a plain reference model.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use crate::*;
+
+fn no_leases(_: i64) -> bool {
+    false
+}
+
+fn put(space: &mut KeySpace, key: &str, value: &str) -> Applied {
+    let request = PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..PutRequest::default()
+    };
+    space.apply(&Command::Put(request), &no_leases)
+}
+
+fn delete(space: &mut KeySpace, key: &str, range_end: &str) -> Applied {
+    let request = DeleteRangeRequest {
+        key: key.into(),
+        range_end: range_end.into(),
+        prev_kv: true,
+    };
+    space.apply(&Command::DeleteRange(request), &no_leases)
+}
+
+fn get_range(space: &KeySpace, key: &str, range_end: &str) -> RangeResponse {
+    let request = RangeRequest {
+        key: key.into(),
+        range_end: range_end.into(),
+        ..RangeRequest::default()
+    };
+    space.range(&request).expect("range")
+}
+
+fn keys(response: &RangeResponse) -> Vec<String> {
+    response
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+#[test]
+fn revisions_follow_etcd() {
+    // Goal: a fresh store is at revision 1, each effective write bumps it once,
+    // and the per-key version/create/mod revisions follow etcd (kv.go docs).
+    let mut space = KeySpace::new();
+    assert_eq!(space.revision(), 1);
+    put(&mut space, "a", "1");
+    put(&mut space, "a", "2");
+    assert_eq!(space.revision(), 3);
+    let kv = space.get(b"a", 3).expect("live");
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    // A delete of nothing changes nothing.
+    let applied = delete(&mut space, "zzz", "");
+    assert_eq!(space.revision(), 3);
+    assert!(applied.changes.is_empty());
+    // Delete then re-create: version restarts, create revision moves.
+    let applied = delete(&mut space, "a", "");
+    assert_eq!(space.revision(), 4);
+    assert_eq!(applied.events.len(), 1);
+    assert_eq!(applied.events[0].kind, EventKind::Delete);
+    put(&mut space, "a", "3");
+    let kv = space.get(b"a", 5).expect("live");
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+    // History stays readable.
+    assert_eq!(space.get(b"a", 3).expect("old").value, b"2");
+    assert!(space.get(b"a", 4).is_none());
+}
+
+#[test]
+fn range_end_rules() {
+    // Goal: empty range_end = one key, "\0" = from key on, prefix+1 = prefix,
+    // "\0"/"\0" = everything, end ≤ key = nothing (etcd RangeRequest docs).
+    let mut space = KeySpace::new();
+    for key in ["a", "ab", "abc", "b", "c"] {
+        put(&mut space, key, "v");
+    }
+    assert_eq!(keys(&get_range(&space, "ab", "")), ["ab"]);
+    assert_eq!(
+        keys(&get_range(&space, "ab", "\0")),
+        ["ab", "abc", "b", "c"]
+    );
+    assert_eq!(keys(&get_range(&space, "a", "b")), ["a", "ab", "abc"]);
+    assert_eq!(keys(&get_range(&space, "\0", "\0")).len(), 5);
+    assert!(keys(&get_range(&space, "c", "a")).is_empty());
+}
+
+#[test]
+fn limit_count_sort_and_filters() {
+    // Goal: count ignores limit and filters; more reflects the limit; sorting
+    // by a non-key target defaults to ascending (etcd txn/range.go behaviour).
+    let mut space = KeySpace::new();
+    put(&mut space, "k1", "c");
+    put(&mut space, "k2", "a");
+    put(&mut space, "k3", "b");
+    put(&mut space, "k1", "d");
+    let mut request = RangeRequest {
+        key: b"k".to_vec(),
+        range_end: b"l".to_vec(),
+        limit: 2,
+        ..RangeRequest::default()
+    };
+    let response = space.range(&request).expect("range");
+    assert_eq!(
+        (keys(&response), response.more, response.count),
+        (vec!["k1".into(), "k2".into()], true, 3)
+    );
+    request.limit = 0;
+    request.sort_target = SortTarget::Value;
+    assert_eq!(
+        keys(&space.range(&request).expect("range")),
+        ["k2", "k3", "k1"]
+    );
+    request.sort_order = SortOrder::Descend;
+    request.sort_target = SortTarget::Mod;
+    assert_eq!(
+        keys(&space.range(&request).expect("range")),
+        ["k1", "k3", "k2"]
+    );
+    request.sort_order = SortOrder::None;
+    request.sort_target = SortTarget::Key;
+    request.min_mod_revision = 4;
+    let response = space.range(&request).expect("range");
+    assert_eq!(
+        (keys(&response), response.count),
+        (vec!["k1".to_string(), "k3".to_string()], 3)
+    );
+    request.min_mod_revision = 0;
+    request.count_only = true;
+    let response = space.range(&request).expect("range");
+    assert!(response.kvs.is_empty());
+    assert_eq!(response.count, 3);
+    request.count_only = false;
+    request.keys_only = true;
+    assert!(
+        space
+            .range(&request)
+            .expect("range")
+            .kvs
+            .iter()
+            .all(|kv| kv.value.is_empty())
+    );
+}
+
+#[test]
+fn compaction_and_revision_errors() {
+    // Goal: reads below the compacted revision fail, the state at it survives,
+    // future revisions fail, and compacting twice at the same point fails.
+    let mut space = KeySpace::new();
+    put(&mut space, "a", "1"); // 2
+    put(&mut space, "a", "2"); // 3
+    put(&mut space, "b", "1"); // 4
+    delete(&mut space, "b", ""); // 5
+    let compact = Command::Compact(CompactionRequest {
+        revision: 4,
+        physical: false,
+    });
+    assert!(space.apply(&compact, &no_leases).result.is_ok());
+    assert_eq!(space.revision(), 5, "compaction does not bump the revision");
+    let at = |revision| RangeRequest {
+        key: b"a".to_vec(),
+        revision,
+        ..RangeRequest::default()
+    };
+    assert_eq!(space.range(&at(3)), Err(MvccError::Compacted));
+    assert_eq!(
+        space.range(&at(4)).expect("at compacted").kvs[0].value,
+        b"2"
+    );
+    assert_eq!(space.range(&at(6)), Err(MvccError::FutureRevision));
+    assert_eq!(
+        space.apply(&compact, &no_leases).result,
+        Err(MvccError::Compacted)
+    );
+    let future = Command::Compact(CompactionRequest {
+        revision: 9,
+        physical: false,
+    });
+    assert_eq!(
+        space.apply(&future, &no_leases).result,
+        Err(MvccError::FutureRevision)
+    );
+}
+
+#[test]
+fn put_options() {
+    // Goal: ignore_value / ignore_lease / prev_kv behave as etcd's Put.
+    let mut space = KeySpace::new();
+    let ignore = PutRequest {
+        key: b"x".to_vec(),
+        ignore_value: true,
+        ..PutRequest::default()
+    };
+    let applied = space.apply(&Command::Put(ignore.clone()), &no_leases);
+    assert_eq!(applied.result, Err(MvccError::KeyNotFound));
+    put(&mut space, "x", "keep");
+    let applied = space.apply(
+        &Command::Put(PutRequest {
+            prev_kv: true,
+            ..ignore.clone()
+        }),
+        &no_leases,
+    );
+    let Ok(CommandResponse::Put(response)) = applied.result else {
+        panic!("put failed")
+    };
+    assert_eq!(response.prev_kv.expect("prev").value, b"keep");
+    assert_eq!(space.get(b"x", space.revision()).expect("x").value, b"keep");
+    let both = PutRequest {
+        value: b"v".to_vec(),
+        ..ignore
+    };
+    assert_eq!(
+        space.apply(&Command::Put(both), &no_leases).result,
+        Err(MvccError::ValueProvided)
+    );
+    let leased = PutRequest {
+        key: b"y".to_vec(),
+        lease: 7,
+        ..PutRequest::default()
+    };
+    assert_eq!(
+        space.apply(&Command::Put(leased), &no_leases).result,
+        Err(MvccError::LeaseNotFound)
+    );
+}
+
+fn compare(key: &str, result: CompareResult, target: CompareTarget) -> Compare {
+    Compare {
+        result,
+        target,
+        key: key.into(),
+        range_end: Vec::new(),
+    }
+}
+
+fn put_op(key: &str, value: &str) -> RequestOp {
+    RequestOp::Put(PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..PutRequest::default()
+    })
+}
+
+#[test]
+fn txn_semantics() {
+    // Goal: missing keys compare as zero except VALUE (always false); one revision
+    // for all writes; read-only txns do not bump; nested txns run; a failing op
+    // rolls the whole txn back.
+    let mut space = KeySpace::new();
+    let create = TxnRequest {
+        compare: vec![compare("k", CompareResult::Equal, CompareTarget::Mod(0))],
+        success: vec![put_op("k", "1"), put_op("j", "1")],
+        failure: vec![RequestOp::Range(RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        })],
+    };
+    let applied = space.apply(&Command::Txn(create.clone()), &no_leases);
+    let Ok(CommandResponse::Txn(response)) = applied.result else {
+        panic!("txn")
+    };
+    assert!(response.succeeded);
+    assert_eq!(space.revision(), 2);
+    assert_eq!(applied.events.len(), 2);
+    let ResponseOp::Put(inner) = &response.responses[0] else {
+        panic!("put")
+    };
+    assert_eq!(inner.revision, 2);
+    let applied = space.apply(&Command::Txn(create), &no_leases);
+    let Ok(CommandResponse::Txn(response)) = applied.result else {
+        panic!("txn")
+    };
+    assert!(!response.succeeded);
+    assert_eq!(space.revision(), 2, "read-only txn does not bump");
+    let missing_value = TxnRequest {
+        compare: vec![compare(
+            "nope",
+            CompareResult::NotEqual,
+            CompareTarget::Value(b"x".to_vec()),
+        )],
+        ..Default::default()
+    };
+    let Ok(CommandResponse::Txn(response)) =
+        space.apply(&Command::Txn(missing_value), &no_leases).result
+    else {
+        panic!("txn")
+    };
+    assert!(
+        !response.succeeded,
+        "VALUE compare on a missing key is false"
+    );
+    let nested = TxnRequest {
+        success: vec![RequestOp::Txn(TxnRequest {
+            compare: vec![compare(
+                "k",
+                CompareResult::Greater,
+                CompareTarget::Version(0),
+            )],
+            success: vec![put_op("n", "1")],
+            failure: vec![],
+        })],
+        ..Default::default()
+    };
+    space.apply(&Command::Txn(nested), &no_leases);
+    assert!(space.get(b"n", 3).is_some());
+    let failing = TxnRequest {
+        success: vec![
+            put_op("m", "1"),
+            RequestOp::Put(PutRequest {
+                key: b"q".to_vec(),
+                ignore_value: true,
+                ..Default::default()
+            }),
+        ],
+        ..Default::default()
+    };
+    let before = space.clone();
+    assert_eq!(
+        space.apply(&Command::Txn(failing), &no_leases).result,
+        Err(MvccError::KeyNotFound)
+    );
+    assert_eq!(space, before, "a failed txn changes nothing");
+}
+
+#[test]
+fn txn_validation() {
+    // Goal: etcd's duplicate-key and max-ops rules (v3rpc checkIntervals).
+    let dup = TxnRequest {
+        success: vec![put_op("a", "1"), put_op("a", "2")],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&dup, 128), Err(MvccError::DuplicateKey));
+    let in_deleted = TxnRequest {
+        success: vec![
+            RequestOp::DeleteRange(DeleteRangeRequest {
+                key: b"a".to_vec(),
+                range_end: b"c".to_vec(),
+                prev_kv: false,
+            }),
+            put_op("b", "1"),
+        ],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&in_deleted, 128), Err(MvccError::DuplicateKey));
+    let branches = TxnRequest {
+        success: vec![put_op("a", "1")],
+        failure: vec![put_op("a", "2")],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&branches, 128), Ok(()));
+    let nested_both = TxnRequest {
+        success: vec![RequestOp::Txn(branches.clone())],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&nested_both, 128), Ok(()));
+    let nested_clash = TxnRequest {
+        success: vec![put_op("a", "0"), RequestOp::Txn(branches)],
+        ..Default::default()
+    };
+    assert_eq!(
+        validate_txn(&nested_clash, 128),
+        Err(MvccError::DuplicateKey)
+    );
+    let many = TxnRequest {
+        success: (0..3).map(|i| put_op(&format!("k{i}"), "v")).collect(),
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&many, 2), Err(MvccError::TooManyOps));
+    let empty = TxnRequest {
+        compare: vec![compare("", CompareResult::Equal, CompareTarget::Version(0))],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&empty, 128), Err(MvccError::EmptyKey));
+}
+
+#[test]
+fn restore_round_trip_and_hash() {
+    // Goal: a keyspace rebuilt from its records equals the original, and equal
+    // keyspaces hash equally while different ones do not.
+    let mut space = KeySpace::new();
+    put(&mut space, "a", "1");
+    put(&mut space, "b", "2");
+    delete(&mut space, "a", "");
+    let records: Vec<(Vec<u8>, Record)> = space
+        .records()
+        .map(|(key, record)| (key.to_vec(), record.clone()))
+        .collect();
+    let restored = KeySpace::restore(records, space.revision(), space.compacted_revision());
+    assert_eq!(restored, space);
+    assert_eq!(restored.hash(0), space.hash(0));
+    let mut other = space.clone();
+    put(&mut other, "c", "3");
+    assert_ne!(other.hash(0), space.hash(0));
+    assert_eq!(other.hash(space.revision()), space.hash(0));
+}
+
+// ---- Property test against a reference model -------------------------------
+
+/// The reference: a full copy of the live map after every revision.
+#[derive(Clone, Debug)]
+struct Model {
+    snapshots: Vec<BTreeMap<Vec<u8>, KeyValue>>,
+    compacted: i64,
+}
+
+impl Model {
+    fn new() -> Self {
+        // Index = revision; revisions 0 and 1 are empty.
+        Model {
+            snapshots: vec![BTreeMap::new(), BTreeMap::new()],
+            compacted: 0,
+        }
+    }
+    fn revision(&self) -> i64 {
+        self.snapshots.len() as i64 - 1
+    }
+    fn current(&self) -> &BTreeMap<Vec<u8>, KeyValue> {
+        self.snapshots.last().expect("non-empty")
+    }
+    fn put(next: &mut BTreeMap<Vec<u8>, KeyValue>, revision: i64, key: &[u8], value: &[u8]) {
+        let previous = next.get(key).cloned();
+        next.insert(
+            key.to_vec(),
+            KeyValue {
+                key: key.to_vec(),
+                create_revision: previous.as_ref().map_or(revision, |p| p.create_revision),
+                mod_revision: revision,
+                version: previous.map_or(1, |p| p.version + 1),
+                value: value.to_vec(),
+                lease: 0,
+            },
+        );
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u8, u8),
+    Delete(u8, u8),
+    CasPut {
+        key: u8,
+        expect_version: i64,
+        value: u8,
+    },
+    Get {
+        key: u8,
+        end: u8,
+        back: i64,
+    },
+    Compact(i64),
+}
+
+fn key_of(k: u8) -> Vec<u8> {
+    vec![b'a' + (k % 6)]
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (any::<u8>(), any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+        2 => (any::<u8>(), 0u8..3).prop_map(|(k, width)| Op::Delete(k, width)),
+        2 => (any::<u8>(), 0i64..3, any::<u8>())
+            .prop_map(|(key, expect_version, value)| Op::CasPut { key, expect_version, value }),
+        3 => (any::<u8>(), 0u8..4, 0i64..6).prop_map(|(key, end, back)| Op::Get { key, end, back }),
+        1 => (0i64..4).prop_map(Op::Compact),
+    ]
+}
+
+fn end_of(key: &[u8], width: u8) -> Vec<u8> {
+    if width == 0 {
+        Vec::new()
+    } else {
+        vec![key[0] + width]
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn keyspace_matches_reference_model(ops in prop::collection::vec(op_strategy(), 1..40)) {
+        // Goal: every response and every historical read equals the model's.
+        let mut space = KeySpace::new();
+        let mut model = Model::new();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => {
+                    let applied = space.apply(&Command::Put(PutRequest { key: key_of(k), value: vec![v], ..Default::default() }), &no_leases);
+                    let mut next = model.current().clone();
+                    Model::put(&mut next, model.revision() + 1, &key_of(k), &[v]);
+                    model.snapshots.push(next);
+                    prop_assert!(applied.result.is_ok());
+                }
+                Op::Delete(k, width) => {
+                    let key = key_of(k);
+                    let end = end_of(&key, width);
+                    let applied = space.apply(&Command::DeleteRange(DeleteRangeRequest { key: key.clone(), range_end: end.clone(), prev_kv: false }), &no_leases);
+                    let mut next = model.current().clone();
+                    let doomed: Vec<Vec<u8>> = next.keys().filter(|x| in_range(x, &key, &end)).cloned().collect();
+                    for x in &doomed { next.remove(x); }
+                    let Ok(CommandResponse::DeleteRange(response)) = applied.result else { panic!("delete") };
+                    prop_assert_eq!(response.deleted, doomed.len() as i64);
+                    if !doomed.is_empty() { model.snapshots.push(next); }
+                }
+                Op::CasPut { key, expect_version, value } => {
+                    let key = key_of(key);
+                    let txn = TxnRequest {
+                        compare: vec![Compare { result: CompareResult::Equal, target: CompareTarget::Version(expect_version), key: key.clone(), range_end: vec![] }],
+                        success: vec![RequestOp::Put(PutRequest { key: key.clone(), value: vec![value], ..Default::default() })],
+                        failure: vec![RequestOp::Range(RangeRequest { key: key.clone(), ..Default::default() })],
+                    };
+                    let applied = space.apply(&Command::Txn(txn), &no_leases);
+                    let version = model.current().get(&key).map_or(0, |kv| kv.version);
+                    let Ok(CommandResponse::Txn(response)) = applied.result else { panic!("txn") };
+                    prop_assert_eq!(response.succeeded, version == expect_version);
+                    if version == expect_version {
+                        let mut next = model.current().clone();
+                        Model::put(&mut next, model.revision() + 1, &key, &[value]);
+                        model.snapshots.push(next);
+                    } else {
+                        let ResponseOp::Range(range) = &response.responses[0] else { panic!("range") };
+                        prop_assert_eq!(range.kvs.first(), model.current().get(&key));
+                    }
+                }
+                Op::Get { key, end, back } => {
+                    let key = key_of(key);
+                    let range_end = end_of(&key, end);
+                    let revision = if back == 0 { 0 } else { model.revision() - back + 1 };
+                    let result = space.range(&RangeRequest { key: key.clone(), range_end: range_end.clone(), revision, ..Default::default() });
+                    let at = if revision <= 0 { model.revision() } else { revision };
+                    if at < 1 || (revision > 0 && revision < model.compacted) {
+                        prop_assert!(result.is_err());
+                    } else {
+                        let expected: Vec<KeyValue> = model.snapshots[at as usize].values().filter(|kv| in_range(&kv.key, &key, &range_end)).cloned().collect();
+                        let response = result.expect("readable");
+                        prop_assert_eq!(response.count, expected.len() as i64);
+                        prop_assert_eq!(response.kvs, expected);
+                    }
+                }
+                Op::Compact(back) => {
+                    let target = model.revision() - back;
+                    let result = space.apply(&Command::Compact(CompactionRequest { revision: target, physical: false }), &no_leases).result;
+                    if target <= model.compacted || target < 1 {
+                        prop_assert!(result.is_err());
+                    } else {
+                        prop_assert!(result.is_ok());
+                        model.compacted = target;
+                    }
+                }
+            }
+            prop_assert_eq!(space.revision(), model.revision().max(1));
+        }
+    }
+}

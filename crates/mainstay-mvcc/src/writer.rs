@@ -1,0 +1,276 @@
+//! One write request against the keyspace: every key it touches gets a record at
+//! the same pending revision; the request either commits (revision bumps only if
+//! something changed) or rolls back without a trace.
+
+use crate::error::MvccError;
+use crate::key_space::{Change, KeySpace, Live, Record, record_at, to_key_value};
+use crate::types::{
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event,
+    EventKind, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseOp, Revision, TxnRequest, TxnResponse,
+};
+
+/// An open write at revision `space.revision + 1`. See the module docs.
+pub(crate) struct Writer<'a> {
+    space: &'a mut KeySpace,
+    pending: Revision,
+    /// Keys that got a record at `pending`, in write order.
+    touched: Vec<Vec<u8>>,
+    events: Vec<Event>,
+    lease_exists: &'a dyn Fn(i64) -> bool,
+}
+
+impl<'a> Writer<'a> {
+    pub(crate) fn new(space: &'a mut KeySpace, lease_exists: &'a dyn Fn(i64) -> bool) -> Self {
+        let pending = space.revision + 1;
+        Writer {
+            space,
+            pending,
+            touched: Vec::new(),
+            events: Vec::new(),
+            lease_exists,
+        }
+    }
+
+    /// Reads inside the write see its own earlier changes, as in etcd.
+    fn read_revision(&self) -> Revision {
+        if self.touched.is_empty() {
+            self.space.revision
+        } else {
+            self.pending
+        }
+    }
+
+    /// Makes the changes permanent; returns the events and the changes to persist.
+    pub(crate) fn commit(self) -> (Vec<Event>, Vec<Change>) {
+        if self.touched.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let mut changes = Vec::with_capacity(self.touched.len());
+        for key in self.touched {
+            let record = self
+                .space
+                .keys
+                .get(&key)
+                .and_then(|history| history.last())
+                .cloned()
+                .expect("a touched key has the record this write appended");
+            assert_eq!(
+                record.revision, self.pending,
+                "touched key without a pending record"
+            );
+            changes.push(Change::Append { key, record });
+        }
+        self.space.revision = self.pending;
+        (self.events, changes)
+    }
+
+    /// Undoes every record this write appended.
+    pub(crate) fn rollback(self) {
+        for key in self.touched {
+            let Some(history) = self.space.keys.get_mut(&key) else {
+                unreachable!("touched key vanished during a write");
+            };
+            let last = history.pop().map(|record| record.revision);
+            assert_eq!(last, Some(self.pending), "rollback of a record not ours");
+            if history.is_empty() {
+                self.space.keys.remove(&key);
+            }
+        }
+    }
+
+    fn append(&mut self, key: &[u8], live: Option<Live>) {
+        let record = Record {
+            revision: self.pending,
+            live,
+        };
+        let history = self.space.keys.entry(key.to_vec()).or_default();
+        if let Some(last) = history.last() {
+            assert!(
+                last.revision < self.pending,
+                "second write of one key at one revision"
+            );
+        }
+        history.push(record);
+        self.touched.push(key.to_vec());
+    }
+
+    fn latest(&self, key: &[u8]) -> Option<KeyValue> {
+        let history = self.space.keys.get(key)?;
+        record_at(history, self.pending).and_then(|record| to_key_value(key, record))
+    }
+
+    pub(crate) fn range(&self, request: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        self.space.range_at(request, self.read_revision())
+    }
+
+    pub(crate) fn put(&mut self, request: &PutRequest) -> Result<PutResponse, MvccError> {
+        if request.key.is_empty() {
+            return Err(MvccError::EmptyKey);
+        }
+        if request.ignore_value && !request.value.is_empty() {
+            return Err(MvccError::ValueProvided);
+        }
+        if request.ignore_lease && request.lease != 0 {
+            return Err(MvccError::LeaseProvided);
+        }
+        let previous = self.latest(&request.key);
+        if (request.ignore_value || request.ignore_lease) && previous.is_none() {
+            return Err(MvccError::KeyNotFound);
+        }
+        let lease = match (&previous, request.ignore_lease) {
+            (Some(previous), true) => previous.lease,
+            _ => request.lease,
+        };
+        if lease != 0 && !(self.lease_exists)(lease) {
+            return Err(MvccError::LeaseNotFound);
+        }
+        let value = match (&previous, request.ignore_value) {
+            (Some(previous), true) => previous.value.clone(),
+            _ => request.value.clone(),
+        };
+        let live = Live {
+            create_revision: previous
+                .as_ref()
+                .map_or(self.pending, |p| p.create_revision),
+            version: previous.as_ref().map_or(1, |p| p.version + 1),
+            value,
+            lease,
+        };
+        self.append(&request.key, Some(live.clone()));
+        let kv = KeyValue {
+            key: request.key.clone(),
+            create_revision: live.create_revision,
+            mod_revision: self.pending,
+            version: live.version,
+            value: live.value,
+            lease: live.lease,
+        };
+        self.events.push(Event {
+            kind: EventKind::Put,
+            kv,
+            prev_kv: previous.clone(),
+        });
+        let prev_kv = if request.prev_kv { previous } else { None };
+        Ok(PutResponse {
+            revision: 0,
+            prev_kv,
+        })
+    }
+
+    pub(crate) fn delete_range(
+        &mut self,
+        request: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, MvccError> {
+        if request.key.is_empty() {
+            return Err(MvccError::EmptyKey);
+        }
+        let doomed: Vec<KeyValue> = self
+            .space
+            .live_in_range(&request.key, &request.range_end, self.pending)
+            .collect();
+        for previous in &doomed {
+            self.append(&previous.key, None);
+            let kv = KeyValue {
+                key: previous.key.clone(),
+                mod_revision: self.pending,
+                ..KeyValue::default()
+            };
+            self.events.push(Event {
+                kind: EventKind::Delete,
+                kv,
+                prev_kv: Some(previous.clone()),
+            });
+        }
+        let deleted = doomed.len() as i64;
+        let prev_kvs = if request.prev_kv { doomed } else { Vec::new() };
+        Ok(DeleteRangeResponse {
+            revision: 0,
+            deleted,
+            prev_kvs,
+        })
+    }
+
+    pub(crate) fn txn(&mut self, request: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        let mut succeeded = true;
+        for compare in &request.compare {
+            if !self.compare(compare)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded {
+            &request.success
+        } else {
+            &request.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match op {
+                RequestOp::Range(range) => ResponseOp::Range(self.range(range)?),
+                RequestOp::Put(put) => ResponseOp::Put(self.put(put)?),
+                RequestOp::DeleteRange(delete) => {
+                    ResponseOp::DeleteRange(self.delete_range(delete)?)
+                }
+                RequestOp::Txn(txn) => ResponseOp::Txn(self.txn(txn)?),
+            };
+            responses.push(response);
+        }
+        Ok(TxnResponse {
+            revision: 0,
+            succeeded,
+            responses,
+        })
+    }
+
+    fn compare(&self, compare: &Compare) -> Result<bool, MvccError> {
+        if compare.key.is_empty() {
+            return Err(MvccError::EmptyKey);
+        }
+        let revision = self.read_revision();
+        let kvs: Vec<KeyValue> = if compare.range_end.is_empty() {
+            self.space.get(&compare.key, revision).into_iter().collect()
+        } else {
+            self.space
+                .live_in_range(&compare.key, &compare.range_end, revision)
+                .collect()
+        };
+        if kvs.is_empty() {
+            // A missing key compares as all zeros, except that a VALUE compare is false.
+            if matches!(compare.target, CompareTarget::Value(_)) {
+                return Ok(false);
+            }
+            return Ok(compare_key_value(compare, &KeyValue::default()));
+        }
+        Ok(kvs.iter().all(|kv| compare_key_value(compare, kv)))
+    }
+}
+
+fn compare_key_value(compare: &Compare, kv: &KeyValue) -> bool {
+    let ordering = match &compare.target {
+        CompareTarget::Version(v) => kv.version.cmp(v),
+        CompareTarget::Create(v) => kv.create_revision.cmp(v),
+        CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
+        CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+        CompareTarget::Lease(v) => kv.lease.cmp(v),
+    };
+    match compare.result {
+        CompareResult::Equal => ordering.is_eq(),
+        CompareResult::Greater => ordering.is_gt(),
+        CompareResult::Less => ordering.is_lt(),
+        CompareResult::NotEqual => ordering.is_ne(),
+    }
+}
+
+/// Stamps the final store revision into a transaction's nested responses.
+pub(crate) fn stamp_txn(response: &mut TxnResponse, revision: Revision) {
+    response.revision = revision;
+    for op in &mut response.responses {
+        match op {
+            ResponseOp::Range(r) => r.revision = revision,
+            ResponseOp::Put(r) => r.revision = revision,
+            ResponseOp::DeleteRange(r) => r.revision = revision,
+            ResponseOp::Txn(r) => stamp_txn(r, revision),
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Compiles the .proto files under the workspace's `proto/` with protox, so no
+//! `protoc` is needed. All files go through one invocation: each package becomes
+//! one `<package>.rs`, and a second invocation would overwrite it.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        "mvccpb/kv.proto",
+        "authpb/auth.proto",
+        "etcdserverpb/rpc.proto",
+        "mainstay/peer.proto",
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", root.join(file).display());
+    }
+    let descriptors = protox::compile(files, [&root])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! Wire types generated from `proto/`: etcd's v3 API (`etcdserverpb`, `mvccpb`,
+//! `authpb`) and Mainstay's peer protocol (`mainstay.peer`). No hand-written
+//! logic lives here; conversions to domain types belong to the crates that use them.
+
+#![allow(missing_docs, clippy::all)]
+
+/// etcd's multi-version key-value messages.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's auth messages.
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// etcd's v3 services and messages.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// Mainstay's member-to-member protocol.
+pub mod peer {
+    tonic::include_proto!("mainstay.peer");
+}

@@ -1,0 +1,450 @@
+//! `LogStore`: the Raft log, the vote and the committed log id in one append-only,
+//! CRC-checked file (`raft.log`).
+//!
+//! Durability promises (the protocol openraft relies on; see ARCHITECTURE.md):
+//! - every mutating call returns only after its bytes are fsynced;
+//! - records are replayed in file order, so writes complete in order with no holes;
+//! - at start-up a damaged *last* record (a torn write: no valid record follows it)
+//!   is cut off with a warning; damage followed by valid records is corruption and
+//!   the store refuses to open: never silent data loss;
+//! - an fsync error is returned once and the store is poisoned: the caller stops
+//!   the member, it never retries (an fsync failure may have dropped dirty pages).
+//!
+//! Hand-written rather than a crate: the evaluated WAL crates own threads and call
+//! std::fs directly, which the simulator must replace (stack.md §4).
+//!
+//! Record frame: `MAGIC (1) | kind (1) | length u32 LE (4) | crc32 u32 LE (4) | body`,
+//! the CRC covering kind, length and body.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StorageError;
+
+const MAGIC: u8 = 0xA7;
+const HEADER_BYTES: usize = 10;
+/// The largest record we write or accept (a batch of entries is split below it).
+pub const RECORD_BYTES_MAX: usize = 64 << 20;
+/// Rewrite the file once this many bytes are garbage (purged or truncated entries).
+const GARBAGE_BYTES_MAX: u64 = 64 << 20;
+
+const KIND_ENTRY: u8 = 1;
+const KIND_TRUNCATE: u8 = 2;
+const KIND_PURGE: u8 = 3;
+const KIND_VOTE: u8 = 4;
+const KIND_COMMITTED: u8 = 5;
+
+/// A log id in our own persisted form: the leader's term and node id, and the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LogIdRecord {
+    /// Term of the leader that proposed the entry.
+    pub term: u64,
+    /// Node id of that leader.
+    pub node_id: u64,
+    /// Position in the log.
+    pub index: u64,
+}
+
+/// A vote in our own persisted form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteRecord {
+    /// Term voted in.
+    pub term: u64,
+    /// Candidate voted for (or the leader), if any.
+    pub node_id: Option<u64>,
+    /// Whether a quorum granted it.
+    pub committed: bool,
+}
+
+/// One log entry: its id and an opaque payload encoded by the Raft adapter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEntry {
+    /// The entry's id.
+    pub log_id: LogIdRecord,
+    /// Encoded payload (blank, command or membership); storage does not look inside.
+    pub payload: Vec<u8>,
+}
+
+/// What `LogStore::open` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Bytes cut off a torn tail (0 if the file ended cleanly).
+    pub torn_bytes: u64,
+    /// Records replayed.
+    pub records: u64,
+}
+
+/// The Raft log store. See the module docs.
+#[derive(Debug)]
+pub struct LogStore {
+    path: PathBuf,
+    file: File,
+    entries: BTreeMap<u64, StoredEntry>,
+    vote: Option<VoteRecord>,
+    committed: Option<LogIdRecord>,
+    purged: Option<LogIdRecord>,
+    file_bytes: u64,
+    garbage_bytes: u64,
+    /// Set after a failed write or fsync: every later call fails.
+    poisoned: bool,
+}
+
+impl LogStore {
+    /// Opens (or creates) `dir/raft.log`, replaying it. See the module docs for
+    /// what happens to a torn tail and to corruption.
+    pub fn open(dir: &Path) -> Result<(LogStore, OpenReport), StorageError> {
+        fs::create_dir_all(dir).map_err(|e| StorageError::io("create data directory", e))?;
+        let path = dir.join("raft.log");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| StorageError::io("open raft.log", e))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| StorageError::io("read raft.log", e))?;
+        let mut store = LogStore {
+            path: path.clone(),
+            file,
+            entries: BTreeMap::new(),
+            vote: None,
+            committed: None,
+            purged: None,
+            file_bytes: 0,
+            garbage_bytes: 0,
+            poisoned: false,
+        };
+        let mut report = OpenReport::default();
+        let mut offset = 0usize;
+        while offset < bytes.len() {
+            match parse_frame(&bytes[offset..]) {
+                Ok((kind, body, frame_bytes)) => {
+                    store.replay(kind, body, offset)?;
+                    offset += frame_bytes;
+                    report.records += 1;
+                }
+                Err(damage) => {
+                    if any_valid_frame_after(&bytes, offset + 1) {
+                        return Err(StorageError::Corrupt {
+                            path: path.display().to_string(),
+                            offset: offset as u64,
+                            reason: damage,
+                        });
+                    }
+                    report.torn_bytes = (bytes.len() - offset) as u64;
+                    tracing::warn!(
+                        path = %path.display(),
+                        offset,
+                        torn_bytes = report.torn_bytes,
+                        reason = damage,
+                        "truncating a torn tail of the raft log (an unacknowledged write)"
+                    );
+                    store
+                        .file
+                        .set_len(offset as u64)
+                        .and_then(|()| store.file.sync_all())
+                        .map_err(|e| StorageError::io("truncate torn tail", e))?;
+                    break;
+                }
+            }
+        }
+        store.file_bytes = offset as u64;
+        Ok((store, report))
+    }
+
+    fn replay(&mut self, kind: u8, body: &[u8], offset: usize) -> Result<(), StorageError> {
+        let decode_error = |what: &'static str| StorageError::Corrupt {
+            path: self.path.display().to_string(),
+            offset: offset as u64,
+            reason: what,
+        };
+        match kind {
+            KIND_ENTRY => {
+                let entries: Vec<StoredEntry> =
+                    postcard::from_bytes(body).map_err(|_| decode_error("bad entry record"))?;
+                for entry in entries {
+                    let index = entry.log_id.index;
+                    if let Some((&last, _)) = self.entries.last_key_value()
+                        && index != last + 1
+                    {
+                        return Err(decode_error("log entries out of order"));
+                    }
+                    self.entries.insert(index, entry);
+                }
+            }
+            KIND_TRUNCATE => {
+                let from: u64 =
+                    postcard::from_bytes(body).map_err(|_| decode_error("bad truncate"))?;
+                self.entries.split_off(&from);
+            }
+            KIND_PURGE => {
+                let upto: LogIdRecord =
+                    postcard::from_bytes(body).map_err(|_| decode_error("bad purge record"))?;
+                self.entries = self.entries.split_off(&(upto.index + 1));
+                self.purged = Some(upto);
+            }
+            KIND_VOTE => {
+                self.vote = Some(postcard::from_bytes(body).map_err(|_| decode_error("bad vote"))?);
+            }
+            KIND_COMMITTED => {
+                self.committed =
+                    Some(postcard::from_bytes(body).map_err(|_| decode_error("bad committed"))?);
+            }
+            _ => return Err(decode_error("unknown record kind")),
+        }
+        Ok(())
+    }
+
+    fn check_usable(&self) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Writes framed records and fsyncs. On any failure the store is poisoned.
+    fn write_records(&mut self, records: &[(u8, Vec<u8>)]) -> Result<(), StorageError> {
+        self.check_usable()?;
+        let mut buffer = Vec::new();
+        for (kind, body) in records {
+            frame(&mut buffer, *kind, body);
+        }
+        let result = self
+            .file
+            .write_all(&buffer)
+            .and_then(|()| self.file.sync_data());
+        if let Err(error) = result {
+            self.poisoned = true;
+            return Err(StorageError::io("append to raft.log and fsync", error));
+        }
+        self.file_bytes += buffer.len() as u64;
+        Ok(())
+    }
+
+    /// Appends entries that must directly follow the last one; durable on return.
+    pub fn append(&mut self, entries: Vec<StoredEntry>) -> Result<(), StorageError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut next = self.last_index().map(|i| i + 1);
+        for entry in &entries {
+            if let Some(expected) = next {
+                assert_eq!(
+                    entry.log_id.index, expected,
+                    "log append would leave a hole"
+                );
+            }
+            next = Some(entry.log_id.index + 1);
+        }
+        let mut records = Vec::new();
+        let mut chunk: Vec<&StoredEntry> = Vec::new();
+        let mut chunk_bytes = 0;
+        for entry in &entries {
+            if !chunk.is_empty() && chunk_bytes + entry.payload.len() > RECORD_BYTES_MAX / 2 {
+                records.push((KIND_ENTRY, encode(&chunk)?));
+                chunk.clear();
+                chunk_bytes = 0;
+            }
+            chunk_bytes += entry.payload.len() + 32;
+            chunk.push(entry);
+        }
+        records.push((KIND_ENTRY, encode(&chunk)?));
+        if records
+            .iter()
+            .any(|(_, body)| body.len() > RECORD_BYTES_MAX)
+        {
+            return Err(StorageError::TooLarge);
+        }
+        self.write_records(&records)?;
+        for entry in entries {
+            self.entries.insert(entry.log_id.index, entry);
+        }
+        Ok(())
+    }
+
+    /// Deletes every entry at index ≥ `from` (a conflicting suffix); durable on return.
+    pub fn truncate_from(&mut self, from: u64) -> Result<(), StorageError> {
+        self.write_records(&[(KIND_TRUNCATE, encode(&from)?)])?;
+        let removed = self.entries.split_off(&from);
+        self.garbage_bytes += removed
+            .values()
+            .map(|e| e.payload.len() as u64 + 32)
+            .sum::<u64>();
+        self.maybe_rewrite()
+    }
+
+    /// Deletes every entry at index ≤ `upto.index` (covered by a snapshot).
+    pub fn purge_upto(&mut self, upto: LogIdRecord) -> Result<(), StorageError> {
+        self.write_records(&[(KIND_PURGE, encode(&upto)?)])?;
+        let kept = self.entries.split_off(&(upto.index + 1));
+        let removed = std::mem::replace(&mut self.entries, kept);
+        self.garbage_bytes += removed
+            .values()
+            .map(|e| e.payload.len() as u64 + 32)
+            .sum::<u64>();
+        self.purged = Some(upto);
+        self.maybe_rewrite()
+    }
+
+    /// Records the vote; durable on return.
+    pub fn save_vote(&mut self, vote: VoteRecord) -> Result<(), StorageError> {
+        self.write_records(&[(KIND_VOTE, encode(&vote)?)])?;
+        self.vote = Some(vote);
+        Ok(())
+    }
+
+    /// Records the committed log id; durable on return.
+    pub fn save_committed(&mut self, committed: Option<LogIdRecord>) -> Result<(), StorageError> {
+        if let Some(committed) = committed {
+            self.write_records(&[(KIND_COMMITTED, encode(&committed)?)])?;
+        }
+        self.committed = committed;
+        Ok(())
+    }
+
+    /// The last saved vote.
+    pub fn vote(&self) -> Option<VoteRecord> {
+        self.vote
+    }
+
+    /// The last saved committed log id.
+    pub fn committed(&self) -> Option<LogIdRecord> {
+        self.committed
+    }
+
+    /// The last purged log id.
+    pub fn purged(&self) -> Option<LogIdRecord> {
+        self.purged
+    }
+
+    /// Index of the last entry, or of the last purged one when the log is empty.
+    pub fn last_index(&self) -> Option<u64> {
+        self.last_log_id().map(|id| id.index)
+    }
+
+    /// Id of the last entry, or the last purged id when the log is empty.
+    pub fn last_log_id(&self) -> Option<LogIdRecord> {
+        self.entries
+            .last_key_value()
+            .map(|(_, e)| e.log_id)
+            .or(self.purged)
+    }
+
+    /// Entries with index in `[start, end)`.
+    pub fn entries(&self, start: u64, end: u64) -> Vec<StoredEntry> {
+        if start >= end {
+            return Vec::new();
+        }
+        self.entries
+            .range(start..end)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Size of the log file in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        self.file_bytes
+    }
+
+    /// Rewrites the file without garbage once enough has piled up: a new file is
+    /// written and fsynced, renamed over the old one, and the directory fsynced.
+    fn maybe_rewrite(&mut self) -> Result<(), StorageError> {
+        if self.garbage_bytes < GARBAGE_BYTES_MAX {
+            return Ok(());
+        }
+        self.check_usable()?;
+        let mut buffer = Vec::new();
+        if let Some(vote) = &self.vote {
+            frame(&mut buffer, KIND_VOTE, &encode(vote)?);
+        }
+        if let Some(committed) = &self.committed {
+            frame(&mut buffer, KIND_COMMITTED, &encode(committed)?);
+        }
+        if let Some(purged) = &self.purged {
+            frame(&mut buffer, KIND_PURGE, &encode(purged)?);
+        }
+        let entries: Vec<&StoredEntry> = self.entries.values().collect();
+        for chunk in entries.chunks(1024) {
+            frame(&mut buffer, KIND_ENTRY, &encode(&chunk)?);
+        }
+        let temporary = self.path.with_extension("log.rewrite");
+        let result = (|| -> std::io::Result<File> {
+            let mut file = File::create(&temporary)?;
+            file.write_all(&buffer)?;
+            file.sync_all()?;
+            fs::rename(&temporary, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            OpenOptions::new().read(true).append(true).open(&self.path)
+        })();
+        match result {
+            Ok(file) => {
+                self.file = file;
+                self.file_bytes = buffer.len() as u64;
+                self.garbage_bytes = 0;
+                Ok(())
+            }
+            Err(error) => {
+                self.poisoned = true;
+                Err(StorageError::io("rewrite raft.log", error))
+            }
+        }
+    }
+}
+
+fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StorageError> {
+    postcard::to_allocvec(value).map_err(|_| StorageError::Encode)
+}
+
+fn frame(buffer: &mut Vec<u8>, kind: u8, body: &[u8]) {
+    let length = u32::try_from(body.len()).expect("record length bounded by RECORD_BYTES_MAX");
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&[kind]);
+    hasher.update(&length.to_le_bytes());
+    hasher.update(body);
+    buffer.push(MAGIC);
+    buffer.push(kind);
+    buffer.extend_from_slice(&length.to_le_bytes());
+    buffer.extend_from_slice(&hasher.finalize().to_le_bytes());
+    buffer.extend_from_slice(body);
+}
+
+/// Parses one frame at the start of `bytes`: (kind, body, frame length).
+fn parse_frame(bytes: &[u8]) -> Result<(u8, &[u8], usize), &'static str> {
+    if bytes.len() < HEADER_BYTES {
+        return Err("short record header");
+    }
+    if bytes[0] != MAGIC {
+        return Err("bad record magic");
+    }
+    let kind = bytes[1];
+    let length = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
+    let crc = u32::from_le_bytes([bytes[6], bytes[7], bytes[8], bytes[9]]);
+    let length_usize = length as usize;
+    if length_usize > RECORD_BYTES_MAX {
+        return Err("record length out of bounds");
+    }
+    let Some(body) = bytes.get(HEADER_BYTES..HEADER_BYTES + length_usize) else {
+        return Err("record runs past the end of the file");
+    };
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&[kind]);
+    hasher.update(&length.to_le_bytes());
+    hasher.update(body);
+    if hasher.finalize() != crc {
+        return Err("record checksum mismatch");
+    }
+    Ok((kind, body, HEADER_BYTES + length_usize))
+}
+
+/// Whether a well-formed frame starts anywhere at or after `from`.
+fn any_valid_frame_after(bytes: &[u8], from: usize) -> bool {
+    (from..bytes.len())
+        .any(|offset| bytes[offset] == MAGIC && parse_frame(&bytes[offset..]).is_ok())
+}

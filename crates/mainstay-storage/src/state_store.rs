@@ -1,0 +1,259 @@
+//! `StateStore`: the applied state in redb (`state.redb`).
+//!
+//! Durability promise: `commit` writes a batch's keyspace changes, the applied log
+//! id, the membership and the revisions in ONE redb transaction with immediate
+//! durability, so after a crash the state is exactly that of some applied prefix
+//! of the log and restart replays only what follows it.
+
+use std::path::{Path, PathBuf};
+
+use mainstay_mvcc::{Change, KeySpace, Record, Revision};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StorageError;
+use crate::log_store::LogIdRecord;
+
+/// Key = user key ++ revision (8 bytes, big endian); value = encoded `Record::live`.
+const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_history");
+/// Single row `"meta"` holding the encoded `StateMeta`.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const META_KEY: &str = "meta";
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// State-machine metadata committed with every batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMeta {
+    /// The last applied log id.
+    pub applied: Option<LogIdRecord>,
+    /// The last applied membership, encoded by the Raft adapter (with its log id).
+    pub membership: Vec<u8>,
+    /// The store revision.
+    pub revision: Revision,
+    /// The compacted revision.
+    pub compacted: Revision,
+}
+
+/// A full copy of the state: what a snapshot carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotData {
+    /// Format version of this structure.
+    pub format: u32,
+    /// The metadata at the snapshot point.
+    pub meta: StateMeta,
+    /// Every retained record.
+    pub records: Vec<(Vec<u8>, Record)>,
+}
+
+impl SnapshotData {
+    /// Encodes the snapshot with a trailing CRC32 of the body.
+    pub fn encode(&self) -> Result<Vec<u8>, StorageError> {
+        let mut bytes = postcard::to_allocvec(self).map_err(|_| StorageError::Encode)?;
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        Ok(bytes)
+    }
+
+    /// Decodes and checks a snapshot made by `encode`.
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotData, StorageError> {
+        let Some(split) = bytes.len().checked_sub(4) else {
+            return Err(StorageError::Snapshot("too short"));
+        };
+        let (body, crc) = bytes.split_at(split);
+        let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        if crc32fast::hash(body) != crc {
+            return Err(StorageError::Snapshot("checksum mismatch"));
+        }
+        let data: SnapshotData =
+            postcard::from_bytes(body).map_err(|_| StorageError::Snapshot("undecodable"))?;
+        if data.format != SNAPSHOT_FORMAT {
+            return Err(StorageError::Snapshot("unknown format version"));
+        }
+        Ok(data)
+    }
+}
+
+/// The redb-backed state store. See the module docs.
+pub struct StateStore {
+    db: Database,
+    path: PathBuf,
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn history_key(key: &[u8], revision: Revision) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(key.len() + 8);
+    bytes.extend_from_slice(key);
+    bytes.extend_from_slice(&revision.to_be_bytes());
+    bytes
+}
+
+fn split_history_key(bytes: &[u8]) -> Option<(Vec<u8>, Revision)> {
+    let split = bytes.len().checked_sub(8)?;
+    let (key, revision) = bytes.split_at(split);
+    let revision = Revision::from_be_bytes(revision.try_into().ok()?);
+    Some((key.to_vec(), revision))
+}
+
+impl StateStore {
+    /// Opens (or creates) `dir/state.redb` and loads the keyspace and metadata.
+    pub fn open(dir: &Path) -> Result<(StateStore, KeySpace, StateMeta), StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create data directory", e))?;
+        let path = dir.join("state.redb");
+        let db = Database::create(&path).map_err(StorageError::db)?;
+        let store = StateStore {
+            db,
+            path,
+            poisoned: false,
+        };
+        let (key_space, meta) = store.load()?;
+        Ok((store, key_space, meta))
+    }
+
+    fn load(&self) -> Result<(KeySpace, StateMeta), StorageError> {
+        let read = self.db.begin_read().map_err(StorageError::db)?;
+        let meta = match read.open_table(META) {
+            Ok(table) => match table.get(META_KEY).map_err(StorageError::db)? {
+                Some(value) => postcard::from_bytes(value.value())
+                    .map_err(|_| StorageError::Snapshot("undecodable state metadata"))?,
+                None => StateMeta::default(),
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => StateMeta::default(),
+            Err(error) => return Err(StorageError::db(error)),
+        };
+        let mut records = Vec::new();
+        match read.open_table(HISTORY) {
+            Ok(table) => {
+                for row in table.iter().map_err(StorageError::db)? {
+                    let (key, value) = row.map_err(StorageError::db)?;
+                    let (key, revision) = split_history_key(key.value())
+                        .ok_or(StorageError::Snapshot("malformed history key"))?;
+                    let live = postcard::from_bytes(value.value())
+                        .map_err(|_| StorageError::Snapshot("undecodable history record"))?;
+                    records.push((key, Record { revision, live }));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(error) => return Err(StorageError::db(error)),
+        }
+        let key_space = KeySpace::restore(records, meta.revision, meta.compacted);
+        Ok((key_space, meta))
+    }
+
+    /// Commits one applied batch: its changes and the new metadata, durably.
+    /// A failure poisons the store: the member must stop.
+    pub fn commit(&mut self, changes: &[Change], meta: &StateMeta) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        let result = self.commit_inner(changes, meta);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn commit_inner(&mut self, changes: &[Change], meta: &StateMeta) -> Result<(), StorageError> {
+        let mut write = self.db.begin_write().map_err(StorageError::db)?;
+        write
+            .set_durability(Durability::Immediate)
+            .map_err(StorageError::db)?;
+        {
+            let mut history = write.open_table(HISTORY).map_err(StorageError::db)?;
+            for change in changes {
+                match change {
+                    Change::Append { key, record } => {
+                        let live = postcard::to_allocvec(&record.live)
+                            .map_err(|_| StorageError::Encode)?;
+                        history
+                            .insert(
+                                history_key(key, record.revision).as_slice(),
+                                live.as_slice(),
+                            )
+                            .map_err(StorageError::db)?;
+                    }
+                    Change::Remove { key, revision } => {
+                        history
+                            .remove(history_key(key, *revision).as_slice())
+                            .map_err(StorageError::db)?;
+                    }
+                }
+            }
+            let mut table = write.open_table(META).map_err(StorageError::db)?;
+            let encoded = postcard::to_allocvec(meta).map_err(|_| StorageError::Encode)?;
+            table
+                .insert(META_KEY, encoded.as_slice())
+                .map_err(StorageError::db)?;
+        }
+        write.commit().map_err(StorageError::db)
+    }
+
+    /// A consistent copy of the committed state, for a snapshot.
+    pub fn snapshot(&self) -> Result<SnapshotData, StorageError> {
+        let (key_space, meta) = self.load()?;
+        let records = key_space
+            .records()
+            .map(|(k, r)| (k.to_vec(), r.clone()))
+            .collect();
+        Ok(SnapshotData {
+            format: SNAPSHOT_FORMAT,
+            meta,
+            records,
+        })
+    }
+
+    /// Replaces the whole state with a snapshot's, durably, and returns the new keyspace.
+    pub fn install(&mut self, data: &SnapshotData) -> Result<KeySpace, StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        let result = (|| {
+            let mut write = self.db.begin_write().map_err(StorageError::db)?;
+            write
+                .set_durability(Durability::Immediate)
+                .map_err(StorageError::db)?;
+            write.delete_table(HISTORY).map_err(StorageError::db)?;
+            {
+                let mut history = write.open_table(HISTORY).map_err(StorageError::db)?;
+                for (key, record) in &data.records {
+                    let live =
+                        postcard::to_allocvec(&record.live).map_err(|_| StorageError::Encode)?;
+                    history
+                        .insert(
+                            history_key(key, record.revision).as_slice(),
+                            live.as_slice(),
+                        )
+                        .map_err(StorageError::db)?;
+                }
+                let mut table = write.open_table(META).map_err(StorageError::db)?;
+                let encoded =
+                    postcard::to_allocvec(&data.meta).map_err(|_| StorageError::Encode)?;
+                table
+                    .insert(META_KEY, encoded.as_slice())
+                    .map_err(StorageError::db)?;
+            }
+            write.commit().map_err(StorageError::db)
+        })();
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result?;
+        Ok(KeySpace::restore(
+            data.records.iter().cloned(),
+            data.meta.revision,
+            data.meta.compacted,
+        ))
+    }
+
+    /// Size of the database file in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+}

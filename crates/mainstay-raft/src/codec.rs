@@ -1,0 +1,172 @@
+//! openraft ↔ persisted forms. Persisted formats are ours (`LogIdRecord`,
+//! `VoteRecord`, `PersistedPayload`, `MembershipRecord`), never serde of openraft's
+//! structs, which change between alphas.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mainstay_mvcc::Command;
+use mainstay_storage::{LogIdRecord, StoredEntry, VoteRecord};
+use openraft::alias::{EntryOf, LogIdOf, StoredMembershipOf, VoteOf};
+use openraft::impls::leader_id_adv::LeaderId;
+use openraft::{EntryPayload, LogId, Membership, StoredMembership, Vote};
+use serde::{Deserialize, Serialize};
+
+use crate::type_config::{MemberNode, TypeConfig};
+
+/// The payload of a log entry as stored on disk.
+#[derive(Serialize, Deserialize)]
+enum PersistedPayload {
+    Blank,
+    Command(Command),
+    Membership(MembershipRecord),
+}
+
+/// A membership as stored on disk: joint configs and node descriptions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipRecord {
+    /// Voter sets; two during a joint change.
+    pub configs: Vec<Vec<u64>>,
+    /// Every node (voters and learners).
+    pub nodes: Vec<(u64, MemberNode)>,
+}
+
+/// A membership plus the log id it was applied at.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMembershipRecord {
+    /// Where it took effect.
+    pub log_id: Option<LogIdRecord>,
+    /// The membership.
+    pub membership: MembershipRecord,
+}
+
+/// Converts an openraft log id.
+pub fn log_id_to_record(log_id: &LogIdOf<TypeConfig>) -> LogIdRecord {
+    LogIdRecord {
+        term: log_id.leader_id.term,
+        node_id: log_id.leader_id.node_id,
+        index: log_id.index,
+    }
+}
+
+/// Converts a stored log id.
+pub fn log_id_from_record(record: &LogIdRecord) -> LogIdOf<TypeConfig> {
+    LogId::new(
+        LeaderId {
+            term: record.term,
+            node_id: record.node_id,
+        },
+        record.index,
+    )
+}
+
+/// Converts an openraft vote.
+pub fn vote_to_record(vote: &VoteOf<TypeConfig>) -> VoteRecord {
+    VoteRecord {
+        term: vote.leader_id.term,
+        node_id: Some(vote.leader_id.node_id),
+        committed: vote.is_committed(),
+    }
+}
+
+/// Converts a stored vote.
+pub fn vote_from_record(record: &VoteRecord) -> VoteOf<TypeConfig> {
+    let node_id = record.node_id.unwrap_or_default();
+    if record.committed {
+        Vote::new_committed(record.term, node_id)
+    } else {
+        Vote::new(record.term, node_id)
+    }
+}
+
+/// Converts a membership to its stored form.
+pub fn membership_to_record(membership: &Membership<u64, MemberNode>) -> MembershipRecord {
+    MembershipRecord {
+        configs: membership
+            .get_joint_config()
+            .iter()
+            .map(|c| c.iter().copied().collect())
+            .collect(),
+        nodes: membership
+            .nodes()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect(),
+    }
+}
+
+/// Rebuilds a membership from its stored form.
+pub fn membership_from_record(
+    record: &MembershipRecord,
+) -> Result<Membership<u64, MemberNode>, String> {
+    let configs: Vec<BTreeSet<u64>> = record
+        .configs
+        .iter()
+        .map(|c| c.iter().copied().collect())
+        .collect();
+    let nodes: BTreeMap<u64, MemberNode> = record.nodes.iter().cloned().collect();
+    Membership::new(configs, nodes).map_err(|e| e.to_string())
+}
+
+/// Encodes a stored membership (with its log id) for the state store.
+pub fn encode_stored_membership(stored: &StoredMembershipOf<TypeConfig>) -> Vec<u8> {
+    let record = StoredMembershipRecord {
+        log_id: stored.log_id().as_ref().map(log_id_to_record),
+        membership: membership_to_record(stored.membership()),
+    };
+    postcard::to_allocvec(&record).expect("our own record types always encode")
+}
+
+/// Decodes a stored membership; empty bytes mean "none yet".
+pub fn decode_stored_membership(bytes: &[u8]) -> Result<StoredMembershipOf<TypeConfig>, String> {
+    if bytes.is_empty() {
+        return Ok(StoredMembership::default());
+    }
+    let record: StoredMembershipRecord =
+        postcard::from_bytes(bytes).map_err(|e| format!("undecodable membership: {e}"))?;
+    let membership = membership_from_record(&record.membership)?;
+    Ok(StoredMembership::new(
+        record.log_id.as_ref().map(log_id_from_record),
+        membership,
+    ))
+}
+
+/// Converts an openraft entry to its stored form.
+pub fn entry_to_stored(entry: &EntryOf<TypeConfig>) -> StoredEntry {
+    let payload = match &entry.payload {
+        EntryPayload::Blank => PersistedPayload::Blank,
+        EntryPayload::Normal(command) => PersistedPayload::Command(command.clone()),
+        EntryPayload::Membership(membership) => {
+            PersistedPayload::Membership(membership_to_record(membership))
+        }
+    };
+    StoredEntry {
+        log_id: log_id_to_record(&entry.log_id),
+        payload: postcard::to_allocvec(&payload).expect("our own payload types always encode"),
+    }
+}
+
+/// Rebuilds an openraft entry from its stored form.
+pub fn entry_from_stored(stored: &StoredEntry) -> Result<EntryOf<TypeConfig>, String> {
+    let payload: PersistedPayload = postcard::from_bytes(&stored.payload)
+        .map_err(|e| format!("undecodable log entry {}: {e}", stored.log_id.index))?;
+    let payload = match payload {
+        PersistedPayload::Blank => EntryPayload::Blank,
+        PersistedPayload::Command(command) => EntryPayload::Normal(command),
+        PersistedPayload::Membership(record) => {
+            EntryPayload::Membership(membership_from_record(&record)?)
+        }
+    };
+    Ok(openraft::Entry {
+        log_id: log_id_from_record(&stored.log_id),
+        payload,
+    })
+}
+
+/// Encodes a transient peer message (never persisted).
+pub fn encode_message<T: Serialize>(message: &T) -> Result<Vec<u8>, String> {
+    postcard::to_allocvec(message).map_err(|e| format!("encode peer message: {e}"))
+}
+
+/// Decodes a transient peer message.
+pub fn decode_message<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("decode peer message: {e}"))
+}

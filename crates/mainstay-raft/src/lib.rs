@@ -1,0 +1,20 @@
+//! The openraft adapter: the only crate that names openraft.
+//!
+//! `Replica` is the whole public face: propose a `Command`, pass a linearizable
+//! read barrier, read the applied keyspace, inspect status and membership, and
+//! serve the peer protocol. Log entries, votes and memberships are persisted in
+//! our own formats (`codec`), so an openraft upgrade touches this crate only.
+
+mod codec;
+mod error;
+mod log_store;
+mod network;
+mod peer_service;
+mod replica;
+mod state_machine;
+mod type_config;
+
+pub use error::ReplicaError;
+pub use replica::{Replica, ReplicaConfig, ReplicaStatus, WriteOutcome, member_id_for};
+pub use state_machine::AppliedEvents;
+pub use type_config::MemberNode;

@@ -1,0 +1,237 @@
+//! Outgoing peer traffic: openraft's network traits over our `RaftPeer` gRPC
+//! service. Every call has a deadline (a partition can swallow a reply).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mainstay_proto::peer::raft_peer_client::RaftPeerClient;
+use mainstay_proto::peer::{RaftPayload, SnapshotChunk};
+use openraft::OptionalSend;
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::codec::{decode_message, encode_message};
+use crate::type_config::{MemberNode, TypeConfig};
+
+/// Snapshot bytes per streamed chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest peer message accepted (a batch of entries or one snapshot chunk).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 256 << 20;
+
+/// Channels to peers, keyed by the dialled URL; shared by raft and forwarding.
+#[derive(Clone, Default)]
+pub struct PeerPool {
+    channels: Arc<Mutex<BTreeMap<String, Channel>>>,
+}
+
+impl PeerPool {
+    /// A client for `node` (connected lazily, reused).
+    pub fn client(&self, node: &MemberNode) -> Result<RaftPeerClient<Channel>, String> {
+        let url = node
+            .peer_urls
+            .first()
+            .ok_or_else(|| format!("member {} has no peer URL", node.name))?;
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(url) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(url.clone())
+                    .map_err(|e| format!("bad peer URL {url}: {e}"))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .connect_lazy();
+                channels.insert(url.clone(), channel.clone());
+                channel
+            }
+        };
+        Ok(RaftPeerClient::new(channel)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
+    }
+}
+
+/// Builds one `PeerConnection` per target, as openraft asks.
+#[derive(Clone, Default)]
+pub struct PeerNetwork {
+    /// The shared channel pool.
+    pub pool: PeerPool,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: u64, node: &MemberNode) -> Self::Network {
+        PeerConnection {
+            target,
+            client: self.pool.client(node),
+        }
+    }
+}
+
+/// openraft's view of one peer.
+pub struct PeerConnection {
+    target: u64,
+    client: Result<RaftPeerClient<Channel>, String>,
+}
+
+fn network_error(message: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(
+        message.to_string(),
+    )))
+}
+
+impl PeerConnection {
+    fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<TypeConfig>> {
+        self.client
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
+    }
+
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        request: &Req,
+        option: &RPCOption,
+        send: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftPeerClient<Channel>, RaftPayload) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let client = self.client()?;
+        let payload = RaftPayload {
+            payload: encode_message(request).map_err(network_error)?,
+        };
+        let reply = tokio::time::timeout(option.hard_ttl(), send(client, payload))
+            .await
+            .map_err(|_| network_error(format!("peer {} timed out", self.target)))?
+            .map_err(|status| {
+                network_error(format!("peer {}: {}", self.target, status.message()))
+            })?;
+        let decoded: Result<Resp, String> =
+            decode_message(&reply.into_inner().payload).map_err(network_error)?;
+        decoded.map_err(|remote| RPCError::Unreachable(Unreachable::from_string(remote)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, p| async move {
+            c.append_entries(p).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = (false, rpc);
+        self.call(&request, &option, |mut c, p| async move { c.vote(p).await })
+            .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = (true, rpc);
+        self.call(&request, &option, |mut c, p| async move { c.vote(p).await })
+            .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, p| async move {
+            c.transfer_leader(p).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client().map_err(|e| match e {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => StreamingError::Unreachable(Unreachable::from_string(other.to_string())),
+        })?;
+        let header = encode_message(&(vote, snapshot.meta.clone()))
+            .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
+        let mut chunks = Vec::new();
+        let data = snapshot.snapshot;
+        let mut first = true;
+        for piece in data.chunks(SNAPSHOT_CHUNK_BYTES) {
+            let header = if first { header.clone() } else { Vec::new() };
+            first = false;
+            chunks.push(SnapshotChunk {
+                header,
+                data: piece.to_vec(),
+            });
+        }
+        if chunks.is_empty() {
+            chunks.push(SnapshotChunk {
+                header,
+                data: Vec::new(),
+            });
+        }
+        let target = self.target;
+        // Sending a big snapshot takes longer than one RPC: allow 10 s per 16 MiB.
+        let allowance =
+            option.hard_ttl() + Duration::from_secs(10 * (1 + (data.len() as u64 >> 24)));
+        let send = async move {
+            tokio::time::timeout(
+                allowance,
+                client.install_snapshot(futures::stream::iter(chunks)),
+            )
+            .await
+        };
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = send => reply,
+        };
+        let reply = reply
+            .map_err(|_| {
+                StreamingError::Network(NetworkError::new(&std::io::Error::other(format!(
+                    "snapshot to {target} timed out"
+                ))))
+            })?
+            .map_err(|status| {
+                StreamingError::Network(NetworkError::new(&std::io::Error::other(
+                    status.message().to_string(),
+                )))
+            })?;
+        let decoded: Result<SnapshotResponse<TypeConfig>, String> =
+            decode_message(&reply.into_inner().payload).map_err(|e| {
+                StreamingError::Network(NetworkError::new(&std::io::Error::other(e)))
+            })?;
+        decoded.map_err(|remote| StreamingError::Unreachable(Unreachable::from_string(remote)))
+    }
+}

@@ -1,0 +1,148 @@
+//! Incoming peer traffic: the `RaftPeer` gRPC service handing messages to openraft.
+
+use futures::StreamExt;
+use mainstay_mvcc::Command;
+use mainstay_proto::peer::raft_peer_server::RaftPeer;
+use mainstay_proto::peer::{
+    ForwardRequest, ForwardResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    SnapshotChunk,
+};
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use serde::Serialize;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::codec::{decode_message, encode_message};
+use crate::network::PEER_MESSAGE_BYTES_MAX;
+use crate::replica::{ReadIndexReply, Replica};
+use crate::type_config::TypeConfig;
+
+/// Largest snapshot accepted from a leader.
+const SNAPSHOT_BYTES_MAX: usize = 16 << 30;
+
+/// The peer service; see `Replica::peer_service`.
+pub struct PeerService {
+    pub(crate) replica: Replica,
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    encode_message(value)
+        .map(|payload| Response::new(RaftPayload { payload }))
+        .map_err(Status::internal)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+    decode_message(payload).map_err(Status::invalid_argument)
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().payload)?;
+        let result = self
+            .replica
+            .inner
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(|e| e.to_string());
+        reply(&result)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let (pre_vote, rpc): (bool, VoteRequest<TypeConfig>) =
+            decode(&request.into_inner().payload)?;
+        let raft = &self.replica.inner.raft;
+        let result = if pre_vote {
+            raft.pre_vote(rpc).await
+        } else {
+            raft.vote(rpc).await
+        };
+        reply(&result.map_err(|e| e.to_string()))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut stream = request.into_inner();
+        let mut header = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if header.is_none() {
+                let decoded: (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
+                    decode(&chunk.header)?;
+                header = Some(decoded);
+            }
+            if data.len() + chunk.data.len() > SNAPSHOT_BYTES_MAX {
+                return Err(Status::resource_exhausted("snapshot too large"));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let Some((vote, meta)) = header else {
+            return Err(Status::invalid_argument("empty snapshot stream"));
+        };
+        let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: data,
+        };
+        let result = self
+            .replica
+            .inner
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| e.to_string());
+        reply(&result)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> = decode(&request.into_inner().payload)?;
+        let result = self
+            .replica
+            .inner
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(|e| e.to_string());
+        reply(&result)
+    }
+
+    async fn forward(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        let command: Command = decode(&request.into_inner().command)?;
+        let outcome = self.replica.serve_forward(command).await;
+        let result = encode_message(&outcome).map_err(Status::internal)?;
+        Ok(Response::new(ForwardResponse {
+            result,
+            error: Vec::new(),
+        }))
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        match self.replica.read_index_local().await {
+            ReadIndexReply::Index(index) => Ok(Response::new(ReadIndexResponse {
+                index,
+                error: Vec::new(),
+            })),
+            other => {
+                let error = encode_message(&other).map_err(Status::internal)?;
+                Ok(Response::new(ReadIndexResponse { index: 0, error }))
+            }
+        }
+    }
+}
+
+const _: () = assert!(PEER_MESSAGE_BYTES_MAX < SNAPSHOT_BYTES_MAX);

@@ -1,0 +1,486 @@
+//! `Replica`: one member's Raft node, its log, its state machine and its peer pool.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mainstay_mvcc::{Command, CommandResponse, KeySpace, MvccError};
+use mainstay_proto::peer::raft_peer_server::RaftPeerServer;
+use mainstay_proto::peer::{ForwardRequest, ReadIndexRequest};
+use mainstay_storage::{LogStore, StateStore};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::codec::{decode_message, encode_message};
+use crate::error::ReplicaError;
+use crate::log_store::RaftLog;
+use crate::network::{PEER_MESSAGE_BYTES_MAX, PeerNetwork, PeerPool};
+use crate::peer_service::PeerService;
+use crate::state_machine::{AppliedEvents, StateMachine};
+use crate::type_config::{MemberNode, RaftHandle};
+
+/// How to run one replica.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// This member's id.
+    pub member_id: u64,
+    /// Where the log and the state live.
+    pub data_dir: PathBuf,
+    /// Leader heartbeat period.
+    pub heartbeat_ms: u64,
+    /// Minimum election timeout (the maximum is twice it).
+    pub election_timeout_ms: u64,
+    /// Applied entries between snapshots (etcd `--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Entries kept in the log behind a snapshot for slow followers.
+    pub snapshot_catchup_entries: u64,
+}
+
+/// The outcome of an applied write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteOutcome {
+    /// The command's answer (an error changed nothing).
+    pub outcome: Result<CommandResponse, MvccError>,
+    /// Raft term of the entry.
+    pub raft_term: u64,
+}
+
+/// A point-in-time view of this member's Raft state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// This member.
+    pub member_id: u64,
+    /// The leader this member knows of.
+    pub leader: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Last applied index.
+    pub applied_index: u64,
+    /// Committed index.
+    pub committed_index: u64,
+    /// Whether this member is a learner.
+    pub is_learner: bool,
+    /// Whether this member is the leader.
+    pub is_leader: bool,
+    /// Bytes of the state database file.
+    pub db_bytes: u64,
+    /// Bytes of the Raft log file.
+    pub log_bytes: u64,
+}
+
+/// Forwarded-write reply body.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum ForwardReply {
+    Done(WriteOutcome),
+    /// The receiver is not the leader (nothing was proposed); the leader it knows.
+    NotLeader(Option<u64>),
+    Failed(ReplicaError),
+}
+
+/// Read-index reply body.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum ReadIndexReply {
+    Index(u64),
+    NotLeader(Option<u64>),
+    Failed(ReplicaError),
+}
+
+/// A member id derived from its name and the cluster token, so every member of a
+/// new cluster computes the same ids from `--initial-cluster`.
+pub fn member_id_for(name: &str, cluster_token: &str) -> u64 {
+    // FNV-1a 64: stable across builds and platforms.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes().chain([0u8]).chain(cluster_token.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Zero means "no member" on the wire.
+    hash.max(1)
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: ReplicaConfig,
+    pub(crate) raft: RaftHandle,
+    pub(crate) state: StateMachine,
+    log: RaftLog,
+    pool: PeerPool,
+    request_timeout: Duration,
+}
+
+/// One member's replica. Cheap to clone.
+#[derive(Clone)]
+pub struct Replica {
+    pub(crate) inner: Arc<Inner>,
+}
+
+enum LocalWrite {
+    Done(WriteOutcome),
+    NotLeader(Option<u64>),
+    Failed(ReplicaError),
+}
+
+impl Replica {
+    /// Opens storage and starts the Raft node (not yet part of any cluster
+    /// unless its log says so; see `bootstrap`).
+    pub async fn open(config: ReplicaConfig) -> Result<Replica, String> {
+        let (log_store, report) =
+            LogStore::open(&config.data_dir).map_err(|e| format!("open raft log: {e}"))?;
+        if report.torn_bytes > 0 {
+            tracing::warn!(
+                torn_bytes = report.torn_bytes,
+                "raft log had a torn tail; truncated"
+            );
+        }
+        let (state_store, key_space, meta) =
+            StateStore::open(&config.data_dir).map_err(|e| format!("open state store: {e}"))?;
+        let state = StateMachine::new(state_store, key_space, meta);
+        let log = RaftLog::new(log_store);
+        let raft_config = Config {
+            cluster_name: "mainstay".to_string(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_ms,
+            election_timeout_max: config.election_timeout_ms * 2,
+            enable_pre_vote: Some(true),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
+            install_snapshot_timeout: config.election_timeout_ms.max(1000) * 5,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| format!("invalid raft config: {e}"))?;
+        let pool = PeerPool::default();
+        let network = PeerNetwork { pool: pool.clone() };
+        let raft = RaftHandle::new(
+            config.member_id,
+            Arc::new(raft_config),
+            network,
+            log.clone(),
+            state.clone(),
+        )
+        .await
+        .map_err(|e| format!("start raft: {e}"))?;
+        let request_timeout =
+            Duration::from_secs(5) + Duration::from_millis(2 * config.election_timeout_ms);
+        Ok(Replica {
+            inner: Arc::new(Inner {
+                config,
+                raft,
+                state,
+                log,
+                pool,
+                request_timeout,
+            }),
+        })
+    }
+
+    /// This member's id.
+    pub fn member_id(&self) -> u64 {
+        self.inner.config.member_id
+    }
+
+    /// Whether this member has never been part of a cluster (empty log, no vote).
+    pub async fn is_pristine(&self) -> bool {
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        metrics.last_log_index.is_none()
+            && metrics.last_applied.is_none()
+            && metrics.current_term == 0
+    }
+
+    /// Makes a pristine member part of a new cluster with these voters. Every
+    /// member of a new cluster calls it with the same map; that is safe.
+    pub async fn bootstrap(&self, members: BTreeMap<u64, MemberNode>) -> Result<(), String> {
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(error)) => {
+                tracing::info!(%error, "cluster already initialized");
+                Ok(())
+            }
+            Err(error) => Err(format!("initialize: {error}")),
+        }
+    }
+
+    /// Reads the applied keyspace. Serializable: may trail the leader.
+    pub fn read<T>(&self, read: impl FnOnce(&KeySpace) -> T) -> T {
+        self.inner.state.read(read)
+    }
+
+    /// Durable applied events.
+    pub fn subscribe(&self) -> broadcast::Receiver<AppliedEvents> {
+        self.inner.state.subscribe()
+    }
+
+    /// The current Raft term.
+    pub fn term(&self) -> u64 {
+        self.inner.raft.metrics().borrow_watched().current_term
+    }
+
+    /// Status for `Maintenance.Status` and health checks.
+    pub fn status(&self) -> ReplicaStatus {
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let id = self.inner.config.member_id;
+        ReplicaStatus {
+            member_id: id,
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            committed_index: metrics.local_committed.map_or(0, |l| l.index),
+            is_learner: membership.learner_ids().any(|l| l == id),
+            is_leader: metrics.state == ServerState::Leader,
+            db_bytes: self.inner.state.db_bytes(),
+            log_bytes: self.inner.log.file_bytes(),
+        }
+    }
+
+    /// Every member: id, description, whether a learner.
+    pub fn members(&self) -> Vec<(u64, MemberNode, bool)> {
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let learners: Vec<u64> = membership.learner_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| (*id, node.clone(), learners.contains(id)))
+            .collect()
+    }
+
+    /// The peer gRPC service to serve on the peer port.
+    pub fn peer_service(&self) -> RaftPeerServer<PeerService> {
+        RaftPeerServer::new(PeerService {
+            replica: self.clone(),
+        })
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    }
+
+    /// Resolves when the Raft core stopped (shutdown or a fatal storage error),
+    /// with the fatal error's text if there was one.
+    pub async fn stopped(&self) -> Option<String> {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_watched().running_state {
+                return Some(fatal.to_string());
+            }
+            if metrics.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Stops the Raft node.
+    pub async fn shutdown(&self) {
+        if let Err(error) = self.inner.raft.shutdown().await {
+            tracing::warn!(%error, "raft shutdown");
+        }
+    }
+
+    /// Asks the leader to hand over to `target` and waits briefly for it.
+    pub async fn transfer_leader(&self, target: u64) -> Result<(), ReplicaError> {
+        self.inner
+            .raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|_| ReplicaError::Stopped)
+    }
+
+    /// Proposes a write and waits until it is applied, forwarding to the leader
+    /// when this member is not it. Never re-proposes a command that may have
+    /// been proposed: an unknown outcome is reported as such.
+    pub async fn write(&self, command: Command) -> Result<WriteOutcome, ReplicaError> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let mut known_leader = None;
+        loop {
+            match self.write_local(command.clone()).await {
+                LocalWrite::Done(outcome) => return Ok(outcome),
+                LocalWrite::Failed(error) => return Err(error),
+                LocalWrite::NotLeader(leader) => {
+                    known_leader = leader.or(known_leader);
+                    if let Some(leader) = leader.filter(|l| *l != self.member_id()) {
+                        match self.forward(leader, &command).await {
+                            Ok(ForwardReply::Done(outcome)) => return Ok(outcome),
+                            Ok(ForwardReply::Failed(error)) => return Err(error),
+                            Ok(ForwardReply::NotLeader(_)) | Err(Retry) => {}
+                        }
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(if known_leader.is_some() {
+                    ReplicaError::Timeout
+                } else {
+                    ReplicaError::NoLeader
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn write_local(&self, command: Command) -> LocalWrite {
+        match self.inner.raft.client_write(command).await {
+            Ok(response) => match response.data.outcome {
+                Some(outcome) => LocalWrite::Done(WriteOutcome {
+                    outcome,
+                    raft_term: response.log_id.leader_id.term,
+                }),
+                None => LocalWrite::Failed(ReplicaError::Stopped),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                LocalWrite::NotLeader(forward.leader_id)
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                LocalWrite::Failed(ReplicaError::LeaderChanged)
+            }
+            Err(RaftError::APIError(error)) => {
+                tracing::warn!(%error, "unexpected write error");
+                LocalWrite::Failed(ReplicaError::Stopped)
+            }
+            Err(RaftError::Fatal(_)) => LocalWrite::Failed(ReplicaError::Stopped),
+        }
+    }
+
+    /// Sends a write to the leader. `Err(Retry)` only when it surely was not sent.
+    async fn forward(&self, leader: u64, command: &Command) -> Result<ForwardReply, Retry> {
+        let Some(node) = self.node(leader) else {
+            return Err(Retry);
+        };
+        let Ok(mut client) = self.inner.pool.client(&node) else {
+            return Err(Retry);
+        };
+        let Ok(bytes) = encode_message(command) else {
+            return Ok(ForwardReply::Failed(ReplicaError::Stopped));
+        };
+        let reply = tokio::time::timeout(
+            self.inner.request_timeout,
+            client.forward(ForwardRequest { command: bytes }),
+        )
+        .await;
+        match reply {
+            Err(_) => Ok(ForwardReply::Failed(ReplicaError::Timeout)),
+            Ok(Err(status)) if not_sent(&status) => Err(Retry),
+            Ok(Err(_)) => Ok(ForwardReply::Failed(ReplicaError::Timeout)),
+            Ok(Ok(reply)) => Ok(decode_message(&reply.into_inner().result)
+                .unwrap_or(ForwardReply::Failed(ReplicaError::Timeout))),
+        }
+    }
+
+    /// Serves a forwarded write: propose locally, never forward again.
+    pub(crate) async fn serve_forward(&self, command: Command) -> ForwardReply {
+        match self.write_local(command).await {
+            LocalWrite::Done(outcome) => ForwardReply::Done(outcome),
+            LocalWrite::NotLeader(leader) => ForwardReply::NotLeader(leader),
+            LocalWrite::Failed(error) => ForwardReply::Failed(error),
+        }
+    }
+
+    fn node(&self, id: u64) -> Option<MemberNode> {
+        self.members()
+            .into_iter()
+            .find(|(member, _, _)| *member == id)
+            .map(|(_, node, _)| node)
+    }
+
+    /// Waits until this member has applied everything committed before the call
+    /// (a ReadIndex barrier through the leader; no log write).
+    pub async fn read_barrier(&self) -> Result<(), ReplicaError> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let mut known_leader = None;
+        loop {
+            let index = match self.read_index_local().await {
+                ReadIndexReply::Index(_) => return Ok(()),
+                ReadIndexReply::Failed(error) => return Err(error),
+                ReadIndexReply::NotLeader(leader) => {
+                    known_leader = leader.or(known_leader);
+                    match leader.filter(|l| *l != self.member_id()) {
+                        Some(leader) => match self.remote_read_index(leader).await {
+                            Some(ReadIndexReply::Index(index)) => Some(index),
+                            Some(ReadIndexReply::Failed(error)) => return Err(error),
+                            _ => None,
+                        },
+                        None => None,
+                    }
+                }
+            };
+            if let Some(index) = index {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                return match self
+                    .inner
+                    .raft
+                    .wait(Some(remaining))
+                    .applied_index_at_least(Some(index), "read barrier")
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(openraft::metrics::WaitError::Timeout(..)) => Err(ReplicaError::Timeout),
+                    Err(_) => Err(ReplicaError::Stopped),
+                };
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(if known_leader.is_some() {
+                    ReplicaError::Timeout
+                } else {
+                    ReplicaError::NoLeader
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the read index
+    /// (after applying up to it locally).
+    pub(crate) async fn read_index_local(&self) -> ReadIndexReply {
+        match self
+            .inner
+            .raft
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok(read_log_id) => ReadIndexReply::Index(read_log_id.index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
+                ReadIndexReply::NotLeader(forward.leader_id)
+            }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
+                ReadIndexReply::NotLeader(None)
+            }
+            Err(RaftError::Fatal(_)) => ReadIndexReply::Failed(ReplicaError::Stopped),
+        }
+    }
+
+    async fn remote_read_index(&self, leader: u64) -> Option<ReadIndexReply> {
+        let node = self.node(leader)?;
+        let mut client = self.inner.pool.client(&node).ok()?;
+        let reply = tokio::time::timeout(
+            self.inner.request_timeout,
+            client.read_index(ReadIndexRequest {}),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let reply = reply.into_inner();
+        if reply.error.is_empty() {
+            Some(ReadIndexReply::Index(reply.index))
+        } else {
+            decode_message(&reply.error).ok()
+        }
+    }
+}
+
+/// Marker: the forward surely did not reach the leader, so retrying is safe.
+struct Retry;
+
+/// Whether a failed call surely never reached the server (connection refused or
+/// not established), which is the only case a write may be re-sent.
+fn not_sent(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && {
+        let text = format!("{status:?}").to_lowercase();
+        text.contains("error trying to connect")
+            || text.contains("tcp connect error")
+            || text.contains("connection refused")
+    }
+}

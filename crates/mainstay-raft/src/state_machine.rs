@@ -1,0 +1,257 @@
+//! openraft's `RaftStateMachine` over the pure keyspace and the redb `StateStore`.
+//!
+//! Apply order per batch (R3): every entry is applied to the in-memory keyspace,
+//! the batch's changes + applied log id + membership are committed in one redb
+//! transaction, and only then are client responses and watch events released.
+
+use std::io;
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::{Stream, TryStreamExt};
+use mainstay_mvcc::{Event, KeySpace, Revision};
+use mainstay_storage::{SnapshotData, StateMeta, StateStore};
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use tokio::sync::broadcast;
+
+use crate::codec::{
+    decode_stored_membership, encode_stored_membership, log_id_from_record, log_id_to_record,
+};
+use crate::type_config::{ApplyResult, TypeConfig};
+
+/// Events of one applied revision, published after they are durable.
+#[derive(Clone, Debug)]
+pub struct AppliedEvents {
+    /// The revision all events share.
+    pub revision: Revision,
+    /// The events, in write order.
+    pub events: Arc<Vec<Event>>,
+}
+
+struct Durable {
+    store: StateStore,
+    meta: StateMeta,
+    snapshot: Option<(SnapshotMetaOf<TypeConfig>, Vec<u8>)>,
+}
+
+struct Shared {
+    key_space: RwLock<KeySpace>,
+    durable: Mutex<Durable>,
+    events: broadcast::Sender<AppliedEvents>,
+}
+
+/// The state machine; clones share state (one is openraft's, others serve reads).
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+fn to_io(error: mainstay_storage::StorageError) -> io::Error {
+    io::Error::other(error.to_string())
+}
+
+/// Capacity of the applied-events broadcast; a watcher that lags further
+/// catches up from the MVCC history instead.
+const EVENTS_BUFFERED_MAX: usize = 4096;
+
+impl StateMachine {
+    /// Wraps an opened state store and the keyspace it loaded.
+    pub fn new(store: StateStore, key_space: KeySpace, meta: StateMeta) -> Self {
+        let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
+        StateMachine {
+            shared: Arc::new(Shared {
+                key_space: RwLock::new(key_space),
+                durable: Mutex::new(Durable {
+                    store,
+                    meta,
+                    snapshot: None,
+                }),
+                events,
+            }),
+        }
+    }
+
+    /// Runs `read` against the applied keyspace.
+    pub fn read<T>(&self, read: impl FnOnce(&KeySpace) -> T) -> T {
+        let guard = self
+            .shared
+            .key_space
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        read(&guard)
+    }
+
+    /// Subscribes to durable applied events.
+    pub fn subscribe(&self) -> broadcast::Receiver<AppliedEvents> {
+        self.shared.events.subscribe()
+    }
+
+    fn durable(&self) -> std::sync::MutexGuard<'_, Durable> {
+        self.shared
+            .durable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Size of the state database file.
+    pub fn db_bytes(&self) -> u64 {
+        self.durable().store.file_bytes()
+    }
+
+    fn build(&self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
+        let data = self.durable().store.snapshot().map_err(to_io)?;
+        let bytes = data.encode().map_err(to_io)?;
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: data.meta.applied.as_ref().map(log_id_from_record),
+            last_membership: decode_stored_membership(&data.meta.membership)
+                .map_err(io::Error::other)?,
+        };
+        self.durable().snapshot = Some((meta.clone(), bytes.clone()));
+        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: bytes,
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
+        self.build()
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+        let durable = self.durable();
+        let membership =
+            decode_stored_membership(&durable.meta.membership).map_err(io::Error::other)?;
+        Ok((
+            durable.meta.applied.as_ref().map(log_id_from_record),
+            membership,
+        ))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
+    where
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            batch.push(item);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut meta = self.durable().meta.clone();
+        let mut changes = Vec::new();
+        let mut published = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        {
+            let mut key_space = self
+                .shared
+                .key_space
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            for (entry, responder) in batch {
+                if let Some(applied) = meta.applied {
+                    assert!(entry.log_id.index > applied.index, "apply went backwards");
+                }
+                let outcome = match entry.payload {
+                    EntryPayload::Blank => None,
+                    EntryPayload::Normal(command) => {
+                        // Leases arrive with their own issue; until then none exists.
+                        let applied = key_space.apply(&command, &|_| false);
+                        changes.extend(applied.changes);
+                        if !applied.events.is_empty() {
+                            published.push(AppliedEvents {
+                                revision: key_space.revision(),
+                                events: Arc::new(applied.events),
+                            });
+                        }
+                        Some(applied.result)
+                    }
+                    EntryPayload::Membership(membership) => {
+                        let stored =
+                            StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), membership);
+                        meta.membership = encode_stored_membership(&stored);
+                        None
+                    }
+                };
+                meta.applied = Some(log_id_to_record(&entry.log_id));
+                replies.push((responder, ApplyResult { outcome }));
+            }
+            meta.revision = key_space.revision();
+            meta.compacted = key_space.compacted_revision();
+        }
+        {
+            let mut durable = self.durable();
+            if let Err(error) = durable.store.commit(&changes, &meta) {
+                tracing::error!(%error, "state commit failed; stopping the member");
+                return Err(to_io(error));
+            }
+            durable.meta = meta;
+        }
+        for events in published {
+            // No receiver is fine: nobody watches.
+            let _ = self.shared.events.send(events);
+        }
+        for (responder, result) in replies {
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        let data = SnapshotData::decode(&snapshot).map_err(to_io)?;
+        let claimed = meta.last_log_id.as_ref().map(log_id_to_record);
+        if data.meta.applied != claimed {
+            return Err(io::Error::other(
+                "snapshot data does not match its metadata",
+            ));
+        }
+        let mut durable = self.durable();
+        let key_space = durable.store.install(&data).map_err(to_io)?;
+        *self
+            .shared
+            .key_space
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = key_space;
+        durable.meta = data.meta;
+        durable.snapshot = Some((meta.clone(), snapshot));
+        tracing::info!(snapshot = %meta, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
+        let existing = self.durable().snapshot.clone();
+        match existing {
+            Some((meta, bytes)) => Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> {
+                meta,
+                snapshot: bytes,
+            })),
+            // After a restart nothing is cached: the durable state is a valid snapshot.
+            None if self.durable().meta.applied.is_some() => Ok(Some(self.build()?)),
+            None => Ok(None),
+        }
+    }
+}

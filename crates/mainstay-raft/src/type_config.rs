@@ -1,0 +1,43 @@
+//! The openraft type configuration and the node description.
+
+use std::fmt;
+
+use mainstay_mvcc::{Command, CommandResponse, MvccError};
+use serde::{Deserialize, Serialize};
+
+/// What a member advertises: its name and URLs. Stored in the Raft membership.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberNode {
+    /// Human-readable member name (`--name`).
+    pub name: String,
+    /// Peer URLs (`--initial-advertise-peer-urls`); the first is dialled.
+    pub peer_urls: Vec<String>,
+    /// Client URLs (`--advertise-client-urls`).
+    pub client_urls: Vec<String>,
+}
+
+impl fmt::Display for MemberNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({})", self.name, self.peer_urls.join(","))
+    }
+}
+
+/// What applying a log entry answered. `None` for blank and membership entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    /// The command's outcome.
+    pub outcome: Option<Result<CommandResponse, MvccError>>,
+}
+
+openraft::declare_raft_types!(
+    /// Mainstay's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = ApplyResult,
+        NodeId = u64,
+        Node = MemberNode,
+        AsyncRuntime = openraft_rt_tokio::TokioRuntime,
+);
+
+/// The Raft handle type.
+pub type RaftHandle = openraft::Raft<TypeConfig, crate::state_machine::StateMachine>;

@@ -20,3 +20,4 @@ pub use error::MvccError;
 pub use key_space::{Change, INITIAL_REVISION, KeySpace, Live, Record, in_range};
 pub use types::*;
 pub use validate::validate_txn;
+pub use writer::txn_writes;

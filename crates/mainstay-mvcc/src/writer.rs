@@ -224,26 +224,86 @@ impl<'a> Writer<'a> {
     }
 
     fn compare(&self, compare: &Compare) -> Result<bool, MvccError> {
-        if compare.key.is_empty() {
-            return Err(MvccError::EmptyKey);
-        }
-        let revision = self.read_revision();
-        let kvs: Vec<KeyValue> = if compare.range_end.is_empty() {
-            self.space.get(&compare.key, revision).into_iter().collect()
-        } else {
-            self.space
-                .live_in_range(&compare.key, &compare.range_end, revision)
-                .collect()
-        };
-        if kvs.is_empty() {
-            // A missing key compares as all zeros, except that a VALUE compare is false.
-            if matches!(compare.target, CompareTarget::Value(_)) {
-                return Ok(false);
-            }
-            return Ok(compare_key_value(compare, &KeyValue::default()));
-        }
-        Ok(kvs.iter().all(|kv| compare_key_value(compare, kv)))
+        evaluate_compare(self.space, compare, self.read_revision())
     }
+}
+
+/// Evaluates one guard at `revision`.
+fn evaluate_compare(
+    space: &KeySpace,
+    compare: &Compare,
+    revision: Revision,
+) -> Result<bool, MvccError> {
+    if compare.key.is_empty() {
+        return Err(MvccError::EmptyKey);
+    }
+    let kvs: Vec<KeyValue> = if compare.range_end.is_empty() {
+        space.get(&compare.key, revision).into_iter().collect()
+    } else {
+        space
+            .live_in_range(&compare.key, &compare.range_end, revision)
+            .collect()
+    };
+    if kvs.is_empty() {
+        // A missing key compares as all zeros, except that a VALUE compare is false.
+        if matches!(compare.target, CompareTarget::Value(_)) {
+            return Ok(false);
+        }
+        return Ok(compare_key_value(compare, &KeyValue::default()));
+    }
+    Ok(kvs.iter().all(|kv| compare_key_value(compare, kv)))
+}
+
+impl KeySpace {
+    /// Serves a transaction that writes nothing, without going through Raft
+    /// (etcd serves read-only txns the same way). Panics if it would write.
+    pub fn read_only_txn(&self, request: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        assert!(
+            !txn_writes(request),
+            "read_only_txn given a txn that writes"
+        );
+        let revision = self.revision;
+        let mut succeeded = true;
+        for compare in &request.compare {
+            if !evaluate_compare(self, compare, revision)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded {
+            &request.success
+        } else {
+            &request.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                RequestOp::Range(range) => ResponseOp::Range(self.range(range)?),
+                RequestOp::Txn(txn) => ResponseOp::Txn(self.read_only_txn(txn)?),
+                RequestOp::Put(_) | RequestOp::DeleteRange(_) => unreachable!("checked above"),
+            });
+        }
+        let mut response = TxnResponse {
+            revision,
+            succeeded,
+            responses,
+        };
+        stamp_txn(&mut response, revision);
+        Ok(response)
+    }
+}
+
+/// Whether any branch of a transaction (nested ones included) writes.
+pub fn txn_writes(request: &TxnRequest) -> bool {
+    request
+        .success
+        .iter()
+        .chain(&request.failure)
+        .any(|op| match op {
+            RequestOp::Range(_) => false,
+            RequestOp::Put(_) | RequestOp::DeleteRange(_) => true,
+            RequestOp::Txn(nested) => txn_writes(nested),
+        })
 }
 
 fn compare_key_value(compare: &Compare, kv: &KeyValue) -> bool {

@@ -1,0 +1,175 @@
+//! `etcdserverpb.KV`: Range, Put, DeleteRange, Txn, Compact.
+
+use mainstay_mvcc::{Command, CommandResponse, txn_writes, validate_txn};
+use mainstay_proto::etcdserverpb as pb;
+use mainstay_proto::etcdserverpb::kv_server::Kv;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::Api;
+use crate::convert;
+use crate::status::{ApiError, api_status, mvcc_status, replica_status};
+
+/// The KV service.
+#[derive(Clone)]
+pub struct KvService {
+    api: Api,
+}
+
+impl KvService {
+    /// Wraps the shared API state.
+    pub fn new(api: Api) -> Self {
+        KvService { api }
+    }
+
+    fn check_size(&self, request: &impl Message) -> Result<(), Status> {
+        if request.encoded_len() > self.api.limits.request_bytes_max {
+            return Err(api_status(ApiError::RequestTooLarge));
+        }
+        Ok(())
+    }
+
+    async fn barrier(&self, serializable: bool) -> Result<(), Status> {
+        if serializable {
+            return Ok(());
+        }
+        self.api
+            .replica
+            .read_barrier()
+            .await
+            .map_err(|e| replica_status(&e))
+    }
+
+    async fn propose(&self, command: Command) -> Result<(CommandResponse, u64), Status> {
+        let outcome = self
+            .api
+            .replica
+            .write(command)
+            .await
+            .map_err(|e| replica_status(&e))?;
+        let response = outcome.outcome.map_err(|e| mvcc_status(&e))?;
+        Ok((response, outcome.raft_term))
+    }
+}
+
+fn all_serializable(txn: &mainstay_mvcc::TxnRequest) -> bool {
+    txn.success.iter().chain(&txn.failure).all(|op| match op {
+        mainstay_mvcc::RequestOp::Range(r) => r.serializable,
+        mainstay_mvcc::RequestOp::Txn(t) => all_serializable(t),
+        _ => false,
+    })
+}
+
+fn unexpected(response: &CommandResponse) -> Status {
+    tracing::error!(?response, "command answered with the wrong response kind");
+    Status::internal("etcdserver: unexpected response")
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let request = request.into_inner();
+        self.check_size(&request)?;
+        let request = convert::range_request(request)?;
+        if request.key.is_empty() {
+            return Err(mvcc_status(&mainstay_mvcc::MvccError::EmptyKey));
+        }
+        self.barrier(request.serializable).await?;
+        let term = self.api.replica.term();
+        let response = self
+            .api
+            .replica
+            .read(|space| space.range(&request))
+            .map_err(|e| mvcc_status(&e))?;
+        Ok(Response::new(
+            self.api.headers().range_response(response, term),
+        ))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let request = request.into_inner();
+        self.check_size(&request)?;
+        let request = convert::put_request(request);
+        if request.key.is_empty() {
+            return Err(mvcc_status(&mainstay_mvcc::MvccError::EmptyKey));
+        }
+        match self.propose(Command::Put(request)).await? {
+            (CommandResponse::Put(response), term) => Ok(Response::new(
+                self.api.headers().put_response(response, term),
+            )),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let request = request.into_inner();
+        self.check_size(&request)?;
+        let request = convert::delete_request(request);
+        if request.key.is_empty() {
+            return Err(mvcc_status(&mainstay_mvcc::MvccError::EmptyKey));
+        }
+        match self.propose(Command::DeleteRange(request)).await? {
+            (CommandResponse::DeleteRange(response), term) => Ok(Response::new(
+                self.api.headers().delete_response(response, term),
+            )),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        let request = request.into_inner();
+        self.check_size(&request)?;
+        let request = convert::txn_request(request)?;
+        validate_txn(&request, self.api.limits.txn_ops_max).map_err(|e| mvcc_status(&e))?;
+        if !txn_writes(&request) {
+            // Read-only: served like a range, no log entry (as etcd does).
+            self.barrier(all_serializable(&request)).await?;
+            let term = self.api.replica.term();
+            let response = self
+                .api
+                .replica
+                .read(|space| space.read_only_txn(&request))
+                .map_err(|e| mvcc_status(&e))?;
+            return Ok(Response::new(
+                self.api.headers().txn_response(response, term),
+            ));
+        }
+        match self.propose(Command::Txn(request)).await? {
+            (CommandResponse::Txn(response), term) => Ok(Response::new(
+                self.api.headers().txn_response(response, term),
+            )),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let request = request.into_inner();
+        let command = Command::Compact(mainstay_mvcc::CompactionRequest {
+            revision: request.revision,
+            physical: request.physical,
+        });
+        match self.propose(command).await? {
+            (CommandResponse::Compact(response), term) => {
+                Ok(Response::new(pb::CompactionResponse {
+                    header: self.api.headers().header(response.revision, term),
+                }))
+            }
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! `etcdserverpb.Maintenance`: Status, Hash, HashKV, Alarm (list), MoveLeader.
+//! Defragment, Snapshot and Downgrade answer Unimplemented until their issues.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use mainstay_proto::etcdserverpb as pb;
+use mainstay_proto::etcdserverpb::maintenance_server::Maintenance;
+use tonic::{Request, Response, Status};
+
+use crate::Api;
+use crate::status::{ApiError, api_status, mvcc_status};
+
+/// The etcd version we report: clients (Kubernetes) gate features on ≥ 3.5.13.
+pub const ETCD_VERSION: &str = "3.6.0";
+
+/// The Maintenance service.
+#[derive(Clone)]
+pub struct MaintenanceService {
+    api: Api,
+}
+
+impl MaintenanceService {
+    /// Wraps the shared API state.
+    pub fn new(api: Api) -> Self {
+        MaintenanceService { api }
+    }
+
+    fn header(&self) -> Option<pb::ResponseHeader> {
+        let revision = self.api.replica.read(|space| space.revision());
+        self.api.headers().header(revision, self.api.replica.term())
+    }
+}
+
+fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "etcdserver: {what} is not supported by this mainstay version"
+    ))
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        match pb::alarm_request::AlarmAction::try_from(request.into_inner().action) {
+            // No alarm can be raised yet (NOSPACE/CORRUPT detection is its own issue), so
+            // the list is truthfully empty.
+            Ok(pb::alarm_request::AlarmAction::Get) => Ok(Response::new(pb::AlarmResponse {
+                header: self.header(),
+                alarms: Vec::new(),
+            })),
+            _ => Err(not_yet("alarm activate/deactivate")),
+        }
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let status = self.api.replica.status();
+        let mut errors = Vec::new();
+        if status.leader.is_none() {
+            errors.push("etcdserver: no leader".to_string());
+        }
+        let db_size = i64::try_from(status.db_bytes).unwrap_or(i64::MAX);
+        Ok(Response::new(pb::StatusResponse {
+            header: self.header(),
+            version: ETCD_VERSION.to_string(),
+            db_size,
+            leader: status.leader.unwrap_or(0),
+            raft_index: status.committed_index,
+            raft_term: status.term,
+            raft_applied_index: status.applied_index,
+            errors,
+            db_size_in_use: db_size,
+            is_learner: status.is_learner,
+            storage_version: ETCD_VERSION.to_string(),
+            db_size_quota: i64::try_from(self.api.limits.quota_backend_bytes).unwrap_or(i64::MAX),
+            downgrade_info: Some(pb::DowngradeInfo {
+                enabled: false,
+                target_version: String::new(),
+            }),
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        Err(not_yet("defragment"))
+    }
+
+    async fn hash(
+        &self,
+        _: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        let hash = self
+            .api
+            .replica
+            .read(|space| space.hash(0))
+            .map_err(|e| mvcc_status(&e))?;
+        Ok(Response::new(pb::HashResponse {
+            header: self.header(),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let revision = request.into_inner().revision;
+        let (hash, compacted, at) = self
+            .api
+            .replica
+            .read(|space| {
+                let at = space.resolve_read_revision(revision)?;
+                Ok((space.hash(at)?, space.compacted_revision(), at))
+            })
+            .map_err(|e| mvcc_status(&e))?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: self.header(),
+            hash,
+            compact_revision: compacted,
+            hash_revision: at,
+        }))
+    }
+
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(not_yet("snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let target = request.into_inner().target_id;
+        let status = self.api.replica.status();
+        if !status.is_leader {
+            return Err(api_status(ApiError::NotLeader));
+        }
+        let voter = self
+            .api
+            .replica
+            .members()
+            .into_iter()
+            .any(|(id, _, learner)| id == target && !learner);
+        if !voter || target == status.member_id {
+            return Err(api_status(ApiError::BadLeaderTransferee));
+        }
+        self.api
+            .replica
+            .transfer_leader(target)
+            .await
+            .map_err(|e| crate::status::replica_status(&e))?;
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: self.header(),
+        }))
+    }
+
+    async fn downgrade(
+        &self,
+        _: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(not_yet("downgrade"))
+    }
+}

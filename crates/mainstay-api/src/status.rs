@@ -1,0 +1,75 @@
+//! The ONE table from internal errors to etcd's gRPC status: code and exact
+//! message, because clients match on the text (etcd `rpctypes/error.go`).
+
+use mainstay_mvcc::MvccError;
+use mainstay_raft::ReplicaError;
+use tonic::{Code, Status};
+
+/// Errors raised by the API layer itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiError {
+    /// Bad sort order or target enum.
+    InvalidSortOption,
+    /// Encoded request larger than `--max-request-bytes`.
+    RequestTooLarge,
+    /// A member id that is not in the cluster.
+    MemberNotFound,
+    /// A leader transfer to a non-voter or unknown member.
+    BadLeaderTransferee,
+    /// A leader-only operation on a follower.
+    NotLeader,
+}
+
+/// Maps a keyspace error.
+pub fn mvcc_status(error: &MvccError) -> Status {
+    let (code, message) = match error {
+        MvccError::EmptyKey => (Code::InvalidArgument, "etcdserver: key is not provided"),
+        MvccError::KeyNotFound => (Code::InvalidArgument, "etcdserver: key not found"),
+        MvccError::ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
+        MvccError::LeaseProvided => (Code::InvalidArgument, "etcdserver: lease is provided"),
+        MvccError::TooManyOps => (
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+        ),
+        MvccError::DuplicateKey => (
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request",
+        ),
+        MvccError::Compacted => (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        ),
+        MvccError::FutureRevision => (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision",
+        ),
+        MvccError::LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
+    };
+    Status::new(code, message)
+}
+
+/// Maps a replication error.
+pub fn replica_status(error: &ReplicaError) -> Status {
+    let message = match error {
+        ReplicaError::NoLeader => "etcdserver: no leader",
+        ReplicaError::LeaderChanged => "etcdserver: leader changed",
+        ReplicaError::Timeout => "etcdserver: request timed out",
+        ReplicaError::Stopped => "etcdserver: server stopped",
+    };
+    Status::new(Code::Unavailable, message)
+}
+
+/// Maps an API-layer error.
+pub fn api_status(error: ApiError) -> Status {
+    let (code, message) = match error {
+        ApiError::InvalidSortOption => (Code::InvalidArgument, "etcdserver: invalid sort option"),
+        ApiError::RequestTooLarge => (Code::InvalidArgument, "etcdserver: request is too large"),
+        ApiError::MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
+        ApiError::BadLeaderTransferee => (
+            Code::FailedPrecondition,
+            "etcdserver: bad leader transferee",
+        ),
+        ApiError::NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
+    };
+    Status::new(code, message)
+}

@@ -1,0 +1,206 @@
+//! `run`: one member, from configuration to graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use anyhow::{Context, bail};
+use mainstay_api::{Api, ClusterService, KvService, Limits, MaintenanceService};
+use mainstay_proto::etcdserverpb::cluster_server::ClusterServer;
+use mainstay_proto::etcdserverpb::kv_server::KvServer;
+use mainstay_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use mainstay_raft::{MemberNode, Replica, ReplicaConfig, member_id_for};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::{ClusterState, Config};
+
+/// gRPC accepts this much more than `--max-request-bytes` so the API can answer
+/// "request is too large" itself (etcd does the same).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Bound sockets for one member (tests bind port 0 first, then learn the ports).
+pub struct Listeners {
+    /// Client listeners.
+    pub client: Vec<TcpListener>,
+    /// Peer listeners.
+    pub peer: Vec<TcpListener>,
+}
+
+/// Binds the configured listen addresses.
+pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+    let mut client = Vec::new();
+    for address in &config.listen_client {
+        client.push(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listen for clients on {address}"))?,
+        );
+    }
+    let mut peer = Vec::new();
+    for address in &config.listen_peer {
+        peer.push(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listen for peers on {address}"))?,
+        );
+    }
+    Ok(Listeners { client, peer })
+}
+
+/// The cluster id: a hash of the sorted initial member ids and the token.
+pub fn cluster_id_for(member_ids: &[u64], token: &str) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let text: Vec<String> = ids.iter().map(|id| format!("{id:016x}")).collect();
+    member_id_for(&text.join(","), token)
+}
+
+/// Runs one member until `shutdown` resolves (graceful) or a fatal error stops it.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let listeners = bind(&config).await?;
+    run_with_listeners(config, listeners, shutdown).await
+}
+
+/// `run` with sockets already bound.
+pub async fn run_with_listeners(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let token = &config.initial_cluster_token;
+    let member_id = member_id_for(&config.name, token);
+    let members: BTreeMap<u64, MemberNode> = config
+        .initial_cluster
+        .iter()
+        .map(|(name, url)| {
+            let client_urls = if *name == config.name {
+                config.advertise_client_urls.clone()
+            } else {
+                Vec::new()
+            };
+            (
+                member_id_for(name, token),
+                MemberNode {
+                    name: name.clone(),
+                    peer_urls: vec![url.clone()],
+                    client_urls,
+                },
+            )
+        })
+        .collect();
+    let ids: Vec<u64> = members.keys().copied().collect();
+    let cluster_id = cluster_id_for(&ids, token);
+    let span = tracing::info_span!("member", name = %config.name, member_id = format_args!("{member_id:x}"));
+    let _entered = span.enter();
+
+    let replica = Replica::open(ReplicaConfig {
+        member_id,
+        data_dir: config.data_dir.clone(),
+        heartbeat_ms: config.heartbeat_interval_ms,
+        election_timeout_ms: config.election_timeout_ms,
+        snapshot_count: config.snapshot_count,
+        snapshot_catchup_entries: config.snapshot_catchup_entries,
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!(e))
+    .with_context(|| {
+        format!(
+            "open member {} at {}",
+            config.name,
+            config.data_dir.display()
+        )
+    })?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners.peer {
+        let service = replica.peer_service();
+        let incoming = TcpListenerStream::new(listener);
+        let signal = stopped(stop_rx.clone());
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+                .context("serve peers")
+        });
+    }
+
+    if replica.is_pristine().await {
+        match config.initial_cluster_state {
+            ClusterState::New => {
+                tracing::info!(members = members.len(), "bootstrapping a new cluster");
+                replica
+                    .bootstrap(members.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+            }
+            ClusterState::Existing => bail!(
+                "--initial-cluster-state existing with an empty --data-dir: adding a member at runtime is not supported yet"
+            ),
+        }
+    }
+
+    let request_bytes_max =
+        usize::try_from(config.request_bytes_max).context("--max-request-bytes")?;
+    let api = Api {
+        replica: replica.clone(),
+        cluster_id,
+        limits: Limits {
+            request_bytes_max,
+            txn_ops_max: usize::try_from(config.txn_ops_max).context("--max-txn-ops")?,
+            quota_backend_bytes: config.quota_backend_bytes,
+        },
+    };
+    let grpc_bytes_max = request_bytes_max + GRPC_OVERHEAD_BYTES;
+    for listener in listeners.client {
+        let address = listener.local_addr().ok();
+        let kv = KvServer::new(KvService::new(api.clone()))
+            .max_decoding_message_size(grpc_bytes_max)
+            .max_encoding_message_size(usize::MAX);
+        let cluster = ClusterServer::new(ClusterService::new(api.clone()));
+        let maintenance = MaintenanceServer::new(MaintenanceService::new(api.clone()));
+        let incoming = TcpListenerStream::new(listener);
+        let signal = stopped(stop_rx.clone());
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(kv)
+                .add_service(cluster)
+                .add_service(maintenance)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+                .context("serve clients")
+        });
+        tracing::info!(?address, "serving clients");
+    }
+
+    let outcome = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        fatal = replica.stopped() => match fatal {
+            Some(error) => Err(anyhow::anyhow!("member stopped after a fatal error: {error}")),
+            None => Err(anyhow::anyhow!("raft stopped unexpectedly")),
+        },
+        Some(result) = servers.join_next() => match result {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a server exited unexpectedly")),
+            Ok(Err(error)) => Err(error),
+            Err(error) => Err(anyhow::anyhow!("server task failed: {error}")),
+        },
+    };
+    let _ = stop_tx.send(true);
+    replica.shutdown().await;
+    // Servers drain in-flight requests after the stop signal; don't wait forever.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    outcome
+}

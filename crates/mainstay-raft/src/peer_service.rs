@@ -1,7 +1,6 @@
 //! Incoming peer traffic: the `RaftPeer` gRPC service handing messages to openraft.
 
 use futures::StreamExt;
-use mainstay_mvcc::Command;
 use mainstay_proto::peer::raft_peer_server::RaftPeer;
 use mainstay_proto::peer::{
     ForwardRequest, ForwardResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
@@ -14,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec::{decode_message, encode_message};
 use crate::network::PEER_MESSAGE_BYTES_MAX;
-use crate::replica::{ReadIndexReply, Replica};
+use crate::replica::{Forwarded, ReadIndexReply, Replica};
 use crate::type_config::TypeConfig;
 
 /// Largest snapshot accepted from a leader.
@@ -119,8 +118,8 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardResponse>, Status> {
-        let command: Command = decode(&request.into_inner().command)?;
-        let outcome = self.replica.serve_forward(command).await;
+        let forwarded: Forwarded = decode(&request.into_inner().command)?;
+        let outcome = self.replica.serve_forward(forwarded).await;
         let result = encode_message(&outcome).map_err(Status::internal)?;
         Ok(Response::new(ForwardResponse {
             result,

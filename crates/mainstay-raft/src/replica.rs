@@ -11,7 +11,7 @@ use mainstay_proto::peer::{ForwardRequest, ReadIndexRequest};
 use mainstay_storage::{LogStore, StateStore};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, ReadPolicy, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -72,15 +72,29 @@ pub struct ReplicaStatus {
     pub db_bytes: u64,
     /// Bytes of the Raft log file.
     pub log_bytes: u64,
+    /// Last log index covered by the latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last purged log index.
+    pub purged_index: Option<u64>,
 }
 
 /// Forwarded-write reply body.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum ForwardReply {
     Done(WriteOutcome),
+    Published,
     /// The receiver is not the leader (nothing was proposed); the leader it knows.
     NotLeader(Option<u64>),
     Failed(ReplicaError),
+}
+
+/// What a follower asks the leader to do on its behalf.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Forwarded {
+    /// Propose a command.
+    Command(Command),
+    /// Record a member's own description (its client URLs) in the membership.
+    PublishNode(u64, MemberNode),
 }
 
 /// Read-index reply body.
@@ -121,6 +135,8 @@ pub struct Replica {
 
 enum LocalWrite {
     Done(WriteOutcome),
+    /// A membership update was committed.
+    Published,
     NotLeader(Option<u64>),
     Failed(ReplicaError),
 }
@@ -231,11 +247,24 @@ impl Replica {
             term: metrics.current_term,
             last_log_index: metrics.last_log_index.unwrap_or(0),
             applied_index: metrics.last_applied.map_or(0, |l| l.index),
-            committed_index: metrics.local_committed.map_or(0, |l| l.index),
+            // A follower learns the quorum commit index from its leader; never
+            // report less than what this member has applied.
+            committed_index: [
+                metrics.local_committed,
+                metrics.cluster_committed,
+                metrics.last_applied,
+            ]
+            .iter()
+            .flatten()
+            .map(|l| l.index)
+            .max()
+            .unwrap_or(0),
             is_learner: membership.learner_ids().any(|l| l == id),
             is_leader: metrics.state == ServerState::Leader,
             db_bytes: self.inner.state.db_bytes(),
             log_bytes: self.inner.log.file_bytes(),
+            snapshot_index: metrics.snapshot.map(|l| l.index),
+            purged_index: metrics.purged.map(|l| l.index),
         }
     }
 
@@ -300,12 +329,17 @@ impl Replica {
             match self.write_local(command.clone()).await {
                 LocalWrite::Done(outcome) => return Ok(outcome),
                 LocalWrite::Failed(error) => return Err(error),
+                LocalWrite::Published => unreachable!("write_local never publishes"),
                 LocalWrite::NotLeader(leader) => {
                     known_leader = leader.or(known_leader);
                     if let Some(leader) = leader.filter(|l| *l != self.member_id()) {
-                        match self.forward(leader, &command).await {
+                        match self
+                            .forward(leader, &Forwarded::Command(command.clone()))
+                            .await
+                        {
                             Ok(ForwardReply::Done(outcome)) => return Ok(outcome),
                             Ok(ForwardReply::Failed(error)) => return Err(error),
+                            Ok(ForwardReply::Published) => return Err(ReplicaError::Stopped),
                             Ok(ForwardReply::NotLeader(_)) | Err(Retry) => {}
                         }
                     }
@@ -346,14 +380,14 @@ impl Replica {
     }
 
     /// Sends a write to the leader. `Err(Retry)` only when it surely was not sent.
-    async fn forward(&self, leader: u64, command: &Command) -> Result<ForwardReply, Retry> {
+    async fn forward(&self, leader: u64, request: &Forwarded) -> Result<ForwardReply, Retry> {
         let Some(node) = self.node(leader) else {
             return Err(Retry);
         };
         let Ok(mut client) = self.inner.pool.client(&node) else {
             return Err(Retry);
         };
-        let Ok(bytes) = encode_message(command) else {
+        let Ok(bytes) = encode_message(request) else {
             return Ok(ForwardReply::Failed(ReplicaError::Stopped));
         };
         let reply = tokio::time::timeout(
@@ -370,12 +404,71 @@ impl Replica {
         }
     }
 
-    /// Serves a forwarded write: propose locally, never forward again.
-    pub(crate) async fn serve_forward(&self, command: Command) -> ForwardReply {
-        match self.write_local(command).await {
+    /// Serves a forwarded request: act locally, never forward again.
+    pub(crate) async fn serve_forward(&self, request: Forwarded) -> ForwardReply {
+        let local = match request {
+            Forwarded::Command(command) => self.write_local(command).await,
+            Forwarded::PublishNode(id, node) => self.publish_local(id, node).await,
+        };
+        match local {
             LocalWrite::Done(outcome) => ForwardReply::Done(outcome),
+            LocalWrite::Published => ForwardReply::Published,
             LocalWrite::NotLeader(leader) => ForwardReply::NotLeader(leader),
             LocalWrite::Failed(error) => ForwardReply::Failed(error),
+        }
+    }
+
+    /// Records this member's description (client URLs) in the cluster
+    /// membership, through the leader. Idempotent; returns once it is applied
+    /// locally or the deadline passes.
+    pub async fn publish(&self, node: MemberNode) -> Result<(), ReplicaError> {
+        let id = self.member_id();
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        loop {
+            if self.node(id).as_ref() == Some(&node) {
+                return Ok(());
+            }
+            let status = self.status();
+            let attempt = if status.is_leader {
+                self.publish_local(id, node.clone()).await
+            } else {
+                LocalWrite::NotLeader(status.leader)
+            };
+            match attempt {
+                LocalWrite::Done(_) | LocalWrite::Published => {}
+                LocalWrite::Failed(error) => return Err(error),
+                LocalWrite::NotLeader(Some(leader)) if leader != id => {
+                    if let Ok(ForwardReply::Failed(error)) = self
+                        .forward(leader, &Forwarded::PublishNode(id, node.clone()))
+                        .await
+                    {
+                        return Err(error);
+                    }
+                }
+                LocalWrite::NotLeader(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ReplicaError::Timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn publish_local(&self, id: u64, node: MemberNode) -> LocalWrite {
+        let change = ChangeMembers::SetNodes(BTreeMap::from([(id, node)]));
+        match self.inner.raft.change_membership(change, true).await {
+            Ok(_) => LocalWrite::Published,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                LocalWrite::NotLeader(forward.leader_id)
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                LocalWrite::NotLeader(None)
+            }
+            Err(RaftError::APIError(error)) => {
+                tracing::warn!(%error, "publishing member attributes failed");
+                LocalWrite::NotLeader(None)
+            }
+            Err(RaftError::Fatal(_)) => LocalWrite::Failed(ReplicaError::Stopped),
         }
     }
 

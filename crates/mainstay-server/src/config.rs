@@ -321,6 +321,13 @@ impl ServeArgs {
         for url in &advertise_peer_urls {
             parse_url(url, "initial-advertise-peer-urls")?;
         }
+        if let Some(own) = initial_cluster.get(&name)
+            && !advertise_peer_urls.contains(own)
+        {
+            bail!(
+                "--initial-cluster gives {name:?} the peer URL {own}, which is not among --initial-advertise-peer-urls {advertise_peer_urls:?}"
+            );
+        }
         if listen_client.is_empty() || listen_peer.is_empty() {
             bail!("--listen-client-urls and --listen-peer-urls need at least one URL each");
         }

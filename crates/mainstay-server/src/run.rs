@@ -12,6 +12,7 @@ use mainstay_raft::{MemberNode, Replica, ReplicaConfig, member_id_for};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tracing::Instrument;
 
 use crate::config::{ClusterState, Config};
 
@@ -68,8 +69,38 @@ pub async fn run_with_listeners(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let member_id = member_id_for(&config.name, &config.initial_cluster_token);
+    let span =
+        tracing::info_span!("member", name = %config.name, id = format_args!("{member_id:x}"));
+    serve_member(config, listeners, shutdown, member_id, None)
+        .instrument(span)
+        .await
+}
+
+/// `run_with_listeners` that also hands out the member's `Replica` once it is
+/// open, for in-process tests that inspect Raft state.
+pub async fn run_observed(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    observer: tokio::sync::oneshot::Sender<Replica>,
+) -> anyhow::Result<()> {
+    let member_id = member_id_for(&config.name, &config.initial_cluster_token);
+    let span =
+        tracing::info_span!("member", name = %config.name, id = format_args!("{member_id:x}"));
+    serve_member(config, listeners, shutdown, member_id, Some(observer))
+        .instrument(span)
+        .await
+}
+
+async fn serve_member(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    member_id: u64,
+    observer: Option<tokio::sync::oneshot::Sender<Replica>>,
+) -> anyhow::Result<()> {
     let token = &config.initial_cluster_token;
-    let member_id = member_id_for(&config.name, token);
     let members: BTreeMap<u64, MemberNode> = config
         .initial_cluster
         .iter()
@@ -91,8 +122,6 @@ pub async fn run_with_listeners(
         .collect();
     let ids: Vec<u64> = members.keys().copied().collect();
     let cluster_id = cluster_id_for(&ids, token);
-    let span = tracing::info_span!("member", name = %config.name, member_id = format_args!("{member_id:x}"));
-    let _entered = span.enter();
 
     let replica = Replica::open(ReplicaConfig {
         member_id,
@@ -112,6 +141,9 @@ pub async fn run_with_listeners(
         )
     })?;
 
+    if let Some(observer) = observer {
+        let _ = observer.send(replica.clone());
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -145,6 +177,23 @@ pub async fn run_with_listeners(
             ),
         }
     }
+
+    // Record our client URLs in the membership (etcd "publishes" its attributes the same way).
+    let own = MemberNode {
+        name: config.name.clone(),
+        peer_urls: config.advertise_peer_urls.clone(),
+        client_urls: config.advertise_client_urls.clone(),
+    };
+    let publisher = replica.clone();
+    let publishing = tokio::spawn(async move {
+        loop {
+            match publisher.publish(own.clone()).await {
+                Ok(()) | Err(mainstay_raft::ReplicaError::Stopped) => return,
+                Err(error) => tracing::debug!(%error, "publishing member attributes; retrying"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    });
 
     let request_bytes_max =
         usize::try_from(config.request_bytes_max).context("--max-request-bytes")?;
@@ -195,6 +244,7 @@ pub async fn run_with_listeners(
             Err(error) => Err(anyhow::anyhow!("server task failed: {error}")),
         },
     };
+    publishing.abort();
     let _ = stop_tx.send(true);
     replica.shutdown().await;
     // Servers drain in-flight requests after the stop signal; don't wait forever.

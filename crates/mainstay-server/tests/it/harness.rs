@@ -1,0 +1,254 @@
+//! A test cluster: members run in this process via `run_with_listeners`, each on
+//! its own loopback ports, each stoppable and restartable on the same data.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mainstay_proto::etcdserverpb::kv_client::KvClient;
+use mainstay_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use mainstay_proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest, StatusResponse};
+use mainstay_server::{Listeners, Replica, ServeArgs, run_observed};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub struct Member {
+    pub args: ServeArgs,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub replica: Option<Replica>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct TestCluster {
+    pub members: Vec<Member>,
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+pub struct Options {
+    pub snapshot_count: u64,
+    pub snapshot_catchup_entries: u64,
+    pub max_request_bytes: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            snapshot_count: 10_000,
+            snapshot_catchup_entries: 5_000,
+            max_request_bytes: None,
+        }
+    }
+}
+
+async fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+impl TestCluster {
+    pub async fn start(size: usize, options: Options) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        let mut ports = Vec::new();
+        for _ in 0..size {
+            ports.push((free_port().await, free_port().await));
+        }
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("t{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let args = ServeArgs {
+                name: Some(format!("t{i}")),
+                data_dir: Some(root.join(format!("t{i}"))),
+                listen_client_urls: Some(format!("http://127.0.0.1:{client}")),
+                listen_peer_urls: Some(format!("http://127.0.0.1:{peer}")),
+                initial_cluster: Some(initial.join(",")),
+                initial_cluster_token: Some("test".into()),
+                heartbeat_interval: Some(50),
+                election_timeout: Some(500),
+                snapshot_count: Some(options.snapshot_count),
+                snapshot_catchup_entries: Some(options.snapshot_catchup_entries),
+                max_request_bytes: options.max_request_bytes,
+                ..ServeArgs::default()
+            };
+            members.push(Member {
+                args,
+                client_port: *client,
+                peer_port: *peer,
+                replica: None,
+                stop: None,
+                task: None,
+            });
+        }
+        let mut cluster = TestCluster {
+            members,
+            _dir: dir,
+            root,
+        };
+        for i in 0..size {
+            cluster.start_member(i).await;
+        }
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    pub async fn start_member(&mut self, i: usize) {
+        let member = &mut self.members[i];
+        assert!(member.task.is_none(), "member {i} already running");
+        let config = member.args.resolve().expect("valid config");
+        let mut client = None;
+        let mut peer = None;
+        for _ in 0..50 {
+            // The port was just released by a stopped member; retry briefly.
+            client = TcpListener::bind(("127.0.0.1", member.client_port))
+                .await
+                .ok();
+            peer = TcpListener::bind(("127.0.0.1", member.peer_port))
+                .await
+                .ok();
+            if client.is_some() && peer.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let listeners = Listeners {
+            client: vec![client.expect("client port")],
+            peer: vec![peer.expect("peer port")],
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (observer, observed) = oneshot::channel();
+        member.stop = Some(stop);
+        member.task = Some(tokio::spawn(run_observed(
+            config,
+            listeners,
+            async move {
+                let _ = stopped.await;
+            },
+            observer,
+        )));
+        member.replica = observed.await.ok();
+    }
+
+    /// Stops a member (graceful) and returns how `run` ended.
+    pub async fn stop_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let member = &mut self.members[i];
+        if let Some(stop) = member.stop.take() {
+            let _ = stop.send(());
+        }
+        member.replica = None;
+        let task = member.task.take().expect("member running");
+        task.await.expect("member task")
+    }
+
+    /// Runs a member and returns its result if it exits within `wait`
+    /// (a member that refuses to start exits at once).
+    pub async fn try_start_member(
+        &mut self,
+        i: usize,
+        wait: Duration,
+    ) -> Option<anyhow::Result<()>> {
+        self.start_member(i).await;
+        let member = &mut self.members[i];
+        let task = member.task.as_mut().expect("running");
+        match tokio::time::timeout(wait, task).await {
+            Ok(joined) => {
+                member.task = None;
+                member.stop = None;
+                Some(joined.expect("member task"))
+            }
+            Err(_) => None,
+        }
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.root.join(format!("t{i}"))
+    }
+
+    pub async fn kv(&self, i: usize) -> KvClient<Channel> {
+        let url = format!("http://127.0.0.1:{}", self.members[i].client_port);
+        for _ in 0..50 {
+            if let Ok(client) = KvClient::connect(url.clone()).await {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let finished = self.members[i].task.as_ref().map(|t| t.is_finished());
+        panic!("cannot connect to member {i} (task finished: {finished:?})");
+    }
+
+    pub async fn status(&self, i: usize) -> Option<StatusResponse> {
+        let url = format!("http://127.0.0.1:{}", self.members[i].client_port);
+        let mut client = MaintenanceClient::connect(url).await.ok()?;
+        Some(client.status(StatusRequest {}).await.ok()?.into_inner())
+    }
+
+    /// Waits until some running member reports itself leader; returns its position.
+    pub async fn wait_for_leader(&self) -> usize {
+        for _ in 0..200 {
+            for (i, member) in self.members.iter().enumerate() {
+                if member.task.is_none() {
+                    continue;
+                }
+                if let Some(status) = self.status(i).await
+                    && status.leader != 0
+                    && status
+                        .header
+                        .as_ref()
+                        .is_some_and(|h| h.member_id == status.leader)
+                {
+                    return i;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader elected");
+    }
+
+    pub async fn put(&self, i: usize, key: &str, value: &str) -> i64 {
+        let mut kv = self.kv(i).await;
+        let request = PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        };
+        let response = kv.put(request).await.expect("put").into_inner();
+        response.header.expect("header").revision
+    }
+
+    pub async fn get(&self, i: usize, key: &str, serializable: bool) -> Option<Vec<u8>> {
+        let mut kv = self.kv(i).await;
+        let request = RangeRequest {
+            key: key.into(),
+            serializable,
+            ..Default::default()
+        };
+        let response = kv.range(request).await.expect("range").into_inner();
+        response.kvs.into_iter().next().map(|kv| kv.value)
+    }
+
+    /// Polls a serializable read on member `i` until it sees `value`.
+    pub async fn eventually_sees(&self, i: usize, key: &str, value: &str) {
+        for _ in 0..200 {
+            if self.get(i, key, true).await.as_deref() == Some(value.as_bytes()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("member {i} never saw {key}={value}");
+    }
+
+    pub async fn shutdown(mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].task.is_some() {
+                let _ = self.stop_member(i).await;
+            }
+        }
+    }
+}

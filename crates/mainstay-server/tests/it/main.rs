@@ -1,0 +1,8 @@
+//! In-process clusters over real gRPC on loopback: replication, forwarding,
+//! linearizable reads, leader loss, restarts, snapshot catch-up, damaged logs,
+//! and etcd's error contract.
+
+mod cluster;
+mod errors;
+mod harness;
+mod storage;

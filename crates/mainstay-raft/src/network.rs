@@ -92,6 +92,10 @@ fn network_error(message: impl std::fmt::Display) -> RPCError<TypeConfig> {
     )))
 }
 
+fn unreachable(message: String) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(message))
+}
+
 impl PeerConnection {
     fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<TypeConfig>> {
         self.client
@@ -115,11 +119,18 @@ impl PeerConnection {
         let payload = RaftPayload {
             payload: encode_message(request).map_err(network_error)?,
         };
+        // Unreachable (not NetworkError) makes openraft back off instead of retrying
+        // a dead or partitioned peer in a tight loop.
         let reply = tokio::time::timeout(option.hard_ttl(), send(client, payload))
             .await
-            .map_err(|_| network_error(format!("peer {} timed out", self.target)))?
+            .map_err(|_| unreachable(format!("peer {} timed out", self.target)))?
             .map_err(|status| {
-                network_error(format!("peer {}: {}", self.target, status.message()))
+                let text = format!("peer {}: {}", self.target, status.message());
+                if status.code() == tonic::Code::Unavailable {
+                    unreachable(text)
+                } else {
+                    network_error(text)
+                }
             })?;
         let decoded: Result<Resp, String> =
             decode_message(&reply.into_inner().payload).map_err(network_error)?;

@@ -32,7 +32,7 @@ pub struct ReplicaConfig {
     pub data_dir: PathBuf,
     /// Leader heartbeat period.
     pub heartbeat_ms: u64,
-    /// Minimum election timeout (the maximum is twice it).
+    /// Minimum election timeout (the maximum is 1.5 times it).
     pub election_timeout_ms: u64,
     /// Applied entries between snapshots (etcd `--snapshot-count`).
     pub snapshot_count: u64,
@@ -161,7 +161,9 @@ impl Replica {
             cluster_name: "mainstay".to_string(),
             heartbeat_interval: config.heartbeat_ms,
             election_timeout_min: config.election_timeout_ms,
-            election_timeout_max: config.election_timeout_ms * 2,
+            // openraft uses the maximum as the leader lease during which followers
+            // refuse to vote; 1.5x keeps failover near two election timeouts.
+            election_timeout_max: config.election_timeout_ms * 3 / 2,
             enable_pre_vote: Some(true),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,

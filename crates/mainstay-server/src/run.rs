@@ -105,11 +105,10 @@ async fn serve_member(
         .initial_cluster
         .iter()
         .map(|(name, url)| {
-            let client_urls = if *name == config.name {
-                config.advertise_client_urls.clone()
-            } else {
-                Vec::new()
-            };
+            // Every member must bootstrap with byte-identical membership (the
+            // entry at index 0 is never replicated), so client URLs are left out
+            // here and published through Raft once the cluster runs.
+            let client_urls = Vec::new();
             (
                 member_id_for(name, token),
                 MemberNode {

@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one member (flags use etcd's names).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run three members on loopback (client ports 2379, 22379, 32379).
     Dev {
         /// Where the three members keep their data.

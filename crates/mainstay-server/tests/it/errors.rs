@@ -31,7 +31,7 @@ async fn refused_requests_use_etcds_codes_and_messages() {
         revision: 3,
         physical: true,
     };
-    kv.compact(compact.clone()).await.expect("compact");
+    kv.compact(compact).await.expect("compact");
     let revision_before = cluster.put(0, "probe", "v").await;
 
     let mut cases: Vec<(&str, tonic::Status, Code, &str)> = Vec::new();

@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# Compatibility tier: drives Debian's etcdctl (package etcd-client) against a real
+# three-member Mainstay cluster started from the built binary, checking every
+# output, then kill -9s the leader and checks failover and catch-up.
+#
+# Usage: compat/etcdctl.sh [path/to/mainstay]   (default: target/release/mainstay)
+# Exits non-zero on any failure, or when etcdctl is missing.
+set -euo pipefail
+
+BIN=${1:-target/release/mainstay}
+if ! command -v etcdctl >/dev/null 2>&1; then
+  echo "etcdctl not found: install the Debian package etcd-client" >&2
+  exit 1
+fi
+if [ ! -x "$BIN" ]; then
+  echo "mainstay binary not found at $BIN" >&2
+  exit 1
+fi
+export ETCDCTL_API=3
+
+WORK=$(mktemp -d)
+BASE=${COMPAT_BASE_PORT:-42379}
+NAMES=(c1 c2 c3)
+declare -a CLIENT PEER PIDS
+CLUSTER=""
+for i in 0 1 2; do
+  CLIENT[$i]=$((BASE + i * 10))
+  PEER[$i]=$((BASE + i * 10 + 1))
+  CLUSTER+="${CLUSTER:+,}${NAMES[$i]}=http://127.0.0.1:${PEER[$i]}"
+done
+ALL="127.0.0.1:${CLIENT[0]},127.0.0.1:${CLIENT[1]},127.0.0.1:${CLIENT[2]}"
+
+start_member() {
+  local i=$1
+  "$BIN" serve --name "${NAMES[$i]}" --data-dir "$WORK/${NAMES[$i]}" \
+    --listen-client-urls "http://127.0.0.1:${CLIENT[$i]}" \
+    --advertise-client-urls "http://127.0.0.1:${CLIENT[$i]}" \
+    --listen-peer-urls "http://127.0.0.1:${PEER[$i]}" \
+    --initial-advertise-peer-urls "http://127.0.0.1:${PEER[$i]}" \
+    --initial-cluster "$CLUSTER" --initial-cluster-token compat \
+    --initial-cluster-state new >>"$WORK/${NAMES[$i]}.log" 2>&1 &
+  PIDS[$i]=$!
+}
+
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "${FAILED:-0}" != 0 ]; then
+    for name in "${NAMES[@]}"; do echo "--- $name log (tail)"; tail -n 20 "$WORK/$name.log" || true; done
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ctl() { etcdctl --dial-timeout=2s --command-timeout=10s "$@" 2>&1; }
+ep() { echo "127.0.0.1:${CLIENT[$1]}"; }
+
+PASSED=0
+FAILED=0
+check() {
+  local name=$1 expected=$2 actual=$3
+  if [ "$expected" == "$actual" ]; then
+    PASSED=$((PASSED + 1))
+    echo "ok   $name"
+  else
+    FAILED=$((FAILED + 1))
+    echo "FAIL $name"
+    echo "  expected: $(printf '%q' "$expected")"
+    echo "  actual:   $(printf '%q' "$actual")"
+  fi
+}
+check_contains() {
+  local name=$1 needle=$2 actual=$3
+  if [[ "$actual" == *"$needle"* ]]; then
+    PASSED=$((PASSED + 1))
+    echo "ok   $name"
+  else
+    FAILED=$((FAILED + 1))
+    echo "FAIL $name: $(printf '%q' "$needle") not in $(printf '%q' "$actual")"
+  fi
+}
+
+wait_healthy() {
+  local endpoints=$1
+  for _ in $(seq 1 100); do
+    if ctl --endpoints="$endpoints" endpoint health >/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "cluster never became healthy at $endpoints" >&2
+  return 1
+}
+
+# Position (0..2) of the leader, from endpoint status.
+leader_position() {
+  local fields leader
+  fields=$(ctl --endpoints="$(ep 0)" endpoint status -w fields || true)
+  for i in 0 1 2; do
+    fields=$(ctl --endpoints="$(ep "$i")" endpoint status -w fields) || continue
+    leader=$(echo "$fields" | sed -n 's/^"Leader" : //p')
+    if [ -n "$leader" ] && echo "$fields" | grep -q "^\"MemberID\" : $leader\$"; then
+      echo "$i"
+      return 0
+    fi
+  done
+  return 1
+}
+
+for i in 0 1 2; do start_member "$i"; done
+wait_healthy "$ALL"
+LEADER=$(leader_position)
+FOLLOWER=$(((LEADER + 1) % 3))
+echo "leader is ${NAMES[$LEADER]}"
+
+# --- put -------------------------------------------------------------------
+check "put" "OK" "$(ctl --endpoints="$(ep "$LEADER")" put k1 v1)"
+check "put to a follower is forwarded" "OK" "$(ctl --endpoints="$(ep "$FOLLOWER")" put k2 v2)"
+check "put --prev-kv" "$(printf 'OK\nk1\nv1')" "$(ctl --endpoints="$ALL" put k1 v1b --prev-kv)"
+check "put --ignore-value" "OK" "$(ctl --endpoints="$ALL" put k1 --ignore-value)"
+check "get after --ignore-value keeps the value" "v1b" "$(ctl --endpoints="$ALL" get k1 --print-value-only)"
+check_contains "put --ignore-value on a missing key" "etcdserver: key not found" \
+  "$(ctl --endpoints="$ALL" put missing --ignore-value || true)"
+
+# --- get -------------------------------------------------------------------
+for k in a1 a2 a3 b1; do ctl --endpoints="$ALL" put "$k" "x$k" >/dev/null; done
+REV_A=$(ctl --endpoints="$ALL" get a1 -w fields | sed -n 's/^"ModRevision" : //p')
+ctl --endpoints="$ALL" put a1 changed >/dev/null
+check "get" "$(printf 'k1\nv1b')" "$(ctl --endpoints="$(ep "$FOLLOWER")" get k1)"
+check "get --prefix" "$(printf 'a1\nchanged\na2\nxa2\na3\nxa3')" "$(ctl --endpoints="$ALL" get a --prefix)"
+check "get --prefix --keys-only" "$(printf 'a1\n\na2\n\na3')" "$(ctl --endpoints="$ALL" get a --prefix --keys-only)"
+check "get --limit" "$(printf 'a1\nchanged\na2\nxa2')" "$(ctl --endpoints="$ALL" get a --prefix --limit 2)"
+check "get --from-key" "$(printf 'a3\n\nb1\n\nk1\n\nk2')" "$(ctl --endpoints="$ALL" get a3 --from-key --keys-only)"
+check "get --rev" "xa1" "$(ctl --endpoints="$ALL" get a1 --rev="$REV_A" --print-value-only)"
+check "get --print-value-only" "xa2" "$(ctl --endpoints="$ALL" get a2 --print-value-only)"
+check "get --sort-by=VALUE --order=DESCEND" "$(printf 'a3\na2\na1')" \
+  "$(ctl --endpoints="$ALL" get a --prefix --sort-by=VALUE --order=DESCEND --keys-only | sed '/^$/d')"
+check "get --sort-by=MODIFY --order=ASCEND" "$(printf 'a2\na3\na1')" \
+  "$(ctl --endpoints="$ALL" get a --prefix --sort-by=MODIFY --order=ASCEND --keys-only | sed '/^$/d')"
+check "get --consistency=s on a follower" "xa2" "$(ctl --endpoints="$(ep "$FOLLOWER")" get a2 --consistency=s --print-value-only)"
+JSON=$(ctl --endpoints="$ALL" get a --prefix --limit 1 -w json)
+check_contains "get -w json count" '"count":3' "$JSON"
+check_contains "get -w json more" '"more":true' "$JSON"
+check_contains "get -w json header" '"raft_term":' "$JSON"
+if etcdctl get --help 2>&1 | grep -q -- '--count-only'; then
+  check_contains "get --count-only" '"Count" : 3' "$(ctl --endpoints="$ALL" get a --prefix --count-only -w fields)"
+else
+  echo "note this etcdctl ($(etcdctl version | head -n1)) has no --count-only; count_only is covered by cargo tests"
+fi
+
+# --- del -------------------------------------------------------------------
+check "del" "1" "$(ctl --endpoints="$ALL" del b1)"
+check "del of a missing key" "0" "$(ctl --endpoints="$ALL" del b1)"
+check "del --prefix --prev-kv" "$(printf '3\na1\nchanged\na2\nxa2\na3\nxa3')" "$(ctl --endpoints="$ALL" del a --prefix --prev-kv)"
+for k in z1 z2; do ctl --endpoints="$ALL" put "$k" v >/dev/null; done
+check "del --from-key" "2" "$(ctl --endpoints="$ALL" del z --from-key)"
+
+# --- txn -------------------------------------------------------------------
+ctl --endpoints="$ALL" put t v >/dev/null
+TXN_OK=$(ctl --endpoints="$(ep "$FOLLOWER")" txn <<'EOF'
+value("t") = "v"
+version("t") = "1"
+create("t") > "0"
+mod("t") > "0"
+
+put t2 yes
+get t
+
+put t2 no
+
+EOF
+)
+check "txn success branch" "$(printf 'SUCCESS\n\nOK\n\nt\nv')" "$TXN_OK"
+TXN_FAIL=$(ctl --endpoints="$ALL" txn <<'EOF'
+value("t") = "other"
+
+put t3 yes
+
+put t3 no
+del t2
+
+EOF
+)
+check "txn failure branch" "$(printf 'FAILURE\n\nOK\n\n1')" "$TXN_FAIL"
+check "txn effects" "no" "$(ctl --endpoints="$ALL" get t3 --print-value-only)"
+MISSING=$(ctl --endpoints="$ALL" txn <<'EOF'
+value("nothing") != "x"
+
+put t4 yes
+
+put t4 no
+
+EOF
+)
+check "txn value compare on a missing key is false" "$(printf 'FAILURE\n\nOK')" "$MISSING"
+CREATE=$(ctl --endpoints="$ALL" txn <<'EOF'
+create("fresh") = "0"
+
+put fresh 1
+
+
+EOF
+)
+check "txn create(missing) = 0" "$(printf 'SUCCESS\n\nOK')" "$CREATE"
+
+# --- compaction ------------------------------------------------------------
+REV_NOW=$(ctl --endpoints="$ALL" get t -w fields | sed -n 's/^"Revision" : //p')
+check "compaction" "compacted revision $REV_NOW" "$(ctl --endpoints="$ALL" compaction "$REV_NOW")"
+check_contains "read below the compacted revision" "etcdserver: mvcc: required revision has been compacted" \
+  "$(ctl --endpoints="$ALL" get t --rev=2 || true)"
+check_contains "compaction again" "etcdserver: mvcc: required revision has been compacted" \
+  "$(ctl --endpoints="$ALL" compaction "$REV_NOW" || true)"
+
+# --- endpoint status / health, member list --------------------------------
+STATUS=$(ctl --endpoints="$ALL" endpoint status)
+check "endpoint status lists three members" "3" "$(echo "$STATUS" | grep -c '3.6.0')"
+check "endpoint status has one leader" "1" "$(echo "$STATUS" | grep -c ', true, ')"
+HEALTH=$(ctl --endpoints="$ALL" endpoint health)
+check "endpoint health" "3" "$(echo "$HEALTH" | grep -c 'is healthy')"
+MEMBERS=$(ctl --endpoints="$ALL" member list)
+check "member list" "3" "$(echo "$MEMBERS" | grep -c 'started')"
+for i in 0 1 2; do
+  check_contains "member list shows ${NAMES[$i]}" "${NAMES[$i]}, http://127.0.0.1:${PEER[$i]}, http://127.0.0.1:${CLIENT[$i]}" "$MEMBERS"
+done
+
+# --- kill -9 the leader ----------------------------------------------------
+for n in $(seq 1 30); do ctl --endpoints="$ALL" put "ack/$n" "$n" >/dev/null; done
+LEADER=$(leader_position)
+OTHERS="$(ep $(((LEADER + 1) % 3))),$(ep $(((LEADER + 2) % 3)))"
+kill -9 "${PIDS[$LEADER]}"
+wait "${PIDS[$LEADER]}" 2>/dev/null || true
+KILLED_AT=$(date +%s%N)
+WRITTEN=""
+for _ in $(seq 1 100); do
+  if [ "$(ctl --endpoints="$OTHERS" put after-kill yes)" == "OK" ]; then WRITTEN=yes; break; fi
+  sleep 0.1
+done
+FAILOVER_MS=$((($(date +%s%N) - KILLED_AT) / 1000000))
+check "write after kill -9 of the leader" "yes" "$WRITTEN"
+echo "note failover: first write acknowledged ${FAILOVER_MS} ms after kill -9 (election timeout 1000 ms)"
+check "acknowledged writes survive the leader's death" "30" \
+  "$(ctl --endpoints="$OTHERS" get ack/ --prefix --keys-only | sed '/^$/d' | wc -l)"
+start_member "$LEADER"
+CAUGHT=""
+for _ in $(seq 1 100); do
+  if [ "$(ctl --endpoints="$(ep "$LEADER")" get after-kill --consistency=s --print-value-only)" == "yes" ]; then CAUGHT=yes; break; fi
+  sleep 0.1
+done
+check "killed member restarts and catches up" "yes" "$CAUGHT"
+check "restarted member has every acknowledged write" "30" \
+  "$(ctl --endpoints="$(ep "$LEADER")" get ack/ --prefix --keys-only --consistency=s | sed '/^$/d' | wc -l)"
+
+echo
+echo "etcdctl: $PASSED passed, $FAILED failed"
+[ "$FAILED" == 0 ]

@@ -183,6 +183,8 @@ async fn status_reports_a_version_kubernetes_accepts() {
     // indexes and a real database size; headers carry true ids.
     let cluster = TestCluster::start(3, Options::default()).await;
     cluster.put(0, "a", "b").await;
+    // Status is member-local: wait until member 2 has applied the write.
+    cluster.eventually_sees(2, "a", "b").await;
     let status = cluster.status(2).await.expect("status");
     let parts: Vec<u64> = status
         .version

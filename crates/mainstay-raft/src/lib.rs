@@ -15,6 +15,8 @@ mod state_machine;
 mod type_config;
 
 pub use error::ReplicaError;
-pub use replica::{Replica, ReplicaConfig, ReplicaStatus, WriteOutcome, member_id_for};
+pub use replica::{
+    Dial, Replica, ReplicaConfig, ReplicaStatus, WriteOutcome, member_id_for, tcp_dial,
+};
 pub use state_machine::AppliedEvents;
 pub use type_config::MemberNode;

@@ -18,7 +18,9 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::{Serialize, de::DeserializeOwned};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::replica::Dial;
 
 use crate::codec::{decode_message, encode_message};
 use crate::type_config::{MemberNode, TypeConfig};
@@ -29,12 +31,21 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 pub const PEER_MESSAGE_BYTES_MAX: usize = 256 << 20;
 
 /// Channels to peers, keyed by the dialled URL; shared by raft and forwarding.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PeerPool {
+    dial: Dial,
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
 }
 
 impl PeerPool {
+    /// A pool dialling with `dial`.
+    pub fn new(dial: Dial) -> Self {
+        PeerPool {
+            dial,
+            channels: Arc::default(),
+        }
+    }
+
     /// A client for `node` (connected lazily, reused).
     pub fn client(&self, node: &MemberNode) -> Result<RaftPeerClient<Channel>, String> {
         let url = node
@@ -45,13 +56,7 @@ impl PeerPool {
         let channel = match channels.get(url) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Endpoint::from_shared(url.clone())
-                    .map_err(|e| format!("bad peer URL {url}: {e}"))?
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .connect_lazy();
+                let channel = (self.dial)(url)?;
                 channels.insert(url.clone(), channel.clone());
                 channel
             }
@@ -63,7 +68,7 @@ impl PeerPool {
 }
 
 /// Builds one `PeerConnection` per target, as openraft asks.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PeerNetwork {
     /// The shared channel pool.
     pub pool: PeerPool,

@@ -21,10 +21,10 @@ use crate::log_store::RaftLog;
 use crate::network::{PEER_MESSAGE_BYTES_MAX, PeerNetwork, PeerPool};
 use crate::peer_service::PeerService;
 use crate::state_machine::{AppliedEvents, StateMachine};
-use crate::type_config::{MemberNode, RaftHandle};
+use crate::type_config::{MemberNode, RaftHandle, Runtime};
 
 /// How to run one replica.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ReplicaConfig {
     /// This member's id.
     pub member_id: u64,
@@ -38,6 +38,26 @@ pub struct ReplicaConfig {
     pub snapshot_count: u64,
     /// Entries kept in the log behind a snapshot for slow followers.
     pub snapshot_catchup_entries: u64,
+    /// Seed of this member's Raft randomness (election timeouts).
+    pub seed: u64,
+    /// How to reach peers (real sockets in production, simulated in tests).
+    pub dial: Dial,
+}
+
+/// Opens a lazily connected channel to a peer URL.
+pub type Dial = Arc<dyn Fn(&str) -> Result<tonic::transport::Channel, String> + Send + Sync>;
+
+/// Dials peers over the operating system's TCP.
+pub fn tcp_dial() -> Dial {
+    Arc::new(|url: &str| {
+        Ok(tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| format!("bad peer URL {url}: {e}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy())
+    })
 }
 
 /// The outcome of an applied write.
@@ -172,14 +192,18 @@ impl Replica {
         }
         .validate()
         .map_err(|e| format!("invalid raft config: {e}"))?;
-        let pool = PeerPool::default();
+        let pool = PeerPool::new(config.dial.clone());
         let network = PeerNetwork { pool: pool.clone() };
-        let raft = RaftHandle::new(
-            config.member_id,
-            Arc::new(raft_config),
-            network,
-            log.clone(),
-            state.clone(),
+        // Raft's tasks inherit the seed's scope from here (see `Runtime`).
+        let raft = Runtime::scope(
+            config.seed,
+            RaftHandle::new(
+                config.member_id,
+                Arc::new(raft_config),
+                network,
+                log.clone(),
+                state.clone(),
+            ),
         )
         .await
         .map_err(|e| format!("start raft: {e}"))?;

@@ -36,8 +36,14 @@ openraft::declare_raft_types!(
         R = ApplyResult,
         NodeId = u64,
         Node = MemberNode,
-        AsyncRuntime = openraft_rt_tokio::TokioRuntime,
+        AsyncRuntime = Runtime,
 );
+
+/// openraft's runtime: tokio with every random draw (election timeouts) taken
+/// from a seeded generator, so a simulated member replays exactly. Production
+/// seeds it from the environment; `Replica::open` enters the seed's scope.
+pub type Runtime =
+    openraft_rt::deterministic_rng::DeterministicRng<openraft_rt_tokio::TokioRuntime>;
 
 /// The Raft handle type.
 pub type RaftHandle = openraft::Raft<TypeConfig, crate::state_machine::StateMachine>;

@@ -8,10 +8,11 @@ use mainstay_api::{Api, ClusterService, KvService, Limits, MaintenanceService};
 use mainstay_proto::etcdserverpb::cluster_server::ClusterServer;
 use mainstay_proto::etcdserverpb::kv_server::KvServer;
 use mainstay_proto::etcdserverpb::maintenance_server::MaintenanceServer;
-use mainstay_raft::{MemberNode, Replica, ReplicaConfig, member_id_for};
+use mainstay_raft::{Dial, MemberNode, Replica, ReplicaConfig, member_id_for, tcp_dial};
+
+use crate::io::{Incoming, tcp_incoming};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::Instrument;
 
 use crate::config::{ClusterState, Config};
@@ -20,31 +21,54 @@ use crate::config::{ClusterState, Config};
 /// "request is too large" itself (etcd does the same).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// Bound sockets for one member (tests bind port 0 first, then learn the ports).
+/// Where connections come from for one member (tests bind port 0 first, then
+/// learn the ports; the simulator supplies simulated ones).
 pub struct Listeners {
-    /// Client listeners.
-    pub client: Vec<TcpListener>,
-    /// Peer listeners.
-    pub peer: Vec<TcpListener>,
+    /// Client connections.
+    pub client: Vec<Incoming>,
+    /// Peer connections.
+    pub peer: Vec<Incoming>,
+}
+
+/// What the member takes from its environment instead of reaching for it: the
+/// simulator swaps these, never the logic.
+#[derive(Clone)]
+pub struct Env {
+    /// How to reach peers.
+    pub dial: Dial,
+    /// Seed of the member's Raft randomness.
+    pub seed: u64,
+}
+
+impl Env {
+    /// Real TCP, and a seed from the wall clock.
+    pub fn production() -> Env {
+        // The only wall-clock read in the member: randomness for election timeouts.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Env {
+            dial: tcp_dial(),
+            seed: nanos ^ u64::from(std::process::id()).rotate_left(32),
+        }
+    }
 }
 
 /// Binds the configured listen addresses.
 pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
     let mut client = Vec::new();
     for address in &config.listen_client {
-        client.push(
-            TcpListener::bind(address)
-                .await
-                .with_context(|| format!("listen for clients on {address}"))?,
-        );
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listen for clients on {address}"))?;
+        client.push(tcp_incoming(listener));
     }
     let mut peer = Vec::new();
     for address in &config.listen_peer {
-        peer.push(
-            TcpListener::bind(address)
-                .await
-                .with_context(|| format!("listen for peers on {address}"))?,
-        );
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listen for peers on {address}"))?;
+        peer.push(tcp_incoming(listener));
     }
     Ok(Listeners { client, peer })
 }
@@ -60,35 +84,23 @@ pub fn cluster_id_for(member_ids: &[u64], token: &str) -> u64 {
 /// Runs one member until `shutdown` resolves (graceful) or a fatal error stops it.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let listeners = bind(&config).await?;
-    run_with_listeners(config, listeners, shutdown).await
+    run_with_listeners(config, listeners, Env::production(), shutdown, None).await
 }
 
-/// `run` with sockets already bound.
+/// `run` with connections supplied and the environment given. `observer`, if
+/// any, receives the member's `Replica` once it is open (for tests and the
+/// simulator, which inspect Raft state).
 pub async fn run_with_listeners(
     config: Config,
     listeners: Listeners,
+    env: Env,
     shutdown: impl Future<Output = ()>,
+    observer: Option<tokio::sync::oneshot::Sender<Replica>>,
 ) -> anyhow::Result<()> {
     let member_id = member_id_for(&config.name, &config.initial_cluster_token);
     let span =
         tracing::info_span!("member", name = %config.name, id = format_args!("{member_id:x}"));
-    serve_member(config, listeners, shutdown, member_id, None)
-        .instrument(span)
-        .await
-}
-
-/// `run_with_listeners` that also hands out the member's `Replica` once it is
-/// open, for in-process tests that inspect Raft state.
-pub async fn run_observed(
-    config: Config,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
-    observer: tokio::sync::oneshot::Sender<Replica>,
-) -> anyhow::Result<()> {
-    let member_id = member_id_for(&config.name, &config.initial_cluster_token);
-    let span =
-        tracing::info_span!("member", name = %config.name, id = format_args!("{member_id:x}"));
-    serve_member(config, listeners, shutdown, member_id, Some(observer))
+    serve_member(config, listeners, env, shutdown, member_id, observer)
         .instrument(span)
         .await
 }
@@ -96,6 +108,7 @@ pub async fn run_observed(
 async fn serve_member(
     config: Config,
     listeners: Listeners,
+    env: Env,
     shutdown: impl Future<Output = ()>,
     member_id: u64,
     observer: Option<tokio::sync::oneshot::Sender<Replica>>,
@@ -129,6 +142,8 @@ async fn serve_member(
         election_timeout_ms: config.election_timeout_ms,
         snapshot_count: config.snapshot_count,
         snapshot_catchup_entries: config.snapshot_catchup_entries,
+        seed: env.seed,
+        dial: env.dial.clone(),
     })
     .await
     .map_err(|e| anyhow::anyhow!(e))
@@ -148,13 +163,11 @@ async fn serve_member(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners.peer {
+    for incoming in listeners.peer {
         let service = replica.peer_service();
-        let incoming = TcpListenerStream::new(listener);
         let signal = stopped(stop_rx.clone());
         servers.spawn(async move {
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, signal)
                 .await
@@ -206,18 +219,15 @@ async fn serve_member(
         },
     };
     let grpc_bytes_max = request_bytes_max + GRPC_OVERHEAD_BYTES;
-    for listener in listeners.client {
-        let address = listener.local_addr().ok();
+    for incoming in listeners.client {
         let kv = KvServer::new(KvService::new(api.clone()))
             .max_decoding_message_size(grpc_bytes_max)
             .max_encoding_message_size(usize::MAX);
         let cluster = ClusterServer::new(ClusterService::new(api.clone()));
         let maintenance = MaintenanceServer::new(MaintenanceService::new(api.clone()));
-        let incoming = TcpListenerStream::new(listener);
         let signal = stopped(stop_rx.clone());
         servers.spawn(async move {
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(kv)
                 .add_service(cluster)
                 .add_service(maintenance)
@@ -225,7 +235,7 @@ async fn serve_member(
                 .await
                 .context("serve clients")
         });
-        tracing::info!(?address, "serving clients");
+        tracing::info!("serving clients");
     }
 
     let outcome = tokio::select! {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use mainstay_proto::etcdserverpb::kv_client::KvClient;
 use mainstay_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use mainstay_proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest, StatusResponse};
-use mainstay_server::{Listeners, Replica, ServeArgs, run_observed};
+use mainstay_server::{Env, Listeners, Replica, ServeArgs, run_with_listeners, tcp_incoming};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -119,19 +119,20 @@ impl TestCluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let listeners = Listeners {
-            client: vec![client.expect("client port")],
-            peer: vec![peer.expect("peer port")],
+            client: vec![tcp_incoming(client.expect("client port"))],
+            peer: vec![tcp_incoming(peer.expect("peer port"))],
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let (observer, observed) = oneshot::channel();
         member.stop = Some(stop);
-        member.task = Some(tokio::spawn(run_observed(
+        member.task = Some(tokio::spawn(run_with_listeners(
             config,
             listeners,
+            Env::production(),
             async move {
                 let _ = stopped.await;
             },
-            observer,
+            Some(observer),
         )));
         member.replica = observed.await.ok();
     }

@@ -46,6 +46,13 @@ impl PeerPool {
         }
     }
 
+    /// Forgets the channel to `node`, so the next call dials a new connection.
+    pub fn evict(&self, node: &MemberNode) {
+        if let Some(url) = node.peer_urls.first() {
+            self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(url);
+        }
+    }
+
     /// A client for `node` (connected lazily, reused).
     pub fn client(&self, node: &MemberNode) -> Result<RaftPeerClient<Channel>, String> {
         let url = node
@@ -78,17 +85,15 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: u64, node: &MemberNode) -> Self::Network {
-        PeerConnection {
-            target,
-            client: self.pool.client(node),
-        }
+        PeerConnection { target, node: node.clone(), pool: self.pool.clone() }
     }
 }
 
 /// openraft's view of one peer.
 pub struct PeerConnection {
     target: u64,
-    client: Result<RaftPeerClient<Channel>, String>,
+    node: MemberNode,
+    pool: PeerPool,
 }
 
 fn network_error(message: impl std::fmt::Display) -> RPCError<TypeConfig> {
@@ -103,8 +108,8 @@ fn unreachable(message: String) -> RPCError<TypeConfig> {
 
 impl PeerConnection {
     fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<TypeConfig>> {
-        self.client
-            .clone()
+        self.pool
+            .client(&self.node)
             .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
     }
 
@@ -128,7 +133,12 @@ impl PeerConnection {
         // a dead or partitioned peer in a tight loop.
         let reply = tokio::time::timeout(option.hard_ttl(), send(client, payload))
             .await
-            .map_err(|_| unreachable(format!("peer {} timed out", self.target)))?
+            .map_err(|_| {
+                // The connection may be half-open (the peer died without a reset):
+                // the next call dials afresh.
+                self.pool.evict(&self.node);
+                unreachable(format!("peer {} timed out", self.target))
+            })?
             .map_err(|status| {
                 let text = format!("peer {}: {}", self.target, status.message());
                 if status.code() == tonic::Code::Unavailable {
@@ -235,6 +245,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         };
         let reply = reply
             .map_err(|_| {
+                self.pool.evict(&self.node);
                 StreamingError::Network(NetworkError::new(&std::io::Error::other(format!(
                     "snapshot to {target} timed out"
                 ))))

@@ -294,6 +294,12 @@ impl Replica {
         }
     }
 
+    /// The applied index and the keyspace hash at it, read together (for
+    /// cross-replica comparison).
+    pub fn applied_hash(&self) -> (u64, i64, u32) {
+        self.inner.state.applied_hash()
+    }
+
     /// Every member: id, description, whether a learner.
     pub fn members(&self) -> Vec<(u64, MemberNode, bool)> {
         let metrics = self.inner.raft.metrics().borrow_watched().clone();
@@ -422,7 +428,10 @@ impl Replica {
         )
         .await;
         match reply {
-            Err(_) => Ok(ForwardReply::Failed(ReplicaError::Timeout)),
+            Err(_) => {
+                self.inner.pool.evict(&node);
+                Ok(ForwardReply::Failed(ReplicaError::Timeout))
+            }
             Ok(Err(status)) if not_sent(&status) => Err(Retry),
             Ok(Err(_)) => Ok(ForwardReply::Failed(ReplicaError::Timeout)),
             Ok(Ok(reply)) => Ok(decode_message(&reply.into_inner().result)
@@ -574,13 +583,14 @@ impl Replica {
     async fn remote_read_index(&self, leader: u64) -> Option<ReadIndexReply> {
         let node = self.node(leader)?;
         let mut client = self.inner.pool.client(&node).ok()?;
-        let reply = tokio::time::timeout(
-            self.inner.request_timeout,
-            client.read_index(ReadIndexRequest {}),
-        )
-        .await
-        .ok()?
-        .ok()?;
+        let Ok(reply) =
+            tokio::time::timeout(self.inner.request_timeout, client.read_index(ReadIndexRequest {})).await
+        else {
+            // Possibly a half-open connection: dial afresh next time.
+            self.inner.pool.evict(&node);
+            return None;
+        };
+        let reply = reply.ok()?;
         let reply = reply.into_inner();
         if reply.error.is_empty() {
             Some(ReadIndexReply::Index(reply.index))

@@ -99,6 +99,16 @@ impl StateMachine {
         self.durable().store.file_bytes()
     }
 
+    /// Applied index, revision and keyspace hash, consistent with each other.
+    pub fn applied_hash(&self) -> (u64, Revision, u32) {
+        // The durable lock is taken first, as in `install_snapshot`.
+        let durable = self.durable();
+        let applied = durable.meta.applied.map_or(0, |id| id.index);
+        let key_space = self.shared.key_space.read().unwrap_or_else(|p| p.into_inner());
+        let hash = key_space.hash(0).unwrap_or(0);
+        (applied, key_space.revision(), hash)
+    }
+
     fn build(&self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
         let data = self.durable().store.snapshot().map_err(to_io)?;
         let bytes = data.encode().map_err(to_io)?;

@@ -1,0 +1,58 @@
+//! Invariants checked while a simulation runs.
+//!
+//! - Election safety (Raft §5.2): at most one leader per term.
+//! - State machine safety (Raft §5.4.3): replicas that applied the same index
+//!   have the same keyspace hash (and revision).
+//! - Committed entries never lost and revisions rising without gaps are checked
+//!   on the client history by `mainstay-check` (acknowledged writes must stay
+//!   visible; revisions never go backwards).
+
+use std::collections::BTreeMap;
+
+use mainstay_raft::Replica;
+
+/// Observations so far and what contradicted them.
+#[derive(Default)]
+pub struct Invariants {
+    leaders: BTreeMap<u64, u64>,
+    hashes: BTreeMap<u64, (i64, u32, u64)>,
+    /// Violations found.
+    pub violations: Vec<String>,
+}
+
+impl Invariants {
+    /// Records who claims leadership in which term.
+    pub fn check_leaders<'a>(&mut self, replicas: impl Iterator<Item = &'a Replica>) {
+        for replica in replicas {
+            let status = replica.status();
+            if !status.is_leader {
+                continue;
+            }
+            let leader = *self.leaders.entry(status.term).or_insert(status.member_id);
+            if leader != status.member_id {
+                self.violations.push(format!(
+                    "election safety: term {} has two leaders {leader:x} and {:x}",
+                    status.term, status.member_id
+                ));
+            }
+        }
+    }
+
+    /// Records each replica's (applied index → revision, hash).
+    pub fn check_hashes<'a>(&mut self, replicas: impl Iterator<Item = &'a Replica>) {
+        for replica in replicas {
+            let (applied, revision, hash) = replica.applied_hash();
+            if applied == 0 {
+                continue;
+            }
+            let member = replica.member_id();
+            let (seen_revision, seen_hash, seen_member) =
+                *self.hashes.entry(applied).or_insert((revision, hash, member));
+            if (seen_revision, seen_hash) != (revision, hash) {
+                self.violations.push(format!(
+                    "state machine safety: at applied index {applied} member {seen_member:x} has revision {seen_revision} hash {seen_hash:08x} but {member:x} has revision {revision} hash {hash:08x}"
+                ));
+            }
+        }
+    }
+}

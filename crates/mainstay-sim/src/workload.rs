@@ -1,0 +1,145 @@
+//! Simulated clients: each issues one request at a time to a random member and
+//! records invocation, completion and answer. A request that times out or fails
+//! in a way that does not prove it had no effect is recorded as unknown; no
+//! write is ever retried blindly.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mainstay_check::{Input, Operation, Outcome, Output};
+use mainstay_proto::etcdserverpb::kv_client::KvClient;
+use mainstay_proto::etcdserverpb::{
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, compare,
+    request_op,
+};
+use tonic::Code;
+
+use crate::rng::Rng;
+
+/// Deadline of one client request in simulated time.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Longest pause between two requests of one client.
+pub const THINK_MS_MAX: u64 = 40;
+
+/// The shared, growing history.
+pub type History = Arc<Mutex<Vec<Operation>>>;
+
+fn now_micros() -> u64 {
+    turmoil::sim_elapsed().map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Whether a failed write surely had no effect (refused before proposal).
+fn definite(code: Code) -> bool {
+    matches!(code, Code::InvalidArgument | Code::OutOfRange | Code::NotFound | Code::FailedPrecondition)
+}
+
+/// Runs one client until `stop_micros` of simulated time.
+pub async fn client(
+    id: u64,
+    members: Vec<String>,
+    keys: u64,
+    seed: u64,
+    stop_micros: u64,
+    history: History,
+) -> turmoil::Result {
+    let mut rng = Rng::new(seed);
+    let mut clients = Vec::new();
+    for member in &members {
+        clients.push(KvClient::new(crate::net::channel(&format!("http://{member}:2379"))?));
+    }
+    let mut counter = 0u64;
+    let mut epoch = 0u64;
+    // The mod revision this client last saw per key, for CAS guards.
+    let mut seen_mod = vec![0i64; keys as usize];
+    while now_micros() < stop_micros {
+        counter += 1;
+        let target = rng.below(clients.len() as u64) as usize;
+        let kv = &mut clients[target];
+        let key_index = rng.below(keys) as usize;
+        let key = format!("k{key_index}").into_bytes();
+        let value = format!("c{id}-{counter}").into_bytes();
+        let choice = rng.below(100);
+        let invoked = now_micros();
+        let (input, outcome) = if choice < 35 {
+            let input = Input::Put { key: key.clone(), value: value.clone() };
+            let request = PutRequest { key, value, ..Default::default() };
+            let reply = tokio::time::timeout(REQUEST_TIMEOUT, kv.put(request)).await;
+            let outcome = match reply {
+                Ok(Ok(r)) => Outcome::Ok(Output::Put { revision: r.into_inner().header.map_or(0, |h| h.revision) }),
+                Ok(Err(status)) if definite(status.code()) => Outcome::Failed,
+                _ => Outcome::Unknown,
+            };
+            (input, outcome)
+        } else if choice < 75 {
+            let serializable = choice >= 70;
+            let request = RangeRequest { key: key.clone(), serializable, ..Default::default() };
+            let reply = tokio::time::timeout(REQUEST_TIMEOUT, kv.range(request)).await;
+            let outcome = match reply {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    let value = r.kvs.first().map(|kv| (kv.value.clone(), kv.mod_revision));
+                    seen_mod[key_index] = value.as_ref().map_or(0, |(_, m)| *m);
+                    Outcome::Ok(Output::Get { value, header_revision: r.header.map_or(0, |h| h.revision) })
+                }
+                _ => Outcome::Failed,
+            };
+            if serializable {
+                // Serializable reads may be stale by design: not part of the check.
+                continue;
+            }
+            (Input::Get { key }, outcome)
+        } else if choice < 85 {
+            let request = DeleteRangeRequest { key: key.clone(), ..Default::default() };
+            let reply = tokio::time::timeout(REQUEST_TIMEOUT, kv.delete_range(request)).await;
+            let outcome = match reply {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    Outcome::Ok(Output::Delete { deleted: r.deleted > 0, revision: r.header.map_or(0, |h| h.revision) })
+                }
+                Ok(Err(status)) if definite(status.code()) => Outcome::Failed,
+                _ => Outcome::Unknown,
+            };
+            (Input::Delete { key }, outcome)
+        } else {
+            let expected = seen_mod[key_index];
+            let input = Input::Txn { guards: vec![(key.clone(), expected)], puts: vec![(key.clone(), value.clone())] };
+            let request = TxnRequest {
+                compare: vec![Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Mod as i32,
+                    key: key.clone(),
+                    target_union: Some(compare::TargetUnion::ModRevision(expected)),
+                    range_end: Vec::new(),
+                }],
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest { key, value, ..Default::default() })),
+                }],
+                failure: Vec::new(),
+            };
+            let reply = tokio::time::timeout(REQUEST_TIMEOUT, kv.txn(request)).await;
+            let outcome = match reply {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    Outcome::Ok(Output::Txn { succeeded: r.succeeded, revision: r.header.map_or(0, |h| h.revision) })
+                }
+                Ok(Err(status)) if definite(status.code()) => Outcome::Failed,
+                _ => Outcome::Unknown,
+            };
+            (input, outcome)
+        };
+        let returned = now_micros();
+        let unknown = matches!(outcome, Outcome::Unknown);
+        history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Operation { client: id * 1000 + epoch, input, invoked, returned, outcome });
+        if unknown {
+            // A request of unknown outcome may still land later: the client goes
+            // on under a fresh identity, as in Knossos.
+            epoch += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.below(THINK_MS_MAX))).await;
+    }
+    Ok(())
+}

@@ -47,6 +47,10 @@ pub struct Api {
     pub cluster_id: u64,
     /// Request limits.
     pub limits: Limits,
+    /// SIMULATOR SELF-TEST ONLY: serve "linearizable" reads without the read
+    /// barrier, a deliberate safety bug the simulator must catch. Never set in
+    /// production (`Env::production` leaves it off and no flag reaches it).
+    pub unsafe_skip_read_barrier: bool,
 }
 
 impl Api {

@@ -49,7 +49,10 @@ impl PeerPool {
     /// Forgets the channel to `node`, so the next call dials a new connection.
     pub fn evict(&self, node: &MemberNode) {
         if let Some(url) = node.peer_urls.first() {
-            self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(url);
+            self.channels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(url);
         }
     }
 
@@ -85,7 +88,11 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: u64, node: &MemberNode) -> Self::Network {
-        PeerConnection { target, node: node.clone(), pool: self.pool.clone() }
+        PeerConnection {
+            target,
+            node: node.clone(),
+            pool: self.pool.clone(),
+        }
     }
 }
 

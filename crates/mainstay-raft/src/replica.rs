@@ -583,8 +583,11 @@ impl Replica {
     async fn remote_read_index(&self, leader: u64) -> Option<ReadIndexReply> {
         let node = self.node(leader)?;
         let mut client = self.inner.pool.client(&node).ok()?;
-        let Ok(reply) =
-            tokio::time::timeout(self.inner.request_timeout, client.read_index(ReadIndexRequest {})).await
+        let Ok(reply) = tokio::time::timeout(
+            self.inner.request_timeout,
+            client.read_index(ReadIndexRequest {}),
+        )
+        .await
         else {
             // Possibly a half-open connection: dial afresh next time.
             self.inner.pool.evict(&node);

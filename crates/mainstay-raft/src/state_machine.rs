@@ -104,7 +104,11 @@ impl StateMachine {
         // The durable lock is taken first, as in `install_snapshot`.
         let durable = self.durable();
         let applied = durable.meta.applied.map_or(0, |id| id.index);
-        let key_space = self.shared.key_space.read().unwrap_or_else(|p| p.into_inner());
+        let key_space = self
+            .shared
+            .key_space
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let hash = key_space.hash(0).unwrap_or(0);
         (applied, key_space.revision(), hash)
     }

@@ -38,6 +38,16 @@ pub struct Env {
     pub dial: Dial,
     /// Seed of the member's Raft randomness.
     pub seed: u64,
+    /// Deliberate safety bugs for the simulator's self-tests; all off in production.
+    pub safety_breaks: SafetyBreaks,
+}
+
+/// Deliberate safety bugs the simulator must detect (its self-tests). Each is a
+/// field so that a test names exactly what it breaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SafetyBreaks {
+    /// Serve linearizable reads from local state without a read barrier.
+    pub skip_read_barrier: bool,
 }
 
 impl Env {
@@ -50,6 +60,7 @@ impl Env {
         Env {
             dial: tcp_dial(),
             seed: nanos ^ u64::from(std::process::id()).rotate_left(32),
+            safety_breaks: SafetyBreaks::default(),
         }
     }
 }
@@ -217,6 +228,7 @@ async fn serve_member(
             txn_ops_max: usize::try_from(config.txn_ops_max).context("--max-txn-ops")?,
             quota_backend_bytes: config.quota_backend_bytes,
         },
+        unsafe_skip_read_barrier: env.safety_breaks.skip_read_barrier,
     };
     let grpc_bytes_max = request_bytes_max + GRPC_OVERHEAD_BYTES;
     for incoming in listeners.client {

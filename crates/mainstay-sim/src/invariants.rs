@@ -46,8 +46,10 @@ impl Invariants {
                 continue;
             }
             let member = replica.member_id();
-            let (seen_revision, seen_hash, seen_member) =
-                *self.hashes.entry(applied).or_insert((revision, hash, member));
+            let (seen_revision, seen_hash, seen_member) = *self
+                .hashes
+                .entry(applied)
+                .or_insert((revision, hash, member));
             if (seen_revision, seen_hash) != (revision, hash) {
                 self.violations.push(format!(
                     "state machine safety: at applied index {applied} member {seen_member:x} has revision {seen_revision} hash {seen_hash:08x} but {member:x} has revision {revision} hash {hash:08x}"

@@ -16,5 +16,6 @@ mod simulation;
 mod workload;
 
 pub use fault::{Fault, FaultCounts};
+pub use mainstay_server::SafetyBreaks;
 pub use rng::Rng;
 pub use simulation::{SimOptions, SimResult, replay_command, run};

@@ -1,1 +1,227 @@
-fn main() {}
+//! `mainstay-sim`: run many seeds, in parallel processes, and summarise.
+//!
+//! ```text
+//! mainstay-sim --seeds 1..500 --jobs 2        # a campaign
+//! mainstay-sim --seed 5                       # one seed, with its trace hash
+//! ```
+//! Exits non-zero if any seed fails; each failure prints its replay command.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use mainstay_sim::{FaultCounts, SimOptions, replay_command, run};
+
+struct Args {
+    /// Self-test mode: succeed only if some seed finds a violation.
+    expect_violations: bool,
+    seeds: Vec<u64>,
+    jobs: usize,
+    worker: bool,
+    options: SimOptions,
+}
+
+fn parse_range(text: &str) -> Result<Vec<u64>, String> {
+    if let Some((low, high)) = text.split_once("..") {
+        let low: u64 = low.parse().map_err(|_| format!("bad seed range {text}"))?;
+        let high: u64 = high.parse().map_err(|_| format!("bad seed range {text}"))?;
+        return Ok((low..high).collect());
+    }
+    text.split(',')
+        .map(|s| s.trim().parse().map_err(|_| format!("bad seed {s}")))
+        .collect()
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        expect_violations: false,
+        seeds: vec![1],
+        jobs: 1,
+        worker: false,
+        options: SimOptions::default(),
+    };
+    let mut given = std::env::args().skip(1);
+    while let Some(flag) = given.next() {
+        let mut value = || given.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--seed" | "--seeds" => args.seeds = parse_range(&value()?)?,
+            "--jobs" => args.jobs = value()?.parse().map_err(|_| "bad --jobs".to_string())?,
+            "--workload-seconds" => {
+                args.options.workload_seconds = value()?
+                    .parse()
+                    .map_err(|_| "bad --workload-seconds".to_string())?
+            }
+            "--no-faults" => args.options.faults = false,
+            "--break-read-barrier" => args.options.safety_breaks.skip_read_barrier = true,
+            "--expect-violations" => args.expect_violations = true,
+            "--worker" => args.worker = true,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(args)
+}
+
+/// One line per seed, parsed back by the parent: `seed ok|FAIL ops faults...`.
+fn run_seeds(args: &Args) -> bool {
+    let mut all_ok = true;
+    for &seed in &args.seeds {
+        let result = run(seed, &args.options);
+        let f = result.faults;
+        println!(
+            "seed {seed} {} members={} ops={} partitions={} one_way={} holds={} crashes={} restarts={} trace={:016x}",
+            if result.ok() { "ok" } else { "FAIL" },
+            result.members,
+            result.operations,
+            f.partitions,
+            f.one_way,
+            f.holds,
+            f.crashes,
+            f.restarts,
+            result.trace_hash
+        );
+        if !result.ok() {
+            all_ok = false;
+            for violation in &result.violations {
+                for line in violation.lines() {
+                    println!("  {line}");
+                }
+            }
+            println!("  replay: {}", replay_command(seed));
+        }
+    }
+    all_ok
+}
+
+fn campaign(args: &Args) -> Result<bool, String> {
+    let started = Instant::now();
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
+    let mut children = Vec::new();
+    for job in 0..args.jobs {
+        let seeds: Vec<String> = args
+            .seeds
+            .iter()
+            .skip(job)
+            .step_by(args.jobs)
+            .map(u64::to_string)
+            .collect();
+        if seeds.is_empty() {
+            continue;
+        }
+        let mut command = Command::new(&exe);
+        command
+            .arg("--worker")
+            .arg("--seeds")
+            .arg(seeds.join(","))
+            .arg("--workload-seconds")
+            .arg(args.options.workload_seconds.to_string());
+        if !args.options.faults {
+            command.arg("--no-faults");
+        }
+        if args.options.safety_breaks.skip_read_barrier {
+            command.arg("--break-read-barrier");
+        }
+        let child = command
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn worker: {e}"))?;
+        children.push(child);
+    }
+    let mut passed = 0u64;
+    let mut failed = 0u64;
+    let mut operations = 0u64;
+    let mut faults = FaultCounts::default();
+    let mut ok = true;
+    let mut readers = Vec::new();
+    for child in &mut children {
+        if let Some(stdout) = child.stdout.take() {
+            readers.push(std::thread::spawn(move || {
+                BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                    .collect::<Vec<String>>()
+            }));
+        }
+    }
+    for reader in readers {
+        let lines = reader
+            .join()
+            .map_err(|_| "worker reader panicked".to_string())?;
+        for line in lines {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.first() == Some(&"seed") && fields.len() > 2 {
+                if fields[2] == "ok" {
+                    passed += 1;
+                } else {
+                    failed += 1;
+                }
+                let number = |name: &str| {
+                    fields
+                        .iter()
+                        .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                operations += number("ops");
+                faults.add(&FaultCounts {
+                    partitions: number("partitions"),
+                    one_way: number("one_way"),
+                    holds: number("holds"),
+                    crashes: number("crashes"),
+                    restarts: number("restarts"),
+                });
+            }
+            if fields.get(2) != Some(&"ok") {
+                println!("{line}");
+            }
+        }
+    }
+    for mut child in children {
+        let status = child.wait().map_err(|e| format!("wait for worker: {e}"))?;
+        ok &= status.success();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "simulation: {} seeds in {seconds:.1} s ({:.2} seeds/s, {} jobs), {operations} client operations, faults: {} ({} partitions, {} one-way, {} holds, {} crashes, {} restarts), {failed} seeds with violations",
+        passed + failed,
+        (passed + failed) as f64 / seconds.max(0.001),
+        args.jobs,
+        faults.total(),
+        faults.partitions,
+        faults.one_way,
+        faults.holds,
+        faults.crashes,
+        faults.restarts,
+    );
+    if args.expect_violations {
+        // A self-test: the deliberate bug must be caught by at least one seed.
+        println!(
+            "self-test: the deliberate bug was caught by {failed} of {} seeds",
+            passed + failed
+        );
+        return Ok(failed > 0);
+    }
+    println!("simulation: {passed} passed, {failed} failed");
+    Ok(ok && failed == 0 && passed as usize == args.seeds.len())
+}
+
+fn main() {
+    let args = match parse() {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("mainstay-sim: {error}");
+            std::process::exit(2);
+        }
+    };
+    let ok = if args.worker || args.jobs <= 1 && args.seeds.len() == 1 {
+        run_seeds(&args)
+    } else {
+        match campaign(&args) {
+            Ok(ok) => ok,
+            Err(error) => {
+                eprintln!("mainstay-sim: {error}");
+                false
+            }
+        }
+    };
+    std::process::exit(if ok { 0 } else { 1 });
+}

@@ -10,12 +10,16 @@ use mainstay_check::Operation;
 use mainstay_proto::etcdserverpb::kv_client::KvClient;
 use mainstay_proto::etcdserverpb::{PutRequest, RangeRequest};
 use mainstay_raft::Replica;
-use mainstay_server::{ClusterState, Config, Env, Listeners, run_with_listeners};
+use mainstay_server::{ClusterState, Config, Env, Listeners, SafetyBreaks, run_with_listeners};
 
 use crate::fault::{Fault, FaultCounts, plan_faults};
 use crate::invariants::Invariants;
 use crate::rng::Rng;
 use crate::workload::{self, History};
+
+/// Simulated time per step. Coarser than message latency granularity would be
+/// wasted precision: heartbeats are 100 ms, elections 1 s.
+const TICK_MS: u64 = 5;
 
 /// What a run may vary beyond the seed (tests pin some of these).
 #[derive(Clone, Debug)]
@@ -26,11 +30,18 @@ pub struct SimOptions {
     pub faults: bool,
     /// Force the cluster size instead of drawing it from the seed.
     pub members: Option<usize>,
+    /// Deliberate safety bugs (self-tests: the checks must catch them).
+    pub safety_breaks: SafetyBreaks,
 }
 
 impl Default for SimOptions {
     fn default() -> Self {
-        SimOptions { workload_seconds: 12, faults: true, members: None }
+        SimOptions {
+            workload_seconds: 12,
+            faults: true,
+            members: None,
+            safety_breaks: SafetyBreaks::default(),
+        }
     }
 }
 
@@ -69,12 +80,23 @@ fn data_root() -> PathBuf {
     // tmpfs when there is one: fsync there is free, and the simulated members
     // fsync a lot (durability under crashes comes from the simulated disk, not this).
     let shm = PathBuf::from("/dev/shm");
-    if shm.is_dir() { shm } else { std::env::temp_dir() }
+    if shm.is_dir() {
+        shm
+    } else {
+        std::env::temp_dir()
+    }
 }
 
-fn member_config(name: &str, names: &[String], root: &std::path::Path, snapshot_count: u64) -> Config {
-    let initial_cluster: BTreeMap<String, String> =
-        names.iter().map(|n| (n.clone(), format!("http://{n}:2380"))).collect();
+fn member_config(
+    name: &str,
+    names: &[String],
+    root: &std::path::Path,
+    snapshot_count: u64,
+) -> Config {
+    let initial_cluster: BTreeMap<String, String> = names
+        .iter()
+        .map(|n| (n.clone(), format!("http://{n}:2380")))
+        .collect();
     Config {
         name: name.to_string(),
         data_dir: root.join(name),
@@ -104,13 +126,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Runs one seed. Never panics on a finding: findings are returned.
 pub fn run(seed: u64, options: &SimOptions) -> SimResult {
     let mut rng = Rng::new(seed);
-    let size = options.members.unwrap_or(if rng.chance(70) { 3 } else { 5 });
+    let size = options
+        .members
+        .unwrap_or(if rng.chance(70) { 3 } else { 5 });
     let keys = rng.between(2, 5);
     let clients = rng.between(3, 6);
     let snapshot_count = rng.between(30, 200);
     let max_latency_ms = rng.between(1, 15);
     let names: Vec<String> = (0..size).map(|i| format!("m{i}")).collect();
-    let dir = tempfile::Builder::new().prefix("mainstay-sim-").tempdir_in(data_root());
+    let dir = tempfile::Builder::new()
+        .prefix("mainstay-sim-")
+        .tempdir_in(data_root());
     let mut result = SimResult {
         seed,
         members: size,
@@ -123,14 +149,16 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
     let dir = match dir {
         Ok(dir) => dir,
         Err(error) => {
-            result.violations.push(format!("harness: cannot create a data directory: {error}"));
+            result
+                .violations
+                .push(format!("harness: cannot create a data directory: {error}"));
             return result;
         }
     };
 
     let mut sim = turmoil::Builder::new()
         .simulation_duration(Duration::from_secs(options.workload_seconds + 600))
-        .tick_duration(Duration::from_millis(1))
+        .tick_duration(Duration::from_millis(TICK_MS))
         .min_message_latency(Duration::from_millis(0))
         .max_message_latency(Duration::from_millis(max_latency_ms))
         .tcp_capacity(65_536)
@@ -140,6 +168,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
     let replicas: Replicas = Arc::default();
     let incarnations: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let member_seed = rng.fork();
+    let safety_breaks = options.safety_breaks;
     for (position, name) in names.iter().enumerate() {
         let config = member_config(name, &names, dir.path(), snapshot_count);
         let replicas = replicas.clone();
@@ -166,11 +195,24 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
                         lock(&replicas).insert(name, replica);
                     }
                 });
-                let env = Env { dial: crate::net::dial(), seed };
-                let listeners = Listeners { client: vec![client], peer: vec![peer] };
-                run_with_listeners(config, listeners, env, std::future::pending(), Some(observer))
-                    .await
-                    .map_err(|e| format!("{e:#}").into())
+                let env = Env {
+                    dial: crate::net::dial(),
+                    seed,
+                    safety_breaks,
+                };
+                let listeners = Listeners {
+                    client: vec![client],
+                    peer: vec![peer],
+                };
+                run_with_listeners(
+                    config,
+                    listeners,
+                    env,
+                    std::future::pending(),
+                    Some(observer),
+                )
+                .await
+                .map_err(|e| format!("{e:#}").into())
             }
         });
     }
@@ -181,12 +223,23 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         let client_seed = rng.fork();
         sim.client(
             format!("client{client}").as_str(),
-            workload::client(client, names.clone(), keys, client_seed, stop_micros, history.clone()),
+            workload::client(
+                client,
+                names.clone(),
+                keys,
+                client_seed,
+                stop_micros,
+                history.clone(),
+            ),
         );
     }
 
     let mut plan = if options.faults {
-        plan_faults(&mut rng, &names, Duration::from_secs(options.workload_seconds))
+        plan_faults(
+            &mut rng,
+            &names,
+            Duration::from_secs(options.workload_seconds),
+        )
     } else {
         Vec::new()
     };
@@ -231,14 +284,31 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
             sim.bounce(name.as_str());
             fault_log.push(format!("heal: restart {name}"));
         }
-        liveness(&mut sim, &names, &replicas, &mut invariants, &mut result, &mut steps);
+        liveness(
+            &mut sim,
+            &names,
+            &replicas,
+            &mut invariants,
+            &mut result,
+            &mut steps,
+        );
     }
     result.simulated = sim.elapsed();
-    result.violations.extend(invariants.violations.iter().cloned());
+    result
+        .violations
+        .extend(invariants.violations.iter().cloned());
 
     let history = lock(&history).clone();
     result.operations = history.len();
+    let checking = std::time::Instant::now();
     let report = mainstay_check::check(&history);
+    if std::env::var_os("MAINSTAY_SIM_PROFILE").is_some() {
+        eprintln!(
+            "check of {} operations took {:?}",
+            history.len(),
+            checking.elapsed()
+        );
+    }
     for violation in &report.violations {
         result.violations.push(violation.to_string());
     }
@@ -247,7 +317,12 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
     result
 }
 
-fn apply_fault(sim: &mut turmoil::Sim<'_>, fault: &Fault, replicas: &Replicas, crashed: &mut Vec<String>) {
+fn apply_fault(
+    sim: &mut turmoil::Sim<'_>,
+    fault: &Fault,
+    replicas: &Replicas,
+    crashed: &mut Vec<String>,
+) {
     match fault {
         Fault::Partition(a, b) => sim.partition(a.as_str(), b.as_str()),
         Fault::PartitionOneWay(a, b) => sim.partition_oneway(a.as_str(), b.as_str()),
@@ -272,10 +347,10 @@ fn apply_fault(sim: &mut turmoil::Sim<'_>, fault: &Fault, replicas: &Replicas, c
 }
 
 fn observe(replicas: &Replicas, invariants: &mut Invariants, steps: u64) {
-    if steps % 10 == 0 {
+    if steps.is_multiple_of(2) {
         let replicas = lock(replicas);
         invariants.check_leaders(replicas.values());
-        if steps % 250 == 0 {
+        if steps.is_multiple_of(50) {
             invariants.check_hashes(replicas.values());
         }
     }
@@ -297,11 +372,23 @@ fn liveness(
     sim.client("liveness", async move {
         let mut kv = KvClient::new(crate::net::channel(&format!("http://{target}:2379"))?);
         loop {
-            let put = PutRequest { key: b"liveness".to_vec(), value: b"ok".to_vec(), ..Default::default() };
+            let put = PutRequest {
+                key: b"liveness".to_vec(),
+                value: b"ok".to_vec(),
+                ..Default::default()
+            };
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), kv.put(put)).await {
-                let get = RangeRequest { key: b"liveness".to_vec(), ..Default::default() };
-                if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(3), kv.range(get)).await
-                    && reply.into_inner().kvs.first().is_some_and(|kv| kv.value == b"ok")
+                let get = RangeRequest {
+                    key: b"liveness".to_vec(),
+                    ..Default::default()
+                };
+                if let Ok(Ok(reply)) =
+                    tokio::time::timeout(Duration::from_secs(3), kv.range(get)).await
+                    && reply
+                        .into_inner()
+                        .kvs
+                        .first()
+                        .is_some_and(|kv| kv.value == b"ok")
                 {
                     *lock(&flag) = true;
                     return Ok(());
@@ -313,11 +400,15 @@ fn liveness(
     let deadline = sim.elapsed() + Duration::from_secs(60);
     while !*lock(&done) {
         if sim.elapsed() > deadline {
-            result.violations.push("liveness: no write + read succeeded within 60 s after healing".into());
+            result
+                .violations
+                .push("liveness: no write + read succeeded within 60 s after healing".into());
             return;
         }
         if let Err(error) = sim.step() {
-            result.violations.push(format!("simulation error while healing: {error}"));
+            result
+                .violations
+                .push(format!("simulation error while healing: {error}"));
             return;
         }
         *steps += 1;
@@ -345,9 +436,11 @@ fn liveness(
             ));
             return;
         }
-        for _ in 0..50 {
+        for _ in 0..10 {
             if let Err(error) = sim.step() {
-                result.violations.push(format!("simulation error while converging: {error}"));
+                result
+                    .violations
+                    .push(format!("simulation error while converging: {error}"));
                 return;
             }
         }

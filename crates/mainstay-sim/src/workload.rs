@@ -31,7 +31,10 @@ fn now_micros() -> u64 {
 
 /// Whether a failed write surely had no effect (refused before proposal).
 fn definite(code: Code) -> bool {
-    matches!(code, Code::InvalidArgument | Code::OutOfRange | Code::NotFound | Code::FailedPrecondition)
+    matches!(
+        code,
+        Code::InvalidArgument | Code::OutOfRange | Code::NotFound | Code::FailedPrecondition
+    )
 }
 
 /// Runs one client until `stop_micros` of simulated time.
@@ -46,7 +49,9 @@ pub async fn client(
     let mut rng = Rng::new(seed);
     let mut clients = Vec::new();
     for member in &members {
-        clients.push(KvClient::new(crate::net::channel(&format!("http://{member}:2379"))?));
+        clients.push(KvClient::new(crate::net::channel(&format!(
+            "http://{member}:2379"
+        ))?));
     }
     let mut counter = 0u64;
     let mut epoch = 0u64;
@@ -62,25 +67,41 @@ pub async fn client(
         let choice = rng.below(100);
         let invoked = now_micros();
         let (input, outcome) = if choice < 35 {
-            let input = Input::Put { key: key.clone(), value: value.clone() };
-            let request = PutRequest { key, value, ..Default::default() };
+            let input = Input::Put {
+                key: key.clone(),
+                value: value.clone(),
+            };
+            let request = PutRequest {
+                key,
+                value,
+                ..Default::default()
+            };
             let reply = tokio::time::timeout(REQUEST_TIMEOUT, kv.put(request)).await;
             let outcome = match reply {
-                Ok(Ok(r)) => Outcome::Ok(Output::Put { revision: r.into_inner().header.map_or(0, |h| h.revision) }),
+                Ok(Ok(r)) => Outcome::Ok(Output::Put {
+                    revision: r.into_inner().header.map_or(0, |h| h.revision),
+                }),
                 Ok(Err(status)) if definite(status.code()) => Outcome::Failed,
                 _ => Outcome::Unknown,
             };
             (input, outcome)
         } else if choice < 75 {
             let serializable = choice >= 70;
-            let request = RangeRequest { key: key.clone(), serializable, ..Default::default() };
+            let request = RangeRequest {
+                key: key.clone(),
+                serializable,
+                ..Default::default()
+            };
             let reply = tokio::time::timeout(REQUEST_TIMEOUT, kv.range(request)).await;
             let outcome = match reply {
                 Ok(Ok(r)) => {
                     let r = r.into_inner();
                     let value = r.kvs.first().map(|kv| (kv.value.clone(), kv.mod_revision));
                     seen_mod[key_index] = value.as_ref().map_or(0, |(_, m)| *m);
-                    Outcome::Ok(Output::Get { value, header_revision: r.header.map_or(0, |h| h.revision) })
+                    Outcome::Ok(Output::Get {
+                        value,
+                        header_revision: r.header.map_or(0, |h| h.revision),
+                    })
                 }
                 _ => Outcome::Failed,
             };
@@ -90,12 +111,18 @@ pub async fn client(
             }
             (Input::Get { key }, outcome)
         } else if choice < 85 {
-            let request = DeleteRangeRequest { key: key.clone(), ..Default::default() };
+            let request = DeleteRangeRequest {
+                key: key.clone(),
+                ..Default::default()
+            };
             let reply = tokio::time::timeout(REQUEST_TIMEOUT, kv.delete_range(request)).await;
             let outcome = match reply {
                 Ok(Ok(r)) => {
                     let r = r.into_inner();
-                    Outcome::Ok(Output::Delete { deleted: r.deleted > 0, revision: r.header.map_or(0, |h| h.revision) })
+                    Outcome::Ok(Output::Delete {
+                        deleted: r.deleted > 0,
+                        revision: r.header.map_or(0, |h| h.revision),
+                    })
                 }
                 Ok(Err(status)) if definite(status.code()) => Outcome::Failed,
                 _ => Outcome::Unknown,
@@ -103,7 +130,10 @@ pub async fn client(
             (Input::Delete { key }, outcome)
         } else {
             let expected = seen_mod[key_index];
-            let input = Input::Txn { guards: vec![(key.clone(), expected)], puts: vec![(key.clone(), value.clone())] };
+            let input = Input::Txn {
+                guards: vec![(key.clone(), expected)],
+                puts: vec![(key.clone(), value.clone())],
+            };
             let request = TxnRequest {
                 compare: vec![Compare {
                     result: compare::CompareResult::Equal as i32,
@@ -113,7 +143,11 @@ pub async fn client(
                     range_end: Vec::new(),
                 }],
                 success: vec![RequestOp {
-                    request: Some(request_op::Request::RequestPut(PutRequest { key, value, ..Default::default() })),
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key,
+                        value,
+                        ..Default::default()
+                    })),
                 }],
                 failure: Vec::new(),
             };
@@ -121,7 +155,10 @@ pub async fn client(
             let outcome = match reply {
                 Ok(Ok(r)) => {
                     let r = r.into_inner();
-                    Outcome::Ok(Output::Txn { succeeded: r.succeeded, revision: r.header.map_or(0, |h| h.revision) })
+                    Outcome::Ok(Output::Txn {
+                        succeeded: r.succeeded,
+                        revision: r.header.map_or(0, |h| h.revision),
+                    })
                 }
                 Ok(Err(status)) if definite(status.code()) => Outcome::Failed,
                 _ => Outcome::Unknown,
@@ -133,7 +170,13 @@ pub async fn client(
         history
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(Operation { client: id * 1000 + epoch, input, invoked, returned, outcome });
+            .push(Operation {
+                client: id * 1000 + epoch,
+                input,
+                invoked,
+                returned,
+                outcome,
+            });
         if unknown {
             // A request of unknown outcome may still land later: the client goes
             // on under a fresh identity, as in Knossos.

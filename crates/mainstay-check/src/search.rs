@@ -69,6 +69,10 @@ pub fn search(operations: &[Operation], initial: &State) -> Verdict {
             .map(|p| return_time(&operations[p]))
             .min()
             .unwrap_or(u64::MAX);
+        // Depth first, known outcomes before unknown ones: an unknown write can
+        // always wait until the end, so valid histories are found fast.
+        let mut unknown = Vec::new();
+        let mut known = Vec::new();
         for (position, operation) in operations.iter().enumerate() {
             if operation.invoked > pending_min_return {
                 break;
@@ -79,10 +83,18 @@ pub fn search(operations: &[Operation], initial: &State) -> Verdict {
             for next in step(&state, &operation.input, &operation.outcome) {
                 let next_done = done.with(position);
                 if visited.insert((next_done.clone(), next.clone())) {
-                    stack.push((next_done, next, count + 1));
+                    let entry = (next_done, next, count + 1);
+                    if operation.outcome == Outcome::Unknown {
+                        unknown.push(entry);
+                    } else {
+                        known.push(entry);
+                    }
                 }
             }
         }
+        // The stack pops the last pushed first.
+        stack.extend(unknown);
+        stack.extend(known.into_iter().rev());
     }
     Verdict::NotLinearizable
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use mainstay_mvcc::Command;
 use mainstay_storage::{LogIdRecord, StoredEntry, VoteRecord};
 use openraft::alias::{EntryOf, LogIdOf, StoredMembershipOf, VoteOf};
-use openraft::impls::leader_id_adv::LeaderId;
+use openraft::vote::leader_id_std::CommittedLeaderId;
 use openraft::{EntryPayload, LogId, Membership, StoredMembership, Vote};
 use serde::{Deserialize, Serialize};
 
@@ -39,31 +39,26 @@ pub struct StoredMembershipRecord {
     pub membership: MembershipRecord,
 }
 
-/// Converts an openraft log id.
+/// Converts an openraft log id. Standard Raft: the term alone identifies the
+/// leader that proposed an entry, so `node_id` is always 0.
 pub fn log_id_to_record(log_id: &LogIdOf<TypeConfig>) -> LogIdRecord {
     LogIdRecord {
         term: log_id.leader_id.term,
-        node_id: log_id.leader_id.node_id,
+        node_id: 0,
         index: log_id.index,
     }
 }
 
 /// Converts a stored log id.
 pub fn log_id_from_record(record: &LogIdRecord) -> LogIdOf<TypeConfig> {
-    LogId::new(
-        LeaderId {
-            term: record.term,
-            node_id: record.node_id,
-        },
-        record.index,
-    )
+    LogId::new(CommittedLeaderId::new(record.term), record.index)
 }
 
 /// Converts an openraft vote.
 pub fn vote_to_record(vote: &VoteOf<TypeConfig>) -> VoteRecord {
     VoteRecord {
         term: vote.leader_id.term,
-        node_id: Some(vote.leader_id.node_id),
+        node_id: Some(vote.leader_id.voted_for),
         committed: vote.is_committed(),
     }
 }

@@ -37,6 +37,9 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = MemberNode,
         AsyncRuntime = Runtime,
+        // Standard Raft: at most one leader per term (the raft_term etcd clients see
+        // identifies a leadership), not openraft's default "advanced" mode.
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
 );
 
 /// openraft's runtime: tokio with every random draw (election timeouts) taken

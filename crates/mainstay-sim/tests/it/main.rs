@@ -19,7 +19,7 @@ fn assert_passes(seed: u64, options: &SimOptions) -> u64 {
 }
 
 /// Seeds that once found a bug (see docs/simulation.md); they must keep passing.
-const REGRESSION_SEEDS: [u64; 1] = [5];
+const REGRESSION_SEEDS: [u64; 3] = [5, 271, 336];
 
 #[test]
 fn smoke_seeds_pass() {

@@ -8,7 +8,7 @@
 //! at infinity: they may take effect at any point after their invocation, or
 //! (being placed after everything) never.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use crate::history::{Operation, Outcome};
 use crate::model::{State, step};
@@ -44,6 +44,9 @@ impl Done {
     fn has(&self, position: usize) -> bool {
         self.0[position / 64] & (1 << (position % 64)) != 0
     }
+    fn subset_of(&self, other: &Done) -> bool {
+        self.0.iter().zip(&other.0).all(|(a, b)| a & !b == 0)
+    }
     fn with(&self, position: usize) -> Self {
         let mut next = self.clone();
         next.0[position / 64] |= 1 << (position % 64);
@@ -52,43 +55,107 @@ impl Done {
 }
 
 /// Searches for a linearization of `operations` (sorted by invocation) from `initial`.
+///
+/// Operations with unknown outcomes need never be linearized, which gives a
+/// dominance rule on top of the memo: a configuration with the same linearized
+/// known operations and the same state as one already explored, but with a
+/// superset of the unknown operations linearized, can do nothing the explored one
+/// could not, so it is skipped. The search succeeds once every known operation is
+/// linearized.
 pub fn search(operations: &[Operation], initial: &State) -> Verdict {
     let total = operations.len();
-    let mut visited: HashSet<(Done, State)> = HashSet::new();
-    let mut stack = vec![(Done::new(total), initial.clone(), 0usize)];
-    visited.insert((Done::new(total), initial.clone()));
-    while let Some((done, state, count)) = stack.pop() {
-        if count == total {
+    let is_unknown: Vec<bool> = operations
+        .iter()
+        .map(|o| o.outcome == Outcome::Unknown)
+        .collect();
+    let known_total = is_unknown.iter().filter(|u| !**u).count();
+    let unknown_positions: Vec<usize> = (0..total).filter(|&p| is_unknown[p]).collect();
+    let first_known = |done: &Done, from: usize| {
+        (from..total)
+            .find(|&p| !is_unknown[p] && !done.has(p))
+            .unwrap_or(total)
+    };
+    let mut visited: HashMap<(Done, State), Vec<Done>> = HashMap::new();
+    let mut explored = 0usize;
+    let start = first_known(&Done::new(total), 0);
+    let mut stack = vec![(
+        Done::new(total),
+        Done::new(total),
+        initial.clone(),
+        0usize,
+        start,
+    )];
+    while let Some((known_done, unknown_done, state, known_count, first)) = stack.pop() {
+        if known_count == known_total {
             return Verdict::Linearizable;
         }
-        if visited.len() > CONFIGURATIONS_MAX {
+        explored += 1;
+        if explored > CONFIGURATIONS_MAX {
             return Verdict::Undecided;
         }
-        let pending_min_return = (0..total)
-            .filter(|&p| !done.has(p))
-            .map(|p| return_time(&operations[p]))
-            .min()
-            .unwrap_or(u64::MAX);
-        // Depth first, known outcomes before unknown ones: an unknown write can
-        // always wait until the end, so valid histories are found fast.
-        let mut unknown = Vec::new();
-        let mut known = Vec::new();
-        for (position, operation) in operations.iter().enumerate() {
+        // Known operations from the first pending one: sorted by invocation, so
+        // the scan stops at the first one invoked after the earliest pending return.
+        let mut pending_min_return = u64::MAX;
+        for position in first..total {
+            let operation = &operations[position];
             if operation.invoked > pending_min_return {
                 break;
             }
-            if done.has(position) {
-                continue;
+            if !is_unknown[position] && !known_done.has(position) {
+                pending_min_return = pending_min_return.min(return_time(operation));
             }
+        }
+        let candidates = (first..total)
+            .take_while(|&p| operations[p].invoked <= pending_min_return)
+            .filter(|&p| !is_unknown[p] && !known_done.has(p))
+            .chain(
+                unknown_positions
+                    .iter()
+                    .copied()
+                    .take_while(|&p| operations[p].invoked <= pending_min_return)
+                    .filter(|&p| !unknown_done.has(p)),
+            );
+        // Depth first, known outcomes before unknown ones: an unknown write can
+        // always wait, so valid histories are found fast.
+        let mut unknown = Vec::new();
+        let mut known = Vec::new();
+        for position in candidates {
+            let operation = &operations[position];
             for next in step(&state, &operation.input, &operation.outcome) {
-                let next_done = done.with(position);
-                if visited.insert((next_done.clone(), next.clone())) {
-                    let entry = (next_done, next, count + 1);
-                    if operation.outcome == Outcome::Unknown {
-                        unknown.push(entry);
+                let entry = if is_unknown[position] {
+                    (
+                        known_done.clone(),
+                        unknown_done.with(position),
+                        next,
+                        known_count,
+                        first,
+                    )
+                } else {
+                    let next_known = known_done.with(position);
+                    let next_first = if position == first {
+                        first_known(&next_known, first)
                     } else {
-                        known.push(entry);
-                    }
+                        first
+                    };
+                    (
+                        next_known,
+                        unknown_done.clone(),
+                        next,
+                        known_count + 1,
+                        next_first,
+                    )
+                };
+                let seen = visited
+                    .entry((entry.0.clone(), entry.2.clone()))
+                    .or_default();
+                if seen.iter().any(|earlier| earlier.subset_of(&entry.1)) {
+                    continue;
+                }
+                seen.push(entry.1.clone());
+                if is_unknown[position] {
+                    unknown.push(entry);
+                } else {
+                    known.push(entry);
                 }
             }
         }

@@ -91,6 +91,8 @@ pub struct LogStore {
     garbage_bytes: u64,
     /// Set after a failed write or fsync: every later call fails.
     poisoned: bool,
+    /// Unit tests set this to make the next fsync fail (no production path sets it).
+    sync_failure_injected: bool,
 }
 
 impl LogStore {
@@ -118,6 +120,7 @@ impl LogStore {
             file_bytes: 0,
             garbage_bytes: 0,
             poisoned: false,
+            sync_failure_injected: false,
         };
         let mut report = OpenReport::default();
         let mut offset = 0usize;
@@ -214,10 +217,12 @@ impl LogStore {
         for (kind, body) in records {
             frame(&mut buffer, *kind, body);
         }
-        let result = self
-            .file
-            .write_all(&buffer)
-            .and_then(|()| self.file.sync_data());
+        let result = self.file.write_all(&buffer).and_then(|()| {
+            if self.sync_failure_injected {
+                return Err(std::io::Error::other("injected fsync failure"));
+            }
+            self.file.sync_data()
+        });
         if let Err(error) = result {
             self.poisoned = true;
             return Err(StorageError::io("append to raft.log and fsync", error));
@@ -305,6 +310,12 @@ impl LogStore {
         }
         self.committed = committed;
         Ok(())
+    }
+
+    /// Makes the next fsync fail, as a dying disk would.
+    #[cfg(test)]
+    pub(crate) fn inject_sync_failure(&mut self) {
+        self.sync_failure_injected = true;
     }
 
     /// The last saved vote.

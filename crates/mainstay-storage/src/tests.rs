@@ -177,3 +177,35 @@ fn state_store_commits_and_reloads() {
     assert_eq!(reloaded, space);
     assert_eq!(reloaded_meta, meta);
 }
+
+#[test]
+fn an_fsync_failure_stops_the_store_for_good() {
+    // Goal: after one failed fsync every later call fails (the caller stops the
+    // member); nothing is retried, and what was durable before survives.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = LogStore::open(dir.path()).expect("open");
+    log.append(vec![entry(1, 1)]).expect("append");
+    log.inject_sync_failure();
+    let error = log.append(vec![entry(2, 1)]).expect_err("fsync fails");
+    assert!(error.to_string().contains("fsync"), "{error}");
+    assert!(matches!(
+        log.append(vec![entry(2, 1)]),
+        Err(StorageError::Poisoned)
+    ));
+    assert!(matches!(
+        log.save_vote(VoteRecord {
+            term: 1,
+            node_id: Some(1),
+            committed: false
+        }),
+        Err(StorageError::Poisoned)
+    ));
+    assert_eq!(
+        log.last_index(),
+        Some(1),
+        "the failed append is not visible"
+    );
+    drop(log);
+    let (log, _) = LogStore::open(dir.path()).expect("reopen");
+    assert!(log.last_index() >= Some(1));
+}

@@ -94,6 +94,26 @@ fn concurrent_read_may_see_either_value() {
 }
 
 #[test]
+fn chains_of_timed_out_writes_are_found_by_the_exhaustive_pass() {
+    // Goal: a read that needs two timed-out writes in a row (a put, then a CAS
+    // that only holds after it) is accepted: the fast pass places one unknown
+    // operation before a known one, so this exercises the exhaustive fallback.
+    let cas = Input::Txn {
+        guards: vec![(b"x".to_vec(), 3)],
+        puts: vec![(b"x".to_vec(), b"3".to_vec())],
+    };
+    let history = [
+        op(1, put("x", "1"), 0, 10, wrote(2)),
+        op(2, get("x"), 11, 12, saw(Some(("1", 2)), 2)),
+        op(3, put("x", "2"), 20, 0, Outcome::Unknown),
+        op(4, cas, 21, 0, Outcome::Unknown),
+        op(5, get("x"), 40, 50, saw(Some(("3", 4)), 4)),
+    ];
+    let report = check(&history);
+    assert!(report.ok(), "{:?}", report.violations);
+}
+
+#[test]
 fn stale_read_after_completed_write_fails() {
     let history = [
         op(1, put("x", "1"), 0, 10, wrote(2)),

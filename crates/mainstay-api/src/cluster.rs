@@ -36,16 +36,11 @@ impl ClusterService {
     }
 
     fn header(&self) -> Option<pb::ResponseHeader> {
-        let revision = self.api.replica.read(|space| space.revision());
-        self.api.headers().header(revision, self.api.replica.term())
+        self.api.current_header()
     }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "etcdserver: {what} is not supported by this mainstay version"
-    ))
-}
+use crate::status::not_yet;
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {

@@ -54,6 +54,12 @@ pub struct Api {
 }
 
 impl Api {
+    /// A header at the current revision and term (for RPCs that do not touch keys).
+    fn current_header(&self) -> Option<mainstay_proto::etcdserverpb::ResponseHeader> {
+        let revision = self.replica.read(|space| space.revision());
+        self.headers().header(revision, self.replica.term())
+    }
+
     fn headers(&self) -> convert::HeaderFactory {
         convert::HeaderFactory {
             cluster_id: self.cluster_id,

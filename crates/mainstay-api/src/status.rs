@@ -73,3 +73,10 @@ pub fn api_status(error: ApiError) -> Status {
     };
     Status::new(code, message)
 }
+
+/// An RPC this version does not implement yet: Unimplemented, nothing changed.
+pub fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "etcdserver: {what} is not supported by this mainstay version"
+    ))
+}

@@ -54,6 +54,24 @@ impl Done {
     }
 }
 
+/// Records a configuration unless an explored one dominates it (same known
+/// operations and state, a subset of the unknown ones linearized).
+fn admit(
+    visited: &mut HashMap<(Done, State), Vec<Done>>,
+    known_done: &Done,
+    unknown_done: &Done,
+    state: &State,
+) -> bool {
+    let seen = visited
+        .entry((known_done.clone(), state.clone()))
+        .or_default();
+    if seen.iter().any(|earlier| earlier.subset_of(unknown_done)) {
+        return false;
+    }
+    seen.push(unknown_done.clone());
+    true
+}
+
 /// Searches for a linearization of `operations` (sorted by invocation) from `initial`.
 ///
 /// Operations with unknown outcomes need never be linearized, which gives a
@@ -157,14 +175,9 @@ fn search_with(operations: &[Operation], initial: &State, pairs_only: bool) -> V
                                 known_count + 1,
                                 next_first,
                             );
-                            let seen = visited
-                                .entry((entry.0.clone(), entry.2.clone()))
-                                .or_default();
-                            if seen.iter().any(|earlier| earlier.subset_of(&entry.1)) {
-                                continue;
+                            if admit(&mut visited, &entry.0, &entry.1, &entry.2) {
+                                unknown.push(entry);
                             }
-                            seen.push(entry.1.clone());
-                            unknown.push(entry);
                         }
                     }
                 }
@@ -199,13 +212,9 @@ fn search_with(operations: &[Operation], initial: &State, pairs_only: bool) -> V
                         next_first,
                     )
                 };
-                let seen = visited
-                    .entry((entry.0.clone(), entry.2.clone()))
-                    .or_default();
-                if seen.iter().any(|earlier| earlier.subset_of(&entry.1)) {
+                if !admit(&mut visited, &entry.0, &entry.1, &entry.2) {
                     continue;
                 }
-                seen.push(entry.1.clone());
                 if is_unknown[position] {
                     unknown.push(entry);
                 } else {

@@ -377,14 +377,7 @@ impl Replica {
                     }
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(if known_leader.is_some() {
-                    ReplicaError::Timeout
-                } else {
-                    ReplicaError::NoLeader
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            retry_pause(deadline, known_leader).await?;
         }
     }
 
@@ -549,14 +542,7 @@ impl Replica {
                     Err(_) => Err(ReplicaError::Stopped),
                 };
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(if known_leader.is_some() {
-                    ReplicaError::Timeout
-                } else {
-                    ReplicaError::NoLeader
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            retry_pause(deadline, known_leader).await?;
         }
     }
 
@@ -601,6 +587,23 @@ impl Replica {
             decode_message(&reply.error).ok()
         }
     }
+}
+
+/// Pauses before another attempt, or gives up at the deadline: `Timeout` when a
+/// leader was known (the request may be in flight), `NoLeader` otherwise.
+async fn retry_pause(
+    deadline: tokio::time::Instant,
+    known_leader: Option<u64>,
+) -> Result<(), ReplicaError> {
+    if tokio::time::Instant::now() >= deadline {
+        return Err(if known_leader.is_some() {
+            ReplicaError::Timeout
+        } else {
+            ReplicaError::NoLeader
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(())
 }
 
 /// Marker: the forward surely did not reach the leader, so retrying is safe.

@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::history::{Input, Key, Operation, Outcome, Output};
 use crate::model::State;
-use crate::search::{Verdict, search};
+use crate::search::{Verdict, fast_pass_fails, search};
 
 /// One problem found in a history.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,11 +133,12 @@ fn partitions(operations: Vec<Operation>) -> Vec<(Vec<Key>, Vec<Operation>)> {
     result
 }
 
-/// The shortest prefix (by invocation) that fails, as a window of its last operations.
+/// The shortest prefix (by invocation) the fast pass already rejects, as a
+/// window of its last operations. Display only: the verdict comes from `search`.
 fn failing_window(operations: &[Operation]) -> Vec<Operation> {
     const WINDOW_OPERATIONS: usize = 12;
     for length in 1..=operations.len() {
-        if search(&operations[..length], &State::new()) == Verdict::NotLinearizable {
+        if fast_pass_fails(&operations[..length], &State::new()) {
             let start = length.saturating_sub(WINDOW_OPERATIONS);
             return operations[start..length].to_vec();
         }

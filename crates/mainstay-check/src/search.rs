@@ -14,7 +14,10 @@ use crate::history::{Operation, Outcome};
 use crate::model::{State, step};
 
 /// Search budget: configurations explored before giving up on a partition.
-pub const CONFIGURATIONS_MAX: usize = 5_000_000;
+pub const CONFIGURATIONS_MAX: usize = 1_000_000;
+
+/// Budget of the fast pass used to shrink a failure to a short window.
+const WINDOW_CONFIGURATIONS_MAX: usize = 20_000;
 
 /// How a search ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,13 +88,24 @@ pub fn search(operations: &[Operation], initial: &State) -> Verdict {
     // (state after a run of puts and deletes is that of the last one, so one is
     // enough there). Any linearization it finds is real; only when it finds none
     // does the exhaustive pass decide.
-    match search_with(operations, initial, true) {
+    match search_with(operations, initial, true, CONFIGURATIONS_MAX) {
         Verdict::Linearizable => Verdict::Linearizable,
-        _ => search_with(operations, initial, false),
+        _ => search_with(operations, initial, false, CONFIGURATIONS_MAX),
     }
 }
 
-fn search_with(operations: &[Operation], initial: &State, pairs_only: bool) -> Verdict {
+/// The fast pass alone with a small budget: whether a prefix already fails
+/// (used only to pick the window a failure report shows).
+pub fn fast_pass_fails(operations: &[Operation], initial: &State) -> bool {
+    search_with(operations, initial, true, WINDOW_CONFIGURATIONS_MAX) == Verdict::NotLinearizable
+}
+
+fn search_with(
+    operations: &[Operation],
+    initial: &State,
+    pairs_only: bool,
+    budget: usize,
+) -> Verdict {
     let total = operations.len();
     let is_unknown: Vec<bool> = operations
         .iter()
@@ -119,7 +133,7 @@ fn search_with(operations: &[Operation], initial: &State, pairs_only: bool) -> V
             return Verdict::Linearizable;
         }
         explored += 1;
-        if explored > CONFIGURATIONS_MAX {
+        if explored > budget {
             return Verdict::Undecided;
         }
         // Known operations from the first pending one: sorted by invocation, so

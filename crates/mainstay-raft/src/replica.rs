@@ -8,7 +8,7 @@ use std::time::Duration;
 use mainstay_mvcc::{Command, CommandResponse, KeySpace, MvccError};
 use mainstay_proto::peer::raft_peer_server::RaftPeerServer;
 use mainstay_proto::peer::{ForwardRequest, ReadIndexRequest};
-use mainstay_storage::{LogStore, StateStore};
+use mainstay_storage::{Disk, LogStore, StateStore};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, Config, ReadPolicy, ServerState, SnapshotPolicy};
@@ -42,6 +42,8 @@ pub struct ReplicaConfig {
     pub seed: u64,
     /// How to reach peers (real sockets in production, simulated in tests).
     pub dial: Dial,
+    /// Where files live (the OS in production, `MemDisk` in the simulator).
+    pub disk: Arc<dyn Disk>,
 }
 
 /// Opens a lazily connected channel to a peer URL.
@@ -165,16 +167,16 @@ impl Replica {
     /// Opens storage and starts the Raft node (not yet part of any cluster
     /// unless its log says so; see `bootstrap`).
     pub async fn open(config: ReplicaConfig) -> Result<Replica, String> {
-        let (log_store, report) =
-            LogStore::open(&config.data_dir).map_err(|e| format!("open raft log: {e}"))?;
+        let (log_store, report) = LogStore::open(&config.disk, &config.data_dir)
+            .map_err(|e| format!("open raft log: {e}"))?;
         if report.torn_bytes > 0 {
             tracing::warn!(
                 torn_bytes = report.torn_bytes,
                 "raft log had a torn tail; truncated"
             );
         }
-        let (state_store, key_space, meta) =
-            StateStore::open(&config.data_dir).map_err(|e| format!("open state store: {e}"))?;
+        let (state_store, key_space, meta) = StateStore::open(&config.disk, &config.data_dir)
+            .map_err(|e| format!("open state store: {e}"))?;
         let state = StateMachine::new(state_store, key_space, meta);
         let log = RaftLog::new(log_store);
         let raft_config = Config {

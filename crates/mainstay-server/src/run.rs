@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use mainstay_api::{Api, ClusterService, KvService, Limits, MaintenanceService};
@@ -9,6 +10,7 @@ use mainstay_proto::etcdserverpb::cluster_server::ClusterServer;
 use mainstay_proto::etcdserverpb::kv_server::KvServer;
 use mainstay_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use mainstay_raft::{Dial, MemberNode, Replica, ReplicaConfig, member_id_for, tcp_dial};
+use mainstay_storage::{Disk, OsDisk};
 
 use crate::io::{Incoming, tcp_incoming};
 use tokio::net::TcpListener;
@@ -36,6 +38,8 @@ pub struct Listeners {
 pub struct Env {
     /// How to reach peers.
     pub dial: Dial,
+    /// Where the data directory's files live.
+    pub disk: Arc<dyn Disk>,
     /// Seed of the member's Raft randomness.
     pub seed: u64,
     /// Deliberate safety bugs for the simulator's self-tests; all off in production.
@@ -59,6 +63,7 @@ impl Env {
             .map_or(0, |d| d.as_nanos() as u64);
         Env {
             dial: tcp_dial(),
+            disk: Arc::new(OsDisk),
             seed: nanos ^ u64::from(std::process::id()).rotate_left(32),
             safety_breaks: SafetyBreaks::default(),
         }
@@ -155,6 +160,7 @@ async fn serve_member(
         snapshot_catchup_entries: config.snapshot_catchup_entries,
         seed: env.seed,
         dial: env.dial.clone(),
+        disk: env.disk.clone(),
     })
     .await
     .map_err(|e| anyhow::anyhow!(e))
@@ -268,6 +274,11 @@ async fn serve_member(
     publishing.abort();
     let _ = stop_tx.send(true);
     replica.shutdown().await;
+    if outcome.is_err() {
+        // A fatal stop (a failed fsync, a broken server): answer nothing more.
+        // Clients see the connection drop, an unknown outcome they already handle.
+        servers.abort_all();
+    }
     // Servers drain in-flight requests after the stop signal; don't wait forever.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         while servers.join_next().await.is_some() {}

@@ -21,6 +21,13 @@ pub struct Invariants {
 }
 
 impl Invariants {
+    /// Records a violation once (the same contradiction is seen at every check).
+    fn report(&mut self, violation: String) {
+        if !self.violations.contains(&violation) {
+            self.violations.push(violation);
+        }
+    }
+
     /// Records who claims leadership in which term.
     pub fn check_leaders<'a>(&mut self, replicas: impl Iterator<Item = &'a Replica>) {
         for replica in replicas {
@@ -30,7 +37,7 @@ impl Invariants {
             }
             let leader = *self.leaders.entry(status.term).or_insert(status.member_id);
             if leader != status.member_id {
-                self.violations.push(format!(
+                self.report(format!(
                     "election safety: term {} has two leaders {leader:x} and {:x}",
                     status.term, status.member_id
                 ));
@@ -51,7 +58,7 @@ impl Invariants {
                 .entry(applied)
                 .or_insert((revision, hash, member));
             if (seen_revision, seen_hash) != (revision, hash) {
-                self.violations.push(format!(
+                self.report(format!(
                     "state machine safety: at applied index {applied} member {seen_member:x} has revision {seen_revision} hash {seen_hash:08x} but {member:x} has revision {revision} hash {hash:08x}"
                 ));
             }

@@ -18,4 +18,4 @@ mod workload;
 pub use fault::{Fault, FaultCounts};
 pub use mainstay_server::SafetyBreaks;
 pub use rng::Rng;
-pub use simulation::{SimOptions, SimResult, replay_command, run};
+pub use simulation::{SimOptions, SimResult, replay_command, run, run_guarded};

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use mainstay_sim::{FaultCounts, SimOptions, replay_command, run};
+use mainstay_sim::{FaultCounts, SimOptions, replay_command, run_guarded};
 
 struct Args {
     /// Self-test mode: succeed only if some seed finds a violation.
@@ -53,6 +53,7 @@ fn parse() -> Result<Args, String> {
             }
             "--no-faults" => args.options.faults = false,
             "--break-read-barrier" => args.options.safety_breaks.skip_read_barrier = true,
+            "--break-fsync" => args.options.lying_fsync = true,
             "--expect-violations" => args.expect_violations = true,
             "--worker" => args.worker = true,
             other => return Err(format!("unknown argument {other}")),
@@ -65,18 +66,13 @@ fn parse() -> Result<Args, String> {
 fn run_seeds(args: &Args) -> bool {
     let mut all_ok = true;
     for &seed in &args.seeds {
-        let result = run(seed, &args.options);
-        let f = result.faults;
+        let result = run_guarded(seed, &args.options);
         println!(
-            "seed {seed} {} members={} ops={} partitions={} one_way={} holds={} crashes={} restarts={} trace={:016x}",
+            "seed {seed} {} members={} ops={} {} trace={:016x}",
             if result.ok() { "ok" } else { "FAIL" },
             result.members,
             result.operations,
-            f.partitions,
-            f.one_way,
-            f.holds,
-            f.crashes,
-            f.restarts,
+            result.faults,
             result.trace_hash
         );
         if !result.ok() {
@@ -120,6 +116,9 @@ fn campaign(args: &Args) -> Result<bool, String> {
         if args.options.safety_breaks.skip_read_barrier {
             command.arg("--break-read-barrier");
         }
+        if args.options.lying_fsync {
+            command.arg("--break-fsync");
+        }
         let child = command
             .stdout(Stdio::piped())
             .spawn()
@@ -154,21 +153,17 @@ fn campaign(args: &Args) -> Result<bool, String> {
                 } else {
                     failed += 1;
                 }
-                let number = |name: &str| {
-                    fields
-                        .iter()
-                        .find_map(|f| f.strip_prefix(&format!("{name}=")))
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(0)
-                };
-                operations += number("ops");
-                faults.add(&FaultCounts {
-                    partitions: number("partitions"),
-                    one_way: number("one_way"),
-                    holds: number("holds"),
-                    crashes: number("crashes"),
-                    restarts: number("restarts"),
-                });
+                for field in &fields[3..] {
+                    if let Some((name, value)) = field.split_once('=')
+                        && let Ok(value) = value.parse::<u64>()
+                    {
+                        match name {
+                            "ops" => operations += value,
+                            "members" | "trace" => {}
+                            _ => faults.bump(name, value),
+                        }
+                    }
+                }
             }
             if fields.get(2) != Some(&"ok") {
                 println!("{line}");
@@ -181,16 +176,11 @@ fn campaign(args: &Args) -> Result<bool, String> {
     }
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "simulation: {} seeds in {seconds:.1} s ({:.2} seeds/s, {} jobs), {operations} client operations, faults: {} ({} partitions, {} one-way, {} holds, {} crashes, {} restarts), {failed} seeds with violations",
+        "simulation: {} seeds in {seconds:.1} s ({:.2} seeds/s, {} jobs), {operations} client operations, {} faults ({faults}), {failed} seeds with violations",
         passed + failed,
         (passed + failed) as f64 / seconds.max(0.001),
         args.jobs,
         faults.total(),
-        faults.partitions,
-        faults.one_way,
-        faults.holds,
-        faults.crashes,
-        faults.restarts,
     );
     if args.expect_violations {
         // A self-test: the deliberate bug must be caught by at least one seed.
@@ -205,6 +195,13 @@ fn campaign(args: &Args) -> Result<bool, String> {
 }
 
 fn main() {
+    // `MAINSTAY_LOG=info,openraft=debug mainstay-sim --seed N` shows the members' logs.
+    if let Ok(filter) = std::env::var("MAINSTAY_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args = match parse() {
         Ok(args) => args,
         Err(error) => {

@@ -13,13 +13,13 @@ pub enum StorageError {
     },
     /// A checksum or decoding failure not explained by a torn tail.
     #[error(
-        "corrupt data in {path} at offset {offset}: {reason}; refusing to start (wipe this member's data directory and let it rejoin by snapshot)"
+        "corrupt data in {path} ({at}): {reason}; refusing to start. Replace this member: remove it from the cluster, wipe its data directory, add it back (it then catches up by snapshot)"
     )]
     Corrupt {
         /// The damaged file.
         path: String,
-        /// Byte offset of the first damaged record.
-        offset: u64,
+        /// Where: a byte offset or a row.
+        at: String,
         /// What was wrong.
         reason: &'static str,
     },

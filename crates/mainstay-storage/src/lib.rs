@@ -4,15 +4,22 @@
 //! - `StateStore`: the applied keyspace and state-machine metadata in redb, committed
 //!   once per applied batch together with the applied log id.
 //!
+//! - `Disk`: the only way either touches files; `OsDisk` in production, `MemDisk`
+//!   (pending unsynced writes, crashes, bit flips) in the simulator and tests.
+//!
 //! Neither knows openraft: ids, votes and payloads are our own persisted types.
 
+mod disk;
 mod error;
 mod log_store;
+mod mem_disk;
 mod state_store;
 
 #[cfg(test)]
 mod tests;
 
+pub use disk::{DirLock, Disk, DiskFile, OsDisk};
 pub use error::StorageError;
 pub use log_store::{LogIdRecord, LogStore, OpenReport, RECORD_BYTES_MAX, StoredEntry, VoteRecord};
+pub use mem_disk::{CrashReport, MemDisk};
 pub use state_store::{SnapshotData, StateMeta, StateStore};

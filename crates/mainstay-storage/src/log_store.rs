@@ -4,29 +4,34 @@
 //! Durability promises (the protocol openraft relies on; see ARCHITECTURE.md):
 //! - every mutating call returns only after its bytes are fsynced;
 //! - records are replayed in file order, so writes complete in order with no holes;
-//! - at start-up a damaged *last* record (a torn write: no valid record follows it)
-//!   is cut off with a warning; damage followed by valid records is corruption and
-//!   the store refuses to open: never silent data loss;
+//! - at start-up an *incomplete* last record (a torn write: its header or body runs
+//!   past the end of the file, or the tail is all zeros) is cut off with a warning.
+//!   Any checksum failure in a complete record, even the last one, is corruption and
+//!   the store refuses to open: a flipped bit is never mistaken for a torn write,
+//!   so an acknowledged entry is never dropped silently (etcd's WAL repairs only an
+//!   unexpected EOF for the same reason);
 //! - an fsync error is returned once and the store is poisoned: the caller stops
 //!   the member, it never retries (an fsync failure may have dropped dirty pages).
 //!
 //! Hand-written rather than a crate: the evaluated WAL crates own threads and call
-//! std::fs directly, which the simulator must replace (stack.md §4).
+//! std::fs directly, which the simulator must replace (stack.md §4). All I/O goes
+//! through `Disk`.
 //!
-//! Record frame: `MAGIC (1) | kind (1) | length u32 LE (4) | crc32 u32 LE (4) | body`,
-//! the CRC covering kind, length and body.
+//! Record frame: `MAGIC (1) | kind (1) | length u32 LE (4) | body crc32 (4) |
+//! header crc32 (4) | body`. The header CRC covers the ten bytes before it, so a
+//! damaged length is told apart from a body cut short by a crash.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::disk::{DirLock, Disk, DiskFile, read_all};
 use crate::error::StorageError;
 
 const MAGIC: u8 = 0xA7;
-const HEADER_BYTES: usize = 10;
+const HEADER_BYTES: usize = 14;
 /// The largest record we write or accept (a batch of entries is split below it).
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
 /// Rewrite the file once this many bytes are garbage (purged or truncated entries).
@@ -81,8 +86,10 @@ pub struct OpenReport {
 /// The Raft log store. See the module docs.
 #[derive(Debug)]
 pub struct LogStore {
+    disk: Arc<dyn Disk>,
     path: PathBuf,
-    file: File,
+    file: Arc<dyn DiskFile>,
+    _lock: DirLock,
     entries: BTreeMap<u64, StoredEntry>,
     vote: Option<VoteRecord>,
     committed: Option<LogIdRecord>,
@@ -91,28 +98,27 @@ pub struct LogStore {
     garbage_bytes: u64,
     /// Set after a failed write or fsync: every later call fails.
     poisoned: bool,
-    /// Unit tests set this to make the next fsync fail (no production path sets it).
-    sync_failure_injected: bool,
 }
 
 impl LogStore {
-    /// Opens (or creates) `dir/raft.log`, replaying it. See the module docs for
-    /// what happens to a torn tail and to corruption.
-    pub fn open(dir: &Path) -> Result<(LogStore, OpenReport), StorageError> {
-        fs::create_dir_all(dir).map_err(|e| StorageError::io("create data directory", e))?;
+    /// Opens (or creates) `dir/raft.log` on `disk`, replaying it, and takes the data
+    /// directory's lock. See the module docs for a torn tail and for corruption.
+    pub fn open(disk: &Arc<dyn Disk>, dir: &Path) -> Result<(LogStore, OpenReport), StorageError> {
+        disk.create_dir_all(dir)
+            .map_err(|e| StorageError::io("create data directory", e))?;
+        let lock = disk
+            .lock_dir(dir)
+            .map_err(|e| StorageError::io("lock the data directory", e))?;
         let path = dir.join("raft.log");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
+        let file = disk
             .open(&path)
             .map_err(|e| StorageError::io("open raft.log", e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| StorageError::io("read raft.log", e))?;
+        let bytes = read_all(file.as_ref()).map_err(|e| StorageError::io("read raft.log", e))?;
         let mut store = LogStore {
+            disk: disk.clone(),
             path: path.clone(),
             file,
+            _lock: lock,
             entries: BTreeMap::new(),
             vote: None,
             committed: None,
@@ -120,7 +126,6 @@ impl LogStore {
             file_bytes: 0,
             garbage_bytes: 0,
             poisoned: false,
-            sync_failure_injected: false,
         };
         let mut report = OpenReport::default();
         let mut offset = 0usize;
@@ -131,26 +136,26 @@ impl LogStore {
                     offset += frame_bytes;
                     report.records += 1;
                 }
-                Err(damage) => {
-                    if any_valid_frame_after(&bytes, offset + 1) {
-                        return Err(StorageError::Corrupt {
-                            path: path.display().to_string(),
-                            offset: offset as u64,
-                            reason: damage,
-                        });
-                    }
+                Err(Damage::Corrupt(reason)) => {
+                    return Err(StorageError::Corrupt {
+                        path: path.display().to_string(),
+                        at: format!("offset {offset}"),
+                        reason,
+                    });
+                }
+                Err(Damage::Incomplete(reason)) => {
                     report.torn_bytes = (bytes.len() - offset) as u64;
                     tracing::warn!(
                         path = %path.display(),
                         offset,
                         torn_bytes = report.torn_bytes,
-                        reason = damage,
+                        reason,
                         "truncating a torn tail of the raft log (an unacknowledged write)"
                     );
                     store
                         .file
                         .set_len(offset as u64)
-                        .and_then(|()| store.file.sync_all())
+                        .and_then(|()| store.file.sync())
                         .map_err(|e| StorageError::io("truncate torn tail", e))?;
                     break;
                 }
@@ -163,7 +168,7 @@ impl LogStore {
     fn replay(&mut self, kind: u8, body: &[u8], offset: usize) -> Result<(), StorageError> {
         let decode_error = |what: &'static str| StorageError::Corrupt {
             path: self.path.display().to_string(),
-            offset: offset as u64,
+            at: format!("offset {offset}"),
             reason: what,
         };
         match kind {
@@ -217,12 +222,10 @@ impl LogStore {
         for (kind, body) in records {
             frame(&mut buffer, *kind, body);
         }
-        let result = self.file.write_all(&buffer).and_then(|()| {
-            if self.sync_failure_injected {
-                return Err(std::io::Error::other("injected fsync failure"));
-            }
-            self.file.sync_data()
-        });
+        let result = self
+            .file
+            .write_at(self.file_bytes, &buffer)
+            .and_then(|()| self.file.sync());
         if let Err(error) = result {
             self.poisoned = true;
             return Err(StorageError::io("append to raft.log and fsync", error));
@@ -312,12 +315,6 @@ impl LogStore {
         Ok(())
     }
 
-    /// Makes the next fsync fail, as a dying disk would.
-    #[cfg(test)]
-    pub(crate) fn inject_sync_failure(&mut self) {
-        self.sync_failure_injected = true;
-    }
-
     /// The last saved vote.
     pub fn vote(&self) -> Option<VoteRecord> {
         self.vote
@@ -384,15 +381,16 @@ impl LogStore {
             frame(&mut buffer, KIND_ENTRY, &encode(&chunk)?);
         }
         let temporary = self.path.with_extension("log.rewrite");
-        let result = (|| -> std::io::Result<File> {
-            let mut file = File::create(&temporary)?;
-            file.write_all(&buffer)?;
-            file.sync_all()?;
-            fs::rename(&temporary, &self.path)?;
+        let result = (|| -> std::io::Result<Arc<dyn DiskFile>> {
+            let file = self.disk.open(&temporary)?;
+            file.set_len(0)?;
+            file.write_at(0, &buffer)?;
+            file.sync()?;
+            self.disk.rename(&temporary, &self.path)?;
             if let Some(dir) = self.path.parent() {
-                File::open(dir)?.sync_all()?;
+                self.disk.sync_dir(dir)?;
             }
-            OpenOptions::new().read(true).append(true).open(&self.path)
+            Ok(file)
         })();
         match result {
             Ok(file) => {
@@ -415,47 +413,52 @@ fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StorageError> {
 
 fn frame(buffer: &mut Vec<u8>, kind: u8, body: &[u8]) {
     let length = u32::try_from(body.len()).expect("record length bounded by RECORD_BYTES_MAX");
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&[kind]);
-    hasher.update(&length.to_le_bytes());
-    hasher.update(body);
+    let start = buffer.len();
     buffer.push(MAGIC);
     buffer.push(kind);
     buffer.extend_from_slice(&length.to_le_bytes());
-    buffer.extend_from_slice(&hasher.finalize().to_le_bytes());
+    buffer.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    let header_crc = crc32fast::hash(&buffer[start..]);
+    buffer.extend_from_slice(&header_crc.to_le_bytes());
     buffer.extend_from_slice(body);
 }
 
-/// Parses one frame at the start of `bytes`: (kind, body, frame length).
-fn parse_frame(bytes: &[u8]) -> Result<(u8, &[u8], usize), &'static str> {
-    if bytes.len() < HEADER_BYTES {
-        return Err("short record header");
-    }
-    if bytes[0] != MAGIC {
-        return Err("bad record magic");
-    }
-    let kind = bytes[1];
-    let length = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
-    let crc = u32::from_le_bytes([bytes[6], bytes[7], bytes[8], bytes[9]]);
-    let length_usize = length as usize;
-    if length_usize > RECORD_BYTES_MAX {
-        return Err("record length out of bounds");
-    }
-    let Some(body) = bytes.get(HEADER_BYTES..HEADER_BYTES + length_usize) else {
-        return Err("record runs past the end of the file");
-    };
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&[kind]);
-    hasher.update(&length.to_le_bytes());
-    hasher.update(body);
-    if hasher.finalize() != crc {
-        return Err("record checksum mismatch");
-    }
-    Ok((kind, body, HEADER_BYTES + length_usize))
+/// Why a frame did not parse.
+enum Damage {
+    /// Cut short by the end of the file: a torn write.
+    Incomplete(&'static str),
+    /// Complete but wrong: corruption.
+    Corrupt(&'static str),
 }
 
-/// Whether a well-formed frame starts anywhere at or after `from`.
-fn any_valid_frame_after(bytes: &[u8], from: usize) -> bool {
-    (from..bytes.len())
-        .any(|offset| bytes[offset] == MAGIC && parse_frame(&bytes[offset..]).is_ok())
+fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Parses one frame at the start of `bytes`: (kind, body, frame length).
+fn parse_frame(bytes: &[u8]) -> Result<(u8, &[u8], usize), Damage> {
+    if bytes.iter().all(|&b| b == 0) {
+        return Err(Damage::Incomplete("zero-filled tail"));
+    }
+    if bytes.len() < HEADER_BYTES {
+        return Err(Damage::Incomplete("short record header"));
+    }
+    if bytes[0] != MAGIC {
+        return Err(Damage::Corrupt("bad record magic"));
+    }
+    if crc32fast::hash(&bytes[..10]) != le_u32(bytes, 10) {
+        return Err(Damage::Corrupt("record header checksum mismatch"));
+    }
+    let kind = bytes[1];
+    let length = le_u32(bytes, 2) as usize;
+    if length > RECORD_BYTES_MAX {
+        return Err(Damage::Corrupt("record length out of bounds"));
+    }
+    let Some(body) = bytes.get(HEADER_BYTES..HEADER_BYTES + length) else {
+        return Err(Damage::Incomplete("record runs past the end of the file"));
+    };
+    if crc32fast::hash(body) != le_u32(bytes, 6) {
+        return Err(Damage::Corrupt("record checksum mismatch"));
+    }
+    Ok((kind, body, HEADER_BYTES + length))
 }

@@ -4,13 +4,19 @@
 //! id, the membership and the revisions in ONE redb transaction with immediate
 //! durability, so after a crash the state is exactly that of some applied prefix
 //! of the log and restart replays only what follows it.
+//!
+//! Every stored value carries a CRC32 of its row (key and value), checked when the
+//! state is loaded: a flipped bit in the data makes the member refuse to start
+//! instead of serving a wrong value. redb checks its own page structure.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mainstay_mvcc::{Change, KeySpace, Record, Revision};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Builder, Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::disk::{Disk, DiskFile, RedbBackend};
 use crate::error::StorageError;
 use crate::log_store::LogIdRecord;
 
@@ -76,6 +82,7 @@ impl SnapshotData {
 /// The redb-backed state store. See the module docs.
 pub struct StateStore {
     db: Database,
+    file: Arc<dyn DiskFile>,
     path: PathBuf,
     poisoned: bool,
 }
@@ -102,14 +109,55 @@ fn split_history_key(bytes: &[u8]) -> Option<(Vec<u8>, Revision)> {
     Some((key.to_vec(), revision))
 }
 
+/// Appends the CRC32 of `key ++ value` to `value`.
+fn seal(key: &[u8], mut value: Vec<u8>) -> Vec<u8> {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(key);
+    hasher.update(&value);
+    let crc = hasher.finalize();
+    value.extend_from_slice(&crc.to_le_bytes());
+    value
+}
+
+/// Checks and strips the CRC added by `seal`.
+fn unseal<'a>(key: &[u8], sealed: &'a [u8]) -> Option<&'a [u8]> {
+    let split = sealed.len().checked_sub(4)?;
+    let (value, crc) = sealed.split_at(split);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(key);
+    hasher.update(value);
+    (hasher.finalize().to_le_bytes() == crc).then_some(value)
+}
+
+fn encode_live(key: &[u8], record: &Record) -> Result<Vec<u8>, StorageError> {
+    let live = postcard::to_allocvec(&record.live).map_err(|_| StorageError::Encode)?;
+    Ok(seal(key, live))
+}
+
+fn encode_meta(meta: &StateMeta) -> Result<Vec<u8>, StorageError> {
+    let encoded = postcard::to_allocvec(meta).map_err(|_| StorageError::Encode)?;
+    Ok(seal(META_KEY.as_bytes(), encoded))
+}
+
 impl StateStore {
-    /// Opens (or creates) `dir/state.redb` and loads the keyspace and metadata.
-    pub fn open(dir: &Path) -> Result<(StateStore, KeySpace, StateMeta), StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create data directory", e))?;
+    /// Opens (or creates) `dir/state.redb` on `disk` and loads the keyspace and
+    /// metadata. The caller holds the data directory's lock (`LogStore::open`).
+    pub fn open(
+        disk: &Arc<dyn Disk>,
+        dir: &Path,
+    ) -> Result<(StateStore, KeySpace, StateMeta), StorageError> {
+        disk.create_dir_all(dir)
+            .map_err(|e| StorageError::io("create data directory", e))?;
         let path = dir.join("state.redb");
-        let db = Database::create(&path).map_err(StorageError::db)?;
+        let file = disk
+            .open(&path)
+            .map_err(|e| StorageError::io("open state.redb", e))?;
+        let db = Builder::new()
+            .create_with_backend(RedbBackend(file.clone()))
+            .map_err(StorageError::db)?;
         let store = StateStore {
             db,
+            file,
             path,
             poisoned: false,
         };
@@ -121,8 +169,12 @@ impl StateStore {
         let read = self.db.begin_read().map_err(StorageError::db)?;
         let meta = match read.open_table(META) {
             Ok(table) => match table.get(META_KEY).map_err(StorageError::db)? {
-                Some(value) => postcard::from_bytes(value.value())
-                    .map_err(|_| StorageError::Snapshot("undecodable state metadata"))?,
+                Some(value) => {
+                    let value = unseal(META_KEY.as_bytes(), value.value())
+                        .ok_or_else(|| self.corrupt("state metadata checksum mismatch"))?;
+                    postcard::from_bytes(value)
+                        .map_err(|_| self.corrupt("undecodable state metadata"))?
+                }
                 None => StateMeta::default(),
             },
             Err(redb::TableError::TableDoesNotExist(_)) => StateMeta::default(),
@@ -133,10 +185,12 @@ impl StateStore {
             Ok(table) => {
                 for row in table.iter().map_err(StorageError::db)? {
                     let (key, value) = row.map_err(StorageError::db)?;
+                    let value = unseal(key.value(), value.value())
+                        .ok_or_else(|| self.corrupt("history row checksum mismatch"))?;
                     let (key, revision) = split_history_key(key.value())
-                        .ok_or(StorageError::Snapshot("malformed history key"))?;
-                    let live = postcard::from_bytes(value.value())
-                        .map_err(|_| StorageError::Snapshot("undecodable history record"))?;
+                        .ok_or_else(|| self.corrupt("malformed history key"))?;
+                    let live = postcard::from_bytes(value)
+                        .map_err(|_| self.corrupt("undecodable history record"))?;
                     records.push((key, Record { revision, live }));
                 }
             }
@@ -170,13 +224,10 @@ impl StateStore {
             for change in changes {
                 match change {
                     Change::Append { key, record } => {
-                        let live = postcard::to_allocvec(&record.live)
-                            .map_err(|_| StorageError::Encode)?;
+                        let row = history_key(key, record.revision);
+                        let live = encode_live(&row, record)?;
                         history
-                            .insert(
-                                history_key(key, record.revision).as_slice(),
-                                live.as_slice(),
-                            )
+                            .insert(row.as_slice(), live.as_slice())
                             .map_err(StorageError::db)?;
                     }
                     Change::Remove { key, revision } => {
@@ -187,7 +238,7 @@ impl StateStore {
                 }
             }
             let mut table = write.open_table(META).map_err(StorageError::db)?;
-            let encoded = postcard::to_allocvec(meta).map_err(|_| StorageError::Encode)?;
+            let encoded = encode_meta(meta)?;
             table
                 .insert(META_KEY, encoded.as_slice())
                 .map_err(StorageError::db)?;
@@ -223,18 +274,14 @@ impl StateStore {
             {
                 let mut history = write.open_table(HISTORY).map_err(StorageError::db)?;
                 for (key, record) in &data.records {
-                    let live =
-                        postcard::to_allocvec(&record.live).map_err(|_| StorageError::Encode)?;
+                    let row = history_key(key, record.revision);
+                    let live = encode_live(&row, record)?;
                     history
-                        .insert(
-                            history_key(key, record.revision).as_slice(),
-                            live.as_slice(),
-                        )
+                        .insert(row.as_slice(), live.as_slice())
                         .map_err(StorageError::db)?;
                 }
                 let mut table = write.open_table(META).map_err(StorageError::db)?;
-                let encoded =
-                    postcard::to_allocvec(&data.meta).map_err(|_| StorageError::Encode)?;
+                let encoded = encode_meta(&data.meta)?;
                 table
                     .insert(META_KEY, encoded.as_slice())
                     .map_err(StorageError::db)?;
@@ -252,8 +299,16 @@ impl StateStore {
         ))
     }
 
-    /// Size of the database file in bytes.
+    /// Size of the database file in bytes (0 if it cannot be read).
     pub fn file_bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+        self.file.byte_len().unwrap_or(0)
+    }
+
+    fn corrupt(&self, reason: &'static str) -> StorageError {
+        StorageError::Corrupt {
+            path: self.path.display().to_string(),
+            at: "loading the state".to_string(),
+            reason,
+        }
     }
 }

@@ -2,10 +2,16 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
 
 use mainstay_mvcc::{Command, KeySpace, PutRequest};
 
 use crate::*;
+
+fn os() -> Arc<dyn Disk> {
+    Arc::new(OsDisk)
+}
 
 fn entry(index: u64, term: u64) -> StoredEntry {
     StoredEntry {
@@ -23,7 +29,7 @@ fn log_survives_reopen() {
     // Goal: entries, vote, committed id, truncation and purge all replay.
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let (mut log, report) = LogStore::open(dir.path()).expect("open");
+        let (mut log, report) = LogStore::open(&os(), dir.path()).expect("open");
         assert_eq!(report, OpenReport::default());
         log.append((1..=5).map(|i| entry(i, 1)).collect())
             .expect("append");
@@ -39,7 +45,7 @@ fn log_survives_reopen() {
         log.save_committed(Some(entry(3, 1).log_id))
             .expect("committed");
     }
-    let (log, report) = LogStore::open(dir.path()).expect("reopen");
+    let (log, report) = LogStore::open(&os(), dir.path()).expect("reopen");
     assert_eq!(report.torn_bytes, 0);
     assert_eq!(
         log.vote(),
@@ -62,7 +68,7 @@ fn torn_tail_is_truncated() {
     // store opens with everything before it.
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let (mut log, _) = LogStore::open(dir.path()).expect("open");
+        let (mut log, _) = LogStore::open(&os(), dir.path()).expect("open");
         log.append(vec![entry(1, 1), entry(2, 1)]).expect("append");
         log.append(vec![entry(3, 1)]).expect("append");
     }
@@ -74,13 +80,13 @@ fn torn_tail_is_truncated() {
         .expect("open")
         .set_len(length - 5)
         .expect("cut");
-    let (mut log, report) = LogStore::open(dir.path()).expect("reopen");
+    let (mut log, report) = LogStore::open(&os(), dir.path()).expect("reopen");
     assert!(report.torn_bytes > 0);
     assert_eq!(log.last_index(), Some(2));
     // Appending after the cut works and survives.
     log.append(vec![entry(3, 2)]).expect("append");
     drop(log);
-    let (log, report) = LogStore::open(dir.path()).expect("reopen");
+    let (log, report) = LogStore::open(&os(), dir.path()).expect("reopen");
     assert_eq!(report.torn_bytes, 0);
     assert_eq!(log.last_log_id(), Some(entry(3, 2).log_id));
 }
@@ -90,7 +96,7 @@ fn garbage_appended_is_a_torn_tail() {
     // Goal: trailing garbage with no valid record after it counts as torn.
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let (mut log, _) = LogStore::open(dir.path()).expect("open");
+        let (mut log, _) = LogStore::open(&os(), dir.path()).expect("open");
         log.append(vec![entry(1, 1)]).expect("append");
     }
     let path = dir.path().join("raft.log");
@@ -100,7 +106,7 @@ fn garbage_appended_is_a_torn_tail() {
         .expect("open")
         .write_all(&[0; 100])
         .expect("w");
-    let (log, report) = LogStore::open(dir.path()).expect("reopen");
+    let (log, report) = LogStore::open(&os(), dir.path()).expect("reopen");
     assert_eq!(report.torn_bytes, 100);
     assert_eq!(log.last_index(), Some(1));
 }
@@ -111,7 +117,7 @@ fn corruption_before_valid_records_refuses_to_start() {
     // torn write: the store refuses to open instead of silently losing entries.
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let (mut log, _) = LogStore::open(dir.path()).expect("open");
+        let (mut log, _) = LogStore::open(&os(), dir.path()).expect("open");
         log.append(vec![entry(1, 1)]).expect("append");
         log.append(vec![entry(2, 1)]).expect("append");
         log.append(vec![entry(3, 1)]).expect("append");
@@ -120,9 +126,9 @@ fn corruption_before_valid_records_refuses_to_start() {
     let mut bytes = std::fs::read(&path).expect("read");
     bytes[14] ^= 0x40; // inside the first record's body
     std::fs::write(&path, &bytes).expect("write");
-    let error = LogStore::open(dir.path()).expect_err("must refuse");
+    let error = LogStore::open(&os(), dir.path()).expect_err("must refuse");
     assert!(
-        matches!(error, StorageError::Corrupt { offset: 0, .. }),
+        matches!(&error, StorageError::Corrupt { at, .. } if at == "offset 0"),
         "{error}"
     );
     assert!(error.to_string().contains("refusing to start"));
@@ -154,12 +160,12 @@ fn state_store_commits_and_reloads() {
         compacted: 0,
     };
     {
-        let (mut store, loaded, loaded_meta) = StateStore::open(dir.path()).expect("open");
+        let (mut store, loaded, loaded_meta) = StateStore::open(&os(), dir.path()).expect("open");
         assert_eq!(loaded, KeySpace::new());
         assert_eq!(loaded_meta, StateMeta::default());
         store.commit(&changes, &meta).expect("commit");
     }
-    let (store, loaded, loaded_meta) = StateStore::open(dir.path()).expect("reopen");
+    let (store, loaded, loaded_meta) = StateStore::open(&os(), dir.path()).expect("reopen");
     assert_eq!(loaded, space);
     assert_eq!(loaded_meta, meta);
     let snapshot = store.snapshot().expect("snapshot");
@@ -169,11 +175,11 @@ fn state_store_commits_and_reloads() {
     bad[3] ^= 1;
     assert!(SnapshotData::decode(&bad).is_err());
     let other = tempfile::tempdir().expect("tempdir");
-    let (mut fresh, _, _) = StateStore::open(other.path()).expect("open");
+    let (mut fresh, _, _) = StateStore::open(&os(), other.path()).expect("open");
     let installed = fresh.install(&decoded).expect("install");
     assert_eq!(installed, space);
     drop(fresh);
-    let (_, reloaded, reloaded_meta) = StateStore::open(other.path()).expect("reopen");
+    let (_, reloaded, reloaded_meta) = StateStore::open(&os(), other.path()).expect("reopen");
     assert_eq!(reloaded, space);
     assert_eq!(reloaded_meta, meta);
 }
@@ -182,10 +188,12 @@ fn state_store_commits_and_reloads() {
 fn an_fsync_failure_stops_the_store_for_good() {
     // Goal: after one failed fsync every later call fails (the caller stops the
     // member); nothing is retried, and what was durable before survives.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut log, _) = LogStore::open(dir.path()).expect("open");
+    let mem = MemDisk::new();
+    let disk: Arc<dyn Disk> = Arc::new(mem.clone());
+    let dir = Path::new("/m");
+    let (mut log, _) = LogStore::open(&disk, dir).expect("open");
     log.append(vec![entry(1, 1)]).expect("append");
-    log.inject_sync_failure();
+    mem.fail_syncs_under(dir);
     let error = log.append(vec![entry(2, 1)]).expect_err("fsync fails");
     assert!(error.to_string().contains("fsync"), "{error}");
     assert!(matches!(
@@ -206,6 +214,125 @@ fn an_fsync_failure_stops_the_store_for_good() {
         "the failed append is not visible"
     );
     drop(log);
-    let (log, _) = LogStore::open(dir.path()).expect("reopen");
-    assert!(log.last_index() >= Some(1));
+    mem.crash(dir, &mut |_| 0);
+    let (log, _) = LogStore::open(&disk, dir).expect("reopen");
+    assert_eq!(log.last_index(), Some(1));
+}
+
+fn mem_log(mem: &MemDisk, dir: &Path) -> LogStore {
+    let disk: Arc<dyn Disk> = Arc::new(mem.clone());
+    LogStore::open(&disk, dir).expect("open").0
+}
+
+#[test]
+fn a_crash_keeps_every_synced_write_and_a_prefix_of_the_rest() {
+    // Goal: whatever a crash does to unsynced writes, synced ones survive; with a
+    // disk that lies about fsync, a crash loses a suffix, may tear the last
+    // surviving write, and the log still opens at a clean prefix.
+    for keep in 0..6u64 {
+        for tear in [0u64, 1] {
+            let mem = MemDisk::new();
+            let dir = Path::new("/m");
+            let mut log = mem_log(&mem, dir);
+            log.append((1..=3).map(|i| entry(i, 1)).collect())
+                .expect("append");
+            mem.lie_on_sync_of("raft.log");
+            for i in 4..=8 {
+                log.append(vec![entry(i, 1)]).expect("append");
+            }
+            drop(log);
+            let mut choices = vec![keep, tear, 7].into_iter();
+            let report = mem.crash(dir, &mut |n| choices.next().unwrap_or(0).min(n - 1));
+            assert_eq!(report.lost_ops, 5 - keep.min(5));
+            let disk: Arc<dyn Disk> = Arc::new(mem.clone());
+            let (log, open) = LogStore::open(&disk, dir).expect("reopen");
+            assert_eq!(log.last_index(), Some(3 + keep.min(5)), "keep {keep}");
+            assert_eq!(open.torn_bytes > 0, report.torn, "keep {keep} tear {tear}");
+            assert_eq!(
+                log.entries(1, 4),
+                (1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_flipped_bit_in_the_log_is_refused() {
+    // Goal: a bit flip anywhere in a synced log is corruption, never mistaken for a
+    // torn tail (which would drop an acknowledged entry silently).
+    let mem = MemDisk::new();
+    let dir = Path::new("/m");
+    let mut log = mem_log(&mem, dir);
+    log.append(vec![entry(1, 1), entry(2, 1)]).expect("append");
+    log.save_vote(VoteRecord {
+        term: 1,
+        node_id: Some(1),
+        committed: true,
+    })
+    .expect("vote");
+    log.append(vec![entry(3, 1)]).expect("append");
+    let length = log.file_bytes();
+    drop(log);
+    let path = dir.join("raft.log");
+    for offset in 0..length {
+        for bit in [0u64, 7] {
+            let mut choices = vec![offset, bit].into_iter();
+            mem.flip_bit(&path, &mut |_| choices.next().unwrap_or(0));
+            mem.crash(dir, &mut |_| 0);
+            let disk: Arc<dyn Disk> = Arc::new(mem.clone());
+            let error = LogStore::open(&disk, dir).expect_err("a flip must be refused");
+            assert!(matches!(error, StorageError::Corrupt { .. }), "{error}");
+            let mut choices = vec![offset, bit].into_iter();
+            mem.flip_bit(&path, &mut |_| choices.next().unwrap_or(0));
+        }
+    }
+    assert_eq!(mem_log(&mem, dir).last_index(), Some(3));
+}
+
+#[test]
+fn a_flipped_bit_in_a_stored_value_is_refused() {
+    // Goal: the state store's row checksums catch a flipped bit in a value.
+    let mem = MemDisk::new();
+    let disk: Arc<dyn Disk> = Arc::new(mem.clone());
+    let dir = Path::new("/m");
+    let value = b"a-distinctive-value-0123456789".to_vec();
+    let mut space = KeySpace::new();
+    let put = PutRequest {
+        key: b"k".to_vec(),
+        value: value.clone(),
+        ..PutRequest::default()
+    };
+    let changes = space.apply(&Command::Put(put), &|_| false).changes;
+    {
+        let (mut store, _, _) = StateStore::open(&disk, dir).expect("open");
+        store
+            .commit(
+                &changes,
+                &StateMeta {
+                    revision: space.revision(),
+                    ..StateMeta::default()
+                },
+            )
+            .expect("commit");
+    }
+    let path = dir.join("state.redb");
+    let image = mem.durable_image(&path).expect("image");
+    let at = image
+        .windows(value.len())
+        .position(|w| w == value.as_slice())
+        .expect("value stored verbatim") as u64;
+    let mut choices = vec![at + 3, 2].into_iter();
+    mem.flip_bit(&path, &mut |_| choices.next().unwrap_or(0));
+    mem.crash(dir, &mut |_| 0);
+    let error = StateStore::open(&disk, dir).expect_err("must refuse");
+    assert!(error.to_string().contains("refusing to start"), "{error}");
+}
+
+#[test]
+fn a_data_directory_has_one_owner() {
+    // Goal: a second log store on the same directory fails instead of interleaving.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, _) = LogStore::open(&os(), dir.path()).expect("open");
+    let error = LogStore::open(&os(), dir.path()).expect_err("locked");
+    assert!(error.to_string().contains("in use"), "{error}");
 }

@@ -1,7 +1,7 @@
 //! The simulator's own checks: a smoke set of seeds passes, a seed replays to
 //! the identical trace, and `MAINSTAY_SEED` replays any seed.
 
-use mainstay_sim::{SafetyBreaks, SimOptions, replay_command, run};
+use mainstay_sim::{SafetyBreaks, SimOptions, replay_command, run, run_guarded};
 
 fn assert_passes(seed: u64, options: &SimOptions) -> u64 {
     let result = run(seed, options);
@@ -49,6 +49,37 @@ fn self_test_reads_without_a_barrier_are_caught() {
     };
     let caught = (1..=10).find(|&seed| !run(seed, &options).ok());
     assert!(caught.is_some(), "stale reads went unnoticed for 10 seeds");
+}
+
+#[test]
+fn self_test_acknowledging_before_fsync_is_caught() {
+    // Goal: the checks can fail. Members whose fsync returns before anything is
+    // durable lose acknowledged writes on a crash; a few seeds must show it.
+    let options = SimOptions {
+        workload_seconds: 8,
+        lying_fsync: true,
+        ..SimOptions::default()
+    };
+    let caught = (1..=10).find(|&seed| !run_guarded(seed, &options).ok());
+    assert!(
+        caught.is_some(),
+        "acknowledging before fsync went unnoticed for 10 seeds"
+    );
+}
+
+#[test]
+fn storage_faults_stop_the_member_and_the_cluster_goes_on() {
+    // Goal: a flipped bit in a member's raft log makes it refuse to start (seed 1
+    // corrupts one member), and a failing fsync makes a member stop by itself (seed
+    // 5): the run judges every such stop, and the rest of the cluster passes.
+    let corrupted = run(1, &SimOptions::default());
+    assert!(corrupted.ok(), "{}", corrupted.violations.join("\n"));
+    assert_eq!(corrupted.faults.get("corruptions"), 1);
+    assert!(corrupted.faults.get("corruptions_refused") >= 1);
+    let disk_failed = run(5, &SimOptions::default());
+    assert!(disk_failed.ok(), "{}", disk_failed.violations.join("\n"));
+    assert_eq!(disk_failed.faults.get("disk_failures"), 1);
+    assert_eq!(disk_failed.faults.get("disk_failure_stops"), 1);
 }
 
 #[test]

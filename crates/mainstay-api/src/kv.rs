@@ -41,6 +41,12 @@ impl KvService {
     }
 
     async fn propose(&self, command: Command) -> Result<(CommandResponse, u64), Status> {
+        let status = self.api.replica.status();
+        let _permit = self
+            .api
+            .admission
+            .admit(status.committed_index, status.applied_index)
+            .map_err(api_status)?;
         let outcome = self
             .api
             .replica

@@ -4,6 +4,7 @@
 //! strings: requests are converted to domain types on entry (`convert`), and
 //! every internal error leaves through one table (`status`).
 
+mod admission;
 mod cluster;
 mod convert;
 mod kv;
@@ -12,6 +13,7 @@ mod status;
 
 use mainstay_raft::Replica;
 
+pub use admission::{APPLY_BACKLOG_MAX, Admission, PROPOSALS_IN_FLIGHT_MAX};
 pub use cluster::ClusterService;
 pub use kv::KvService;
 pub use maintenance::{ETCD_VERSION, MaintenanceService};
@@ -47,6 +49,8 @@ pub struct Api {
     pub cluster_id: u64,
     /// Request limits.
     pub limits: Limits,
+    /// Write admission (apply backlog, proposals in flight).
+    pub admission: Admission,
     /// SIMULATOR SELF-TEST ONLY: serve "linearizable" reads without the read
     /// barrier, a deliberate safety bug the simulator must catch. Never set in
     /// production (`Env::production` leaves it off and no flag reaches it).

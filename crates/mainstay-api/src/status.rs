@@ -18,6 +18,8 @@ pub enum ApiError {
     BadLeaderTransferee,
     /// A leader-only operation on a follower.
     NotLeader,
+    /// The apply backlog or the in-flight proposal pool is full.
+    TooManyRequests,
 }
 
 /// Maps a keyspace error.
@@ -70,6 +72,7 @@ pub fn api_status(error: ApiError) -> Status {
             "etcdserver: bad leader transferee",
         ),
         ApiError::NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
+        ApiError::TooManyRequests => (Code::ResourceExhausted, "etcdserver: too many requests"),
     };
     Status::new(code, message)
 }

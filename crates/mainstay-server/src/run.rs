@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use mainstay_api::{Api, ClusterService, KvService, Limits, MaintenanceService};
+use mainstay_api::{Admission, Api, ClusterService, KvService, Limits, MaintenanceService};
 use mainstay_proto::etcdserverpb::cluster_server::ClusterServer;
 use mainstay_proto::etcdserverpb::kv_server::KvServer;
 use mainstay_proto::etcdserverpb::maintenance_server::MaintenanceServer;
@@ -234,6 +234,7 @@ async fn serve_member(
             txn_ops_max: usize::try_from(config.txn_ops_max).context("--max-txn-ops")?,
             quota_backend_bytes: config.quota_backend_bytes,
         },
+        admission: Admission::default(),
         unsafe_skip_read_barrier: env.safety_breaks.skip_read_barrier,
     };
     let grpc_bytes_max = request_bytes_max + GRPC_OVERHEAD_BYTES;

@@ -65,7 +65,9 @@ mod tests {
             admission.admit(5001 + 10, 10).err(),
             Some(ApiError::TooManyRequests)
         );
-        let first = admission.admit(5000 + 10, 10).expect("at the limit is fine");
+        let first = admission
+            .admit(5000 + 10, 10)
+            .expect("at the limit is fine");
         let second = admission.admit(0, 0).expect("second permit");
         assert_eq!(admission.admit(0, 0).err(), Some(ApiError::TooManyRequests));
         drop(first);

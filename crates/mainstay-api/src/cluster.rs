@@ -1,12 +1,27 @@
-//! `etcdserverpb.Cluster`: MemberList. Runtime membership changes arrive with
-//! their own issue; until then those RPCs answer Unimplemented, changing nothing.
+//! `etcdserverpb.Cluster`: MemberList, and runtime membership changes (add,
+//! remove, update peer URLs, promote a learner) through the leader.
 
 use mainstay_proto::etcdserverpb as pb;
 use mainstay_proto::etcdserverpb::cluster_server::Cluster;
 use tonic::{Request, Response, Status};
 
 use crate::Api;
-use crate::status::replica_status;
+use mainstay_raft::MemberChange;
+
+use crate::status::{ApiError, api_status, membership_status, replica_status};
+
+/// Whether every URL is `http(s)://host:port` and there is at least one.
+fn valid_peer_urls(urls: &[String]) -> bool {
+    !urls.is_empty()
+        && urls.iter().all(|url| {
+            url.parse::<http::Uri>().is_ok_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some_and(|h| !h.is_empty())
+                    && uri.port_u16().is_some()
+                    && matches!(uri.path(), "" | "/")
+            })
+        })
+}
 
 /// The Cluster service.
 #[derive(Clone)]
@@ -40,29 +55,69 @@ impl ClusterService {
     }
 }
 
-use crate::status::not_yet;
-
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _: Request<pb::MemberAddRequest>,
+        request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(not_yet("member add"))
+        let request = request.into_inner();
+        if !valid_peer_urls(&request.peer_ur_ls) {
+            return Err(api_status(ApiError::InvalidMemberUrls));
+        }
+        let outcome = self
+            .api
+            .replica
+            .change_members(MemberChange::Add {
+                peer_urls: request.peer_ur_ls.clone(),
+                learner: request.is_learner,
+            })
+            .await
+            .map_err(|e| membership_status(&e))?;
+        let members = self.members();
+        let member = outcome
+            .added
+            .and_then(|id| members.iter().find(|m| m.id == id).cloned());
+        Ok(Response::new(pb::MemberAddResponse {
+            header: self.header(),
+            member,
+            members,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<pb::MemberRemoveRequest>,
+        request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(not_yet("member remove"))
+        let id = request.into_inner().id;
+        self.api
+            .replica
+            .change_members(MemberChange::Remove(id))
+            .await
+            .map_err(|e| membership_status(&e))?;
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 
     async fn member_update(
         &self,
-        _: Request<pb::MemberUpdateRequest>,
+        request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(not_yet("member update"))
+        let request = request.into_inner();
+        if !valid_peer_urls(&request.peer_ur_ls) {
+            return Err(api_status(ApiError::InvalidMemberUrls));
+        }
+        self.api
+            .replica
+            .change_members(MemberChange::Update(request.id, request.peer_ur_ls))
+            .await
+            .map_err(|e| membership_status(&e))?;
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 
     async fn member_list(
@@ -84,8 +139,17 @@ impl Cluster for ClusterService {
 
     async fn member_promote(
         &self,
-        _: Request<pb::MemberPromoteRequest>,
+        request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(not_yet("member promote"))
+        let id = request.into_inner().id;
+        self.api
+            .replica
+            .change_members(MemberChange::Promote(id))
+            .await
+            .map_err(|e| membership_status(&e))?;
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 }

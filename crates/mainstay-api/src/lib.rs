@@ -17,7 +17,7 @@ pub use admission::{APPLY_BACKLOG_MAX, Admission, PROPOSALS_IN_FLIGHT_MAX};
 pub use cluster::ClusterService;
 pub use kv::KvService;
 pub use maintenance::{ETCD_VERSION, MaintenanceService};
-pub use status::{ApiError, api_status, mvcc_status, replica_status};
+pub use status::{ApiError, api_status, membership_status, mvcc_status, replica_status};
 
 /// Request limits (etcd's defaults: 1.5 MiB, 128 ops, 2 GiB).
 #[derive(Clone, Copy, Debug)]

@@ -2,7 +2,7 @@
 //! message, because clients match on the text (etcd `rpctypes/error.go`).
 
 use mainstay_mvcc::MvccError;
-use mainstay_raft::ReplicaError;
+use mainstay_raft::{MembershipError, ReplicaError};
 use tonic::{Code, Status};
 
 /// Errors raised by the API layer itself.
@@ -20,6 +20,8 @@ pub enum ApiError {
     NotLeader,
     /// The apply backlog or the in-flight proposal pool is full.
     TooManyRequests,
+    /// Member peer URLs that are not `http(s)://host:port`.
+    InvalidMemberUrls,
 }
 
 /// Maps a keyspace error.
@@ -61,6 +63,35 @@ pub fn replica_status(error: &ReplicaError) -> Status {
     Status::new(Code::Unavailable, message)
 }
 
+/// Maps a membership change error.
+pub fn membership_status(error: &MembershipError) -> Status {
+    let (code, message) = match error {
+        MembershipError::NotFound => return api_status(ApiError::MemberNotFound),
+        MembershipError::PeerUrlsExist => (
+            Code::FailedPrecondition,
+            "etcdserver: Peer URLs already exists",
+        ),
+        MembershipError::NotLearner => (
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member",
+        ),
+        MembershipError::LearnerNotReady => (
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member which is in sync with leader",
+        ),
+        MembershipError::TooManyLearners => (
+            Code::FailedPrecondition,
+            "etcdserver: too many learner members in cluster",
+        ),
+        MembershipError::NotEnoughStarted => (
+            Code::FailedPrecondition,
+            "etcdserver: re-configuration failed due to not enough started members",
+        ),
+        MembershipError::Replica(error) => return replica_status(error),
+    };
+    Status::new(code, message)
+}
+
 /// Maps an API-layer error.
 pub fn api_status(error: ApiError) -> Status {
     let (code, message) = match error {
@@ -73,6 +104,10 @@ pub fn api_status(error: ApiError) -> Status {
         ),
         ApiError::NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
         ApiError::TooManyRequests => (Code::ResourceExhausted, "etcdserver: too many requests"),
+        ApiError::InvalidMemberUrls => (
+            Code::InvalidArgument,
+            "etcdserver: given member URLs are invalid",
+        ),
     };
     Status::new(code, message)
 }

@@ -8,6 +8,7 @@
 mod codec;
 mod error;
 mod log_store;
+mod membership;
 mod network;
 mod peer_service;
 mod replica;
@@ -15,6 +16,10 @@ mod state_machine;
 mod type_config;
 
 pub use error::ReplicaError;
+pub use membership::{
+    ClusterView, LEARNERS_MAX, MemberChange, MemberChangeOutcome, MembershipError,
+    fetch_cluster_view,
+};
 pub use replica::{
     Dial, Replica, ReplicaConfig, ReplicaStatus, WriteOutcome, member_id_for, tcp_dial,
 };

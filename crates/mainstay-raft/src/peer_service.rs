@@ -3,8 +3,8 @@
 use futures::StreamExt;
 use mainstay_proto::peer::raft_peer_server::RaftPeer;
 use mainstay_proto::peer::{
-    ForwardRequest, ForwardResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
-    SnapshotChunk,
+    ForwardRequest, ForwardResponse, MembersRequest, MembersResponse, RaftPayload,
+    ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
@@ -125,6 +125,14 @@ impl RaftPeer for PeerService {
             result,
             error: Vec::new(),
         }))
+    }
+
+    async fn members(
+        &self,
+        _request: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let view = encode_message(&self.replica.cluster_view()).map_err(Status::internal)?;
+        Ok(Response::new(MembersResponse { view }))
     }
 
     async fn read_index(

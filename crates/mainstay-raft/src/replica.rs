@@ -28,6 +28,8 @@ use crate::type_config::{MemberNode, RaftHandle, Runtime};
 pub struct ReplicaConfig {
     /// This member's id.
     pub member_id: u64,
+    /// The cluster's id (answered to joining members).
+    pub cluster_id: u64,
     /// Where the log and the state live.
     pub data_dir: PathBuf,
     /// Leader heartbeat period.
@@ -105,6 +107,7 @@ pub struct ReplicaStatus {
 pub(crate) enum ForwardReply {
     Done(WriteOutcome),
     Published,
+    Membership(Result<crate::membership::MemberChangeOutcome, crate::membership::MembershipError>),
     /// The receiver is not the leader (nothing was proposed); the leader it knows.
     NotLeader(Option<u64>),
     Failed(ReplicaError),
@@ -117,6 +120,8 @@ pub(crate) enum Forwarded {
     Command(Command),
     /// Record a member's own description (its client URLs) in the membership.
     PublishNode(u64, MemberNode),
+    /// Change the membership.
+    Membership(crate::membership::MemberChange),
 }
 
 /// Read-index reply body.
@@ -145,8 +150,8 @@ pub(crate) struct Inner {
     pub(crate) raft: RaftHandle,
     pub(crate) state: StateMachine,
     log: RaftLog,
-    pool: PeerPool,
-    request_timeout: Duration,
+    pub(crate) pool: PeerPool,
+    pub(crate) request_timeout: Duration,
 }
 
 /// One member's replica. Cheap to clone.
@@ -373,7 +378,9 @@ impl Replica {
                         {
                             Ok(ForwardReply::Done(outcome)) => return Ok(outcome),
                             Ok(ForwardReply::Failed(error)) => return Err(error),
-                            Ok(ForwardReply::Published) => return Err(ReplicaError::Stopped),
+                            Ok(ForwardReply::Published | ForwardReply::Membership(_)) => {
+                                return Err(ReplicaError::Stopped);
+                            }
                             Ok(ForwardReply::NotLeader(_)) | Err(Retry) => {}
                         }
                     }
@@ -407,7 +414,11 @@ impl Replica {
     }
 
     /// Sends a write to the leader. `Err(Retry)` only when it surely was not sent.
-    async fn forward(&self, leader: u64, request: &Forwarded) -> Result<ForwardReply, Retry> {
+    pub(crate) async fn forward(
+        &self,
+        leader: u64,
+        request: &Forwarded,
+    ) -> Result<ForwardReply, Retry> {
         let Some(node) = self.node(leader) else {
             return Err(Retry);
         };
@@ -439,6 +450,7 @@ impl Replica {
         let local = match request {
             Forwarded::Command(command) => self.write_local(command).await,
             Forwarded::PublishNode(id, node) => self.publish_local(id, node).await,
+            Forwarded::Membership(change) => return self.serve_membership(change).await,
         };
         match local {
             LocalWrite::Done(outcome) => ForwardReply::Done(outcome),
@@ -593,7 +605,7 @@ impl Replica {
 
 /// Pauses before another attempt, or gives up at the deadline: `Timeout` when a
 /// leader was known (the request may be in flight), `NoLeader` otherwise.
-async fn retry_pause(
+pub(crate) async fn retry_pause(
     deadline: tokio::time::Instant,
     known_leader: Option<u64>,
 ) -> Result<(), ReplicaError> {
@@ -609,7 +621,7 @@ async fn retry_pause(
 }
 
 /// Marker: the forward surely did not reach the leader, so retrying is safe.
-struct Retry;
+pub(crate) struct Retry;
 
 /// Whether a failed call surely never reached the server (connection refused or
 /// not established), which is the only case a write may be re-sent.

@@ -9,8 +9,10 @@ use mainstay_api::{Admission, Api, ClusterService, KvService, Limits, Maintenanc
 use mainstay_proto::etcdserverpb::cluster_server::ClusterServer;
 use mainstay_proto::etcdserverpb::kv_server::KvServer;
 use mainstay_proto::etcdserverpb::maintenance_server::MaintenanceServer;
-use mainstay_raft::{Dial, MemberNode, Replica, ReplicaConfig, member_id_for, tcp_dial};
-use mainstay_storage::{Disk, OsDisk};
+use mainstay_raft::{
+    Dial, MemberNode, Replica, ReplicaConfig, fetch_cluster_view, member_id_for, tcp_dial,
+};
+use mainstay_storage::{Disk, Identity, OsDisk};
 
 use crate::io::{Incoming, tcp_incoming};
 use tokio::net::TcpListener;
@@ -113,12 +115,62 @@ pub async fn run_with_listeners(
     shutdown: impl Future<Output = ()>,
     observer: Option<tokio::sync::oneshot::Sender<Replica>>,
 ) -> anyhow::Result<()> {
-    let member_id = member_id_for(&config.name, &config.initial_cluster_token);
-    let span =
-        tracing::info_span!("member", name = %config.name, id = format_args!("{member_id:x}"));
-    serve_member(config, listeners, env, shutdown, member_id, observer)
+    let span = tracing::info_span!("member", name = %config.name);
+    serve_member(config, listeners, env, shutdown, observer)
         .instrument(span)
         .await
+}
+
+/// How long a member started with `--initial-cluster-state existing` and no data
+/// keeps asking its peers for its id before giving up.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Learns a runtime-added member's id and the cluster id from its peers: the
+/// member whose peer URLs match ours and that has not started yet (or has our name).
+async fn join(config: &Config, dial: &Dial) -> anyhow::Result<Identity> {
+    let peers: Vec<&String> = config
+        .initial_cluster
+        .iter()
+        .filter(|(name, _)| **name != config.name)
+        .map(|(_, url)| url)
+        .collect();
+    if peers.is_empty() {
+        bail!("--initial-cluster-state existing needs the other members in --initial-cluster");
+    }
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    let mut last = String::new();
+    loop {
+        for url in &peers {
+            match fetch_cluster_view(dial, url).await {
+                Ok(view) => {
+                    let ours = view.members.iter().find(|(_, node, _)| {
+                        node.peer_urls
+                            .iter()
+                            .any(|u| config.advertise_peer_urls.contains(u))
+                            && (node.name.is_empty() || node.name == config.name)
+                    });
+                    if let Some((id, _, _)) = ours {
+                        tracing::info!(member_id = format_args!("{id:x}"), via = %url, "joined the cluster");
+                        return Ok(Identity {
+                            member_id: *id,
+                            cluster_id: view.cluster_id,
+                        });
+                    }
+                    last = format!(
+                        "{url} lists no member with peer URL {:?}; add this member first (etcdctl member add {} --peer-urls={})",
+                        config.advertise_peer_urls,
+                        config.name,
+                        config.advertise_peer_urls.join(",")
+                    );
+                }
+                Err(error) => last = error,
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("cannot join the cluster: {last}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 async fn serve_member(
@@ -126,7 +178,6 @@ async fn serve_member(
     listeners: Listeners,
     env: Env,
     shutdown: impl Future<Output = ()>,
-    member_id: u64,
     observer: Option<tokio::sync::oneshot::Sender<Replica>>,
 ) -> anyhow::Result<()> {
     let token = &config.initial_cluster_token;
@@ -149,10 +200,37 @@ async fn serve_member(
         })
         .collect();
     let ids: Vec<u64> = members.keys().copied().collect();
-    let cluster_id = cluster_id_for(&ids, token);
+    // Who this member is: recorded in the data directory the first time it starts,
+    // derived from the name for an initial member, learned from the peers for one
+    // added at run time.
+    let identity = match Identity::load(&env.disk, &config.data_dir)
+        .with_context(|| format!("read the identity in {}", config.data_dir.display()))?
+    {
+        Some(identity) => identity,
+        None => {
+            let identity = match config.initial_cluster_state {
+                ClusterState::New => Identity {
+                    member_id: member_id_for(&config.name, token),
+                    cluster_id: cluster_id_for(&ids, token),
+                },
+                ClusterState::Existing => join(&config, &env.dial).await?,
+            };
+            identity
+                .save(&env.disk, &config.data_dir)
+                .context("record the member identity")?;
+            identity
+        }
+    };
+    let (member_id, cluster_id) = (identity.member_id, identity.cluster_id);
+    tracing::info!(
+        member_id = format_args!("{member_id:x}"),
+        cluster_id = format_args!("{cluster_id:x}"),
+        "starting"
+    );
 
     let replica = Replica::open(ReplicaConfig {
         member_id,
+        cluster_id,
         data_dir: config.data_dir.clone(),
         heartbeat_ms: config.heartbeat_interval_ms,
         election_timeout_ms: config.election_timeout_ms,
@@ -201,9 +279,9 @@ async fn serve_member(
                     .await
                     .map_err(|e| anyhow::anyhow!(e))?;
             }
-            ClusterState::Existing => bail!(
-                "--initial-cluster-state existing with an empty --data-dir: adding a member at runtime is not supported yet"
-            ),
+            ClusterState::Existing => {
+                tracing::info!("waiting for the leader to replicate the cluster to this member");
+            }
         }
     }
 
@@ -262,6 +340,9 @@ async fn serve_member(
             tracing::info!("shutting down");
             Ok(())
         }
+        () = replica.removed() => Err(anyhow::anyhow!(
+            "this member was removed from the cluster; stopping (wipe its data directory before reusing it)"
+        )),
         fatal = replica.stopped() => match fatal {
             Some(error) => Err(anyhow::anyhow!("member stopped after a fatal error: {error}")),
             None => Err(anyhow::anyhow!("raft stopped unexpectedly")),

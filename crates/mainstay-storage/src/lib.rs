@@ -11,6 +11,7 @@
 
 mod disk;
 mod error;
+mod identity;
 mod log_store;
 mod mem_disk;
 mod state_store;
@@ -20,6 +21,7 @@ mod tests;
 
 pub use disk::{DirLock, Disk, DiskFile, OsDisk};
 pub use error::StorageError;
+pub use identity::Identity;
 pub use log_store::{LogIdRecord, LogStore, OpenReport, RECORD_BYTES_MAX, StoredEntry, VoteRecord};
 pub use mem_disk::{CrashReport, MemDisk};
 pub use state_store::{SnapshotData, StateMeta, StateStore};

@@ -138,3 +138,150 @@ async fn member_behind_a_purged_log_catches_up_by_snapshot() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_promoted_and_removed_at_run_time() {
+    // Goal: etcd's runtime reconfiguration. A learner is added (bad and duplicate
+    // URLs and a second learner are refused with etcd's errors), starts with
+    // `existing`, learns its id from its peers, catches up by snapshot, is promoted
+    // once in sync, and serves; an original member is removed and stops by itself.
+    use mainstay_proto::etcdserverpb::cluster_client::ClusterClient;
+    use mainstay_proto::etcdserverpb::{
+        MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
+    };
+    let options = Options {
+        snapshot_count: 20,
+        snapshot_catchup_entries: 5,
+        ..Options::default()
+    };
+    let mut cluster = TestCluster::start(3, options).await;
+    for i in 0..40 {
+        cluster
+            .put(i % 3, &format!("key{i}"), &format!("v{i}"))
+            .await;
+    }
+    let url = format!("http://127.0.0.1:{}", cluster.members[1].client_port);
+    let mut admin = ClusterClient::connect(url).await.expect("connect");
+    let add = |urls: Vec<String>, is_learner| MemberAddRequest {
+        peer_ur_ls: urls,
+        is_learner,
+    };
+    let error = admin
+        .member_add(add(vec!["not a url".into()], true))
+        .await
+        .expect_err("invalid");
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert_eq!(error.message(), "etcdserver: given member URLs are invalid");
+    let taken = cluster.members[0]
+        .args
+        .listen_peer_urls
+        .clone()
+        .expect("url");
+    let error = admin
+        .member_add(add(vec![taken], true))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(error.message(), "etcdserver: Peer URLs already exists");
+
+    let (new, peer_url) = cluster.prepare_member().await;
+    let added = admin
+        .member_add(add(vec![peer_url.clone()], true))
+        .await
+        .expect("add")
+        .into_inner();
+    let member = added.member.expect("the added member");
+    assert!(member.is_learner);
+    assert_eq!(member.name, "", "unstarted until it publishes itself");
+    assert_eq!(added.members.len(), 4);
+    let error = admin
+        .member_add(add(vec!["http://127.0.0.1:1".into()], true))
+        .await
+        .expect_err("second learner");
+    assert_eq!(
+        error.message(),
+        "etcdserver: too many learner members in cluster"
+    );
+
+    cluster.start_member(new).await;
+    cluster.eventually_sees(new, "key39", "v39").await;
+    let replica = cluster.members[new].replica.clone().expect("replica");
+    assert_eq!(
+        replica.member_id(),
+        member.id,
+        "learned its id from the peers"
+    );
+    assert!(
+        replica.status().snapshot_index.is_some(),
+        "caught up by snapshot"
+    );
+    let mut promoted = false;
+    for _ in 0..100 {
+        match admin
+            .member_promote(MemberPromoteRequest { id: member.id })
+            .await
+        {
+            Ok(_) => {
+                promoted = true;
+                break;
+            }
+            Err(status) => assert_eq!(
+                status.message(),
+                "etcdserver: can only promote a learner member which is in sync with leader"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(promoted, "the learner was never promoted");
+    let error = admin
+        .member_promote(MemberPromoteRequest { id: member.id })
+        .await
+        .expect_err("already a voter");
+    assert_eq!(
+        error.message(),
+        "etcdserver: can only promote a learner member"
+    );
+
+    let removed_id = cluster.members[0]
+        .replica
+        .as_ref()
+        .expect("running")
+        .member_id();
+    let remaining = admin
+        .member_remove(MemberRemoveRequest { id: removed_id })
+        .await
+        .expect("remove")
+        .into_inner()
+        .members;
+    assert_eq!(remaining.len(), 3);
+    assert!(
+        remaining
+            .iter()
+            .all(|m| m.id != removed_id && !m.is_learner)
+    );
+    let exit = cluster.wait_exit(0, Duration::from_secs(10)).await;
+    let error = exit.expect_err("a removed member stops");
+    assert!(format!("{error:#}").contains("removed"), "{error:#}");
+    let error = admin
+        .member_remove(MemberRemoveRequest { id: removed_id })
+        .await
+        .expect_err("gone");
+    assert_eq!(error.message(), "etcdserver: member not found");
+
+    cluster.wait_for_leader().await;
+    let revision = cluster.put(new, "after", "reconfig").await;
+    assert!(revision > 40);
+    assert_eq!(
+        cluster.get(1, "after", false).await.as_deref(),
+        Some(&b"reconfig"[..])
+    );
+    let listed = admin
+        .member_list(MemberListRequest { linearizable: true })
+        .await
+        .expect("list")
+        .into_inner()
+        .members;
+    let joined = listed.iter().find(|m| m.id == member.id).expect("listed");
+    assert_eq!(joined.name, format!("t{new}"));
+    assert!(!joined.client_ur_ls.is_empty());
+    cluster.shutdown().await;
+}

@@ -168,6 +168,50 @@ impl TestCluster {
         }
     }
 
+    /// Prepares (does not start) a member to be added at run time: fresh ports,
+    /// `--initial-cluster-state existing`. Returns its position and peer URL.
+    pub async fn prepare_member(&mut self) -> (usize, String) {
+        let i = self.members.len();
+        let (client, peer) = (free_port().await, free_port().await);
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let template = self.members[0].args.clone();
+        let initial = format!(
+            "{},t{i}={peer_url}",
+            template.initial_cluster.clone().unwrap_or_default()
+        );
+        let args = ServeArgs {
+            name: Some(format!("t{i}")),
+            data_dir: Some(self.root.join(format!("t{i}"))),
+            listen_client_urls: Some(format!("http://127.0.0.1:{client}")),
+            listen_peer_urls: Some(peer_url.clone()),
+            initial_cluster: Some(initial),
+            initial_cluster_state: Some("existing".into()),
+            ..template
+        };
+        self.members.push(Member {
+            args,
+            client_port: client,
+            peer_port: peer,
+            replica: None,
+            stop: None,
+            task: None,
+        });
+        (i, peer_url)
+    }
+
+    /// Waits for member `i`'s `run` to end by itself and returns how it ended.
+    pub async fn wait_exit(&mut self, i: usize, wait: Duration) -> anyhow::Result<()> {
+        let member = &mut self.members[i];
+        let task = member.task.as_mut().expect("running");
+        let joined = tokio::time::timeout(wait, task)
+            .await
+            .expect("member did not stop");
+        member.task = None;
+        member.stop = None;
+        member.replica = None;
+        joined.expect("member task")
+    }
+
     pub fn data_dir(&self, i: usize) -> PathBuf {
         self.root.join(format!("t{i}"))
     }

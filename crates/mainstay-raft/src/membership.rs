@@ -1,0 +1,372 @@
+//! Runtime membership changes (etcd's MemberAdd/Remove/Update/Promote) through
+//! openraft's joint consensus, run on the leader (a follower forwards them).
+//!
+//! Rules, as etcd's: one learner at most; peer URLs unique across members; a
+//! learner is promoted only once it has replicated at least 90 % of the leader's
+//! log; a member added at run time gets a fresh id (never a removed one's) and an
+//! empty name until it starts and publishes itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::ChangeMembers;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ReplicaError;
+use crate::replica::{ForwardReply, Forwarded, Replica, Retry, retry_pause};
+use crate::type_config::MemberNode;
+
+/// Most learners at once (etcd's `--max-learners` default).
+pub const LEARNERS_MAX: usize = 1;
+
+/// A requested membership change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Add a member that will listen on these peer URLs.
+    Add {
+        /// Its peer URLs.
+        peer_urls: Vec<String>,
+        /// Whether it joins as a non-voting learner.
+        learner: bool,
+    },
+    /// Remove a member.
+    Remove(u64),
+    /// Make a learner a voter.
+    Promote(u64),
+    /// Change a member's peer URLs.
+    Update(u64, Vec<String>),
+}
+
+/// Why a membership change was refused (nothing changed) or failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum MembershipError {
+    /// No member has that id.
+    #[error("member not found")]
+    NotFound,
+    /// Another member already uses one of the peer URLs.
+    #[error("peer URLs already exist")]
+    PeerUrlsExist,
+    /// The member to promote is a voter already.
+    #[error("not a learner")]
+    NotLearner,
+    /// The learner has not caught up with the leader.
+    #[error("learner not in sync")]
+    LearnerNotReady,
+    /// The cluster already has `LEARNERS_MAX` learners.
+    #[error("too many learners")]
+    TooManyLearners,
+    /// Removing the last voter would leave no cluster.
+    #[error("not enough started members")]
+    NotEnoughStarted,
+    /// Replication failed; the outcome may be unknown.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+}
+
+/// What a committed change returns: the added member's id, if any, and the log
+/// index at which the change was committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberChangeOutcome {
+    /// Id given to an added member.
+    pub added: Option<u64>,
+    /// Log index of the final membership entry.
+    pub index: u64,
+}
+
+/// The cluster as one member sees it: what a joining member asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The cluster id.
+    pub cluster_id: u64,
+    /// Every member: id, description, whether a learner.
+    pub members: Vec<(u64, MemberNode, bool)>,
+    /// Log index of the membership these members come from (0 if none).
+    pub membership_index: u64,
+}
+
+/// Asks the member at `peer_url` for its view of the cluster.
+pub async fn fetch_cluster_view(dial: &crate::Dial, peer_url: &str) -> Result<ClusterView, String> {
+    let channel = dial(peer_url)?;
+    let mut client = mainstay_proto::peer::raft_peer_client::RaftPeerClient::new(channel);
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        client.members(mainstay_proto::peer::MembersRequest {}),
+    )
+    .await
+    .map_err(|_| format!("{peer_url}: timed out"))?
+    .map_err(|status| format!("{peer_url}: {}", status.message()))?;
+    crate::codec::decode_message(&reply.into_inner().view).map_err(|e| format!("{peer_url}: {e}"))
+}
+
+enum Local {
+    Done(MemberChangeOutcome),
+    NotLeader(Option<u64>),
+    Failed(MembershipError),
+}
+
+impl Replica {
+    /// This member's view of the cluster.
+    pub fn cluster_view(&self) -> ClusterView {
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        ClusterView {
+            cluster_id: self.inner.config.cluster_id,
+            members: self.members(),
+            membership_index: membership_index(&metrics),
+        }
+    }
+
+    /// Applies a membership change through the leader and waits until this member
+    /// has applied it, so its own member list shows the change.
+    pub async fn change_members(
+        &self,
+        change: MemberChange,
+    ) -> Result<MemberChangeOutcome, MembershipError> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let mut known_leader = None;
+        let outcome = loop {
+            let leader = match self.change_members_local(change.clone()).await {
+                Local::Done(outcome) => break outcome,
+                Local::Failed(error) => return Err(error),
+                Local::NotLeader(leader) => leader,
+            };
+            known_leader = leader.or(known_leader);
+            if let Some(leader) = leader.filter(|l| *l != self.member_id()) {
+                match self
+                    .forward(leader, &Forwarded::Membership(change.clone()))
+                    .await
+                {
+                    Ok(ForwardReply::Membership(Ok(outcome))) => break outcome,
+                    Ok(ForwardReply::Membership(Err(error))) => return Err(error),
+                    Ok(ForwardReply::Failed(error)) => return Err(error.into()),
+                    Ok(ForwardReply::NotLeader(_)) | Err(Retry) => {}
+                    Ok(ForwardReply::Done(_) | ForwardReply::Published) => {
+                        return Err(ReplicaError::Stopped.into());
+                    }
+                }
+            }
+            retry_pause(deadline, known_leader).await?;
+        };
+        self.wait_applied(outcome.index, deadline).await?;
+        Ok(outcome)
+    }
+
+    async fn wait_applied(
+        &self,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ReplicaError> {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            let applied = metrics
+                .borrow_watched()
+                .last_applied
+                .as_ref()
+                .map_or(0, |l| l.index);
+            if applied >= index {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ReplicaError::Stopped),
+                Err(_) => return Err(ReplicaError::Timeout),
+            }
+        }
+    }
+
+    /// Serves a forwarded membership change: act locally, never forward again.
+    pub(crate) async fn serve_membership(&self, change: MemberChange) -> ForwardReply {
+        match self.change_members_local(change).await {
+            Local::Done(outcome) => ForwardReply::Membership(Ok(outcome)),
+            Local::Failed(error) => ForwardReply::Membership(Err(error)),
+            Local::NotLeader(leader) => ForwardReply::NotLeader(leader),
+        }
+    }
+
+    async fn change_members_local(&self, change: MemberChange) -> Local {
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        if metrics.current_leader != Some(self.member_id()) {
+            return Local::NotLeader(metrics.current_leader);
+        }
+        let members = self.members();
+        let find = |id: u64| members.iter().find(|(member, _, _)| *member == id);
+        let urls_taken = |urls: &[String], except: Option<u64>| {
+            members.iter().any(|(id, node, _)| {
+                Some(*id) != except && node.peer_urls.iter().any(|u| urls.contains(u))
+            })
+        };
+        let mut added = None;
+        let changes = match change {
+            MemberChange::Add { peer_urls, learner } => {
+                if urls_taken(&peer_urls, None) {
+                    return Local::Failed(MembershipError::PeerUrlsExist);
+                }
+                let learners = members.iter().filter(|(_, _, l)| *l).count();
+                if learner && learners >= LEARNERS_MAX {
+                    return Local::Failed(MembershipError::TooManyLearners);
+                }
+                // Fresh and deterministic: the URLs and the log position make it.
+                let salt = format!("{}", metrics.last_log_index.unwrap_or(0));
+                let mut id = crate::member_id_for(&peer_urls.join(","), &salt);
+                while find(id).is_some() {
+                    id = id.wrapping_add(1).max(1);
+                }
+                added = Some(id);
+                let node = MemberNode {
+                    name: String::new(),
+                    peer_urls,
+                    client_urls: Vec::new(),
+                };
+                let nodes = BTreeMap::from([(id, node)]);
+                if learner {
+                    ChangeMembers::AddNodes(nodes)
+                } else {
+                    ChangeMembers::AddVoters(nodes)
+                }
+            }
+            MemberChange::Remove(id) => {
+                let Some((_, _, learner)) = find(id) else {
+                    return Local::Failed(MembershipError::NotFound);
+                };
+                if *learner {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                } else {
+                    let voters = members.iter().filter(|(_, _, l)| !*l).count();
+                    if voters <= 1 {
+                        return Local::Failed(MembershipError::NotEnoughStarted);
+                    }
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                }
+            }
+            MemberChange::Promote(id) => {
+                let Some((_, _, learner)) = find(id) else {
+                    return Local::Failed(MembershipError::NotFound);
+                };
+                if !*learner {
+                    return Local::Failed(MembershipError::NotLearner);
+                }
+                let last = metrics.last_log_index.unwrap_or(0);
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map_or(0, |l| l.index);
+                if matched * 10 < last * 9 {
+                    return Local::Failed(MembershipError::LearnerNotReady);
+                }
+                ChangeMembers::AddVoterIds(BTreeSet::from([id]))
+            }
+            MemberChange::Update(id, peer_urls) => {
+                let Some((_, node, _)) = find(id) else {
+                    return Local::Failed(MembershipError::NotFound);
+                };
+                if urls_taken(&peer_urls, Some(id)) {
+                    return Local::Failed(MembershipError::PeerUrlsExist);
+                }
+                let node = MemberNode {
+                    peer_urls,
+                    ..node.clone()
+                };
+                ChangeMembers::SetNodes(BTreeMap::from([(id, node)]))
+            }
+        };
+        // `retain = false`: a removed voter leaves the membership entirely.
+        match self.inner.raft.change_membership(changes, false).await {
+            Ok(response) => Local::Done(MemberChangeOutcome {
+                added,
+                index: response.log_id.index,
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Local::NotLeader(forward.leader_id)
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Local::Failed(ReplicaError::LeaderChanged.into())
+            }
+            Err(RaftError::APIError(error)) => {
+                // openraft refuses while another change is in progress; etcd
+                // answers the same situation with a retryable error.
+                tracing::info!(%error, "membership change refused");
+                Local::Failed(ReplicaError::Timeout.into())
+            }
+            Err(RaftError::Fatal(_)) => Local::Failed(ReplicaError::Stopped.into()),
+        }
+    }
+
+    /// Resolves once this member, having been in the membership, is no longer in
+    /// it (it was removed). A removed follower usually never receives the final
+    /// membership (the leader stops replicating to it, and openraft keeps the old
+    /// leader in its vote), so it also asks its peers every two seconds: a peer
+    /// whose membership is newer than the last one listing us, and does not list
+    /// us, means removed.
+    pub async fn removed(&self) {
+        let mut metrics = self.inner.raft.metrics();
+        let me = self.member_id();
+        let mut seen_at: Option<u64> = None;
+        loop {
+            let (present, index, applied, peers) = {
+                let current = metrics.borrow_watched();
+                let applied = current.last_applied.as_ref().map_or(0, |l| l.index);
+                let membership = current.membership_config.membership();
+                let peers: Vec<MemberNode> = membership
+                    .nodes()
+                    .filter(|(id, _)| **id != me)
+                    .map(|(_, node)| node.clone())
+                    .collect();
+                (
+                    membership.nodes().any(|(id, _)| *id == me),
+                    membership_index(&current),
+                    applied,
+                    peers,
+                )
+            };
+            if present {
+                seen_at = Some(index);
+            } else if seen_at.is_some() && applied >= index {
+                // Applied, so final: let the answer to the removal itself (this
+                // member may have led it) leave before the member stops.
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                return;
+            }
+            if let Some(seen) = seen_at {
+                for node in &peers {
+                    let Ok(mut client) = self.inner.pool.client(node) else {
+                        continue;
+                    };
+                    let reply = tokio::time::timeout(
+                        std::time::Duration::from_secs(1),
+                        client.members(mainstay_proto::peer::MembersRequest {}),
+                    )
+                    .await;
+                    let Ok(Ok(reply)) = reply else { continue };
+                    let Ok(view) =
+                        crate::codec::decode_message::<ClusterView>(&reply.into_inner().view)
+                    else {
+                        continue;
+                    };
+                    if view.membership_index > seen
+                        && !view.members.iter().any(|(id, _, _)| *id == me)
+                    {
+                        tracing::warn!(
+                            peer = %node.name,
+                            "this member is not in the cluster's membership any more"
+                        );
+                        return;
+                    }
+                }
+            }
+            let changed =
+                tokio::time::timeout(std::time::Duration::from_secs(2), metrics.changed()).await;
+            if let Ok(Err(_)) = changed {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+fn membership_index(metrics: &openraft::RaftMetrics<crate::type_config::TypeConfig>) -> u64 {
+    metrics
+        .membership_config
+        .log_id()
+        .as_ref()
+        .map_or(0, |l| l.index)
+}

@@ -3,8 +3,10 @@
 //!
 //! Rules, as etcd's: one learner at most; peer URLs unique across members; a
 //! learner is promoted only once it has replicated at least 90 % of the leader's
-//! log; a member added at run time gets a fresh id (never a removed one's) and an
-//! empty name until it starts and publishes itself.
+//! log; a change that would leave fewer voters up than a quorum of the new voter
+//! set is refused (etcd's strict reconfiguration check); a member added at run
+//! time gets a fresh id (never a removed one's) and an empty name until it starts
+//! and publishes itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -195,6 +197,29 @@ impl Replica {
                 Some(*id) != except && node.peer_urls.iter().any(|u| urls.contains(u))
             })
         };
+        // etcd's strict reconfiguration check: after the change, the voters that
+        // are up (the leader, and those that acknowledged a heartbeat within two
+        // election timeouts) must still be a quorum of the new voter set.
+        let fresh = std::time::Duration::from_millis(2 * self.inner.config.election_timeout_ms);
+        let active = |id: u64| {
+            id == self.member_id()
+                || metrics
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|beats| beats.get(&id).cloned().flatten())
+                    .is_some_and(|at| {
+                        openraft::async_runtime::instant::Instant::elapsed(&*at) < fresh
+                    })
+        };
+        let voters: Vec<u64> = members
+            .iter()
+            .filter(|(_, _, learner)| !*learner)
+            .map(|(id, _, _)| *id)
+            .collect();
+        let quorum_up = |new_voters: &[u64]| {
+            let up = new_voters.iter().filter(|id| active(**id)).count();
+            up > new_voters.len() / 2
+        };
         let mut added = None;
         let changes = match change {
             MemberChange::Add { peer_urls, learner } => {
@@ -218,6 +243,11 @@ impl Replica {
                     client_urls: Vec::new(),
                 };
                 let nodes = BTreeMap::from([(id, node)]);
+                let mut after = voters.clone();
+                after.push(id);
+                if !learner && !quorum_up(&after) {
+                    return Local::Failed(MembershipError::NotEnoughStarted);
+                }
                 if learner {
                     ChangeMembers::AddNodes(nodes)
                 } else {
@@ -231,8 +261,8 @@ impl Replica {
                 if *learner {
                     ChangeMembers::RemoveNodes(BTreeSet::from([id]))
                 } else {
-                    let voters = members.iter().filter(|(_, _, l)| !*l).count();
-                    if voters <= 1 {
+                    let after: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
+                    if after.is_empty() || !quorum_up(&after) {
                         return Local::Failed(MembershipError::NotEnoughStarted);
                     }
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -253,6 +283,11 @@ impl Replica {
                     .map_or(0, |l| l.index);
                 if matched * 10 < last * 9 {
                     return Local::Failed(MembershipError::LearnerNotReady);
+                }
+                let mut after = voters.clone();
+                after.push(id);
+                if !quorum_up(&after) {
+                    return Local::Failed(MembershipError::NotEnoughStarted);
                 }
                 ChangeMembers::AddVoterIds(BTreeSet::from([id]))
             }

@@ -497,6 +497,12 @@ impl Replica {
     }
 
     async fn publish_local(&self, id: u64, node: MemberNode) -> LocalWrite {
+        // SetNodes would add an unknown id as a learner: a member removed while it
+        // was still publishing must not come back that way.
+        let leading = self.status().is_leader;
+        if leading && self.node(id).is_none() {
+            return LocalWrite::Failed(ReplicaError::Stopped);
+        }
         let change = ChangeMembers::SetNodes(BTreeMap::from([(id, node)]));
         match self.inner.raft.change_membership(change, true).await {
             Ok(_) => LocalWrite::Published,

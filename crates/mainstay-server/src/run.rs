@@ -126,7 +126,9 @@ pub async fn run_with_listeners(
 const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Learns a runtime-added member's id and the cluster id from its peers: the
-/// member whose peer URLs match ours and that has not started yet (or has our name).
+/// member whose peer URLs match ours and that has not started yet. (A started one
+/// with our URL and name may be the removed member this one replaces, seen by a
+/// peer that has not applied the removal yet: never take its id.)
 async fn join(config: &Config, dial: &Dial) -> anyhow::Result<Identity> {
     let peers: Vec<&String> = config
         .initial_cluster
@@ -144,10 +146,11 @@ async fn join(config: &Config, dial: &Dial) -> anyhow::Result<Identity> {
             match fetch_cluster_view(dial, url).await {
                 Ok(view) => {
                     let ours = view.members.iter().find(|(_, node, _)| {
-                        node.peer_urls
-                            .iter()
-                            .any(|u| config.advertise_peer_urls.contains(u))
-                            && (node.name.is_empty() || node.name == config.name)
+                        node.name.is_empty()
+                            && node
+                                .peer_urls
+                                .iter()
+                                .any(|u| config.advertise_peer_urls.contains(u))
                     });
                     if let Some((id, _, _)) = ours {
                         tracing::info!(member_id = format_args!("{id:x}"), via = %url, "joined the cluster");
@@ -156,6 +159,7 @@ async fn join(config: &Config, dial: &Dial) -> anyhow::Result<Identity> {
                             cluster_id: view.cluster_id,
                         });
                     }
+                    tracing::debug!(via = %url, members = ?view.members, "no unstarted member with our peer URL yet");
                     last = format!(
                         "{url} lists no member with peer URL {:?}; add this member first (etcdctl member add {} --peer-urls={})",
                         config.advertise_peer_urls,

@@ -50,6 +50,10 @@ pub enum Fault {
     DiskFailure(String),
     /// Start a crashed (or disk-failed) member again on its data.
     Restart(String),
+    /// Replace a member as the runbook says (remove, stop, wipe, add back with a
+    /// new id, start with `existing`): it rejoins by snapshot. A corrupted member
+    /// that refused to start is replaced the same way, automatically.
+    Replace(String),
 }
 
 impl Fault {
@@ -67,6 +71,7 @@ impl Fault {
             Fault::Corrupt(_) => "corruptions",
             Fault::DiskFailure(_) => "disk_failures",
             Fault::Restart(_) => "restarts",
+            Fault::Replace(_) => "planned_replacements",
             Fault::Repair(..)
             | Fault::Unsplit(..)
             | Fault::RejoinLeader
@@ -97,6 +102,7 @@ impl fmt::Display for Fault {
             Fault::Corrupt(a) => write!(f, "crash {a} and flip a bit in its raft log"),
             Fault::DiskFailure(a) => write!(f, "fsync starts failing at {a}"),
             Fault::Restart(a) => write!(f, "restart {a}"),
+            Fault::Replace(a) => write!(f, "replace {a} (remove, wipe, add back)"),
         }
     }
 }
@@ -142,7 +148,13 @@ impl FaultCounts {
 }
 
 /// Counters that record what a fault did rather than a fault.
-pub const OUTCOMES: [&str; 3] = ["torn_writes", "corruptions_refused", "disk_failure_stops"];
+pub const OUTCOMES: [&str; 5] = [
+    "torn_writes",
+    "corruptions_refused",
+    "disk_failure_stops",
+    "replacements",
+    "removed_stops",
+];
 
 impl fmt::Display for FaultCounts {
     /// `name=count` pairs separated by spaces (parsed back by the campaign).
@@ -161,8 +173,10 @@ impl fmt::Display for FaultCounts {
 
 /// A seeded schedule of (time, fault) pairs over the workload window.
 ///
-/// Storage faults that take a member down for good (`Corrupt`) happen at most
-/// once per run, so the damage stays in a minority; `DiskFailure` at most once.
+/// Storage faults that take a member down until it is replaced (`Corrupt`)
+/// happen at most once per run, so the damage stays in a minority; `DiskFailure`
+/// and planned replacements at most once; a 3-member run never has both a
+/// corruption and a planned replacement (two members out of three at once).
 pub fn plan_faults(rng: &mut Rng, names: &[String], window: Duration) -> Vec<(Duration, Fault)> {
     let mut plan = Vec::new();
     let window_ms = window.as_millis() as u64;
@@ -170,6 +184,8 @@ pub fn plan_faults(rng: &mut Rng, names: &[String], window: Duration) -> Vec<(Du
     let pick = |rng: &mut Rng| names[rng.below(names.len() as u64) as usize].clone();
     let mut corrupted = false;
     let mut disk_failed = false;
+    let mut replaced = false;
+    let small = names.len() < 5;
     while at + 500 < window_ms {
         let length = rng.between(300, 4_000).min(window_ms - at);
         let start = Duration::from_millis(at);
@@ -222,10 +238,16 @@ pub fn plan_faults(rng: &mut Rng, names: &[String], window: Duration) -> Vec<(Du
                 let a = pick(rng);
                 both(Fault::Lossy(a.clone()), Fault::Lossless(a));
             }
-            7 if !corrupted && rng.chance(40) => {
+            7 if !(corrupted || replaced && small) && rng.chance(40) => {
                 corrupted = true;
                 let a = pick(rng);
                 both(Fault::Corrupt(a.clone()), Fault::Restart(a));
+            }
+            // Three members are two while one is replaced: a member lost for good
+            // then (a corrupted one) would leave no quorum, in any Raft system.
+            9 if !(replaced || corrupted && small) && rng.chance(40) => {
+                replaced = true;
+                plan.push((start, Fault::Replace(pick(rng))));
             }
             8 if !disk_failed && rng.chance(40) => {
                 disk_failed = true;

@@ -11,6 +11,7 @@
 mod fault;
 mod invariants;
 mod net;
+mod operator;
 mod rng;
 mod simulation;
 mod workload;

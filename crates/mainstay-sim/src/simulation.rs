@@ -15,6 +15,7 @@ use mainstay_storage::MemDisk;
 
 use crate::fault::{Fault, FaultCounts, plan_faults};
 use crate::invariants::Invariants;
+use crate::operator::{self, Stage};
 use crate::rng::Rng;
 use crate::workload::{self, History};
 
@@ -130,6 +131,9 @@ type Replicas = Arc<Mutex<BTreeMap<String, Replica>>>;
 /// Members whose `run` returned an error: (name, incarnation, error).
 type Exits = Arc<Mutex<Vec<(String, u64, String)>>>;
 
+/// `--initial-cluster-state` each host starts with (`existing` once replaced).
+type ClusterStates = Arc<Mutex<BTreeMap<String, ClusterState>>>;
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -178,6 +182,12 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
 
     let replicas: Replicas = Arc::default();
     let exits: Exits = Arc::default();
+    let cluster_states: ClusterStates = Arc::new(Mutex::new(
+        names
+            .iter()
+            .map(|n| (n.clone(), ClusterState::New))
+            .collect(),
+    ));
     let incarnations: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let member_seed = rng.fork();
     let safety_breaks = options.safety_breaks;
@@ -192,10 +202,14 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         let exits = exits.clone();
         let incarnations = incarnations.clone();
         let disk = disk.clone();
+        let cluster_states = cluster_states.clone();
         let host = name.clone();
         let name = name.clone();
         sim.host(host.as_str(), move || {
-            let config = config.clone();
+            let mut config = config.clone();
+            if let Some(state) = lock(&cluster_states).get(&name) {
+                config.initial_cluster_state = *state;
+            }
             let replicas = replicas.clone();
             let exits = exits.clone();
             let disk = disk.clone();
@@ -283,10 +297,13 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         replicas: replicas.clone(),
         exits: exits.clone(),
         incarnations: incarnations.clone(),
+        cluster_states: cluster_states.clone(),
+        replacements: BTreeMap::new(),
         crashed: BTreeSet::new(),
         corrupted: BTreeMap::new(),
         disk_failed: BTreeMap::new(),
         isolated_leader: None,
+        log: Vec::new(),
         counts: FaultCounts::default(),
         violations: Vec::new(),
     };
@@ -311,16 +328,18 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
             world.counts.count(&fault);
             fault_log.push(format!("{:>8} ms {fault}", at.as_millis()));
         }
-        world.watch_disk_failures(steps);
+        fault_log.append(&mut world.log);
+        world.tick(&mut sim, steps);
         observe(&replicas, &mut invariants, steps);
     }
 
     // Phase 2: heal everything, then the cluster must make progress and converge.
     if result.violations.is_empty() {
-        for line in world.heal(&mut sim) {
+        for line in world.heal(&mut sim, &mut steps) {
             fault_log.push(line);
         }
-        let serving = names.len() - world.corrupted.len();
+        fault_log.append(&mut world.log);
+        let serving = names.len() - world.down_for_good();
         liveness(
             &mut sim,
             &names,
@@ -353,6 +372,11 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
     for violation in &report.violations {
         result.violations.push(violation.to_string());
     }
+    if std::env::var_os("MAINSTAY_SIM_FAULTS").is_some() {
+        for line in &fault_log {
+            eprintln!("fault: {line}");
+        }
+    }
     result.trace_hash = trace_hash(&history, &fault_log, &replicas);
     drop(sim);
     result
@@ -367,6 +391,10 @@ struct FaultState {
     replicas: Replicas,
     exits: Exits,
     incarnations: Arc<Mutex<BTreeMap<String, u64>>>,
+    cluster_states: ClusterStates,
+    /// Member being (or having been) replaced → (stage, incarnation when the
+    /// replacement started, incarnation it was started with on an empty disk).
+    replacements: BTreeMap<String, (operator::Shared, u64, Option<u64>)>,
     /// Down, to be restarted (by `Restart` or at heal time).
     crashed: BTreeSet<String>,
     /// Corrupted member → its incarnation when corrupted; every later
@@ -375,6 +403,8 @@ struct FaultState {
     /// Member with failing fsyncs → the step its first failure was seen.
     disk_failed: BTreeMap<String, Option<u64>>,
     isolated_leader: Option<String>,
+    /// Operator actions, for the fault log.
+    log: Vec<String>,
     counts: FaultCounts,
     violations: Vec<String>,
 }
@@ -495,10 +525,14 @@ impl FaultState {
                 self.disk_failed.insert(a.clone(), None);
             }
             Fault::Restart(a) => self.restart(sim, a),
+            Fault::Replace(a) => self.start_replacement(sim, a),
         }
     }
 
     fn restart(&mut self, sim: &mut turmoil::Sim<'_>, a: &str) {
+        if self.held_down(a) {
+            return;
+        }
         if self.disk_failed.remove(a).is_some() {
             // The operator replaces the disk: what was durable on the old one is
             // copied over (the crash model drops what never was), syncs work again.
@@ -510,6 +544,128 @@ impl FaultState {
         if self.crashed.remove(a) || self.exited(a) {
             sim.bounce(a);
         }
+    }
+
+    /// Per step: drives replacements and watches disk failures.
+    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, step: u64) {
+        self.drive_replacements(sim);
+        self.watch_disk_failures(step);
+    }
+
+    /// Whether a replacement of `a` is in a stage where its host must stay down.
+    fn held_down(&self, a: &str) -> bool {
+        self.replacements.get(a).is_some_and(|(shared, _, _)| {
+            matches!(
+                operator::stage(shared),
+                Stage::Removed | Stage::Wiped | Stage::Added
+            )
+        })
+    }
+
+    fn replacing(&self) -> bool {
+        self.replacements.values().any(|(shared, _, _)| {
+            !matches!(
+                operator::stage(shared),
+                Stage::Started | Stage::Abandoned | Stage::Declined
+            )
+        })
+    }
+
+    /// Starts the operator replacing `a` (one replacement at a time).
+    fn start_replacement(&mut self, sim: &mut turmoil::Sim<'_>, a: &str) {
+        let declined = self
+            .replacements
+            .get(a)
+            .is_some_and(|(shared, _, _)| operator::stage(shared) == Stage::Declined);
+        if self.replacing() || (self.replacements.contains_key(a) && !declined) {
+            return;
+        }
+        let shared: operator::Shared = Arc::new(Mutex::new(Stage::Removing));
+        let others = self.others(a);
+        let attempt = self.counts.get("replacements");
+        sim.client(
+            format!("operator-{a}-{attempt}").as_str(),
+            operator::replace(a.to_string(), others, shared.clone()),
+        );
+        self.replacements
+            .insert(a.to_string(), (shared, self.incarnation(a), None));
+        self.counts.bump("replacements", 1);
+    }
+
+    fn drive_replacements(&mut self, sim: &mut turmoil::Sim<'_>) {
+        // A corrupted member that refused to start is replaced.
+        let refused: Vec<String> = self
+            .corrupted
+            .keys()
+            .filter(|name| {
+                self.exited(name)
+                    && self
+                        .replacements
+                        .get(*name)
+                        .is_none_or(|(shared, _, _)| operator::stage(shared) == Stage::Declined)
+            })
+            .cloned()
+            .collect();
+        for name in refused {
+            self.start_replacement(sim, &name);
+        }
+        let names: Vec<String> = self.replacements.keys().cloned().collect();
+        for name in names {
+            let Some((shared, _, _)) = self.replacements.get(&name) else {
+                continue;
+            };
+            let shared = shared.clone();
+            match operator::stage(&shared) {
+                Stage::Removed => {
+                    // Make sure the old process is gone before its URL is reused.
+                    if !self.crashed.contains(&name) {
+                        self.crash(sim, &name);
+                    }
+                    self.disk.wipe(&data_dir(&name));
+                    self.disk.heal_syncs_under(&data_dir(&name));
+                    self.disk_failed.remove(&name);
+                    operator::set(&shared, Stage::Wiped);
+                    self.log.push(format!(
+                        "{} ms operator: {name} removed and wiped",
+                        sim.elapsed().as_millis()
+                    ));
+                }
+                Stage::Added => {
+                    lock(&self.cluster_states).insert(name.clone(), ClusterState::Existing);
+                    self.crashed.remove(&name);
+                    sim.bounce(name.as_str());
+                    let incarnation = self.incarnation(&name) + 1;
+                    if let Some(entry) = self.replacements.get_mut(&name) {
+                        entry.2 = Some(incarnation);
+                    }
+                    operator::set(&shared, Stage::Started);
+                    self.log.push(format!(
+                        "{} ms operator: {name} added back and started",
+                        sim.elapsed().as_millis()
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Members that will not serve again in this run.
+    fn down_for_good(&self) -> usize {
+        let abandoned = self
+            .replacements
+            .values()
+            .filter(|(shared, _, _)| operator::stage(shared) == Stage::Abandoned)
+            .count();
+        let unreplaced = self
+            .corrupted
+            .keys()
+            .filter(|name| {
+                self.replacements
+                    .get(*name)
+                    .is_none_or(|(shared, _, _)| operator::stage(shared) == Stage::Declined)
+            })
+            .count();
+        abandoned + unreplaced
     }
 
     /// A member whose fsync failed must stop by itself, promptly.
@@ -540,7 +696,7 @@ impl FaultState {
 
     /// Undoes every fault still in force and restarts every stopped member
     /// (corrupted ones too: they must refuse again). Returns log lines.
-    fn heal(&mut self, sim: &mut turmoil::Sim<'_>) -> Vec<String> {
+    fn heal(&mut self, sim: &mut turmoil::Sim<'_>, steps: &mut u64) -> Vec<String> {
         let mut lines = Vec::new();
         for a in &self.names {
             for b in &self.names {
@@ -555,10 +711,19 @@ impl FaultState {
             let stopped = self.crashed.contains(&name)
                 || self.disk_failed.contains_key(&name)
                 || self.exited(&name);
-            if stopped {
+            if stopped && !self.held_down(&name) {
                 self.restart(sim, &name);
                 lines.push(format!("heal: restart {name}"));
             }
+        }
+        // Let replacements finish, including one of a corrupted member that only
+        // now refused (the operator gives up by itself).
+        loop {
+            self.tick(sim, *steps);
+            if !self.replacing() || sim.step().is_err() {
+                break;
+            }
+            *steps += 1;
         }
         lines
     }
@@ -569,10 +734,19 @@ impl FaultState {
         let exits = lock(&self.exits).clone();
         for (name, incarnation, error) in &exits {
             let corrupted_since = self.corrupted.get(name);
+            let replacement = self.replacements.get(name);
+            let fresh_since = replacement.and_then(|(_, _, started)| *started);
+            let before_fresh = fresh_since.is_none_or(|fresh| *incarnation < fresh);
             if corrupted_since.is_some_and(|since| incarnation > since)
+                && before_fresh
                 && error.contains("refusing to start")
             {
                 self.counts.bump("corruptions_refused", 1);
+            } else if replacement.is_some_and(|(_, since, _)| incarnation >= since)
+                && before_fresh
+                && error.contains("removed from the cluster")
+            {
+                self.counts.bump("removed_stops", 1);
             } else if error.contains("fsync") || error.contains("storage is stopped") {
                 self.counts.bump("disk_failure_stops", 1);
             } else {
@@ -583,7 +757,7 @@ impl FaultState {
         }
         for (name, since) in &self.corrupted {
             let last = self.incarnation(name);
-            if last > *since && !self.exited(name) {
+            if last > *since && !self.exited(name) && !self.replacements.contains_key(name) {
                 self.violations.push(format!(
                     "{name} started on a corrupted raft log instead of refusing"
                 ));

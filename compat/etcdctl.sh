@@ -31,14 +31,14 @@ done
 ALL="127.0.0.1:${CLIENT[0]},127.0.0.1:${CLIENT[1]},127.0.0.1:${CLIENT[2]}"
 
 start_member() {
-  local i=$1
+  local i=$1 state=${2:-new} cluster=${3:-$CLUSTER}
   "$BIN" serve --name "${NAMES[$i]}" --data-dir "$WORK/${NAMES[$i]}" \
     --listen-client-urls "http://127.0.0.1:${CLIENT[$i]}" \
     --advertise-client-urls "http://127.0.0.1:${CLIENT[$i]}" \
     --listen-peer-urls "http://127.0.0.1:${PEER[$i]}" \
     --initial-advertise-peer-urls "http://127.0.0.1:${PEER[$i]}" \
-    --initial-cluster "$CLUSTER" --initial-cluster-token compat \
-    --initial-cluster-state new >>"$WORK/${NAMES[$i]}.log" 2>&1 &
+    --initial-cluster "$cluster" --initial-cluster-token compat \
+    --initial-cluster-state "$state" >>"$WORK/${NAMES[$i]}.log" 2>&1 &
   PIDS[$i]=$!
 }
 
@@ -247,6 +247,42 @@ done
 check "killed member restarts and catches up" "yes" "$CAUGHT"
 check "restarted member has every acknowledged write" "30" \
   "$(ctl --endpoints="$(ep "$LEADER")" get ack/ --prefix --keys-only --consistency=s | sed '/^$/d' | wc -l)"
+
+# --- runtime membership: add a learner, start it, promote it, remove it -----
+NAMES[3]=c4
+CLIENT[3]=$((BASE + 30))
+PEER[3]=$((BASE + 31))
+ADD=$(ctl --endpoints="$ALL" member add c4 --learner --peer-urls="http://127.0.0.1:${PEER[3]}")
+check_contains "member add --learner" "added to cluster" "$ADD"
+check_contains "member add prints the join settings" 'ETCD_INITIAL_CLUSTER_STATE="existing"' "$ADD"
+NEW_ID=$(echo "$ADD" | grep -o 'Member [0-9a-f]* added' | awk '{print $2}')
+check_contains "member add of a taken peer URL" "etcdserver: Peer URLs already exists" \
+  "$(ctl --endpoints="$ALL" member add dup --peer-urls="http://127.0.0.1:${PEER[0]}" || true)"
+start_member 3 existing "$CLUSTER,c4=http://127.0.0.1:${PEER[3]}"
+JOINED=""
+for _ in $(seq 1 100); do
+  if [ "$(ctl --endpoints="$(ep 3)" get after-kill --consistency=s --print-value-only)" == "yes" ]; then JOINED=yes; break; fi
+  sleep 0.1
+done
+check "added member joins and catches up" "yes" "$JOINED"
+check_contains "member list shows the learner started" "c4, http://127.0.0.1:${PEER[3]}, http://127.0.0.1:${CLIENT[3]}, true" \
+  "$(ctl --endpoints="$ALL" member list)"
+PROMOTED=""
+for _ in $(seq 1 50); do
+  if ctl --endpoints="$ALL" member promote "$NEW_ID" | grep -q "promoted"; then PROMOTED=yes; break; fi
+  sleep 0.2
+done
+check "member promote" "yes" "$PROMOTED"
+check "four voters" "4" "$(ctl --endpoints="$ALL" member list | grep -c ', false$')"
+check_contains "member remove" "removed from cluster" "$(ctl --endpoints="$ALL" member remove "$NEW_ID")"
+STOPPED=""
+for _ in $(seq 1 100); do
+  if ! kill -0 "${PIDS[3]}" 2>/dev/null; then STOPPED=yes; break; fi
+  sleep 0.1
+done
+check "a removed member stops by itself" "yes" "$STOPPED"
+check "member list after remove" "3" "$(ctl --endpoints="$ALL" member list | grep -c 'started')"
+check "the cluster still writes" "OK" "$(ctl --endpoints="$ALL" put after-remove yes)"
 
 echo
 echo "etcdctl: $PASSED passed, $FAILED failed"

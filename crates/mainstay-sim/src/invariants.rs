@@ -2,7 +2,11 @@
 //!
 //! - Election safety (Raft §5.2): at most one leader per term.
 //! - State machine safety (Raft §5.4.3): replicas that applied the same index
-//!   have the same keyspace hash (and revision).
+//!   have the same keyspace hash (and revision). The record is kept for the whole
+//!   run, so a committed entry that is later lost or changed shows up as a
+//!   different hash at its index on whichever member applies the replacement.
+//! - Durability: a member's applied index and revision never go back, across
+//!   crashes and restarts (applied state is fsynced before it is reported).
 //! - Committed entries never lost and revisions rising without gaps are checked
 //!   on the client history by `mainstay-check` (acknowledged writes must stay
 //!   visible; revisions never go backwards).
@@ -16,6 +20,8 @@ use mainstay_raft::Replica;
 pub struct Invariants {
     leaders: BTreeMap<u64, u64>,
     hashes: BTreeMap<u64, (i64, u32, u64)>,
+    /// Per member: the highest (applied index, revision) seen so far.
+    progress: BTreeMap<u64, (u64, i64)>,
     /// Violations found.
     pub violations: Vec<String>,
 }
@@ -53,6 +59,19 @@ impl Invariants {
                 continue;
             }
             let member = replica.member_id();
+            // Applied state is durable: neither the applied index nor the
+            // revision of a member may ever go back, crashes included.
+            let (last_applied, last_revision) =
+                *self.progress.entry(member).or_insert((applied, revision));
+            if applied < last_applied || revision < last_revision {
+                self.report(format!(
+                    "durability: member {member:x} went back from applied index {last_applied} (revision {last_revision}) to {applied} (revision {revision})"
+                ));
+            }
+            self.progress.insert(
+                member,
+                (applied.max(last_applied), revision.max(last_revision)),
+            );
             let (seen_revision, seen_hash, seen_member) = *self
                 .hashes
                 .entry(applied)

@@ -301,6 +301,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         replacements: BTreeMap::new(),
         crashed: BTreeSet::new(),
         corrupted: BTreeMap::new(),
+        state_flipped: BTreeMap::new(),
         disk_failed: BTreeMap::new(),
         isolated_leader: None,
         log: Vec::new(),
@@ -400,6 +401,8 @@ struct FaultState {
     /// Corrupted member → its incarnation when corrupted; every later
     /// incarnation must refuse to start.
     corrupted: BTreeMap<String, u64>,
+    /// Member whose state database had a bit flipped → its incarnation then.
+    state_flipped: BTreeMap<String, u64>,
     /// Member with failing fsyncs → the step its first failure was seen.
     disk_failed: BTreeMap<String, Option<u64>>,
     isolated_leader: Option<String>,
@@ -513,11 +516,22 @@ impl FaultState {
                     self.crash(sim, a);
                 }
                 let rng = &mut self.rng;
+                // The raft log or the state database, half and half.
+                let in_log = rng.chance(50);
+                let file = if in_log { "raft.log" } else { "state.redb" };
                 let flipped = self
                     .disk
-                    .flip_bit(&data_dir(a).join("raft.log"), &mut |n| rng.below(n));
+                    .flip_bit(&data_dir(a).join(file), &mut |n| rng.below(n));
                 if flipped.is_some() {
-                    self.corrupted.insert(a.clone(), self.incarnation(a));
+                    if in_log {
+                        self.corrupted.insert(a.clone(), self.incarnation(a));
+                    } else {
+                        // A flip in free space or in an unchecked part of redb's
+                        // structure is harmless, so the member may start; if it
+                        // does, the hash and linearizability checks judge it.
+                        self.counts.bump("state_flips", 1);
+                        self.state_flipped.insert(a.clone(), self.incarnation(a));
+                    }
                 }
             }
             Fault::DiskFailure(a) => {
@@ -593,6 +607,17 @@ impl FaultState {
     }
 
     fn drive_replacements(&mut self, sim: &mut turmoil::Sim<'_>) {
+        // A member that refused its damaged state database is treated like one with
+        // a damaged log from then on: it is replaced.
+        let refused: Vec<(String, u64)> = self
+            .state_flipped
+            .iter()
+            .filter(|(name, _)| self.exited(name) && !self.corrupted.contains_key(*name))
+            .map(|(name, since)| (name.clone(), *since))
+            .collect();
+        for (name, since) in refused {
+            self.corrupted.insert(name, since);
+        }
         // A corrupted member that refused to start is replaced.
         let refused: Vec<String> = self
             .corrupted

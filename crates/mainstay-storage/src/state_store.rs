@@ -134,6 +134,18 @@ fn encode_live(key: &[u8], record: &Record) -> Result<Vec<u8>, StorageError> {
     Ok(seal(key, live))
 }
 
+/// An error opening the database: corruption when redb says so, else I/O.
+fn corrupt_db(path: &Path, error: redb::DatabaseError) -> StorageError {
+    match error {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => StorageError::Corrupt {
+            path: path.display().to_string(),
+            at: "opening the database".to_string(),
+            reason: "the database engine found damaged pages",
+        },
+        other => StorageError::db(other),
+    }
+}
+
 fn encode_meta(meta: &StateMeta) -> Result<Vec<u8>, StorageError> {
     let encoded = postcard::to_allocvec(meta).map_err(|_| StorageError::Encode)?;
     Ok(seal(META_KEY.as_bytes(), encoded))
@@ -152,23 +164,40 @@ impl StateStore {
         let file = disk
             .open(&path)
             .map_err(|e| StorageError::io("open state.redb", e))?;
-        let db = Builder::new()
-            .create_with_backend(RedbBackend(file.clone()))
-            .map_err(StorageError::db)?;
-        let store = StateStore {
-            db,
-            file,
-            path,
-            poisoned: false,
-        };
-        let (key_space, meta) = store.load()?;
-        Ok((store, key_space, meta))
+        // redb checks its pages as it opens (and repairs after a crash); on some
+        // damage it panics rather than returning an error. Either way the file is
+        // corrupt: refuse to start, never limp on.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            || -> Result<(StateStore, KeySpace, StateMeta), StorageError> {
+                let db = Builder::new()
+                    .create_with_backend(RedbBackend(file.clone()))
+                    .map_err(|e| corrupt_db(&path, e))?;
+                let store = StateStore {
+                    db,
+                    file: file.clone(),
+                    path: path.clone(),
+                    poisoned: false,
+                };
+                let (key_space, meta) = store.load()?;
+                Ok((store, key_space, meta))
+            },
+        ));
+        opened.unwrap_or_else(|_| {
+            Err(StorageError::Corrupt {
+                path: path.display().to_string(),
+                at: "opening the database".to_string(),
+                reason: "the database engine panicked on damaged pages",
+            })
+        })
     }
 
     fn load(&self) -> Result<(KeySpace, StateMeta), StorageError> {
-        let read = self.db.begin_read().map_err(StorageError::db)?;
+        let read = self
+            .db
+            .begin_read()
+            .map_err(|e| self.read_error(e.into()))?;
         let meta = match read.open_table(META) {
-            Ok(table) => match table.get(META_KEY).map_err(StorageError::db)? {
+            Ok(table) => match table.get(META_KEY).map_err(|e| self.read_error(e.into()))? {
                 Some(value) => {
                     let value = unseal(META_KEY.as_bytes(), value.value())
                         .ok_or_else(|| self.corrupt("state metadata checksum mismatch"))?;
@@ -178,13 +207,13 @@ impl StateStore {
                 None => StateMeta::default(),
             },
             Err(redb::TableError::TableDoesNotExist(_)) => StateMeta::default(),
-            Err(error) => return Err(StorageError::db(error)),
+            Err(error) => return Err(self.read_error(error.into())),
         };
         let mut records = Vec::new();
         match read.open_table(HISTORY) {
             Ok(table) => {
-                for row in table.iter().map_err(StorageError::db)? {
-                    let (key, value) = row.map_err(StorageError::db)?;
+                for row in table.iter().map_err(|e| self.read_error(e.into()))? {
+                    let (key, value) = row.map_err(|e| self.read_error(e.into()))?;
                     let value = unseal(key.value(), value.value())
                         .ok_or_else(|| self.corrupt("history row checksum mismatch"))?;
                     let (key, revision) = split_history_key(key.value())
@@ -195,7 +224,7 @@ impl StateStore {
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(error) => return Err(StorageError::db(error)),
+            Err(error) => return Err(self.read_error(error.into())),
         }
         let key_space = KeySpace::restore(records, meta.revision, meta.compacted);
         Ok((key_space, meta))
@@ -302,6 +331,14 @@ impl StateStore {
     /// Size of the database file in bytes (0 if it cannot be read).
     pub fn file_bytes(&self) -> u64 {
         self.file.byte_len().unwrap_or(0)
+    }
+
+    /// A read error while loading: damaged pages are corruption, the rest I/O.
+    fn read_error(&self, error: redb::Error) -> StorageError {
+        match error {
+            redb::Error::Corrupted(_) => self.corrupt("the database engine found damaged pages"),
+            other => StorageError::db(other),
+        }
     }
 
     fn corrupt(&self, reason: &'static str) -> StorageError {

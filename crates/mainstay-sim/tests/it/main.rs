@@ -19,7 +19,7 @@ fn assert_passes(seed: u64, options: &SimOptions) -> u64 {
 }
 
 /// Seeds that once found a bug (see docs/simulation.md); they must keep passing.
-const REGRESSION_SEEDS: [u64; 4] = [5, 271, 336, 393];
+const REGRESSION_SEEDS: [u64; 7] = [5, 96, 271, 274, 336, 393, 453];
 
 #[test]
 fn smoke_seeds_pass() {

@@ -135,6 +135,7 @@ impl PeerConnection {
         let client = self.client()?;
         let payload = RaftPayload {
             payload: encode_message(request).map_err(network_error)?,
+            to: self.target,
         };
         // Unreachable (not NetworkError) makes openraft back off instead of retrying
         // a dead or partitioned peer in a tight loop.
@@ -227,12 +228,14 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             chunks.push(SnapshotChunk {
                 header,
                 data: piece.to_vec(),
+                to: self.target,
             });
         }
         if chunks.is_empty() {
             chunks.push(SnapshotChunk {
                 header,
                 data: Vec::new(),
+                to: self.target,
             });
         }
         let target = self.target;

@@ -26,12 +26,35 @@ pub struct PeerService {
 
 fn reply<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
     encode_message(value)
-        .map(|payload| Response::new(RaftPayload { payload }))
+        .map(|payload| Response::new(RaftPayload { payload, to: 0 }))
         .map_err(Status::internal)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
     decode_message(payload).map_err(Status::invalid_argument)
+}
+
+impl PeerService {
+    /// Refuses a message addressed to another member id (see `RaftPayload.to`).
+    fn addressed_to_me(&self, to: u64) -> Result<(), Status> {
+        let me = self.replica.member_id();
+        if to != 0 && to != me {
+            return Err(Status::failed_precondition(format!(
+                "message for member {to:x} reached member {me:x}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the address and decodes the payload.
+    fn open<T: serde::de::DeserializeOwned>(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<T, Status> {
+        let request = request.into_inner();
+        self.addressed_to_me(request.to)?;
+        decode(&request.payload)
+    }
 }
 
 #[tonic::async_trait]
@@ -40,7 +63,7 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().payload)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
         let result = self
             .replica
             .inner
@@ -52,8 +75,7 @@ impl RaftPeer for PeerService {
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let (pre_vote, rpc): (bool, VoteRequest<TypeConfig>) =
-            decode(&request.into_inner().payload)?;
+        let (pre_vote, rpc): (bool, VoteRequest<TypeConfig>) = self.open(request)?;
         let raft = &self.replica.inner.raft;
         let result = if pre_vote {
             raft.pre_vote(rpc).await
@@ -73,6 +95,7 @@ impl RaftPeer for PeerService {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if header.is_none() {
+                self.addressed_to_me(chunk.to)?;
                 let decoded: (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
                     decode(&chunk.header)?;
                 header = Some(decoded);
@@ -103,7 +126,7 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc: TransferLeaderRequest<TypeConfig> = decode(&request.into_inner().payload)?;
+        let rpc: TransferLeaderRequest<TypeConfig> = self.open(request)?;
         let result = self
             .replica
             .inner

@@ -285,3 +285,43 @@ async fn members_are_added_promoted_and_removed_at_run_time() {
     assert!(!joined.client_ur_ls.is_empty());
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_messages_for_another_member_id_are_refused() {
+    // Goal: a member answers Raft traffic only when it is addressed by its own id,
+    // so a replaced member's old and new incarnations, reachable at one peer URL,
+    // are never mistaken for each other. Method: send a vote addressed to another id.
+    use mainstay_proto::peer::RaftPayload;
+    use mainstay_proto::peer::raft_peer_client::RaftPeerClient;
+    let cluster = TestCluster::start(3, Options::default()).await;
+    let url = format!("http://127.0.0.1:{}", cluster.members[0].peer_port);
+    let mut peer = RaftPeerClient::connect(url).await.expect("connect");
+    let me = cluster.members[0]
+        .replica
+        .as_ref()
+        .expect("running")
+        .member_id();
+    let error = peer
+        .vote(RaftPayload {
+            payload: Vec::new(),
+            to: me ^ 1,
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        error.message().contains("reached member"),
+        "{}",
+        error.message()
+    );
+    // Addressed correctly, the same garbage payload is refused as undecodable.
+    let error = peer
+        .vote(RaftPayload {
+            payload: Vec::new(),
+            to: me,
+        })
+        .await
+        .expect_err("undecodable");
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    cluster.shutdown().await;
+}

@@ -48,6 +48,8 @@ pub fn mvcc_status(error: &MvccError) -> Status {
             "etcdserver: mvcc: required revision is a future revision",
         ),
         MvccError::LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
+        MvccError::LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
+        MvccError::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
     };
     Status::new(code, message)
 }

@@ -6,9 +6,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::MvccError;
-use crate::key_space::{Change, KeySpace};
+use crate::key_space::{Change, KeySpace, LeaseRecord};
 use crate::types::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Event,
+    LEASE_TTL_MAX, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
     PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 use crate::writer::{Writer, stamp_txn};
@@ -24,6 +25,10 @@ pub enum Command {
     Txn(TxnRequest),
     /// Drop old history.
     Compact(CompactionRequest),
+    /// Grant a lease.
+    LeaseGrant(LeaseGrantRequest),
+    /// Revoke a lease (by a client, or by the leader on expiry).
+    LeaseRevoke(LeaseRevokeRequest),
 }
 
 impl fmt::Display for Command {
@@ -40,6 +45,8 @@ impl fmt::Display for Command {
                 txn.failure.len()
             ),
             Command::Compact(compact) => write!(f, "compact({})", compact.revision),
+            Command::LeaseGrant(grant) => write!(f, "lease-grant(ttl {})", grant.ttl),
+            Command::LeaseRevoke(revoke) => write!(f, "lease-revoke({:x})", revoke.id),
         }
     }
 }
@@ -55,6 +62,28 @@ pub enum CommandResponse {
     Txn(TxnResponse),
     /// From a compaction.
     Compact(CompactionResponse),
+    /// From a lease grant.
+    LeaseGrant(LeaseGrantResponse),
+    /// From a lease revoke.
+    LeaseRevoke(LeaseRevokeResponse),
+}
+
+/// What a replica knows about the entry it applies, beyond the command.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyContext {
+    /// The Raft log index of the entry (the same on every replica).
+    pub log_index: u64,
+}
+
+/// A lease id derived from the log index, so every replica picks the same one.
+fn derived_lease_id(log_index: u64) -> i64 {
+    // splitmix64: spreads consecutive indexes over the id space, as etcd's ids are.
+    let mut z = log_index.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    // Positive and non-zero, as etcd clients expect.
+    ((z >> 1) as i64).max(1)
 }
 
 /// The outcome of applying one command.
@@ -69,36 +98,46 @@ pub struct Applied {
 }
 
 impl KeySpace {
-    /// Applies one committed command. Pure: the same keyspace and command give the
-    /// same result on every replica. `lease_exists` answers whether a lease is live.
-    pub fn apply(&mut self, command: &Command, lease_exists: &dyn Fn(i64) -> bool) -> Applied {
-        if let Command::Compact(compact) = command {
-            return match self.compact(compact.revision) {
-                Ok(changes) => Applied {
-                    result: Ok(CommandResponse::Compact(CompactionResponse {
-                        revision: self.revision,
-                    })),
-                    events: Vec::new(),
-                    changes,
-                },
-                Err(error) => Applied {
-                    result: Err(error),
-                    events: Vec::new(),
-                    changes: Vec::new(),
-                },
-            };
+    /// Applies one committed command. Pure: the same keyspace, command and
+    /// context give the same result on every replica.
+    pub fn apply(&mut self, command: &Command, context: &ApplyContext) -> Applied {
+        match command {
+            Command::Compact(compact) => {
+                return match self.compact(compact.revision) {
+                    Ok(changes) => Applied {
+                        result: Ok(CommandResponse::Compact(CompactionResponse {
+                            revision: self.revision,
+                        })),
+                        events: Vec::new(),
+                        changes,
+                    },
+                    Err(error) => Applied {
+                        result: Err(error),
+                        events: Vec::new(),
+                        changes: Vec::new(),
+                    },
+                };
+            }
+            Command::LeaseGrant(grant) => return self.grant(grant, context),
+            _ => {}
         }
         let revision_before = self.revision;
-        let mut writer = Writer::new(self, lease_exists);
+        let mut writer = Writer::new(self);
         let outcome = match command {
             Command::Put(put) => writer.put(put).map(CommandResponse::Put),
             Command::DeleteRange(delete) => writer
                 .delete_range(delete)
                 .map(CommandResponse::DeleteRange),
             Command::Txn(txn) => writer.txn(txn).map(CommandResponse::Txn),
-            Command::Compact(_) => unreachable!("handled above"),
+            Command::LeaseRevoke(revoke) => writer.revoke(revoke.id).map(|deleted| {
+                CommandResponse::LeaseRevoke(LeaseRevokeResponse {
+                    revision: 0,
+                    deleted,
+                })
+            }),
+            Command::Compact(_) | Command::LeaseGrant(_) => unreachable!("handled above"),
         };
-        let (result, events, changes) = match outcome {
+        let (result, events, mut changes) = match outcome {
             Ok(response) => {
                 let (events, changes) = writer.commit();
                 (Ok(response), events, changes)
@@ -118,6 +157,20 @@ impl KeySpace {
             self.revision == revision_before,
             "revision without change"
         );
+        for change in &changes {
+            if let Change::Append { key, .. } = change {
+                self.reindex_lease(key);
+            }
+        }
+        if let (Command::LeaseRevoke(revoke), Ok(_)) = (command, &result) {
+            assert!(
+                self.lease_keys(revoke.id).is_empty(),
+                "a revoked lease kept keys"
+            );
+            self.leases.remove(&revoke.id);
+            self.lease_keys.remove(&revoke.id);
+            changes.push(Change::LeaseRemove(revoke.id));
+        }
         let revision = self.revision;
         let result = result.map(|response| match response {
             CommandResponse::Put(r) => CommandResponse::Put(PutResponse { revision, ..r }),
@@ -128,12 +181,48 @@ impl KeySpace {
                 stamp_txn(&mut r, revision);
                 CommandResponse::Txn(r)
             }
+            CommandResponse::LeaseRevoke(r) => {
+                CommandResponse::LeaseRevoke(LeaseRevokeResponse { revision, ..r })
+            }
             other => other,
         });
         Applied {
             result,
             events,
             changes,
+        }
+    }
+
+    fn grant(&mut self, grant: &LeaseGrantRequest, context: &ApplyContext) -> Applied {
+        let refuse = |error| Applied {
+            result: Err(error),
+            events: Vec::new(),
+            changes: Vec::new(),
+        };
+        if grant.ttl > LEASE_TTL_MAX {
+            return refuse(MvccError::LeaseTtlTooLarge);
+        }
+        let id = if grant.id == 0 {
+            let mut id = derived_lease_id(context.log_index);
+            while self.leases.contains_key(&id) {
+                id = id.wrapping_add(1).max(1);
+            }
+            id
+        } else if self.leases.contains_key(&grant.id) {
+            return refuse(MvccError::LeaseExists);
+        } else {
+            grant.id
+        };
+        let lease = LeaseRecord { id, ttl: grant.ttl };
+        self.leases.insert(id, lease);
+        Applied {
+            result: Ok(CommandResponse::LeaseGrant(LeaseGrantResponse {
+                revision: self.revision,
+                id,
+                ttl: grant.ttl,
+            })),
+            events: Vec::new(),
+            changes: vec![Change::LeasePut(lease)],
         }
     }
 }

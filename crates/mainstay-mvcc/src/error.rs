@@ -30,7 +30,13 @@ pub enum MvccError {
     /// The revision asked for does not exist yet.
     #[error("mvcc: required revision is a future revision")]
     FutureRevision,
-    /// A put named a lease that does not exist.
+    /// A put or revoke named a lease that does not exist.
     #[error("requested lease not found")]
     LeaseNotFound,
+    /// A grant named an id that is taken.
+    #[error("lease already exists")]
+    LeaseExists,
+    /// A grant asked for more than `LEASE_TTL_MAX` seconds.
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
 }

@@ -5,7 +5,7 @@
 //! Everything is in memory and deterministic; `mainstay-storage` persists the
 //! `Change`s a write returns and rebuilds a `KeySpace` with `restore` on start-up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,16 @@ pub struct Record {
     pub live: Option<Live>,
 }
 
+/// A lease as the replicated state keeps it. No clock: when it expires is decided
+/// by the leader, which then proposes its revocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// The lease id (never 0).
+    pub id: i64,
+    /// The granted time to live, in seconds.
+    pub ttl: i64,
+}
+
 /// What a write or compaction changed, for the storage layer to persist in the
 /// same transaction as the applied log id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +63,17 @@ pub enum Change {
         /// Revision of the dropped record.
         revision: Revision,
     },
+    /// A lease granted.
+    LeasePut(LeaseRecord),
+    /// A lease revoked (its keys are deleted by `Append`s in the same batch).
+    LeaseRemove(i64),
+}
+
+impl Change {
+    /// Whether this change touches key history (and so moves the revision).
+    pub fn is_key_change(&self) -> bool {
+        matches!(self, Change::Append { .. } | Change::Remove { .. })
+    }
 }
 
 /// The revision of an empty store, as in etcd: the first write gets revision 2.
@@ -67,6 +88,10 @@ pub struct KeySpace {
     pub(crate) revision: Revision,
     /// Reads below this revision fail with `Compacted`; 0 before any compaction.
     pub(crate) compacted: Revision,
+    /// Granted leases.
+    pub(crate) leases: BTreeMap<i64, LeaseRecord>,
+    /// Per lease, the keys whose current incarnation is attached to it.
+    pub(crate) lease_keys: BTreeMap<i64, BTreeSet<Vec<u8>>>,
 }
 
 impl Default for KeySpace {
@@ -82,12 +107,15 @@ impl KeySpace {
             keys: BTreeMap::new(),
             revision: INITIAL_REVISION,
             compacted: 0,
+            leases: BTreeMap::new(),
+            lease_keys: BTreeMap::new(),
         }
     }
 
-    /// Rebuilds a keyspace from persisted records (any order) and revisions.
+    /// Rebuilds a keyspace from persisted records (any order), leases and revisions.
     pub fn restore(
         records: impl IntoIterator<Item = (Vec<u8>, Record)>,
+        leases: impl IntoIterator<Item = LeaseRecord>,
         revision: Revision,
         compacted: Revision,
     ) -> Self {
@@ -106,10 +134,76 @@ impl KeySpace {
             compacted <= revision,
             "compacted {compacted} above revision {revision}"
         );
+        let leases: BTreeMap<i64, LeaseRecord> = leases.into_iter().map(|l| (l.id, l)).collect();
+        let mut lease_keys: BTreeMap<i64, BTreeSet<Vec<u8>>> = BTreeMap::new();
+        for (key, history) in &keys {
+            if let Some(live) = history.last().and_then(|r| r.live.as_ref())
+                && live.lease != 0
+            {
+                assert!(
+                    leases.contains_key(&live.lease),
+                    "a key is attached to a lease that does not exist"
+                );
+                lease_keys
+                    .entry(live.lease)
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
         KeySpace {
             keys,
             revision: revision.max(INITIAL_REVISION),
             compacted,
+            leases,
+            lease_keys,
+        }
+    }
+
+    /// A granted lease.
+    pub fn lease(&self, id: i64) -> Option<LeaseRecord> {
+        self.leases.get(&id).copied()
+    }
+
+    /// Every granted lease, by id.
+    pub fn leases(&self) -> impl Iterator<Item = LeaseRecord> + '_ {
+        self.leases.values().copied()
+    }
+
+    /// The keys currently attached to a lease, in key order.
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.lease_keys
+            .get(&id)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Moves `key` in the lease index from its previous incarnation's lease to
+    /// its current one (called for every key a committed write touched).
+    pub(crate) fn reindex_lease(&mut self, key: &[u8]) {
+        let Some(history) = self.keys.get(key) else {
+            return;
+        };
+        let lease_of = |record: Option<&Record>| {
+            record
+                .and_then(|r| r.live.as_ref())
+                .map_or(0, |live| live.lease)
+        };
+        let current = lease_of(history.last());
+        let previous = lease_of(history.len().checked_sub(2).and_then(|i| history.get(i)));
+        if previous != 0
+            && previous != current
+            && let Some(keys) = self.lease_keys.get_mut(&previous)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.lease_keys.remove(&previous);
+            }
+        }
+        if current != 0 {
+            self.lease_keys
+                .entry(current)
+                .or_default()
+                .insert(key.to_vec());
         }
     }
 

@@ -7,9 +7,8 @@ use proptest::prelude::*;
 
 use crate::*;
 
-fn no_leases(_: i64) -> bool {
-    false
-}
+/// The context of an entry at an arbitrary log index (only lease ids depend on it).
+const CTX: ApplyContext = ApplyContext { log_index: 7 };
 
 fn put(space: &mut KeySpace, key: &str, value: &str) -> Applied {
     let request = PutRequest {
@@ -17,7 +16,7 @@ fn put(space: &mut KeySpace, key: &str, value: &str) -> Applied {
         value: value.into(),
         ..PutRequest::default()
     };
-    space.apply(&Command::Put(request), &no_leases)
+    space.apply(&Command::Put(request), &CTX)
 }
 
 fn delete(space: &mut KeySpace, key: &str, range_end: &str) -> Applied {
@@ -26,7 +25,7 @@ fn delete(space: &mut KeySpace, key: &str, range_end: &str) -> Applied {
         range_end: range_end.into(),
         prev_kv: true,
     };
-    space.apply(&Command::DeleteRange(request), &no_leases)
+    space.apply(&Command::DeleteRange(request), &CTX)
 }
 
 fn get_range(space: &KeySpace, key: &str, range_end: &str) -> RangeResponse {
@@ -162,7 +161,7 @@ fn compaction_and_revision_errors() {
         revision: 4,
         physical: false,
     });
-    assert!(space.apply(&compact, &no_leases).result.is_ok());
+    assert!(space.apply(&compact, &CTX).result.is_ok());
     assert_eq!(space.revision(), 5, "compaction does not bump the revision");
     let at = |revision| RangeRequest {
         key: b"a".to_vec(),
@@ -176,7 +175,7 @@ fn compaction_and_revision_errors() {
     );
     assert_eq!(space.range(&at(6)), Err(MvccError::FutureRevision));
     assert_eq!(
-        space.apply(&compact, &no_leases).result,
+        space.apply(&compact, &CTX).result,
         Err(MvccError::Compacted)
     );
     let future = Command::Compact(CompactionRequest {
@@ -184,7 +183,7 @@ fn compaction_and_revision_errors() {
         physical: false,
     });
     assert_eq!(
-        space.apply(&future, &no_leases).result,
+        space.apply(&future, &CTX).result,
         Err(MvccError::FutureRevision)
     );
 }
@@ -198,7 +197,7 @@ fn put_options() {
         ignore_value: true,
         ..PutRequest::default()
     };
-    let applied = space.apply(&Command::Put(ignore.clone()), &no_leases);
+    let applied = space.apply(&Command::Put(ignore.clone()), &CTX);
     assert_eq!(applied.result, Err(MvccError::KeyNotFound));
     put(&mut space, "x", "keep");
     let applied = space.apply(
@@ -206,7 +205,7 @@ fn put_options() {
             prev_kv: true,
             ..ignore.clone()
         }),
-        &no_leases,
+        &CTX,
     );
     let Ok(CommandResponse::Put(response)) = applied.result else {
         panic!("put failed")
@@ -218,7 +217,7 @@ fn put_options() {
         ..ignore
     };
     assert_eq!(
-        space.apply(&Command::Put(both), &no_leases).result,
+        space.apply(&Command::Put(both), &CTX).result,
         Err(MvccError::ValueProvided)
     );
     let leased = PutRequest {
@@ -227,7 +226,7 @@ fn put_options() {
         ..PutRequest::default()
     };
     assert_eq!(
-        space.apply(&Command::Put(leased), &no_leases).result,
+        space.apply(&Command::Put(leased), &CTX).result,
         Err(MvccError::LeaseNotFound)
     );
 }
@@ -263,7 +262,7 @@ fn txn_semantics() {
             ..Default::default()
         })],
     };
-    let applied = space.apply(&Command::Txn(create.clone()), &no_leases);
+    let applied = space.apply(&Command::Txn(create.clone()), &CTX);
     let Ok(CommandResponse::Txn(response)) = applied.result else {
         panic!("txn")
     };
@@ -274,7 +273,7 @@ fn txn_semantics() {
         panic!("put")
     };
     assert_eq!(inner.revision, 2);
-    let applied = space.apply(&Command::Txn(create), &no_leases);
+    let applied = space.apply(&Command::Txn(create), &CTX);
     let Ok(CommandResponse::Txn(response)) = applied.result else {
         panic!("txn")
     };
@@ -288,8 +287,7 @@ fn txn_semantics() {
         )],
         ..Default::default()
     };
-    let Ok(CommandResponse::Txn(response)) =
-        space.apply(&Command::Txn(missing_value), &no_leases).result
+    let Ok(CommandResponse::Txn(response)) = space.apply(&Command::Txn(missing_value), &CTX).result
     else {
         panic!("txn")
     };
@@ -309,7 +307,7 @@ fn txn_semantics() {
         })],
         ..Default::default()
     };
-    space.apply(&Command::Txn(nested), &no_leases);
+    space.apply(&Command::Txn(nested), &CTX);
     assert!(space.get(b"n", 3).is_some());
     let failing = TxnRequest {
         success: vec![
@@ -324,7 +322,7 @@ fn txn_semantics() {
     };
     let before = space.clone();
     assert_eq!(
-        space.apply(&Command::Txn(failing), &no_leases).result,
+        space.apply(&Command::Txn(failing), &CTX).result,
         Err(MvccError::KeyNotFound)
     );
     assert_eq!(space, before, "a failed txn changes nothing");
@@ -393,7 +391,12 @@ fn restore_round_trip_and_hash() {
         .records()
         .map(|(key, record)| (key.to_vec(), record.clone()))
         .collect();
-    let restored = KeySpace::restore(records, space.revision(), space.compacted_revision());
+    let restored = KeySpace::restore(
+        records,
+        space.leases().collect::<Vec<_>>(),
+        space.revision(),
+        space.compacted_revision(),
+    );
     assert_eq!(restored, space);
     assert_eq!(restored.hash(0), space.hash(0));
     let mut other = space.clone();
@@ -492,7 +495,7 @@ proptest! {
         for op in ops {
             match op {
                 Op::Put(k, v) => {
-                    let applied = space.apply(&Command::Put(PutRequest { key: key_of(k), value: vec![v], ..Default::default() }), &no_leases);
+                    let applied = space.apply(&Command::Put(PutRequest { key: key_of(k), value: vec![v], ..Default::default() }), &CTX);
                     let mut next = model.current().clone();
                     Model::put(&mut next, model.revision() + 1, &key_of(k), &[v]);
                     model.snapshots.push(next);
@@ -501,7 +504,7 @@ proptest! {
                 Op::Delete(k, width) => {
                     let key = key_of(k);
                     let end = end_of(&key, width);
-                    let applied = space.apply(&Command::DeleteRange(DeleteRangeRequest { key: key.clone(), range_end: end.clone(), prev_kv: false }), &no_leases);
+                    let applied = space.apply(&Command::DeleteRange(DeleteRangeRequest { key: key.clone(), range_end: end.clone(), prev_kv: false }), &CTX);
                     let mut next = model.current().clone();
                     let doomed: Vec<Vec<u8>> = next.keys().filter(|x| in_range(x, &key, &end)).cloned().collect();
                     for x in &doomed { next.remove(x); }
@@ -516,7 +519,7 @@ proptest! {
                         success: vec![RequestOp::Put(PutRequest { key: key.clone(), value: vec![value], ..Default::default() })],
                         failure: vec![RequestOp::Range(RangeRequest { key: key.clone(), ..Default::default() })],
                     };
-                    let applied = space.apply(&Command::Txn(txn), &no_leases);
+                    let applied = space.apply(&Command::Txn(txn), &CTX);
                     let version = model.current().get(&key).map_or(0, |kv| kv.version);
                     let Ok(CommandResponse::Txn(response)) = applied.result else { panic!("txn") };
                     prop_assert_eq!(response.succeeded, version == expect_version);
@@ -546,7 +549,7 @@ proptest! {
                 }
                 Op::Compact(back) => {
                     let target = model.revision() - back;
-                    let result = space.apply(&Command::Compact(CompactionRequest { revision: target, physical: false }), &no_leases).result;
+                    let result = space.apply(&Command::Compact(CompactionRequest { revision: target, physical: false }), &CTX).result;
                     if target <= model.compacted || target < 1 {
                         prop_assert!(result.is_err());
                     } else {
@@ -558,4 +561,112 @@ proptest! {
             prop_assert_eq!(space.revision(), model.revision().max(1));
         }
     }
+}
+
+fn grant(space: &mut KeySpace, id: i64, ttl: i64, log_index: u64) -> Result<i64, MvccError> {
+    let command = Command::LeaseGrant(LeaseGrantRequest { id, ttl });
+    match space.apply(&command, &ApplyContext { log_index }).result? {
+        CommandResponse::LeaseGrant(response) => Ok(response.id),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn leased_put(space: &mut KeySpace, key: &str, lease: i64) -> Applied {
+    let request = PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        lease,
+        ..PutRequest::default()
+    };
+    space.apply(&Command::Put(request), &CTX)
+}
+
+#[test]
+fn leases_grant_attach_and_revoke_in_one_revision() {
+    // Goal: etcd's lease semantics in the state machine. A grant does not move the
+    // revision; ids are chosen deterministically (the same on every replica) or
+    // taken as asked, and a taken id is refused; keys attach with Put; a revoke
+    // deletes every attached key in ONE revision with one delete event each; a key
+    // re-put under another lease (or none) is no longer the old lease's.
+    let mut space = KeySpace::new();
+    let before = space.revision();
+    let a = grant(&mut space, 0, 10, 42).expect("grant");
+    assert_ne!(a, 0);
+    assert_eq!(
+        space.revision(),
+        before,
+        "a grant does not move the revision"
+    );
+    let mut replica = KeySpace::new();
+    assert_eq!(
+        grant(&mut replica, 0, 10, 42),
+        Ok(a),
+        "same id on every replica"
+    );
+    assert_eq!(grant(&mut space, 5, 10, 43), Ok(5));
+    assert_eq!(grant(&mut space, 5, 10, 44), Err(MvccError::LeaseExists));
+    assert_eq!(
+        grant(&mut space, 0, LEASE_TTL_MAX + 1, 45),
+        Err(MvccError::LeaseTtlTooLarge)
+    );
+    for key in ["k1", "k2", "k3"] {
+        assert!(leased_put(&mut space, key, a).result.is_ok());
+    }
+    assert!(
+        leased_put(&mut space, "k3", 5).result.is_ok(),
+        "moved to lease 5"
+    );
+    assert!(leased_put(&mut space, "k2", 0).result.is_ok(), "detached");
+    assert_eq!(space.lease_keys(a), vec![b"k1".to_vec()]);
+    assert_eq!(
+        leased_put(&mut space, "k4", 999).result,
+        Err(MvccError::LeaseNotFound)
+    );
+
+    let revision = space.revision();
+    let revoke = Command::LeaseRevoke(LeaseRevokeRequest { id: 5 });
+    let applied = space.apply(&revoke, &CTX);
+    assert_eq!(
+        applied.result,
+        Ok(CommandResponse::LeaseRevoke(LeaseRevokeResponse {
+            revision: revision + 1,
+            deleted: 1
+        }))
+    );
+    assert_eq!(applied.events.len(), 1);
+    assert_eq!(applied.events[0].kind, EventKind::Delete);
+    assert!(applied.changes.contains(&Change::LeaseRemove(5)));
+    assert_eq!(space.lease(5), None);
+    assert!(space.get(b"k3", space.revision()).is_none());
+    assert!(
+        space.get(b"k2", space.revision()).is_some(),
+        "k2 was detached"
+    );
+    assert_eq!(
+        space.apply(&revoke, &CTX).result,
+        Err(MvccError::LeaseNotFound)
+    );
+    // A lease with no keys revokes without moving the revision.
+    let empty = grant(&mut space, 0, 10, 50).expect("grant");
+    let revision = space.revision();
+    let applied = space.apply(
+        &Command::LeaseRevoke(LeaseRevokeRequest { id: empty }),
+        &CTX,
+    );
+    assert!(applied.result.is_ok());
+    assert_eq!(space.revision(), revision);
+
+    // Restoring from persisted records and leases rebuilds the index.
+    let records: Vec<(Vec<u8>, Record)> = space
+        .records()
+        .map(|(key, record)| (key.to_vec(), record.clone()))
+        .collect();
+    let restored = KeySpace::restore(
+        records,
+        space.leases().collect::<Vec<_>>(),
+        space.revision(),
+        space.compacted_revision(),
+    );
+    assert_eq!(restored, space);
+    assert_eq!(restored.lease_keys(a), vec![b"k1".to_vec()]);
 }

@@ -270,3 +270,44 @@ pub struct CompactionResponse {
     /// Store revision when applied.
     pub revision: Revision,
 }
+
+/// The longest lease TTL etcd accepts, in seconds.
+pub const LEASE_TTL_MAX: i64 = 9_000_000_000;
+
+/// Grant a lease (etcd `LeaseGrantRequest`). The TTL has already been raised to
+/// the member's minimum by the API layer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrantRequest {
+    /// Requested id; 0 lets the state machine pick one.
+    pub id: i64,
+    /// Time to live in seconds.
+    pub ttl: i64,
+}
+
+/// Result of a grant.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrantResponse {
+    /// Store revision (a grant does not move it).
+    pub revision: Revision,
+    /// The lease id.
+    pub id: i64,
+    /// The granted TTL in seconds.
+    pub ttl: i64,
+}
+
+/// Revoke a lease and delete its keys (etcd `LeaseRevokeRequest`); the leader
+/// also proposes this when a lease expires.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRevokeRequest {
+    /// The lease id.
+    pub id: i64,
+}
+
+/// Result of a revoke.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRevokeResponse {
+    /// Store revision after the keys were deleted.
+    pub revision: Revision,
+    /// How many keys were deleted.
+    pub deleted: i64,
+}

@@ -17,19 +17,40 @@ pub(crate) struct Writer<'a> {
     /// Keys that got a record at `pending`, in write order.
     touched: Vec<Vec<u8>>,
     events: Vec<Event>,
-    lease_exists: &'a dyn Fn(i64) -> bool,
 }
 
 impl<'a> Writer<'a> {
-    pub(crate) fn new(space: &'a mut KeySpace, lease_exists: &'a dyn Fn(i64) -> bool) -> Self {
+    pub(crate) fn new(space: &'a mut KeySpace) -> Self {
         let pending = space.revision + 1;
         Writer {
             space,
             pending,
             touched: Vec::new(),
             events: Vec::new(),
-            lease_exists,
         }
+    }
+
+    /// Deletes every key attached to a lease, all at the pending revision.
+    /// Returns how many; the caller drops the lease itself after the commit.
+    pub(crate) fn revoke(&mut self, id: i64) -> Result<i64, MvccError> {
+        if !self.space.leases.contains_key(&id) {
+            return Err(MvccError::LeaseNotFound);
+        }
+        let keys = self.space.lease_keys(id);
+        for key in &keys {
+            let previous = self.latest(key);
+            self.append(key, None);
+            self.events.push(Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    key: key.clone(),
+                    mod_revision: self.pending,
+                    ..KeyValue::default()
+                },
+                prev_kv: previous,
+            });
+        }
+        Ok(keys.len() as i64)
     }
 
     /// Reads inside the write see its own earlier changes, as in etcd.
@@ -122,7 +143,7 @@ impl<'a> Writer<'a> {
             (Some(previous), true) => previous.lease,
             _ => request.lease,
         };
-        if lease != 0 && !(self.lease_exists)(lease) {
+        if lease != 0 && !self.space.leases.contains_key(&lease) {
             return Err(MvccError::LeaseNotFound);
         }
         let value = match (&previous, request.ignore_value) {

@@ -8,7 +8,7 @@ use std::io;
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
-use mainstay_mvcc::{Event, KeySpace, Revision};
+use mainstay_mvcc::{ApplyContext, Event, KeySpace, Revision};
 use mainstay_storage::{SnapshotData, StateMeta, StateStore};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -181,8 +181,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let outcome = match entry.payload {
                     EntryPayload::Blank => None,
                     EntryPayload::Normal(command) => {
-                        // Leases arrive with their own issue; until then none exists.
-                        let applied = key_space.apply(&command, &|_| false);
+                        let context = ApplyContext {
+                            log_index: entry.log_id.index,
+                        };
+                        let applied = key_space.apply(&command, &context);
                         changes.extend(applied.changes);
                         if !applied.events.is_empty() {
                             published.push(AppliedEvents {

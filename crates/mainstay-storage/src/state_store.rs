@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mainstay_mvcc::{Change, KeySpace, Record, Revision};
+use mainstay_mvcc::{Change, KeySpace, LeaseRecord, Record, Revision};
 use redb::{Builder, Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +25,9 @@ const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_history"
 /// Single row `"meta"` holding the encoded `StateMeta`.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_KEY: &str = "meta";
-const SNAPSHOT_FORMAT: u32 = 1;
+/// Key = lease id (8 bytes, big endian); value = the sealed, encoded `LeaseRecord`.
+const LEASES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("leases");
+const SNAPSHOT_FORMAT: u32 = 2;
 
 /// State-machine metadata committed with every batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +51,8 @@ pub struct SnapshotData {
     pub meta: StateMeta,
     /// Every retained record.
     pub records: Vec<(Vec<u8>, Record)>,
+    /// Every granted lease.
+    pub leases: Vec<LeaseRecord>,
 }
 
 impl SnapshotData {
@@ -146,6 +150,11 @@ fn corrupt_db(path: &Path, error: redb::DatabaseError) -> StorageError {
     }
 }
 
+fn encode_lease(lease: &LeaseRecord) -> Result<Vec<u8>, StorageError> {
+    let encoded = postcard::to_allocvec(lease).map_err(|_| StorageError::Encode)?;
+    Ok(seal(&lease.id.to_be_bytes(), encoded))
+}
+
 fn encode_meta(meta: &StateMeta) -> Result<Vec<u8>, StorageError> {
     let encoded = postcard::to_allocvec(meta).map_err(|_| StorageError::Encode)?;
     Ok(seal(META_KEY.as_bytes(), encoded))
@@ -226,7 +235,25 @@ impl StateStore {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(error) => return Err(self.read_error(error.into())),
         }
-        let key_space = KeySpace::restore(records, meta.revision, meta.compacted);
+        let mut leases = Vec::new();
+        match read.open_table(LEASES) {
+            Ok(table) => {
+                for row in table.iter().map_err(|e| self.read_error(e.into()))? {
+                    let (key, value) = row.map_err(|e| self.read_error(e.into()))?;
+                    let value = unseal(key.value(), value.value())
+                        .ok_or_else(|| self.corrupt("lease row checksum mismatch"))?;
+                    let lease: LeaseRecord = postcard::from_bytes(value)
+                        .map_err(|_| self.corrupt("undecodable lease"))?;
+                    if key.value() != lease.id.to_be_bytes() {
+                        return Err(self.corrupt("lease stored under another id"));
+                    }
+                    leases.push(lease);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(error) => return Err(self.read_error(error.into())),
+        }
+        let key_space = KeySpace::restore(records, leases, meta.revision, meta.compacted);
         Ok((key_space, meta))
     }
 
@@ -264,6 +291,19 @@ impl StateStore {
                             .remove(history_key(key, *revision).as_slice())
                             .map_err(StorageError::db)?;
                     }
+                    Change::LeasePut(lease) => {
+                        let mut leases = write.open_table(LEASES).map_err(StorageError::db)?;
+                        let key = lease.id.to_be_bytes();
+                        leases
+                            .insert(key.as_slice(), encode_lease(lease)?.as_slice())
+                            .map_err(StorageError::db)?;
+                    }
+                    Change::LeaseRemove(id) => {
+                        let mut leases = write.open_table(LEASES).map_err(StorageError::db)?;
+                        leases
+                            .remove(id.to_be_bytes().as_slice())
+                            .map_err(StorageError::db)?;
+                    }
                 }
             }
             let mut table = write.open_table(META).map_err(StorageError::db)?;
@@ -286,6 +326,7 @@ impl StateStore {
             format: SNAPSHOT_FORMAT,
             meta,
             records,
+            leases: key_space.leases().collect(),
         })
     }
 
@@ -300,6 +341,16 @@ impl StateStore {
                 .set_durability(Durability::Immediate)
                 .map_err(StorageError::db)?;
             write.delete_table(HISTORY).map_err(StorageError::db)?;
+            write.delete_table(LEASES).map_err(StorageError::db)?;
+            {
+                let mut leases = write.open_table(LEASES).map_err(StorageError::db)?;
+                for lease in &data.leases {
+                    let key = lease.id.to_be_bytes();
+                    leases
+                        .insert(key.as_slice(), encode_lease(lease)?.as_slice())
+                        .map_err(StorageError::db)?;
+                }
+            }
             {
                 let mut history = write.open_table(HISTORY).map_err(StorageError::db)?;
                 for (key, record) in &data.records {
@@ -323,6 +374,7 @@ impl StateStore {
         result?;
         Ok(KeySpace::restore(
             data.records.iter().cloned(),
+            data.leases.iter().copied(),
             data.meta.revision,
             data.meta.compacted,
         ))

@@ -5,7 +5,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use mainstay_mvcc::{Command, KeySpace, PutRequest};
+use mainstay_mvcc::{
+    ApplyContext, Command, KeySpace, LeaseGrantRequest, LeaseRevokeRequest, PutRequest,
+};
 
 use crate::*;
 
@@ -147,7 +149,11 @@ fn state_store_commits_and_reloads() {
             value: vec![i],
             ..PutRequest::default()
         };
-        changes.extend(space.apply(&Command::Put(put), &|_| false).changes);
+        changes.extend(
+            space
+                .apply(&Command::Put(put), &ApplyContext::default())
+                .changes,
+        );
     }
     let meta = StateMeta {
         applied: Some(LogIdRecord {
@@ -302,7 +308,9 @@ fn a_flipped_bit_in_a_stored_value_is_refused() {
         value: value.clone(),
         ..PutRequest::default()
     };
-    let changes = space.apply(&Command::Put(put), &|_| false).changes;
+    let changes = space
+        .apply(&Command::Put(put), &ApplyContext::default())
+        .changes;
     {
         let (mut store, _, _) = StateStore::open(&disk, dir).expect("open");
         store
@@ -358,4 +366,60 @@ fn identity_round_trips_and_refuses_damage() {
         Identity::load(&disk, dir),
         Err(StorageError::Corrupt { .. })
     ));
+}
+
+#[test]
+fn leases_persist_with_their_keys_and_travel_in_snapshots() {
+    // Goal: a granted lease and its attached key survive a reopen and a snapshot
+    // install; a revoke is persisted too (lease and key gone after reopen).
+    let mem = MemDisk::new();
+    let disk: Arc<dyn Disk> = Arc::new(mem.clone());
+    let dir = Path::new("/m");
+    let mut space = KeySpace::new();
+    let context = ApplyContext { log_index: 3 };
+    let mut changes = space
+        .apply(
+            &Command::LeaseGrant(LeaseGrantRequest { id: 77, ttl: 30 }),
+            &context,
+        )
+        .changes;
+    let put = PutRequest {
+        key: b"held".to_vec(),
+        value: b"v".to_vec(),
+        lease: 77,
+        ..PutRequest::default()
+    };
+    changes.extend(space.apply(&Command::Put(put), &context).changes);
+    let meta = |space: &KeySpace| StateMeta {
+        revision: space.revision(),
+        ..StateMeta::default()
+    };
+    {
+        let (mut store, _, _) = StateStore::open(&disk, dir).expect("open");
+        store.commit(&changes, &meta(&space)).expect("commit");
+    }
+    mem.crash(dir, &mut |_| 0);
+    let (mut store, loaded, _) = StateStore::open(&disk, dir).expect("reopen");
+    assert_eq!(loaded, space);
+    assert_eq!(loaded.lease_keys(77), vec![b"held".to_vec()]);
+    let snapshot = store.snapshot().expect("snapshot");
+    assert_eq!(snapshot.leases.len(), 1);
+    let other = Path::new("/other");
+    let (mut fresh, _, _) = StateStore::open(&disk, other).expect("open");
+    let decoded = SnapshotData::decode(&snapshot.encode().expect("encode")).expect("decode");
+    assert_eq!(fresh.install(&decoded).expect("install"), space);
+
+    let revoke = space.apply(
+        &Command::LeaseRevoke(LeaseRevokeRequest { id: 77 }),
+        &context,
+    );
+    store
+        .commit(&revoke.changes, &meta(&space))
+        .expect("commit");
+    drop(store);
+    mem.crash(dir, &mut |_| 0);
+    let (_, loaded, _) = StateStore::open(&disk, dir).expect("reopen");
+    assert_eq!(loaded, space);
+    assert_eq!(loaded.lease(77), None);
+    assert!(loaded.get(b"held", loaded.revision()).is_none());
 }

@@ -50,6 +50,16 @@ impl ClusterService {
             .collect()
     }
 
+    /// Applies a change through the leader; returns the member list after it.
+    async fn change(&self, change: MemberChange) -> Result<Vec<pb::Member>, Status> {
+        self.api
+            .replica
+            .change_members(change)
+            .await
+            .map_err(|e| membership_status(&e))?;
+        Ok(self.members())
+    }
+
     fn header(&self) -> Option<pb::ResponseHeader> {
         self.api.current_header()
     }
@@ -90,14 +100,10 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
-        self.api
-            .replica
-            .change_members(MemberChange::Remove(id))
-            .await
-            .map_err(|e| membership_status(&e))?;
+        let members = self.change(MemberChange::Remove(id)).await?;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: self.header(),
-            members: self.members(),
+            members,
         }))
     }
 
@@ -109,14 +115,12 @@ impl Cluster for ClusterService {
         if !valid_peer_urls(&request.peer_ur_ls) {
             return Err(api_status(ApiError::InvalidMemberUrls));
         }
-        self.api
-            .replica
-            .change_members(MemberChange::Update(request.id, request.peer_ur_ls))
-            .await
-            .map_err(|e| membership_status(&e))?;
+        let members = self
+            .change(MemberChange::Update(request.id, request.peer_ur_ls))
+            .await?;
         Ok(Response::new(pb::MemberUpdateResponse {
             header: self.header(),
-            members: self.members(),
+            members,
         }))
     }
 
@@ -142,14 +146,10 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         let id = request.into_inner().id;
-        self.api
-            .replica
-            .change_members(MemberChange::Promote(id))
-            .await
-            .map_err(|e| membership_status(&e))?;
+        let members = self.change(MemberChange::Promote(id)).await?;
         Ok(Response::new(pb::MemberPromoteResponse {
             header: self.header(),
-            members: self.members(),
+            members,
         }))
     }
 }

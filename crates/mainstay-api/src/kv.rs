@@ -41,11 +41,11 @@ impl KvService {
     }
 
     async fn propose(&self, command: Command) -> Result<(CommandResponse, u64), Status> {
-        let status = self.api.replica.status();
+        let (committed, applied) = self.api.replica.commit_and_apply_indexes();
         let _permit = self
             .api
             .admission
-            .admit(status.committed_index, status.applied_index)
+            .admit(committed, applied)
             .map_err(api_status)?;
         let outcome = self
             .api

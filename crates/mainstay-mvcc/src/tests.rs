@@ -10,6 +10,20 @@ use crate::*;
 /// The context of an entry at an arbitrary log index (only lease ids depend on it).
 const CTX: ApplyContext = ApplyContext { log_index: 7 };
 
+/// A keyspace rebuilt from what storage would persist of `space`.
+fn restored(space: &KeySpace) -> KeySpace {
+    let records: Vec<(Vec<u8>, Record)> = space
+        .records()
+        .map(|(key, record)| (key.to_vec(), record.clone()))
+        .collect();
+    KeySpace::restore(
+        records,
+        space.leases().collect::<Vec<_>>(),
+        space.revision(),
+        space.compacted_revision(),
+    )
+}
+
 fn put(space: &mut KeySpace, key: &str, value: &str) -> Applied {
     let request = PutRequest {
         key: key.into(),
@@ -387,16 +401,7 @@ fn restore_round_trip_and_hash() {
     put(&mut space, "a", "1");
     put(&mut space, "b", "2");
     delete(&mut space, "a", "");
-    let records: Vec<(Vec<u8>, Record)> = space
-        .records()
-        .map(|(key, record)| (key.to_vec(), record.clone()))
-        .collect();
-    let restored = KeySpace::restore(
-        records,
-        space.leases().collect::<Vec<_>>(),
-        space.revision(),
-        space.compacted_revision(),
-    );
+    let restored = restored(&space);
     assert_eq!(restored, space);
     assert_eq!(restored.hash(0), space.hash(0));
     let mut other = space.clone();
@@ -657,16 +662,7 @@ fn leases_grant_attach_and_revoke_in_one_revision() {
     assert_eq!(space.revision(), revision);
 
     // Restoring from persisted records and leases rebuilds the index.
-    let records: Vec<(Vec<u8>, Record)> = space
-        .records()
-        .map(|(key, record)| (key.to_vec(), record.clone()))
-        .collect();
-    let restored = KeySpace::restore(
-        records,
-        space.leases().collect::<Vec<_>>(),
-        space.revision(),
-        space.compacted_revision(),
-    );
+    let restored = restored(&space);
     assert_eq!(restored, space);
     assert_eq!(restored.lease_keys(a), vec![b"k1".to_vec()]);
 }

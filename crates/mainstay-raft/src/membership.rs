@@ -198,9 +198,12 @@ impl Replica {
             })
         };
         // etcd's strict reconfiguration check: after the change, the voters that
-        // are up (the leader, and those that acknowledged a heartbeat within two
-        // election timeouts) must still be a quorum of the new voter set.
-        let fresh = std::time::Duration::from_millis(2 * self.inner.config.election_timeout_ms);
+        // are up (the leader, and those that acknowledged a heartbeat within
+        // etcd's health interval of 5 s, or two election timeouts if longer) must
+        // still be a quorum of the new voter set.
+        let fresh = std::time::Duration::from_millis(
+            (2 * self.inner.config.election_timeout_ms).max(5_000),
+        );
         let active = |id: u64| {
             id == self.member_id()
                 || metrics

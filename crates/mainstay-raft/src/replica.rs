@@ -280,18 +280,7 @@ impl Replica {
             term: metrics.current_term,
             last_log_index: metrics.last_log_index.unwrap_or(0),
             applied_index: metrics.last_applied.map_or(0, |l| l.index),
-            // A follower learns the quorum commit index from its leader; never
-            // report less than what this member has applied.
-            committed_index: [
-                metrics.local_committed,
-                metrics.cluster_committed,
-                metrics.last_applied,
-            ]
-            .iter()
-            .flatten()
-            .map(|l| l.index)
-            .max()
-            .unwrap_or(0),
+            committed_index: self.commit_and_apply_indexes().0,
             is_learner: membership.learner_ids().any(|l| l == id),
             is_leader: metrics.state == ServerState::Leader,
             db_bytes: self.inner.state.db_bytes(),
@@ -299,6 +288,23 @@ impl Replica {
             snapshot_index: metrics.snapshot.map(|l| l.index),
             purged_index: metrics.purged.map(|l| l.index),
         }
+    }
+
+    /// (committed, applied) log indexes, cheaply (no file sizes): what write
+    /// admission needs on every write. A follower learns the quorum commit index
+    /// from its leader; committed is never reported below applied.
+    pub fn commit_and_apply_indexes(&self) -> (u64, u64) {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let applied = metrics.last_applied.as_ref().map_or(0, |l| l.index);
+        let committed = [&metrics.local_committed, &metrics.cluster_committed]
+            .into_iter()
+            .flatten()
+            .map(|l| l.index)
+            .max()
+            .unwrap_or(0)
+            .max(applied);
+        (committed, applied)
     }
 
     /// The applied index and the keyspace hash at it, read together (for

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mainstay_proto::etcdserverpb::cluster_client::ClusterClient;
-use mainstay_proto::etcdserverpb::{MemberAddRequest, MemberListRequest, MemberRemoveRequest};
+use mainstay_proto::etcdserverpb::{
+    Member, MemberAddRequest, MemberListRequest, MemberRemoveRequest,
+};
 
 /// Where a replacement stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +56,19 @@ pub fn set(shared: &Shared, stage: Stage) {
 /// How long the operator keeps trying (a quorum may be down for a while).
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// A linearizable member list, or `None` if it failed or timed out.
+async fn list_members(admin: &mut ClusterClient<tonic::transport::Channel>) -> Option<Vec<Member>> {
+    let listed = tokio::time::timeout(
+        Duration::from_secs(3),
+        admin.member_list(MemberListRequest { linearizable: true }),
+    )
+    .await;
+    match listed {
+        Ok(Ok(listed)) => Some(listed.into_inner().members),
+        _ => None,
+    }
+}
+
 /// The operator's client task replacing `name` through the other members.
 pub async fn replace(
     name: String,
@@ -83,15 +98,10 @@ pub async fn replace(
         let mut admin = ClusterClient::new(channel);
         match stage(&shared) {
             Stage::Removing if !removed => {
-                let listed = tokio::time::timeout(
-                    Duration::from_secs(3),
-                    admin.member_list(MemberListRequest { linearizable: true }),
-                )
-                .await;
-                let Ok(Ok(listed)) = listed else { continue };
+                let Some(listed) = list_members(&mut admin).await else {
+                    continue;
+                };
                 let old = listed
-                    .into_inner()
-                    .members
                     .into_iter()
                     .find(|m| m.peer_ur_ls.contains(&peer_url));
                 let Some(old) = old else {
@@ -136,15 +146,10 @@ pub async fn replace(
                         // Either an earlier attempt went through (its answer was
                         // lost: the member is listed unstarted), or the old member
                         // is still listed: remove it again.
-                        let listed = tokio::time::timeout(
-                            Duration::from_secs(3),
-                            admin.member_list(MemberListRequest { linearizable: true }),
-                        )
-                        .await;
-                        let Ok(Ok(listed)) = listed else { continue };
+                        let Some(listed) = list_members(&mut admin).await else {
+                            continue;
+                        };
                         let unstarted = listed
-                            .into_inner()
-                            .members
                             .iter()
                             .any(|m| m.peer_ur_ls.contains(&peer_url) && m.name.is_empty());
                         if unstarted {

@@ -6,7 +6,9 @@ use std::fmt;
 
 use crate::history::{Input, Key, Operation, Outcome, Output};
 use crate::model::State;
-use crate::search::{Verdict, fast_pass_fails, search};
+use crate::search::{
+    CONFIGURATIONS_MAX, Verdict, WINDOW_CONFIGURATIONS_MAX, fast_pass_fails, search_within,
+};
 
 /// One problem found in a history.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,11 +139,22 @@ fn partitions(operations: Vec<Operation>) -> Vec<(Vec<Key>, Vec<Operation>)> {
 /// window of its last operations. Display only: the verdict comes from `search`.
 fn failing_window(operations: &[Operation]) -> Vec<Operation> {
     const WINDOW_OPERATIONS: usize = 12;
-    for length in 1..=operations.len() {
-        if fast_pass_fails(&operations[..length], &State::new()) {
-            let start = length.saturating_sub(WINDOW_OPERATIONS);
-            return operations[start..length].to_vec();
+    // Binary search on the prefix length: a prefix that cannot be linearized
+    // stays so when extended (for the display this is close enough), and a
+    // linear scan ran hundreds of searches on a long failing history (seed 38
+    // with reads that skip the barrier took minutes).
+    if fast_pass_fails(operations, &State::new()) {
+        let (mut passing, mut failing) = (0, operations.len());
+        while failing - passing > 1 {
+            let middle = passing + (failing - passing) / 2;
+            if fast_pass_fails(&operations[..middle], &State::new()) {
+                failing = middle;
+            } else {
+                passing = middle;
+            }
         }
+        let start = failing.saturating_sub(WINDOW_OPERATIONS);
+        return operations[start..failing].to_vec();
     }
     operations
         .iter()
@@ -252,9 +265,17 @@ pub fn check(history: &[Operation]) -> Report {
         ..Report::default()
     };
     report.violations.extend(check_revisions(&kept));
+    // Once the revision checks have failed the history, the search only adds
+    // detail: a small budget keeps a badly broken history (thousands of stale
+    // reads) from costing minutes of exhaustive search.
+    let budget = if report.violations.is_empty() {
+        CONFIGURATIONS_MAX
+    } else {
+        WINDOW_CONFIGURATIONS_MAX
+    };
     for (keys, operations) in partitions(kept) {
         report.partitions += 1;
-        match search(&operations, &State::new()) {
+        match search_within(&operations, &State::new(), budget) {
             Verdict::Linearizable => {}
             Verdict::NotLinearizable => report.violations.push(Violation {
                 kind: ViolationKind::NotLinearizable { keys },

@@ -17,7 +17,7 @@ use crate::model::{State, step};
 pub const CONFIGURATIONS_MAX: usize = 1_000_000;
 
 /// Budget of the fast pass used to shrink a failure to a short window.
-const WINDOW_CONFIGURATIONS_MAX: usize = 20_000;
+pub const WINDOW_CONFIGURATIONS_MAX: usize = 20_000;
 
 /// How a search ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,14 +83,17 @@ fn admit(
 /// superset of the unknown operations linearized, can do nothing the explored one
 /// could not, so it is skipped. The search succeeds once every known operation is
 /// linearized.
-pub fn search(operations: &[Operation], initial: &State) -> Verdict {
+///
+/// Each of the two passes explores at most `budget` configurations
+/// ([`CONFIGURATIONS_MAX`] for a history nothing else has failed).
+pub fn search_within(operations: &[Operation], initial: &State, budget: usize) -> Verdict {
     // Fast pass: unknown operations only ever placed directly before a known one
     // (state after a run of puts and deletes is that of the last one, so one is
     // enough there). Any linearization it finds is real; only when it finds none
     // does the exhaustive pass decide.
-    match search_with(operations, initial, true, CONFIGURATIONS_MAX) {
+    match search_with(operations, initial, true, budget) {
         Verdict::Linearizable => Verdict::Linearizable,
-        _ => search_with(operations, initial, false, CONFIGURATIONS_MAX),
+        _ => search_with(operations, initial, false, budget),
     }
 }
 

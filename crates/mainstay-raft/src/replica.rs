@@ -34,7 +34,7 @@ pub struct ReplicaConfig {
     pub data_dir: PathBuf,
     /// Leader heartbeat period.
     pub heartbeat_ms: u64,
-    /// Minimum election timeout (the maximum is 1.5 times it).
+    /// etcd's `--election-timeout`: the leader lease; timers fire in [et/2, et).
     pub election_timeout_ms: u64,
     /// Applied entries between snapshots (etcd `--snapshot-count`).
     pub snapshot_count: u64,
@@ -187,14 +187,27 @@ impl Replica {
         let raft_config = Config {
             cluster_name: "mainstay".to_string(),
             heartbeat_interval: config.heartbeat_ms,
-            election_timeout_min: config.election_timeout_ms,
-            // openraft uses the maximum as the leader lease during which followers
-            // refuse to vote; 1.5x keeps failover near two election timeouts.
-            election_timeout_max: config.election_timeout_ms * 3 / 2,
+            // openraft uses `election_timeout_max` as the leader lease: a follower
+            // that heard from the leader less than that long ago refuses to vote,
+            // as etcd's check-quorum followers ignore votes within one election
+            // timeout. So the lease is `--election-timeout`, and timers fire in
+            // [et/2, et): the first (pre-)vote after a leader dies is refused by
+            // the lease, the second lands in [et, 2et), etcd's own failover window.
+            // (Timers in [et, 1.5et) measured 2.5-2.8 et: two rounds past a longer
+            // lease.)
+            election_timeout_min: config.election_timeout_ms / 2,
+            election_timeout_max: config.election_timeout_ms,
             enable_pre_vote: Some(true),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
             install_snapshot_timeout: config.election_timeout_ms.max(1000) * 5,
+            // A follower whose log went backwards (a disk that lost synced data, a
+            // member restarted on a wiped directory under its old identity) must not
+            // take the leader down: openraft's default is a (debug) assertion in the
+            // leader. With reversion allowed, the leader restarts replication from
+            // what the follower really has; the quorum-accepted index never moves
+            // back, and the simulator's checks judge any acknowledged write lost.
+            allow_log_reversion: Some(true),
             ..Default::default()
         }
         .validate()

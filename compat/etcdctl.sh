@@ -19,7 +19,9 @@ fi
 export ETCDCTL_API=3
 
 WORK=$(mktemp -d)
-BASE=${COMPAT_BASE_PORT:-42379}
+# Below the kernel's ephemeral range (32768-60999 here): an outgoing connection
+# of another process could otherwise hold one of our ports when a member binds it.
+BASE=${COMPAT_BASE_PORT:-12379}
 NAMES=(c1 c2 c3)
 declare -a CLIENT PEER PIDS
 CLUSTER=""
@@ -84,6 +86,14 @@ wait_healthy() {
   local endpoints=$1
   for _ in $(seq 1 100); do
     if ctl --endpoints="$endpoints" endpoint health >/dev/null; then return 0; fi
+    for i in "${!PIDS[@]}"; do
+      if ! kill -0 "${PIDS[$i]}" 2>/dev/null && [ -z "${KILLED[$i]:-}" ]; then
+        echo "member ${NAMES[$i]} exited while waiting for the cluster:" >&2
+        grep -v '^ ' "$WORK/${NAMES[$i]}.log" | tail -n 5 >&2
+        FAILED=1
+        return 1
+      fi
+    done
     sleep 0.1
   done
   echo "cluster never became healthy at $endpoints" >&2
@@ -208,6 +218,94 @@ check_contains "read below the compacted revision" "etcdserver: mvcc: required r
   "$(ctl --endpoints="$ALL" get t --rev=2 || true)"
 check_contains "compaction again" "etcdserver: mvcc: required revision has been compacted" \
   "$(ctl --endpoints="$ALL" compaction "$REV_NOW" || true)"
+
+# --- lease -----------------------------------------------------------------
+GRANT=$(ctl --endpoints="$(ep "$FOLLOWER")" lease grant 60)
+LEASE=$(echo "$GRANT" | sed -n 's/^lease \([0-9a-f]*\) granted with TTL(60s)$/\1/p')
+check "lease grant" "yes" "$([ -n "$LEASE" ] && echo yes || echo "$GRANT")"
+check "put --lease" "OK" "$(ctl --endpoints="$ALL" put --lease="$LEASE" leased1 v)"
+ctl --endpoints="$ALL" put --lease="$LEASE" leased2 v >/dev/null
+check_contains "lease timetolive --keys" "lease $LEASE granted with TTL(60s), remaining(" \
+  "$(ctl --endpoints="$ALL" lease timetolive "$LEASE" --keys)"
+check_contains "lease timetolive lists the attached keys" "attached keys([leased1 leased2])" \
+  "$(ctl --endpoints="$ALL" lease timetolive "$LEASE" --keys)"
+check_contains "lease list" "$LEASE" "$(ctl --endpoints="$ALL" lease list)"
+check "lease keep-alive --once" "lease $LEASE keepalived with TTL(60)" \
+  "$(ctl --endpoints="$(ep "$FOLLOWER")" lease keep-alive --once "$LEASE")"
+check "lease revoke" "lease $LEASE revoked" "$(ctl --endpoints="$ALL" lease revoke "$LEASE")"
+check "lease revoke deletes the attached keys" "" "$(ctl --endpoints="$ALL" get leased --prefix --keys-only)"
+check "lease timetolive of a revoked lease" "lease $LEASE already expired" \
+  "$(ctl --endpoints="$ALL" lease timetolive "$LEASE")"
+check_contains "put --lease with an unknown lease" "etcdserver: requested lease not found" \
+  "$(ctl --endpoints="$ALL" put --lease=1234abcd k v || true)"
+SHORT=$(ctl --endpoints="$ALL" lease grant 1 | sed -n 's/^lease \([0-9a-f]*\) granted with TTL(\([0-9]*\)s)$/\1 \2/p')
+check "lease grant raises a short TTL to the minimum (1.5 election timeouts)" "2" "${SHORT#* }"
+ctl --endpoints="$ALL" put --lease="${SHORT% *}" expiring v >/dev/null
+EXPIRED=""
+for _ in $(seq 1 50); do
+  if [ -z "$(ctl --endpoints="$ALL" get expiring --keys-only)" ]; then EXPIRED=yes; break; fi
+  sleep 0.2
+done
+check "an expired lease's keys are deleted" "yes" "$EXPIRED"
+
+# --- watch -----------------------------------------------------------------
+WREV=$(ctl --endpoints="$ALL" put w1 v1 -w fields | sed -n 's/^"Revision" : //p')
+ctl --endpoints="$ALL" put w1 v2 >/dev/null
+ctl --endpoints="$ALL" put w2 x >/dev/null
+ctl --endpoints="$ALL" del w1 >/dev/null
+# etcdctl watch never ends by itself: give it time to print the history, then stop it.
+watch_for() { timeout "${WATCH_SECONDS:-2}" etcdctl --dial-timeout=2s "$@" 2>&1 || true; }
+check "watch --rev replays history" "$(printf 'PUT\nw1\nv1\nPUT\nw1\nv2\nDELETE\nw1\n')" \
+  "$(watch_for --endpoints="$(ep "$FOLLOWER")" watch --rev="$WREV" w1)"
+check "watch --prefix --rev" "$(printf 'PUT\nw1\nv1\nPUT\nw1\nv2\nPUT\nw2\nx\nDELETE\nw1\n')" \
+  "$(watch_for --endpoints="$ALL" watch --prefix --rev="$WREV" w)"
+check "watch --prev-kv" "$(printf 'PUT\nw1\nv1\nPUT\nw1\nv1\nw1\nv2\nDELETE\nw1\nv2\nw1\n')" \
+  "$(watch_for --endpoints="$ALL" watch --prev-kv --rev="$WREV" w1)"
+check "watch -i (interactive)" "$(printf 'PUT\nw2\nx\n')" \
+  "$( (echo "watch --rev=$WREV w2"; sleep 4) | watch_for --endpoints="$ALL" watch -i)"
+LIVE="$WORK/live-watch.out"
+etcdctl --endpoints="$(ep "$FOLLOWER")" watch live >"$LIVE" 2>&1 &
+WATCHER=$!
+sleep 1
+ctl --endpoints="$(ep "$LEADER")" put live now >/dev/null
+sleep 1
+kill "$WATCHER" 2>/dev/null || true
+wait "$WATCHER" 2>/dev/null || true
+check "watch sees a live write" "$(printf 'PUT\nlive\nnow')" "$(cat "$LIVE")"
+
+# --- lock and elect (recipes over leases, txn and watch) -------------------
+LOCKLOG="$WORK/lock.out"
+: >"$LOCKLOG"
+etcdctl --endpoints="$ALL" lock --ttl=3 biglock -- sh -c "echo A-in >>$LOCKLOG; sleep 2; echo A-out >>$LOCKLOG" >/dev/null 2>&1 &
+HOLDER=$!
+sleep 0.7
+LOCKED=$(etcdctl --endpoints="$ALL" lock --ttl=3 biglock -- sh -c "echo B-in >>$LOCKLOG; echo B-out >>$LOCKLOG" 2>&1 || true)
+wait "$HOLDER" 2>/dev/null || true
+[ -z "$LOCKED" ] || echo "second lock holder said: $LOCKED"
+check "lock: mutual exclusion between two etcdctl processes" "$(printf 'A-in\nA-out\nB-in\nB-out')" "$(cat "$LOCKLOG")"
+etcdctl --endpoints="$ALL" lock --ttl=3 deadlock >/dev/null 2>&1 &
+HOLDER=$!
+sleep 1
+kill -9 "$HOLDER"
+wait "$HOLDER" 2>/dev/null || true
+check "lock: a killed holder's lock is released when its lease expires" "got" \
+  "$(timeout 20 etcdctl --endpoints="$ALL" lock --ttl=3 deadlock echo got 2>&1 || true)"
+etcdctl --endpoints="$ALL" elect office p1 >/dev/null 2>&1 &
+CANDIDATE1=$!
+sleep 1
+etcdctl --endpoints="$ALL" elect office p2 >/dev/null 2>&1 &
+CANDIDATE2=$!
+sleep 0.5
+check_contains "elect: the first candidate leads" "p1" "$(watch_for --endpoints="$ALL" elect -l office)"
+kill "$CANDIDATE1"
+wait "$CANDIDATE1" 2>/dev/null || true
+LED=""
+for _ in $(seq 1 20); do
+  if [[ "$(WATCH_SECONDS=1 watch_for --endpoints="$ALL" elect -l office)" == *p2* ]]; then LED=yes; break; fi
+done
+check "elect: the second candidate leads after the first resigns" "yes" "$LED"
+kill "$CANDIDATE2" 2>/dev/null || true
+wait "$CANDIDATE2" 2>/dev/null || true
 
 # --- endpoint status / health, member list --------------------------------
 STATUS=$(ctl --endpoints="$ALL" endpoint status)

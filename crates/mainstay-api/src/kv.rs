@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::Api;
 use crate::convert;
-use crate::status::{ApiError, api_status, mvcc_status, replica_status};
+use crate::status::{ApiError, api_status, mvcc_status};
 
 /// The KV service.
 #[derive(Clone)]
@@ -27,34 +27,6 @@ impl KvService {
             return Err(api_status(ApiError::RequestTooLarge));
         }
         Ok(())
-    }
-
-    async fn barrier(&self, serializable: bool) -> Result<(), Status> {
-        if serializable || self.api.unsafe_skip_read_barrier {
-            return Ok(());
-        }
-        self.api
-            .replica
-            .read_barrier()
-            .await
-            .map_err(|e| replica_status(&e))
-    }
-
-    async fn propose(&self, command: Command) -> Result<(CommandResponse, u64), Status> {
-        let (committed, applied) = self.api.replica.commit_and_apply_indexes();
-        let _permit = self
-            .api
-            .admission
-            .admit(committed, applied)
-            .map_err(api_status)?;
-        let outcome = self
-            .api
-            .replica
-            .write(command)
-            .await
-            .map_err(|e| replica_status(&e))?;
-        let response = outcome.outcome.map_err(|e| mvcc_status(&e))?;
-        Ok((response, outcome.raft_term))
     }
 }
 
@@ -83,7 +55,7 @@ impl Kv for KvService {
         if request.key.is_empty() {
             return Err(mvcc_status(&mainstay_mvcc::MvccError::EmptyKey));
         }
-        self.barrier(request.serializable).await?;
+        self.api.barrier(request.serializable).await?;
         let term = self.api.replica.term();
         let response = self
             .api
@@ -105,7 +77,7 @@ impl Kv for KvService {
         if request.key.is_empty() {
             return Err(mvcc_status(&mainstay_mvcc::MvccError::EmptyKey));
         }
-        match self.propose(Command::Put(request)).await? {
+        match self.api.propose(Command::Put(request)).await? {
             (CommandResponse::Put(response), term) => Ok(Response::new(
                 self.api.headers().put_response(response, term),
             )),
@@ -123,7 +95,7 @@ impl Kv for KvService {
         if request.key.is_empty() {
             return Err(mvcc_status(&mainstay_mvcc::MvccError::EmptyKey));
         }
-        match self.propose(Command::DeleteRange(request)).await? {
+        match self.api.propose(Command::DeleteRange(request)).await? {
             (CommandResponse::DeleteRange(response), term) => Ok(Response::new(
                 self.api.headers().delete_response(response, term),
             )),
@@ -141,7 +113,7 @@ impl Kv for KvService {
         validate_txn(&request, self.api.limits.txn_ops_max).map_err(|e| mvcc_status(&e))?;
         if !txn_writes(&request) {
             // Read-only: served like a range, no log entry (as etcd does).
-            self.barrier(all_serializable(&request)).await?;
+            self.api.barrier(all_serializable(&request)).await?;
             let term = self.api.replica.term();
             let response = self
                 .api
@@ -152,7 +124,7 @@ impl Kv for KvService {
                 self.api.headers().txn_response(response, term),
             ));
         }
-        match self.propose(Command::Txn(request)).await? {
+        match self.api.propose(Command::Txn(request)).await? {
             (CommandResponse::Txn(response), term) => Ok(Response::new(
                 self.api.headers().txn_response(response, term),
             )),
@@ -169,7 +141,7 @@ impl Kv for KvService {
             revision: request.revision,
             physical: request.physical,
         });
-        match self.propose(command).await? {
+        match self.api.propose(command).await? {
             (CommandResponse::Compact(response), term) => {
                 Ok(Response::new(pb::CompactionResponse {
                     header: self.api.headers().header(response.revision, term),

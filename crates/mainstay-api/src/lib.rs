@@ -8,16 +8,20 @@ mod admission;
 mod cluster;
 mod convert;
 mod kv;
+mod lease;
 mod maintenance;
 mod status;
+mod watch;
 
 use mainstay_raft::Replica;
 
 pub use admission::{APPLY_BACKLOG_MAX, Admission, PROPOSALS_IN_FLIGHT_MAX};
 pub use cluster::ClusterService;
 pub use kv::KvService;
+pub use lease::LeaseService;
 pub use maintenance::{ETCD_VERSION, MaintenanceService};
 pub use status::{ApiError, api_status, membership_status, mvcc_status, replica_status};
+pub use watch::{WATCHERS_PER_STREAM_MAX, WatchService};
 
 /// Request limits (etcd's defaults: 1.5 MiB, 128 ops, 2 GiB).
 #[derive(Clone, Copy, Debug)]
@@ -28,6 +32,13 @@ pub struct Limits {
     pub txn_ops_max: usize,
     /// Backend quota (`--quota-backend-bytes`), reported by Status.
     pub quota_backend_bytes: u64,
+    /// Shortest lease TTL in seconds; shorter grants are raised to it.
+    pub lease_ttl_min: i64,
+}
+
+/// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to a second.
+pub fn lease_ttl_min(election_timeout_ms: u64) -> i64 {
+    i64::try_from((3 * election_timeout_ms).div_ceil(2000)).unwrap_or(i64::MAX)
 }
 
 impl Default for Limits {
@@ -36,6 +47,7 @@ impl Default for Limits {
             request_bytes_max: 1_572_864,
             txn_ops_max: 128,
             quota_backend_bytes: 2 << 30,
+            lease_ttl_min: lease_ttl_min(1000),
         }
     }
 }
@@ -62,6 +74,37 @@ impl Api {
     fn current_header(&self) -> Option<mainstay_proto::etcdserverpb::ResponseHeader> {
         let revision = self.replica.read(|space| space.revision());
         self.headers().header(revision, self.replica.term())
+    }
+
+    /// Waits until this member has applied everything committed when the read
+    /// began (linearizable), unless the read is serializable.
+    async fn barrier(&self, serializable: bool) -> Result<(), tonic::Status> {
+        if serializable || self.unsafe_skip_read_barrier {
+            return Ok(());
+        }
+        self.replica
+            .read_barrier()
+            .await
+            .map_err(|e| replica_status(&e))
+    }
+
+    /// Proposes a write through admission and Raft; its answer and term.
+    async fn propose(
+        &self,
+        command: mainstay_mvcc::Command,
+    ) -> Result<(mainstay_mvcc::CommandResponse, u64), tonic::Status> {
+        let (committed, applied) = self.replica.commit_and_apply_indexes();
+        let _permit = self
+            .admission
+            .admit(committed, applied)
+            .map_err(api_status)?;
+        let outcome = self
+            .replica
+            .write(command)
+            .await
+            .map_err(|e| replica_status(&e))?;
+        let response = outcome.outcome.map_err(|e| mvcc_status(&e))?;
+        Ok((response, outcome.raft_term))
     }
 
     fn headers(&self) -> convert::HeaderFactory {

@@ -9,8 +9,8 @@ use crate::error::MvccError;
 use crate::key_space::{Change, KeySpace, LeaseRecord};
 use crate::types::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Event,
-    LEASE_TTL_MAX, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
-    PutRequest, PutResponse, TxnRequest, TxnResponse,
+    LEASE_TTL_MAX, LeaseGrantRequest, LeaseGrantResponse, LeaseRenewRequest, LeaseRenewResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 use crate::writer::{Writer, stamp_txn};
 
@@ -29,6 +29,9 @@ pub enum Command {
     LeaseGrant(LeaseGrantRequest),
     /// Revoke a lease (by a client, or by the leader on expiry).
     LeaseRevoke(LeaseRevokeRequest),
+    /// Renew leases (keep-alives). New variants go last: the log stores the
+    /// variant index.
+    LeaseRenew(LeaseRenewRequest),
 }
 
 impl fmt::Display for Command {
@@ -47,6 +50,7 @@ impl fmt::Display for Command {
             Command::Compact(compact) => write!(f, "compact({})", compact.revision),
             Command::LeaseGrant(grant) => write!(f, "lease-grant(ttl {})", grant.ttl),
             Command::LeaseRevoke(revoke) => write!(f, "lease-revoke({:x})", revoke.id),
+            Command::LeaseRenew(renew) => write!(f, "lease-renew({} leases)", renew.ids.len()),
         }
     }
 }
@@ -66,6 +70,8 @@ pub enum CommandResponse {
     LeaseGrant(LeaseGrantResponse),
     /// From a lease revoke.
     LeaseRevoke(LeaseRevokeResponse),
+    /// From a lease renew.
+    LeaseRenew(LeaseRenewResponse),
 }
 
 /// What a replica knows about the entry it applies, beyond the command.
@@ -119,6 +125,21 @@ impl KeySpace {
                 };
             }
             Command::LeaseGrant(grant) => return self.grant(grant, context),
+            Command::LeaseRenew(renew) => {
+                let ttls = renew
+                    .ids
+                    .iter()
+                    .map(|id| self.leases.get(id).map_or(0, |lease| lease.ttl))
+                    .collect();
+                return Applied {
+                    result: Ok(CommandResponse::LeaseRenew(LeaseRenewResponse {
+                        revision: self.revision,
+                        ttls,
+                    })),
+                    events: Vec::new(),
+                    changes: Vec::new(),
+                };
+            }
             _ => {}
         }
         let revision_before = self.revision;
@@ -135,7 +156,9 @@ impl KeySpace {
                     deleted,
                 })
             }),
-            Command::Compact(_) | Command::LeaseGrant(_) => unreachable!("handled above"),
+            Command::Compact(_) | Command::LeaseGrant(_) | Command::LeaseRenew(_) => {
+                unreachable!("handled above")
+            }
         };
         let (result, events, mut changes) = match outcome {
             Ok(response) => {

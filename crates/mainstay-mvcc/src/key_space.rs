@@ -11,7 +11,9 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 
 use crate::error::MvccError;
-use crate::types::{KeyValue, RangeRequest, RangeResponse, Revision, SortOrder, SortTarget};
+use crate::types::{
+    Event, EventKind, KeyValue, RangeRequest, RangeResponse, Revision, SortOrder, SortTarget,
+};
 
 /// The live part of a put: what a key holds from `Record::revision` on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +254,56 @@ impl KeySpace {
             return Err(MvccError::Compacted);
         }
         Ok(revision)
+    }
+
+    /// The events of revisions `from..=to` on keys in `[key, range_end)`, in
+    /// revision order and, within one revision, in key order (live watch
+    /// delivery sorts the same way). `from` must be above the compacted
+    /// revision: compaction drops tombstones at or below it, so events there
+    /// could be missing and are refused rather than lost silently.
+    pub fn events(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        from: Revision,
+        to: Revision,
+    ) -> Result<Vec<(Revision, Event)>, MvccError> {
+        if from <= self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        let mut events = Vec::new();
+        for (k, history) in self.histories_in_range(key, range_end) {
+            let first = history.partition_point(|record| record.revision < from);
+            for position in first..history.len() {
+                let record = &history[position];
+                if record.revision > to {
+                    break;
+                }
+                let prev_kv = position
+                    .checked_sub(1)
+                    .and_then(|before| to_key_value(k, &history[before]));
+                let event = match to_key_value(k, record) {
+                    Some(kv) => Event {
+                        kind: EventKind::Put,
+                        kv,
+                        prev_kv,
+                    },
+                    None => Event {
+                        kind: EventKind::Delete,
+                        kv: KeyValue {
+                            key: k.to_vec(),
+                            mod_revision: record.revision,
+                            ..KeyValue::default()
+                        },
+                        prev_kv,
+                    },
+                };
+                events.push((record.revision, event));
+            }
+        }
+        // Stable: keys were visited in order, so equal revisions stay key-ordered.
+        events.sort_by_key(|(revision, _)| *revision);
+        Ok(events)
     }
 
     /// The key as of `revision`, if it was live then.

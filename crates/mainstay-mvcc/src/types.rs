@@ -311,3 +311,22 @@ pub struct LeaseRevokeResponse {
     /// How many keys were deleted.
     pub deleted: i64,
 }
+
+/// Keep leases alive (etcd `LeaseKeepAliveRequest`, several batched into one
+/// entry). Changes no key and no revision: every replica restarts the countdown
+/// of each named lease when it applies this, so a new leader knows how much of
+/// each TTL is left.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRenewRequest {
+    /// The leases to renew.
+    pub ids: Vec<i64>,
+}
+
+/// Result of a renew.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRenewResponse {
+    /// Store revision (a renew does not move it).
+    pub revision: Revision,
+    /// Per requested id, its granted TTL in seconds, or 0 if it does not exist.
+    pub ttls: Vec<i64>,
+}

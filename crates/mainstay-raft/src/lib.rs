@@ -7,6 +7,7 @@
 
 mod codec;
 mod error;
+mod lease;
 mod log_store;
 mod membership;
 mod network;
@@ -16,6 +17,7 @@ mod state_machine;
 mod type_config;
 
 pub use error::ReplicaError;
+pub use lease::{EXPIRY_TICK, LeaseClock, REVOKES_PER_SECOND_MAX, expire_leases};
 pub use membership::{
     ClusterView, LEARNERS_MAX, MemberChange, MemberChangeOutcome, MembershipError,
     fetch_cluster_view,

@@ -152,6 +152,10 @@ pub(crate) struct Inner {
     log: RaftLog,
     pub(crate) pool: PeerPool,
     pub(crate) request_timeout: Duration,
+    /// Keep-alives proposed here hold it shared until applied; the lease
+    /// expiry loop holds it exclusively from its decision until its revokes are
+    /// applied, so no renew is ordered between a decision and its revoke.
+    pub(crate) lease_gate: tokio::sync::RwLock<()>,
 }
 
 /// One member's replica. Cheap to clone.
@@ -237,6 +241,7 @@ impl Replica {
                 log,
                 pool,
                 request_timeout,
+                lease_gate: tokio::sync::RwLock::new(()),
             }),
         })
     }
@@ -270,6 +275,21 @@ impl Replica {
     /// Reads the applied keyspace. Serializable: may trail the leader.
     pub fn read<T>(&self, read: impl FnOnce(&KeySpace) -> T) -> T {
         self.inner.state.read(read)
+    }
+
+    /// This replica's lease deadlines.
+    pub fn lease_clock(&self) -> &crate::lease::LeaseClock {
+        self.inner.state.lease_clock()
+    }
+
+    /// Whether this member believes it is the leader (unconfirmed; see `read_barrier`).
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// The configured election timeout (`--election-timeout`).
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.election_timeout_ms)
     }
 
     /// Durable applied events.
@@ -410,6 +430,10 @@ impl Replica {
     }
 
     async fn write_local(&self, command: Command) -> LocalWrite {
+        let _renewing = match command {
+            Command::LeaseRenew(_) => Some(self.inner.lease_gate.read().await),
+            _ => None,
+        };
         match self.inner.raft.client_write(command).await {
             Ok(response) => match response.data.outcome {
                 Some(outcome) => LocalWrite::Done(WriteOutcome {
@@ -429,6 +453,19 @@ impl Replica {
                 LocalWrite::Failed(ReplicaError::Stopped)
             }
             Err(RaftError::Fatal(_)) => LocalWrite::Failed(ReplicaError::Stopped),
+        }
+    }
+
+    /// Proposes on this member only (no forwarding) and waits until applied;
+    /// `NoLeader` if this member is not the leader.
+    pub(crate) async fn propose_here(
+        &self,
+        command: Command,
+    ) -> Result<WriteOutcome, ReplicaError> {
+        match self.write_local(command).await {
+            LocalWrite::Done(outcome) => Ok(outcome),
+            LocalWrite::Failed(error) => Err(error),
+            LocalWrite::NotLeader(_) | LocalWrite::Published => Err(ReplicaError::NoLeader),
         }
     }
 

@@ -8,7 +8,7 @@ use std::io;
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
-use mainstay_mvcc::{ApplyContext, Event, KeySpace, Revision};
+use mainstay_mvcc::{ApplyContext, Command, CommandResponse, Event, KeySpace, MvccError, Revision};
 use mainstay_storage::{SnapshotData, StateMeta, StateStore};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -18,7 +18,33 @@ use tokio::sync::broadcast;
 use crate::codec::{
     decode_stored_membership, encode_stored_membership, log_id_from_record, log_id_to_record,
 };
+use crate::lease::{LeaseClock, LeaseTouch};
 use crate::type_config::{ApplyResult, TypeConfig};
+
+/// What an applied command did to lease countdowns.
+fn lease_touches(
+    command: &Command,
+    result: &Result<CommandResponse, MvccError>,
+    touches: &mut Vec<LeaseTouch>,
+) {
+    match (command, result) {
+        (Command::LeaseGrant(_), Ok(CommandResponse::LeaseGrant(granted))) => {
+            touches.push(LeaseTouch::Restart {
+                id: granted.id,
+                ttl: granted.ttl,
+            });
+        }
+        (Command::LeaseRenew(renew), Ok(CommandResponse::LeaseRenew(renewed))) => {
+            for (id, ttl) in renew.ids.iter().zip(&renewed.ttls) {
+                if *ttl > 0 {
+                    touches.push(LeaseTouch::Restart { id: *id, ttl: *ttl });
+                }
+            }
+        }
+        (Command::LeaseRevoke(revoke), Ok(_)) => touches.push(LeaseTouch::Forget(revoke.id)),
+        _ => {}
+    }
+}
 
 /// Events of one applied revision, published after they are durable.
 #[derive(Clone, Debug)]
@@ -39,6 +65,7 @@ struct Shared {
     key_space: RwLock<KeySpace>,
     durable: Mutex<Durable>,
     events: broadcast::Sender<AppliedEvents>,
+    leases: LeaseClock,
 }
 
 /// The state machine; clones share state (one is openraft's, others serve reads).
@@ -59,8 +86,11 @@ impl StateMachine {
     /// Wraps an opened state store and the keyspace it loaded.
     pub fn new(store: StateStore, key_space: KeySpace, meta: StateMeta) -> Self {
         let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
+        let leases = LeaseClock::default();
+        leases.reconcile(&key_space);
         StateMachine {
             shared: Arc::new(Shared {
+                leases,
                 key_space: RwLock::new(key_space),
                 durable: Mutex::new(Durable {
                     store,
@@ -80,6 +110,11 @@ impl StateMachine {
             .read()
             .unwrap_or_else(|p| p.into_inner());
         read(&guard)
+    }
+
+    /// This replica's lease deadlines.
+    pub fn lease_clock(&self) -> &LeaseClock {
+        &self.shared.leases
     }
 
     /// Subscribes to durable applied events.
@@ -167,6 +202,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut meta = self.durable().meta.clone();
         let mut changes = Vec::new();
         let mut published = Vec::new();
+        let mut touches = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());
         {
             let mut key_space = self
@@ -185,6 +221,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             log_index: entry.log_id.index,
                         };
                         let applied = key_space.apply(&command, &context);
+                        lease_touches(&command, &applied.result, &mut touches);
                         changes.extend(applied.changes);
                         if !applied.events.is_empty() {
                             published.push(AppliedEvents {
@@ -215,6 +252,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             durable.meta = meta;
         }
+        // Countdowns restart when the grant or renew is durable and applied.
+        self.shared.leases.touch(&touches);
         for events in published {
             // No receiver is fine: nobody watches.
             let _ = self.shared.events.send(events);
@@ -245,6 +284,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let mut durable = self.durable();
         let key_space = durable.store.install(&data).map_err(to_io)?;
+        self.shared.leases.reconcile(&key_space);
         *self
             .shared
             .key_space

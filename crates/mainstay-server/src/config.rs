@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// Entries kept behind a snapshot for slow followers.
     #[arg(long, env = "MAINSTAY_SNAPSHOT_CATCHUP_ENTRIES")]
     pub snapshot_catchup_entries: Option<u64>,
+    /// Period of watch progress notifications in milliseconds (etcd's
+    /// `--watch-progress-notify-interval`; default 10 minutes, at least 100 ms).
+    #[arg(long, env = "MAINSTAY_WATCH_PROGRESS_NOTIFY_INTERVAL")]
+    pub watch_progress_notify_interval: Option<u64>,
 }
 
 /// The same settings as read from a TOML file.
@@ -102,6 +106,8 @@ struct FileConfig {
     snapshot_count: Option<u64>,
     #[serde(alias = "snapshot_catchup_entries")]
     snapshot_catchup_entries: Option<u64>,
+    #[serde(alias = "watch_progress_notify_interval")]
+    watch_progress_notify_interval: Option<u64>,
 }
 
 /// Whether this member bootstraps a new cluster or belongs to an existing one.
@@ -148,6 +154,8 @@ pub struct Config {
     pub snapshot_count: u64,
     /// Entries kept behind a snapshot.
     pub snapshot_catchup_entries: u64,
+    /// Watch progress notification period (ms).
+    pub watch_progress_notify_interval_ms: u64,
 }
 
 /// etcd's defaults, where etcd has one.
@@ -170,6 +178,8 @@ pub mod defaults {
     pub const TXN_OPS_MAX: u64 = 128;
     /// 2 GiB.
     pub const QUOTA_BYTES: u64 = 2 << 30;
+    /// etcd's watch progress notification period: 10 minutes.
+    pub const WATCH_PROGRESS_MS: u64 = 600_000;
     /// etcd's `--snapshot-count`.
     pub const SNAPSHOT_COUNT: u64 = 10_000;
     /// etcd's `--snapshot-catchup-entries`.
@@ -290,6 +300,13 @@ impl ServeArgs {
         )?;
         let snapshot_catchup_entries =
             pick!(snapshot_catchup_entries).unwrap_or(defaults::SNAPSHOT_CATCHUP_ENTRIES);
+        let watch_progress_notify_interval_ms =
+            pick!(watch_progress_notify_interval).unwrap_or(defaults::WATCH_PROGRESS_MS);
+        if watch_progress_notify_interval_ms < 100 {
+            bail!(
+                "--watch-progress-notify-interval ({watch_progress_notify_interval_ms} ms) must be at least 100 ms"
+            );
+        }
 
         let mut initial_cluster = BTreeMap::new();
         for member in split_list(&initial_cluster_text) {
@@ -349,6 +366,7 @@ impl ServeArgs {
             quota_backend_bytes,
             snapshot_count,
             snapshot_catchup_entries,
+            watch_progress_notify_interval_ms,
         })
     }
 }

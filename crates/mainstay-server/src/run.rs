@@ -5,10 +5,15 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use mainstay_api::{Admission, Api, ClusterService, KvService, Limits, MaintenanceService};
+use mainstay_api::{
+    Admission, Api, ClusterService, KvService, LeaseService, Limits, MaintenanceService,
+    WatchService, lease_ttl_min,
+};
 use mainstay_proto::etcdserverpb::cluster_server::ClusterServer;
 use mainstay_proto::etcdserverpb::kv_server::KvServer;
+use mainstay_proto::etcdserverpb::lease_server::LeaseServer;
 use mainstay_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use mainstay_proto::etcdserverpb::watch_server::WatchServer;
 use mainstay_raft::{
     Dial, MemberNode, Replica, ReplicaConfig, fetch_cluster_view, member_id_for, tcp_dial,
 };
@@ -54,6 +59,8 @@ pub struct Env {
 pub struct SafetyBreaks {
     /// Serve linearizable reads from local state without a read barrier.
     pub skip_read_barrier: bool,
+    /// Revoke leases one second before their deadline.
+    pub expire_leases_early: bool,
 }
 
 impl Env {
@@ -306,6 +313,16 @@ async fn serve_member(
         }
     });
 
+    // Every member runs the loop; only a confirmed leader revokes.
+    let early = if env.safety_breaks.expire_leases_early {
+        std::time::Duration::from_secs(1)
+    } else {
+        std::time::Duration::ZERO
+    };
+    let lease_expiry = tokio::spawn(
+        mainstay_raft::expire_leases(replica.clone(), early).instrument(tracing::Span::current()),
+    );
+
     let request_bytes_max =
         usize::try_from(config.request_bytes_max).context("--max-request-bytes")?;
     let api = Api {
@@ -315,6 +332,7 @@ async fn serve_member(
             request_bytes_max,
             txn_ops_max: usize::try_from(config.txn_ops_max).context("--max-txn-ops")?,
             quota_backend_bytes: config.quota_backend_bytes,
+            lease_ttl_min: lease_ttl_min(config.election_timeout_ms),
         },
         admission: Admission::default(),
         unsafe_skip_read_barrier: env.safety_breaks.skip_read_barrier,
@@ -326,10 +344,19 @@ async fn serve_member(
             .max_encoding_message_size(usize::MAX);
         let cluster = ClusterServer::new(ClusterService::new(api.clone()));
         let maintenance = MaintenanceServer::new(MaintenanceService::new(api.clone()));
+        let lease = LeaseServer::new(LeaseService::new(api.clone()));
+        let watch = WatchServer::new(WatchService::new(
+            api.clone(),
+            std::time::Duration::from_millis(config.watch_progress_notify_interval_ms),
+        ))
+        .max_decoding_message_size(grpc_bytes_max)
+        .max_encoding_message_size(usize::MAX);
         let signal = stopped(stop_rx.clone());
         servers.spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(kv)
+                .add_service(lease)
+                .add_service(watch)
                 .add_service(cluster)
                 .add_service(maintenance)
                 .serve_with_incoming_shutdown(incoming, signal)
@@ -358,6 +385,7 @@ async fn serve_member(
         },
     };
     publishing.abort();
+    lease_expiry.abort();
     let _ = stop_tx.send(true);
     replica.shutdown().await;
     if outcome.is_err() {

@@ -148,12 +148,16 @@ impl FaultCounts {
 }
 
 /// Counters that record what a fault did rather than a fault.
-pub const OUTCOMES: [&str; 5] = [
+pub const OUTCOMES: [&str; 9] = [
     "torn_writes",
     "corruptions_refused",
     "disk_failure_stops",
     "replacements",
     "removed_stops",
+    "aborted",
+    "leases",
+    "lease_renewals",
+    "lease_expiries_seen",
 ];
 
 impl fmt::Display for FaultCounts {

@@ -10,6 +10,7 @@
 
 mod fault;
 mod invariants;
+mod lease_workload;
 mod net;
 mod operator;
 mod rng;

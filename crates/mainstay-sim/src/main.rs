@@ -53,6 +53,7 @@ fn parse() -> Result<Args, String> {
             }
             "--no-faults" => args.options.faults = false,
             "--break-read-barrier" => args.options.safety_breaks.skip_read_barrier = true,
+            "--break-lease-expiry" => args.options.safety_breaks.expire_leases_early = true,
             "--break-fsync" => args.options.lying_fsync = true,
             "--expect-violations" => args.expect_violations = true,
             "--worker" => args.worker = true,
@@ -108,6 +109,9 @@ fn run_job(exe: &std::path::Path, args: &Args, mut seeds: Vec<u64>) -> Result<Ve
         }
         if args.options.safety_breaks.skip_read_barrier {
             command.arg("--break-read-barrier");
+        }
+        if args.options.safety_breaks.expire_leases_early {
+            command.arg("--break-lease-expiry");
         }
         if args.options.lying_fsync {
             command.arg("--break-fsync");

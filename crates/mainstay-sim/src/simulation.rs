@@ -15,6 +15,7 @@ use mainstay_storage::MemDisk;
 
 use crate::fault::{Fault, FaultCounts, plan_faults};
 use crate::invariants::Invariants;
+use crate::lease_workload::{self, Leases};
 use crate::operator::{self, Stage};
 use crate::rng::Rng;
 use crate::workload::{self, History};
@@ -123,6 +124,7 @@ fn member_config(name: &str, names: &[String], snapshot_count: u64) -> Config {
         quota_backend_bytes: 2 << 30,
         snapshot_count,
         snapshot_catchup_entries: snapshot_count / 4,
+        watch_progress_notify_interval_ms: 1000,
     }
 }
 
@@ -279,6 +281,23 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         );
     }
 
+    // Lease clients draw from their own stream, so adding them left the KV
+    // clients' and the fault plan's draws as they were.
+    let leases: Leases = Arc::default();
+    let mut lease_rng = Rng::new(seed ^ 0x1ea5_e5ee_d000_0000);
+    for client in 0..LEASE_CLIENTS {
+        sim.client(
+            format!("lessee{client}").as_str(),
+            lease_workload::lease_client(
+                client,
+                names.clone(),
+                lease_rng.fork(),
+                stop_micros,
+                leases.clone(),
+            ),
+        );
+    }
+
     let mut plan = if options.faults {
         plan_faults(
             &mut rng,
@@ -350,9 +369,36 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
             &mut result,
             &mut steps,
         );
+        if result.violations.is_empty() {
+            leases_expire(&mut sim, &replicas, &leases, &mut result, &mut steps);
+        }
     }
+    result
+        .violations
+        .extend(lease_workload::check(&lock(&leases)));
     world.judge_exits();
     result.faults = world.counts.clone();
+    {
+        // Not faults, but what the lease checks had to work with.
+        let leases = lock(&leases);
+        result.faults.bump("leases", leases.len() as u64);
+        let renewed: usize = leases
+            .iter()
+            .map(|l| l.alive_since.len().saturating_sub(1))
+            .sum();
+        result.faults.bump("lease_renewals", renewed as u64);
+        let expired = leases
+            .iter()
+            .filter(|l| {
+                l.observations.iter().any(|o| {
+                    o.seen == lease_workload::Seen::LeaseGone
+                        || (o.seen == lease_workload::Seen::Keys(0)
+                            && l.attached.is_some_and(|at| at <= o.invoked))
+                })
+            })
+            .count();
+        result.faults.bump("lease_expiries_seen", expired as u64);
+    }
     result.violations.append(&mut world.violations);
     result.simulated = sim.elapsed();
     result
@@ -804,6 +850,105 @@ fn observe(replicas: &Replicas, invariants: &mut Invariants, steps: u64) {
 /// After healing: a fresh write and a linearizable read must succeed, and every
 /// member must converge to the same applied index and hash, in bounded time.
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+/// Lease clients per run.
+const LEASE_CLIENTS: u64 = 2;
+
+/// After healing, every lease must be gone within this: the longest TTL (a
+/// member restarted while healing starts each countdown afresh), plus a read
+/// barrier that was slow when the faults healed (every deadline is extended by
+/// its wait, at most the 7 s request timeout), plus the expiry tick and the
+/// revoke's commit.
+const LEASE_EXPIRY_BOUND: Duration =
+    Duration::from_secs(lease_workload::LEASE_TTL_MAX_SECONDS + 7 + 2);
+
+/// Phase 3: no lease is kept alive any more, so each must expire. Waits out the
+/// longest TTL from now (a member restarted while healing starts every
+/// countdown afresh), then reads every lease's keys linearizably.
+fn leases_expire(
+    sim: &mut turmoil::Sim<'_>,
+    replicas: &Replicas,
+    leases: &Leases,
+    result: &mut SimResult,
+    steps: &mut u64,
+) {
+    // Every granted lease: one whose attaching txn had an unknown outcome may
+    // hold keys too.
+    let tracked: Vec<(i64, Vec<u8>)> = lock(leases)
+        .iter()
+        .map(|lease| (lease.id, lease.prefix.clone()))
+        .collect();
+    if tracked.is_empty() {
+        return;
+    }
+    let targets: Vec<String> = lock(replicas).keys().cloned().collect();
+    // Per lease still holding keys at the end: its id and what was seen.
+    type Leftovers = Option<Vec<(i64, Option<usize>)>>;
+    let counts: Arc<Mutex<Leftovers>> = Arc::default();
+    let answer = counts.clone();
+    sim.client("lease-expiry", async move {
+        // Poll until every lease is gone, at most until the bound. Once a
+        // lease's keys are gone they stay gone (the lease checks judge that).
+        let bound = tokio::time::Instant::now() + LEASE_EXPIRY_BOUND;
+        let mut pending: Vec<(i64, Vec<u8>, Option<usize>)> = tracked
+            .into_iter()
+            .map(|(id, prefix)| (id, prefix, None))
+            .collect();
+        loop {
+            for (_, prefix, count) in pending.iter_mut() {
+                for target in &targets {
+                    let mut kv =
+                        KvClient::new(crate::net::channel(&format!("http://{target}:2379"))?);
+                    *count = lease_workload::count_keys(&mut kv, prefix).await;
+                    if count.is_some() {
+                        break;
+                    }
+                }
+            }
+            pending.retain(|(_, _, count)| *count != Some(0));
+            if pending.is_empty() || tokio::time::Instant::now() >= bound {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        *lock(&answer) = Some(
+            pending
+                .into_iter()
+                .map(|(id, _, count)| (id, count))
+                .collect(),
+        );
+        Ok(())
+    });
+    let deadline = sim.elapsed() + Duration::from_secs(60);
+    while lock(&counts).is_none() {
+        if sim.elapsed() > deadline {
+            result
+                .violations
+                .push("leases: the expiry check did not finish within 60 s".into());
+            return;
+        }
+        if let Err(error) = sim.step() {
+            result
+                .violations
+                .push(format!("simulation error while leases expire: {error}"));
+            return;
+        }
+        *steps += 1;
+    }
+    for (id, count) in lock(&counts).take().unwrap_or_default() {
+        match count {
+            Some(0) => {}
+            Some(count) => result.violations.push(format!(
+                "lease {id:x}: {count} keys still there {} s after healing (TTL at most {} s)",
+                LEASE_EXPIRY_BOUND.as_secs(),
+                lease_workload::LEASE_TTL_MAX_SECONDS
+            )),
+            None => result
+                .violations
+                .push(format!("lease {id:x}: no member answered the expiry check")),
+        }
+    }
+}
+
 fn liveness(
     sim: &mut turmoil::Sim<'_>,
     names: &[String],

@@ -25,7 +25,7 @@ pub const THINK_MS_MAX: u64 = 40;
 /// The shared, growing history.
 pub type History = Arc<Mutex<Vec<Operation>>>;
 
-fn now_micros() -> u64 {
+pub(crate) fn now_micros() -> u64 {
     turmoil::sim_elapsed().map_or(0, |d| d.as_micros() as u64)
 }
 

@@ -44,9 +44,21 @@ impl Default for Options {
     }
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up): a port the
+/// kernel handed out for port 0 can be taken by any outgoing connection before
+/// the member binds it (and again while a member restarts). Each test process
+/// starts at its own offset and checks that a port binds before using it.
 async fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id() % 500 * 20;
+    loop {
+        let port = 20_000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        let port = u16::try_from(port).expect("port below 32000");
+        if TcpListener::bind(("127.0.0.1", port)).await.is_ok() {
+            return port;
+        }
+    }
 }
 
 impl TestCluster {
@@ -76,6 +88,7 @@ impl TestCluster {
                 snapshot_count: Some(options.snapshot_count),
                 snapshot_catchup_entries: Some(options.snapshot_catchup_entries),
                 max_request_bytes: options.max_request_bytes,
+                watch_progress_notify_interval: Some(500),
                 ..ServeArgs::default()
             };
             members.push(Member {

@@ -5,4 +5,6 @@
 mod cluster;
 mod errors;
 mod harness;
+mod lease;
 mod storage;
+mod watch;

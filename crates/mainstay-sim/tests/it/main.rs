@@ -19,7 +19,7 @@ fn assert_passes(seed: u64, options: &SimOptions) -> u64 {
 }
 
 /// Seeds that once found a bug (see docs/simulation.md); they must keep passing.
-const REGRESSION_SEEDS: [u64; 7] = [5, 96, 271, 274, 336, 393, 453];
+const REGRESSION_SEEDS: [u64; 10] = [5, 86, 96, 114, 271, 274, 336, 393, 418, 453];
 
 #[test]
 fn smoke_seeds_pass() {
@@ -44,11 +44,31 @@ fn self_test_reads_without_a_barrier_are_caught() {
         workload_seconds: 8,
         safety_breaks: SafetyBreaks {
             skip_read_barrier: true,
+            ..SafetyBreaks::default()
         },
         ..SimOptions::default()
     };
     let caught = (1..=10).find(|&seed| !run(seed, &options).ok());
     assert!(caught.is_some(), "stale reads went unnoticed for 10 seeds");
+}
+
+#[test]
+fn self_test_early_lease_expiry_is_caught() {
+    // Goal: the lease checks can fail. A leader that revokes leases one second
+    // before their deadline must be seen by a read or keep-alive in a few seeds.
+    let options = SimOptions {
+        workload_seconds: 8,
+        safety_breaks: SafetyBreaks {
+            expire_leases_early: true,
+            ..SafetyBreaks::default()
+        },
+        ..SimOptions::default()
+    };
+    let caught = (1..=10).find(|&seed| !run(seed, &options).ok());
+    assert!(
+        caught.is_some(),
+        "early lease expiry went unnoticed for 10 seeds"
+    );
 }
 
 /// Runs the `mainstay-sim` binary (a campaign in worker processes) and returns

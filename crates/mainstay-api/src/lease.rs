@@ -1,0 +1,225 @@
+//! `etcdserverpb.Lease`: Grant, Revoke, KeepAlive, TimeToLive, Leases.
+//!
+//! Grants, revokes and keep-alives are Raft entries (see `mainstay_raft::lease`
+//! for how expiry is decided). TimeToLive and Leases read the local replica
+//! after a read barrier.
+
+use std::pin::Pin;
+
+use futures::{FutureExt, Stream};
+use mainstay_mvcc::{
+    Command, CommandResponse, LeaseGrantRequest, LeaseRenewRequest, LeaseRevokeRequest,
+};
+use mainstay_proto::etcdserverpb as pb;
+use mainstay_proto::etcdserverpb::lease_server::Lease;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::Api;
+
+/// Keep-alives from one stream folded into one Raft entry, at most.
+const RENEWS_PER_ENTRY_MAX: usize = 128;
+
+/// Replies buffered per keep-alive stream before the server stops reading it.
+const KEEPALIVE_REPLIES_BUFFERED: usize = 64;
+
+/// The Lease service.
+#[derive(Clone)]
+pub struct LeaseService {
+    api: Api,
+}
+
+impl LeaseService {
+    /// Wraps the shared API state.
+    pub fn new(api: Api) -> Self {
+        LeaseService { api }
+    }
+}
+
+fn unexpected(response: &CommandResponse) -> Status {
+    tracing::error!(
+        ?response,
+        "lease command answered with the wrong response kind"
+    );
+    Status::internal("etcdserver: unexpected response")
+}
+
+/// Renews `ids` in one entry; per id its granted TTL, 0 for an unknown lease.
+async fn renew(api: &Api, ids: Vec<i64>) -> Result<(Vec<i64>, i64, u64), Status> {
+    let (response, term) = api
+        .propose(Command::LeaseRenew(LeaseRenewRequest { ids }))
+        .await?;
+    match response {
+        CommandResponse::LeaseRenew(renewed) => Ok((renewed.ttls, renewed.revision, term)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Serves one keep-alive stream: reads what the client sent, renews everything
+/// that is already waiting in one entry, answers each request in order.
+async fn keep_alive(
+    api: Api,
+    mut inbound: Streaming<pb::LeaseKeepAliveRequest>,
+    replies: mpsc::Sender<Result<pb::LeaseKeepAliveResponse, Status>>,
+) {
+    loop {
+        let first = match inbound.message().await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(status) => {
+                tracing::debug!(%status, "keep-alive stream broke");
+                return;
+            }
+        };
+        let mut ids = vec![first.id];
+        while ids.len() < RENEWS_PER_ENTRY_MAX {
+            match inbound.message().now_or_never() {
+                Some(Ok(Some(request))) => ids.push(request.id),
+                _ => break,
+            }
+        }
+        let answers = match renew(&api, ids.clone()).await {
+            Ok((ttls, revision, term)) => ids
+                .iter()
+                .zip(ttls)
+                .map(|(id, ttl)| {
+                    Ok(pb::LeaseKeepAliveResponse {
+                        header: api.headers().header(revision, term),
+                        id: *id,
+                        ttl,
+                    })
+                })
+                .collect::<Vec<_>>(),
+            Err(status) => vec![Err(status)],
+        };
+        for answer in answers {
+            let failed = answer.is_err();
+            if replies.send(answer).await.is_err() || failed {
+                return;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let request = request.into_inner();
+        // etcd raises a short TTL to its minimum (1.5 election timeouts) so a
+        // lease cannot expire during a normal leader change.
+        let ttl = request.ttl.max(self.api.limits.lease_ttl_min);
+        let (response, term) = self
+            .api
+            .propose(Command::LeaseGrant(LeaseGrantRequest {
+                id: request.id,
+                ttl,
+            }))
+            .await?;
+        match response {
+            CommandResponse::LeaseGrant(granted) => Ok(Response::new(pb::LeaseGrantResponse {
+                header: self.api.headers().header(granted.revision, term),
+                id: granted.id,
+                ttl: granted.ttl,
+                error: String::new(),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let id = request.into_inner().id;
+        let (response, term) = self
+            .api
+            .propose(Command::LeaseRevoke(LeaseRevokeRequest { id }))
+            .await?;
+        match response {
+            CommandResponse::LeaseRevoke(revoked) => Ok(Response::new(pb::LeaseRevokeResponse {
+                header: self.api.headers().header(revoked.revision, term),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    type LeaseKeepAliveStream =
+        Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let inbound = request.into_inner();
+        let (replies, outbound) = mpsc::channel(KEEPALIVE_REPLIES_BUFFERED);
+        tokio::spawn(keep_alive(self.api.clone(), inbound, replies));
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let request = request.into_inner();
+        self.api.barrier(false).await?;
+        let (lease, keys, revision) = self.api.replica.read(|space| {
+            let lease = space.lease(request.id);
+            let keys = match (lease, request.keys) {
+                (Some(_), true) => space.lease_keys(request.id),
+                _ => Vec::new(),
+            };
+            (lease, keys, space.revision())
+        });
+        let header = self.api.headers().header(revision, self.api.replica.term());
+        let response = match lease {
+            // etcd answers an unknown (or expired) lease with TTL -1, not an error.
+            None => pb::LeaseTimeToLiveResponse {
+                header,
+                id: request.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
+            Some(lease) => {
+                let remaining = self
+                    .api
+                    .replica
+                    .lease_clock()
+                    .remaining(lease.id)
+                    .map_or(lease.ttl, |left| {
+                        i64::try_from(left.as_secs()).unwrap_or(i64::MAX)
+                    });
+                pb::LeaseTimeToLiveResponse {
+                    header,
+                    id: lease.id,
+                    ttl: remaining,
+                    granted_ttl: lease.ttl,
+                    keys,
+                }
+            }
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn lease_leases(
+        &self,
+        _: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        self.api.barrier(false).await?;
+        let (leases, revision) = self.api.replica.read(|space| {
+            let leases = space
+                .leases()
+                .map(|lease| pb::LeaseStatus { id: lease.id })
+                .collect();
+            (leases, space.revision())
+        });
+        Ok(Response::new(pb::LeaseLeasesResponse {
+            header: self.api.headers().header(revision, self.api.replica.term()),
+            leases,
+        }))
+    }
+}

@@ -1,0 +1,532 @@
+//! `etcdserverpb.Watch`: many watchers multiplexed on one bidirectional stream,
+//! served by any member from its own applied state.
+//!
+//! One task per stream owns its watchers. Live events come from the replica's
+//! broadcast of applied revisions; history (a start revision in the past, or a
+//! stream that fell behind the broadcast) comes from the MVCC keyspace. Each
+//! watcher remembers the next revision it owes the client, so every revision
+//! reaches it exactly once, in order, whole (one revision is never split across
+//! responses unless the client asked for fragments), from either source.
+//! Memory per stream is bounded: replies wait in a bounded channel, and a stream
+//! that cannot keep up stops reading the broadcast, lags, and later catches up
+//! from history; a watcher that fell behind compaction is cancelled with
+//! `compact_revision`, never skipped silently.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use mainstay_mvcc::{Event, EventKind, KeySpace, MvccError, Revision};
+use mainstay_proto::etcdserverpb as pb;
+use mainstay_proto::etcdserverpb::watch_server::Watch;
+use mainstay_proto::mvccpb;
+use mainstay_raft::AppliedEvents;
+use prost::Message;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::Api;
+use crate::convert::key_value;
+
+/// Replies buffered per stream before the stream task waits for the client.
+const REPLIES_BUFFERED: usize = 64;
+
+/// Events per reply when catching up from history (whole revisions only).
+const EVENTS_PER_REPLY: usize = 1000;
+
+/// Watchers per stream.
+pub const WATCHERS_PER_STREAM_MAX: usize = 10_000;
+
+/// How often a stream checks for a leader (require-leader) and due progress
+/// notifications.
+const TICK: Duration = Duration::from_millis(100);
+
+/// etcd's text for a client-chosen watch id already in use on the stream.
+const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
+/// etcd's text for a start revision that can never be served.
+const COMPACTED: &str = "mvcc: required revision has been compacted";
+
+/// The Watch service.
+#[derive(Clone)]
+pub struct WatchService {
+    api: Api,
+    progress_interval: Duration,
+}
+
+impl WatchService {
+    /// Wraps the shared API state; `progress_interval` is etcd's
+    /// `--watch-progress-notify-interval` (10 minutes by default).
+    pub fn new(api: Api, progress_interval: Duration) -> Self {
+        WatchService {
+            api,
+            progress_interval,
+        }
+    }
+}
+
+struct Watcher {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    fragment: bool,
+    /// The next revision this watcher owes the client.
+    next: Revision,
+    /// When this watcher last sent anything (for progress notifications).
+    last_sent: Instant,
+}
+
+impl Watcher {
+    fn wants(&self, event: &Event) -> bool {
+        let kind_ok = match event.kind {
+            EventKind::Put => !self.no_put,
+            EventKind::Delete => !self.no_delete,
+        };
+        kind_ok && mainstay_mvcc::in_range(&event.kv.key, &self.key, &self.range_end)
+    }
+
+    fn to_wire(&self, event: &Event) -> mvccpb::Event {
+        mvccpb::Event {
+            r#type: match event.kind {
+                EventKind::Put => mvccpb::event::EventType::Put as i32,
+                EventKind::Delete => mvccpb::event::EventType::Delete as i32,
+            },
+            kv: Some(key_value(event.kv.clone())),
+            prev_kv: if self.prev_kv {
+                event.prev_kv.clone().map(key_value)
+            } else {
+                None
+            },
+        }
+    }
+}
+
+/// Why a stream ended early.
+enum Ended {
+    /// The client went away (or stopped reading and the stream was dropped).
+    Gone,
+    /// Closed with this status (no leader).
+    Status(Status),
+}
+
+struct WatchStream {
+    api: Api,
+    replies: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+    /// Every revision up to this one has been handled for every watcher.
+    processed: Revision,
+    progress_interval: Duration,
+    require_leader: bool,
+    leaderless_since: Option<Instant>,
+}
+
+impl WatchStream {
+    fn header(&self, revision: Revision) -> Option<pb::ResponseHeader> {
+        self.api.headers().header(revision, self.api.replica.term())
+    }
+
+    async fn send(&self, response: pb::WatchResponse) -> Result<(), Ended> {
+        self.replies
+            .send(Ok(response))
+            .await
+            .map_err(|_| Ended::Gone)
+    }
+
+    /// Sends `events` (all of one watcher, revision-ordered) in replies that
+    /// never split a revision, unless the watcher asked for fragments and one
+    /// revision alone exceeds the reply size limit.
+    async fn deliver(&mut self, id: i64, events: Vec<(Revision, Event)>) -> Result<(), Ended> {
+        let Some(watcher) = self.watchers.get(&id) else {
+            return Ok(());
+        };
+        let limit = self.api.limits.request_bytes_max;
+        let fragment = watcher.fragment;
+        let mut batches: Vec<(Revision, Vec<mvccpb::Event>)> = Vec::new();
+        let mut current: Vec<mvccpb::Event> = Vec::new();
+        let mut current_revision = 0;
+        for (revision, event) in &events {
+            if !watcher.wants(event) {
+                continue;
+            }
+            if revision != &current_revision && current.len() >= EVENTS_PER_REPLY {
+                batches.push((current_revision, std::mem::take(&mut current)));
+            }
+            current_revision = *revision;
+            current.push(watcher.to_wire(event));
+        }
+        if !current.is_empty() {
+            batches.push((current_revision, current));
+        }
+        for (revision, events) in batches {
+            let response = pb::WatchResponse {
+                header: self.header(revision),
+                watch_id: id,
+                events,
+                ..Default::default()
+            };
+            if fragment && response.encoded_len() > limit {
+                for part in split(response, limit) {
+                    self.send(part).await?;
+                }
+            } else {
+                self.send(response).await?;
+            }
+            if let Some(watcher) = self.watchers.get_mut(&id) {
+                watcher.last_sent = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings one watcher up to `to` from the keyspace's history; cancels it if
+    /// the revisions it still needs were compacted.
+    async fn catch_up(&mut self, id: i64, to: Revision) -> Result<(), Ended> {
+        let Some(watcher) = self.watchers.get(&id) else {
+            return Ok(());
+        };
+        if watcher.next > to {
+            return Ok(());
+        }
+        let (from, key, range_end) = (watcher.next, watcher.key.clone(), watcher.range_end.clone());
+        let history = self.api.replica.read(|space: &KeySpace| {
+            (
+                space.events(&key, &range_end, from, to),
+                space.compacted_revision(),
+            )
+        });
+        match history {
+            (Ok(events), _) => {
+                self.deliver(id, events).await?;
+                if let Some(watcher) = self.watchers.get_mut(&id) {
+                    watcher.next = to + 1;
+                }
+                Ok(())
+            }
+            (Err(MvccError::Compacted), compacted) => {
+                self.watchers.remove(&id);
+                // The first revision a new watch can start from.
+                self.send(pb::WatchResponse {
+                    header: self.header(to),
+                    watch_id: id,
+                    canceled: true,
+                    compact_revision: compacted + 1,
+                    cancel_reason: COMPACTED.to_string(),
+                    ..Default::default()
+                })
+                .await
+            }
+            (Err(error), _) => {
+                tracing::error!(%error, "watch history read failed");
+                self.watchers.remove(&id);
+                self.send(pb::WatchResponse {
+                    header: self.header(to),
+                    watch_id: id,
+                    canceled: true,
+                    cancel_reason: error.to_string(),
+                    ..Default::default()
+                })
+                .await
+            }
+        }
+    }
+
+    async fn create(&mut self, request: pb::WatchCreateRequest) -> Result<(), Ended> {
+        let current = self.api.replica.read(|space| space.revision());
+        let refuse = |reason: &str| pb::WatchResponse {
+            header: self.header(current),
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason.to_string(),
+            ..Default::default()
+        };
+        if request.start_revision < 0 {
+            return self.send(refuse(COMPACTED)).await;
+        }
+        if self.watchers.len() >= WATCHERS_PER_STREAM_MAX {
+            return self
+                .send(refuse("etcdserver: too many watchers on this stream"))
+                .await;
+        }
+        let id = if request.watch_id != 0 {
+            if self.watchers.contains_key(&request.watch_id) {
+                return self.send(refuse(DUPLICATE_ID)).await;
+            }
+            request.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        let filters = request.filters.clone();
+        let watcher = Watcher {
+            key: request.key,
+            range_end: request.range_end,
+            prev_kv: request.prev_kv,
+            no_put: filters.contains(&(pb::watch_create_request::FilterType::Noput as i32)),
+            no_delete: filters.contains(&(pb::watch_create_request::FilterType::Nodelete as i32)),
+            progress_notify: request.progress_notify,
+            fragment: request.fragment,
+            next: if request.start_revision == 0 {
+                self.processed + 1
+            } else {
+                request.start_revision
+            },
+            last_sent: Instant::now(),
+        };
+        self.watchers.insert(id, watcher);
+        self.send(pb::WatchResponse {
+            header: self.header(self.processed),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        })
+        .await?;
+        // Past revisions up to what this stream has handled come from history;
+        // later ones arrive live.
+        self.catch_up(id, self.processed).await
+    }
+
+    async fn cancel(&mut self, id: i64) -> Result<(), Ended> {
+        // etcd answers only a cancel of a watcher that exists.
+        if self.watchers.remove(&id).is_some() {
+            self.send(pb::WatchResponse {
+                header: self.header(self.processed),
+                watch_id: id,
+                canceled: true,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// One applied revision from the broadcast.
+    async fn live(&mut self, applied: AppliedEvents) -> Result<(), Ended> {
+        let revision = applied.revision;
+        if revision <= self.processed {
+            return Ok(());
+        }
+        if revision > self.processed + 1 {
+            // Missed revisions (should not happen on a contiguous broadcast):
+            // fetch them from history rather than skip them.
+            self.catch_up_all(revision - 1).await?;
+        }
+        let mut events: Vec<Event> = applied.events.as_ref().clone();
+        events.sort_by(|a, b| a.kv.key.cmp(&b.kv.key));
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            let Some(watcher) = self.watchers.get(&id) else {
+                continue;
+            };
+            if watcher.next > revision {
+                continue;
+            }
+            if watcher.next < revision {
+                self.catch_up(id, revision - 1).await?;
+            }
+            let batch = events.iter().map(|e| (revision, e.clone())).collect();
+            self.deliver(id, batch).await?;
+            if let Some(watcher) = self.watchers.get_mut(&id) {
+                watcher.next = revision + 1;
+            }
+        }
+        self.processed = revision;
+        Ok(())
+    }
+
+    /// Every watcher up to `to` from history (after the stream lagged).
+    async fn catch_up_all(&mut self, to: Revision) -> Result<(), Ended> {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            self.catch_up(id, to).await?;
+        }
+        self.processed = self.processed.max(to);
+        Ok(())
+    }
+
+    /// Handles what the broadcast already holds, so a progress answer is as
+    /// fresh as this member's applied state.
+    async fn drain(
+        &mut self,
+        events: &mut broadcast::Receiver<AppliedEvents>,
+    ) -> Result<(), Ended> {
+        loop {
+            match events.try_recv() {
+                Ok(applied) => self.live(applied).await?,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    let current = self.api.replica.read(|space| space.revision());
+                    self.catch_up_all(current).await?;
+                }
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+
+    async fn tick(&mut self) -> Result<(), Ended> {
+        let now = Instant::now();
+        if self.require_leader {
+            if self.api.replica.status().leader.is_some() {
+                self.leaderless_since = None;
+            } else {
+                let since = *self.leaderless_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= self.api.replica.election_timeout() * 3 {
+                    return Err(Ended::Status(Status::unavailable("etcdserver: no leader")));
+                }
+            }
+        }
+        let due: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| {
+                w.progress_notify
+                    && now.saturating_duration_since(w.last_sent) >= self.progress_interval
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.send(pb::WatchResponse {
+                header: self.header(self.processed),
+                watch_id: id,
+                ..Default::default()
+            })
+            .await?;
+            if let Some(watcher) = self.watchers.get_mut(&id) {
+                watcher.last_sent = now;
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(
+        mut self,
+        mut inbound: Streaming<pb::WatchRequest>,
+        mut events: broadcast::Receiver<AppliedEvents>,
+    ) -> Ended {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let step = tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => self.handle(request, &mut events).await,
+                    Ok(None) | Err(_) => Err(Ended::Gone),
+                },
+                applied = events.recv() => match applied {
+                    Ok(applied) => self.live(applied).await,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "watch stream lagged; catching up from history");
+                        let current = self.api.replica.read(|space| space.revision());
+                        self.catch_up_all(current).await
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        Err(Ended::Status(Status::unavailable("etcdserver: server stopped")))
+                    }
+                },
+                _ = ticker.tick() => self.tick().await,
+            };
+            if let Err(ended) = step {
+                return ended;
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        request: pb::WatchRequest,
+        events: &mut broadcast::Receiver<AppliedEvents>,
+    ) -> Result<(), Ended> {
+        use pb::watch_request::RequestUnion;
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => {
+                self.drain(events).await?;
+                self.create(create).await
+            }
+            Some(RequestUnion::CancelRequest(cancel)) => self.cancel(cancel.watch_id).await,
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // Every event up to `processed` has been sent on this stream,
+                // and nothing later: that is the progress mark (etcd #15220).
+                self.drain(events).await?;
+                self.send(pb::WatchResponse {
+                    header: self.header(self.processed),
+                    watch_id: -1,
+                    ..Default::default()
+                })
+                .await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// Splits a reply whose events exceed `limit` bytes into fragments; all but
+/// the last carry `fragment = true`.
+fn split(mut response: pb::WatchResponse, limit: usize) -> Vec<pb::WatchResponse> {
+    let events = std::mem::take(&mut response.events);
+    let empty = response;
+    let mut parts = Vec::new();
+    let mut part = empty.clone();
+    let mut size = part.encoded_len();
+    for event in events {
+        let event_size = event.encoded_len() + 8;
+        if !part.events.is_empty() && size + event_size > limit {
+            parts.push(std::mem::replace(&mut part, empty.clone()));
+            size = part.encoded_len();
+        }
+        size += event_size;
+        part.events.push(event);
+    }
+    parts.push(part);
+    let last = parts.len() - 1;
+    for (index, part) in parts.iter_mut().enumerate() {
+        part.fragment = index < last;
+    }
+    parts
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let require_leader = request
+            .metadata()
+            .get("hasleader")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == "true");
+        if require_leader && self.api.replica.status().leader.is_none() {
+            return Err(Status::unavailable("etcdserver: no leader"));
+        }
+        let inbound = request.into_inner();
+        // Subscribe before reading the revision: nothing applied in between is missed.
+        let events = self.api.replica.subscribe();
+        let processed = self.api.replica.read(|space| space.revision());
+        let (replies, outbound) = mpsc::channel(REPLIES_BUFFERED);
+        let stream = WatchStream {
+            api: self.api.clone(),
+            replies: replies.clone(),
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            processed,
+            progress_interval: self.progress_interval,
+            require_leader,
+            leaderless_since: None,
+        };
+        tokio::spawn(async move {
+            if let Ended::Status(status) = stream.run(inbound, events).await {
+                let _ = replies.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+    }
+}

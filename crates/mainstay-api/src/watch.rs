@@ -374,7 +374,11 @@ impl WatchStream {
     async fn tick(&mut self) -> Result<(), Ended> {
         let now = Instant::now();
         if self.require_leader {
-            if self.api.replica.status().leader.is_some() {
+            if self
+                .api
+                .replica
+                .has_live_leader(self.api.replica.election_timeout())
+            {
                 self.leaderless_since = None;
             } else {
                 let since = *self.leaderless_since.get_or_insert(now);

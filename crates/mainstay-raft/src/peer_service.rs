@@ -71,6 +71,11 @@ impl RaftPeer for PeerService {
             .append_entries(rpc)
             .await
             .map_err(|e| e.to_string());
+        if matches!(&result, Ok(response) if !matches!(response, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+        {
+            // A leader this member accepts just reached it.
+            self.replica.note_leader_contact();
+        }
         reply(&result)
     }
 

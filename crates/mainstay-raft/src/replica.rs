@@ -156,6 +156,8 @@ pub(crate) struct Inner {
     /// expiry loop holds it exclusively from its decision until its revokes are
     /// applied, so no renew is ordered between a decision and its revoke.
     pub(crate) lease_gate: tokio::sync::RwLock<()>,
+    /// When a leader's AppendEntries (heartbeats included) last reached this member.
+    leader_contact: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// One member's replica. Cheap to clone.
@@ -242,6 +244,7 @@ impl Replica {
                 pool,
                 request_timeout,
                 lease_gate: tokio::sync::RwLock::new(()),
+                leader_contact: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -280,6 +283,37 @@ impl Replica {
     /// This replica's lease deadlines.
     pub fn lease_clock(&self) -> &crate::lease::LeaseClock {
         self.inner.state.lease_clock()
+    }
+
+    pub(crate) fn note_leader_contact(&self) {
+        *self
+            .inner
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+    }
+
+    /// Whether this member is in touch with a leader: it leads and a quorum
+    /// acknowledged it within `within`, or a leader's AppendEntries reached it
+    /// within `within`. (openraft's `current_leader` stays set on a cut-off
+    /// follower until it wins or loses an election, which pre-vote may never
+    /// start.)
+    pub fn has_live_leader(&self, within: Duration) -> bool {
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        if metrics.state == ServerState::Leader {
+            // Deprecated for `last_quorum_acked`, whose instant type is openraft's
+            // runtime wrapper; the millisecond form says the same thing plainly.
+            #[allow(deprecated)]
+            return metrics
+                .millis_since_quorum_ack
+                .is_some_and(|ms| Duration::from_millis(ms) <= within);
+        }
+        let contact = *self
+            .inner
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        metrics.current_leader.is_some() && contact.is_some_and(|at| at.elapsed() <= within)
     }
 
     /// Whether this member believes it is the leader (unconfirmed; see `read_barrier`).

@@ -279,3 +279,105 @@ async fn progress_notifications_reach_idle_watchers() {
     assert_eq!(notification.header.expect("header").revision, 2);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_revision_is_sent_in_fragments_when_asked() {
+    // Goal: with `fragment`, a revision whose events exceed the request size
+    // limit arrives in several replies, all but the last marked `fragment`, and
+    // together they hold every event of that one revision.
+    let options = Options {
+        max_request_bytes: Some(4096),
+        ..Options::default()
+    };
+    let cluster = TestCluster::start(3, options).await;
+    let leader = cluster.wait_for_leader().await;
+    let value = "x".repeat(1000);
+    for i in 0..10 {
+        cluster.put(leader, &format!("f/{i}"), &value).await;
+    }
+    let mut stream = Stream::open(&cluster, leader).await;
+    stream
+        .create(WatchCreateRequest {
+            prev_kv: true,
+            fragment: true,
+            ..prefix("f/")
+        })
+        .await;
+    assert!(stream.next().await.created);
+    let mut kv = cluster.kv(leader).await;
+    let deleted = kv
+        .delete_range(DeleteRangeRequest {
+            key: b"f/".to_vec(),
+            range_end: b"f0".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    let revision = deleted.header.expect("header").revision;
+    let mut parts = Vec::new();
+    loop {
+        let part = stream.next().await;
+        let last = !part.fragment;
+        parts.push(part);
+        if last {
+            break;
+        }
+    }
+    assert!(
+        parts.len() > 1,
+        "10 KB of events under a 4 KB limit come in fragments"
+    );
+    let events: Vec<_> = parts.iter().flat_map(summary).collect();
+    assert_eq!(events.len(), 10);
+    assert!(events.iter().all(|e| e.0 == DELETE && e.3 == revision));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_require_leader_watch_ends_when_its_member_loses_the_leader() {
+    // Goal: a stream opened with `hasleader: true` (as Kubernetes does) is closed
+    // with `etcdserver: no leader` once its member has been without a leader for
+    // a while, instead of silently serving a stale view.
+    let mut cluster = TestCluster::start(3, Options::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let member = (leader + 1) % 3;
+    let url = format!("http://127.0.0.1:{}", cluster.members[member].client_port);
+    let mut client: WatchClient<Channel> = WatchClient::connect(url).await.expect("connect");
+    let (requests, receiver) = mpsc::channel(4);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    request.metadata_mut().insert(
+        "hasleader",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    let mut responses = client.watch(request).await.expect("watch").into_inner();
+    requests
+        .send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(prefix("r/"))),
+        })
+        .await
+        .expect("create");
+    let created = responses.message().await.expect("created").expect("open");
+    assert!(created.created);
+    for other in 0..3 {
+        if other != member {
+            cluster.stop_member(other).await.expect("clean stop");
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match responses.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within 20 s");
+    let status = ended.expect("closed with a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "etcdserver: no leader");
+    drop(requests);
+    cluster.shutdown().await;
+}

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::Api;
 use crate::convert;
-use crate::status::{ApiError, api_status, mvcc_status};
+use crate::status::{ApiError, api_status, mvcc_status, unexpected};
 
 /// The KV service.
 #[derive(Clone)]
@@ -36,11 +36,6 @@ fn all_serializable(txn: &mainstay_mvcc::TxnRequest) -> bool {
         mainstay_mvcc::RequestOp::Txn(t) => all_serializable(t),
         _ => false,
     })
-}
-
-fn unexpected(response: &CommandResponse) -> Status {
-    tracing::error!(?response, "command answered with the wrong response kind");
-    Status::internal("etcdserver: unexpected response")
 }
 
 #[tonic::async_trait]

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::Api;
+use crate::status::unexpected;
 
 /// Keep-alives from one stream folded into one Raft entry, at most.
 const RENEWS_PER_ENTRY_MAX: usize = 128;
@@ -35,14 +36,6 @@ impl LeaseService {
     pub fn new(api: Api) -> Self {
         LeaseService { api }
     }
-}
-
-fn unexpected(response: &CommandResponse) -> Status {
-    tracing::error!(
-        ?response,
-        "lease command answered with the wrong response kind"
-    );
-    Status::internal("etcdserver: unexpected response")
 }
 
 /// Renews `ids` in one entry; per id its granted TTL, 0 for an unknown lease.

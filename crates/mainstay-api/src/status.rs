@@ -54,6 +54,13 @@ pub fn mvcc_status(error: &MvccError) -> Status {
     Status::new(code, message)
 }
 
+/// A command answered with another kind of response than it asked for (a bug;
+/// logged, and the client gets an internal error).
+pub(crate) fn unexpected(response: &mainstay_mvcc::CommandResponse) -> Status {
+    tracing::error!(?response, "command answered with the wrong response kind");
+    Status::internal("etcdserver: unexpected response")
+}
+
 /// Maps a replication error.
 pub fn replica_status(error: &ReplicaError) -> Status {
     let message = match error {

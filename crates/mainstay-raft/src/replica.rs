@@ -299,21 +299,29 @@ impl Replica {
     /// follower until it wins or loses an election, which pre-vote may never
     /// start.)
     pub fn has_live_leader(&self, within: Duration) -> bool {
-        let metrics = self.inner.raft.metrics().borrow_watched().clone();
-        if metrics.state == ServerState::Leader {
+        // Read in place: every require-leader stream asks this each 100 ms.
+        let (leading, acked_ms, known_leader) = {
+            let metrics = self.inner.raft.metrics();
+            let metrics = metrics.borrow_watched();
             // Deprecated for `last_quorum_acked`, whose instant type is openraft's
             // runtime wrapper; the millisecond form says the same thing plainly.
             #[allow(deprecated)]
-            return metrics
-                .millis_since_quorum_ack
-                .is_some_and(|ms| Duration::from_millis(ms) <= within);
+            let acked_ms = metrics.millis_since_quorum_ack;
+            (
+                metrics.state == ServerState::Leader,
+                acked_ms,
+                metrics.current_leader.is_some(),
+            )
+        };
+        if leading {
+            return acked_ms.is_some_and(|ms| Duration::from_millis(ms) <= within);
         }
         let contact = *self
             .inner
             .leader_contact
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        metrics.current_leader.is_some() && contact.is_some_and(|at| at.elapsed() <= within)
+        known_leader && contact.is_some_and(|at| at.elapsed() <= within)
     }
 
     /// Whether this member believes it is the leader (unconfirmed; see `read_barrier`).

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::ChangeMembers;
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ReplicaError;
@@ -127,7 +127,7 @@ impl Replica {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         let mut known_leader = None;
         let outcome = loop {
-            let leader = match self.change_members_local(change.clone()).await {
+            let leader = match self.change_members_local(change.clone(), deadline).await {
                 Local::Done(outcome) => break outcome,
                 Local::Failed(error) => return Err(error),
                 Local::NotLeader(leader) => leader,
@@ -178,17 +178,44 @@ impl Replica {
 
     /// Serves a forwarded membership change: act locally, never forward again.
     pub(crate) async fn serve_membership(&self, change: MemberChange) -> ForwardReply {
-        match self.change_members_local(change).await {
+        // Half the forwarder's own wait, so the answer reaches it in time.
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout / 2;
+        match self.change_members_local(change, deadline).await {
             Local::Done(outcome) => ForwardReply::Membership(Ok(outcome)),
             Local::Failed(error) => ForwardReply::Membership(Err(error)),
             Local::NotLeader(leader) => ForwardReply::NotLeader(leader),
         }
     }
 
-    async fn change_members_local(&self, change: MemberChange) -> Local {
+    /// Runs one change on this member if it leads. Changes are serialised here;
+    /// one that openraft refuses because an earlier term's change is still in
+    /// progress is tried again until `deadline` (etcd answers that case with a
+    /// timeout too, but only after its own wait).
+    async fn change_members_local(
+        &self,
+        change: MemberChange,
+        deadline: tokio::time::Instant,
+    ) -> Local {
+        let Ok(_serial) =
+            tokio::time::timeout_at(deadline, self.inner.membership_lock.lock()).await
+        else {
+            return Local::Failed(ReplicaError::Timeout.into());
+        };
+        loop {
+            if let Some(local) = self.change_members_once(change.clone()).await {
+                return local;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Local::Failed(ReplicaError::Timeout.into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn change_members_once(&self, change: MemberChange) -> Option<Local> {
         let metrics = self.inner.raft.metrics().borrow_watched().clone();
         if metrics.current_leader != Some(self.member_id()) {
-            return Local::NotLeader(metrics.current_leader);
+            return Some(Local::NotLeader(metrics.current_leader));
         }
         let members = self.members();
         let find = |id: u64| members.iter().find(|(member, _, _)| *member == id);
@@ -227,11 +254,11 @@ impl Replica {
         let changes = match change {
             MemberChange::Add { peer_urls, learner } => {
                 if urls_taken(&peer_urls, None) {
-                    return Local::Failed(MembershipError::PeerUrlsExist);
+                    return Some(Local::Failed(MembershipError::PeerUrlsExist));
                 }
                 let learners = members.iter().filter(|(_, _, l)| *l).count();
                 if learner && learners >= LEARNERS_MAX {
-                    return Local::Failed(MembershipError::TooManyLearners);
+                    return Some(Local::Failed(MembershipError::TooManyLearners));
                 }
                 // Fresh and deterministic: the URLs and the log position make it.
                 let salt = format!("{}", metrics.last_log_index.unwrap_or(0));
@@ -249,7 +276,7 @@ impl Replica {
                 let mut after = voters.clone();
                 after.push(id);
                 if !learner && !quorum_up(&after) {
-                    return Local::Failed(MembershipError::NotEnoughStarted);
+                    return Some(Local::Failed(MembershipError::NotEnoughStarted));
                 }
                 if learner {
                     ChangeMembers::AddNodes(nodes)
@@ -259,24 +286,24 @@ impl Replica {
             }
             MemberChange::Remove(id) => {
                 let Some((_, _, learner)) = find(id) else {
-                    return Local::Failed(MembershipError::NotFound);
+                    return Some(Local::Failed(MembershipError::NotFound));
                 };
                 if *learner {
                     ChangeMembers::RemoveNodes(BTreeSet::from([id]))
                 } else {
                     let after: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
                     if after.is_empty() || !quorum_up(&after) {
-                        return Local::Failed(MembershipError::NotEnoughStarted);
+                        return Some(Local::Failed(MembershipError::NotEnoughStarted));
                     }
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 }
             }
             MemberChange::Promote(id) => {
                 let Some((_, _, learner)) = find(id) else {
-                    return Local::Failed(MembershipError::NotFound);
+                    return Some(Local::Failed(MembershipError::NotFound));
                 };
                 if !*learner {
-                    return Local::Failed(MembershipError::NotLearner);
+                    return Some(Local::Failed(MembershipError::NotLearner));
                 }
                 let last = metrics.last_log_index.unwrap_or(0);
                 let matched = metrics
@@ -285,21 +312,21 @@ impl Replica {
                     .and_then(|r| r.get(&id).cloned().flatten())
                     .map_or(0, |l| l.index);
                 if matched * 10 < last * 9 {
-                    return Local::Failed(MembershipError::LearnerNotReady);
+                    return Some(Local::Failed(MembershipError::LearnerNotReady));
                 }
                 let mut after = voters.clone();
                 after.push(id);
                 if !quorum_up(&after) {
-                    return Local::Failed(MembershipError::NotEnoughStarted);
+                    return Some(Local::Failed(MembershipError::NotEnoughStarted));
                 }
                 ChangeMembers::AddVoterIds(BTreeSet::from([id]))
             }
             MemberChange::Update(id, peer_urls) => {
                 let Some((_, node, _)) = find(id) else {
-                    return Local::Failed(MembershipError::NotFound);
+                    return Some(Local::Failed(MembershipError::NotFound));
                 };
                 if urls_taken(&peer_urls, Some(id)) {
-                    return Local::Failed(MembershipError::PeerUrlsExist);
+                    return Some(Local::Failed(MembershipError::PeerUrlsExist));
                 }
                 let node = MemberNode {
                     peer_urls,
@@ -309,25 +336,29 @@ impl Replica {
             }
         };
         // `retain = false`: a removed voter leaves the membership entirely.
-        match self.inner.raft.change_membership(changes, false).await {
-            Ok(response) => Local::Done(MemberChangeOutcome {
-                added,
-                index: response.log_id.index,
-            }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Local::NotLeader(forward.leader_id)
-            }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                Local::Failed(ReplicaError::LeaderChanged.into())
-            }
-            Err(RaftError::APIError(error)) => {
-                // openraft refuses while another change is in progress; etcd
-                // answers the same situation with a retryable error.
-                tracing::info!(%error, "membership change refused");
-                Local::Failed(ReplicaError::Timeout.into())
-            }
-            Err(RaftError::Fatal(_)) => Local::Failed(ReplicaError::Stopped.into()),
-        }
+        // `None`: openraft refused because an earlier change is not yet committed.
+        Some(
+            match self.inner.raft.change_membership(changes, false).await {
+                Ok(response) => Local::Done(MemberChangeOutcome {
+                    added,
+                    index: response.log_id.index,
+                }),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    Local::NotLeader(forward.leader_id)
+                }
+                Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                    Local::Failed(ReplicaError::LeaderChanged.into())
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) => return None,
+                Err(RaftError::APIError(error)) => {
+                    tracing::warn!(%error, "membership change refused");
+                    Local::Failed(ReplicaError::Timeout.into())
+                }
+                Err(RaftError::Fatal(_)) => Local::Failed(ReplicaError::Stopped.into()),
+            },
+        )
     }
 
     /// Resolves once this member, having been in the membership, is no longer in

@@ -156,6 +156,10 @@ pub(crate) struct Inner {
     /// expiry loop holds it exclusively from its decision until its revokes are
     /// applied, so no renew is ordered between a decision and its revoke.
     pub(crate) lease_gate: tokio::sync::RwLock<()>,
+    /// Held around every membership change this member proposes as leader
+    /// (operator changes and members publishing their attributes), so they do
+    /// not collide in openraft's one-change-at-a-time rule.
+    pub(crate) membership_lock: tokio::sync::Mutex<()>,
     /// When a leader's AppendEntries (heartbeats included) last reached this member.
     leader_contact: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
@@ -244,6 +248,7 @@ impl Replica {
                 pool,
                 request_timeout,
                 lease_gate: tokio::sync::RwLock::new(()),
+                membership_lock: tokio::sync::Mutex::new(()),
                 leader_contact: std::sync::Mutex::new(None),
             }),
         })
@@ -595,6 +600,14 @@ impl Replica {
     }
 
     async fn publish_local(&self, id: u64, node: MemberNode) -> LocalWrite {
+        let serial = tokio::time::timeout(
+            self.inner.request_timeout,
+            self.inner.membership_lock.lock(),
+        );
+        let Ok(_serial) = serial.await else {
+            // Another change holds it: the publisher tries again.
+            return LocalWrite::NotLeader(None);
+        };
         // SetNodes would add an unknown id as a learner: a member removed while it
         // was still publishing must not come back that way.
         let leading = self.status().is_leader;
@@ -611,7 +624,9 @@ impl Replica {
                 LocalWrite::NotLeader(None)
             }
             Err(RaftError::APIError(error)) => {
-                tracing::warn!(%error, "publishing member attributes failed");
+                // A change of an earlier term still in progress: the publisher
+                // tries again.
+                tracing::info!(%error, "publishing member attributes refused for now");
                 LocalWrite::NotLeader(None)
             }
             Err(RaftError::Fatal(_)) => LocalWrite::Failed(ReplicaError::Stopped),

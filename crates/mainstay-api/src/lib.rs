@@ -21,7 +21,7 @@ pub use kv::KvService;
 pub use lease::LeaseService;
 pub use maintenance::{ETCD_VERSION, MaintenanceService};
 pub use status::{ApiError, api_status, membership_status, mvcc_status, replica_status};
-pub use watch::{WATCHERS_PER_STREAM_MAX, WatchService};
+pub use watch::{WATCHERS_PER_STREAM_MAX, WatchService, stream_lags_total};
 
 /// Request limits (etcd's defaults: 1.5 MiB, 128 ops, 2 GiB).
 #[derive(Clone, Copy, Debug)]
@@ -67,6 +67,10 @@ pub struct Api {
     /// barrier, a deliberate safety bug the simulator must catch. Never set in
     /// production (`Env::production` leaves it off and no flag reaches it).
     pub unsafe_skip_read_barrier: bool,
+    /// SIMULATOR SELF-TEST ONLY: a watch with a start revision starts one
+    /// revision later (an off-by-one on resume), a deliberate bug the
+    /// simulator's watch checks must catch. Never set in production.
+    pub unsafe_watch_start_off_by_one: bool,
 }
 
 impl Api {

@@ -44,6 +44,16 @@ pub const WATCHERS_PER_STREAM_MAX: usize = 10_000;
 /// notifications.
 const TICK: Duration = Duration::from_millis(100);
 
+/// Times a stream fell behind the applied-events broadcast and caught up from
+/// history (process-wide; the metrics endpoint will export it).
+static STREAM_LAGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times, in this process, a watch stream fell behind the broadcast
+/// of applied revisions and caught up from the keyspace's history instead.
+pub fn stream_lags_total() -> u64 {
+    STREAM_LAGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// etcd's text for a client-chosen watch id already in use on the stream.
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
@@ -277,6 +287,8 @@ impl WatchStream {
             fragment: request.fragment,
             next: if request.start_revision == 0 {
                 self.processed + 1
+            } else if self.api.unsafe_watch_start_off_by_one {
+                request.start_revision + 1
             } else {
                 request.start_revision
             },
@@ -363,6 +375,7 @@ impl WatchStream {
             match events.try_recv() {
                 Ok(applied) => self.live(applied).await?,
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    STREAM_LAGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let current = self.api.replica.read(|space| space.revision());
                     self.catch_up_all(current).await?;
                 }
@@ -427,6 +440,7 @@ impl WatchStream {
                     Ok(applied) => self.live(applied).await,
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::debug!(missed, "watch stream lagged; catching up from history");
+                        STREAM_LAGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let current = self.api.replica.read(|space| space.revision());
                         self.catch_up_all(current).await
                     }

@@ -10,9 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use openraft::ChangeMembers;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Precondition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ReplicaError;
@@ -335,30 +335,41 @@ impl Replica {
                 ChangeMembers::SetNodes(BTreeMap::from([(id, node)]))
             }
         };
+        // Proposed only while the effective membership is the one decided on and
+        // still lists this member: a leader that has just appended its own
+        // removal must not propose again (openraft asserts against it).
+        let Some(guard) = self.membership_guard(&metrics) else {
+            return Some(Local::NotLeader(None));
+        };
         // `retain = false`: a removed voter leaves the membership entirely.
-        // `None`: openraft refused because an earlier change is not yet committed.
-        Some(
-            match self.inner.raft.change_membership(changes, false).await {
-                Ok(response) => Local::Done(MemberChangeOutcome {
-                    added,
-                    index: response.log_id.index,
-                }),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                    Local::NotLeader(forward.leader_id)
-                }
-                Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                    Local::Failed(ReplicaError::LeaderChanged.into())
-                }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                    ChangeMembershipError::InProgress(_),
-                ))) => return None,
-                Err(RaftError::APIError(error)) => {
-                    tracing::warn!(%error, "membership change refused");
-                    Local::Failed(ReplicaError::Timeout.into())
-                }
-                Err(RaftError::Fatal(_)) => Local::Failed(ReplicaError::Stopped.into()),
-            },
-        )
+        let proposed = self
+            .inner
+            .raft
+            .change_membership_if(changes, false, [guard])
+            .await;
+        // `None`: refused for now (an earlier change is not yet committed, or the
+        // membership moved since it was read): the caller reads it again.
+        Some(match proposed {
+            Ok(response) => Local::Done(MemberChangeOutcome {
+                added,
+                index: response.log_id.index,
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Local::NotLeader(forward.leader_id)
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Local::Failed(ReplicaError::LeaderChanged.into())
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            )))
+            | Err(RaftError::APIError(ClientWriteError::PreconditionFailed(_))) => return None,
+            Err(RaftError::APIError(error)) => {
+                tracing::warn!(%error, "membership change refused");
+                Local::Failed(ReplicaError::Timeout.into())
+            }
+            Err(RaftError::Fatal(_)) => Local::Failed(ReplicaError::Stopped.into()),
+        })
     }
 
     /// Resolves once this member, having been in the membership, is no longer in
@@ -429,6 +440,26 @@ impl Replica {
                 return std::future::pending().await;
             }
         }
+    }
+}
+
+impl Replica {
+    /// The precondition every membership change of this member carries: the
+    /// effective membership is still the one in `metrics`, which lists this
+    /// member. None if it does not list this member.
+    pub(crate) fn membership_guard(
+        &self,
+        metrics: &openraft::RaftMetrics<crate::type_config::TypeConfig>,
+    ) -> Option<Precondition<crate::type_config::TypeConfig>> {
+        let me = self.member_id();
+        let listed = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(id, _)| *id == me);
+        listed.then(|| Precondition::LastMembershipLogId {
+            last_membership_log_id: *metrics.membership_config.log_id(),
+        })
     }
 }
 

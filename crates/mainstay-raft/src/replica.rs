@@ -610,12 +610,26 @@ impl Replica {
         };
         // SetNodes would add an unknown id as a learner: a member removed while it
         // was still publishing must not come back that way.
-        let leading = self.status().is_leader;
-        if leading && self.node(id).is_none() {
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        let leading = metrics.current_leader == Some(self.member_id());
+        let listed = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(member, _)| *member == id);
+        if leading && !listed {
             return LocalWrite::Failed(ReplicaError::Stopped);
         }
+        let Some(guard) = self.membership_guard(&metrics) else {
+            return LocalWrite::NotLeader(None);
+        };
         let change = ChangeMembers::SetNodes(BTreeMap::from([(id, node)]));
-        match self.inner.raft.change_membership(change, true).await {
+        let proposed = self
+            .inner
+            .raft
+            .change_membership_if(change, true, [guard])
+            .await;
+        match proposed {
             Ok(_) => LocalWrite::Published,
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 LocalWrite::NotLeader(forward.leader_id)

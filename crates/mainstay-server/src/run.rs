@@ -61,6 +61,8 @@ pub struct SafetyBreaks {
     pub skip_read_barrier: bool,
     /// Revoke leases one second before their deadline.
     pub expire_leases_early: bool,
+    /// Start watches that name a start revision one revision late.
+    pub watch_start_off_by_one: bool,
 }
 
 impl Env {
@@ -336,6 +338,7 @@ async fn serve_member(
         },
         admission: Admission::default(),
         unsafe_skip_read_barrier: env.safety_breaks.skip_read_barrier,
+        unsafe_watch_start_off_by_one: env.safety_breaks.watch_start_off_by_one,
     };
     let grpc_bytes_max = request_bytes_max + GRPC_OVERHEAD_BYTES;
     for incoming in listeners.client {

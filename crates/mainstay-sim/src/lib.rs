@@ -15,6 +15,7 @@ mod net;
 mod operator;
 mod rng;
 mod simulation;
+mod watch_workload;
 mod workload;
 
 pub use fault::{Fault, FaultCounts};

@@ -54,6 +54,7 @@ fn parse() -> Result<Args, String> {
             "--no-faults" => args.options.faults = false,
             "--break-read-barrier" => args.options.safety_breaks.skip_read_barrier = true,
             "--break-lease-expiry" => args.options.safety_breaks.expire_leases_early = true,
+            "--break-watch-resume" => args.options.safety_breaks.watch_start_off_by_one = true,
             "--break-fsync" => args.options.lying_fsync = true,
             "--expect-violations" => args.expect_violations = true,
             "--worker" => args.worker = true,
@@ -112,6 +113,9 @@ fn run_job(exe: &std::path::Path, args: &Args, mut seeds: Vec<u64>) -> Result<Ve
         }
         if args.options.safety_breaks.expire_leases_early {
             command.arg("--break-lease-expiry");
+        }
+        if args.options.safety_breaks.watch_start_off_by_one {
+            command.arg("--break-watch-resume");
         }
         if args.options.lying_fsync {
             command.arg("--break-fsync");

@@ -18,6 +18,7 @@ use crate::invariants::Invariants;
 use crate::lease_workload::{self, Leases};
 use crate::operator::{self, Stage};
 use crate::rng::Rng;
+use crate::watch_workload::{self, Chains, Sessions};
 use crate::workload::{self, History};
 
 /// Simulated time per step. Coarser than message latency granularity would be
@@ -298,6 +299,30 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         );
     }
 
+    // Watch clients, on a stream of their own as well.
+    let sessions: Sessions = Arc::default();
+    let chains: Chains = Arc::new(Mutex::new(vec![
+        watch_workload::ChainState::default();
+        watch_workload::WATCH_CLIENTS as usize
+    ]));
+    let mut watch_rng = Rng::new(seed ^ 0x3a7c_4000_0000_0000);
+    for client in 0..watch_workload::WATCH_CLIENTS {
+        sim.client(
+            format!("watcher{client}").as_str(),
+            watch_workload::watch_client(
+                watch_workload::WatchClientSetup {
+                    id: client,
+                    members: names.clone(),
+                    keys,
+                    seed: watch_rng.fork(),
+                    chains: chains.clone(),
+                    sessions: sessions.clone(),
+                },
+                stop_micros,
+            ),
+        );
+    }
+
     let mut plan = if options.faults {
         plan_faults(
             &mut rng,
@@ -372,6 +397,25 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         if result.violations.is_empty() {
             leases_expire(&mut sim, &replicas, &leases, &mut result, &mut steps);
         }
+        if result.violations.is_empty() {
+            let watches = WatchRun {
+                names: &names,
+                serving,
+                keys,
+                seed: watch_rng.fork(),
+                chains: &chains,
+                sessions: &sessions,
+            };
+            let history = lock(&history).clone();
+            watches_catch_up(
+                &mut sim,
+                &replicas,
+                &watches,
+                &history,
+                &mut result,
+                &mut steps,
+            );
+        }
     }
     result
         .violations
@@ -399,6 +443,19 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
             .count();
         result.faults.bump("lease_expiries_seen", expired as u64);
     }
+    {
+        let sessions = lock(&sessions);
+        result.faults.bump("watch_sessions", sessions.len() as u64);
+        let events: usize = sessions
+            .iter()
+            .flat_map(|s| s.replies.iter())
+            .map(|r| match r {
+                watch_workload::Reply::Events(events) => events.len(),
+                _ => 0,
+            })
+            .sum();
+        result.faults.bump("watch_events", events as u64);
+    }
     result.violations.append(&mut world.violations);
     result.simulated = sim.elapsed();
     result
@@ -424,7 +481,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
             eprintln!("fault: {line}");
         }
     }
-    result.trace_hash = trace_hash(&history, &fault_log, &replicas);
+    result.trace_hash = trace_hash(&history, &fault_log, &replicas, &lock(&sessions));
     drop(sim);
     result
 }
@@ -804,7 +861,9 @@ impl FaultState {
     fn judge_exits(&mut self) {
         let exits = lock(&self.exits).clone();
         for (name, incarnation, error) in &exits {
-            let corrupted_since = self.corrupted.get(name);
+            // A flipped state database may also be found damaged at run time,
+            // when redb reaches the page: the member stops the same way.
+            let corrupted_since = self.corrupted.get(name).or(self.state_flipped.get(name));
             let replacement = self.replacements.get(name);
             let fresh_since = replacement.and_then(|(_, _, started)| *started);
             let before_fresh = fresh_since.is_none_or(|fresh| *incarnation < fresh);
@@ -1046,7 +1105,12 @@ fn liveness(
     }
 }
 
-fn trace_hash(history: &[Operation], fault_log: &[String], replicas: &Replicas) -> u64 {
+fn trace_hash(
+    history: &[Operation],
+    fault_log: &[String],
+    replicas: &Replicas,
+    sessions: &[watch_workload::Session],
+) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |text: &str| {
         for byte in text.bytes().chain([b'\n']) {
@@ -1063,5 +1127,150 @@ fn trace_hash(history: &[Operation], fault_log: &[String], replicas: &Replicas) 
     for (name, replica) in lock(replicas).iter() {
         feed(&format!("{name} {:?}", replica.applied_hash()));
     }
+    for session in sessions {
+        feed(&format!("{session:?}"));
+    }
     hash
+}
+
+/// What the final watch phase works with.
+struct WatchRun<'a> {
+    names: &'a [String],
+    /// Members expected to serve (not down for good).
+    serving: usize,
+    keys: u64,
+    seed: u64,
+    chains: &'a Chains,
+    sessions: &'a Sessions,
+}
+
+/// How long after healing every watch client has to catch up.
+const WATCH_CATCH_UP_BOUND: Duration = Duration::from_secs(30);
+
+/// After healing: reads R from every serving member (they must agree), checks
+/// it against the acknowledged writes, lets every watch client catch up to the
+/// final revision, then judges every session against R.
+fn watches_catch_up(
+    sim: &mut turmoil::Sim<'_>,
+    replicas: &Replicas,
+    watches: &WatchRun<'_>,
+    history: &[Operation],
+    result: &mut SimResult,
+    steps: &mut u64,
+) {
+    // Lease expiry may still have been applying on some members.
+    let deadline = sim.elapsed() + Duration::from_secs(30);
+    loop {
+        let states: Vec<(u64, i64, u32)> =
+            lock(replicas).values().map(|r| r.applied_hash()).collect();
+        if states.len() == watches.serving && states.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        if sim.elapsed() > deadline {
+            result
+                .violations
+                .push("watch: members did not converge again within 30 s".into());
+            return;
+        }
+        if let Err(error) = sim.step() {
+            result
+                .violations
+                .push(format!("simulation error while converging: {error}"));
+            return;
+        }
+        *steps += 1;
+    }
+    let Some((target, committed)) = committed_history(replicas, result) else {
+        return;
+    };
+    result
+        .violations
+        .extend(watch_workload::check_against_history(&committed, history));
+    let done = Arc::new(Mutex::new(0u64));
+    let mut rng = Rng::new(watches.seed);
+    for client in 0..watch_workload::WATCH_CLIENTS {
+        sim.client(
+            format!("watcher{client}-final").as_str(),
+            watch_workload::final_session(
+                watch_workload::WatchClientSetup {
+                    id: client,
+                    members: watches.names.to_vec(),
+                    keys: watches.keys,
+                    seed: rng.fork(),
+                    chains: watches.chains.clone(),
+                    sessions: watches.sessions.clone(),
+                },
+                target,
+                done.clone(),
+            ),
+        );
+    }
+    let deadline = sim.elapsed() + WATCH_CATCH_UP_BOUND;
+    while *lock(&done) < watch_workload::WATCH_CLIENTS {
+        if sim.elapsed() > deadline {
+            let chains = lock(watches.chains);
+            result.violations.push(format!(
+                "watch: not every client caught up to revision {target} within {} s after healing: {chains:?}",
+                WATCH_CATCH_UP_BOUND.as_secs()
+            ));
+            break;
+        }
+        if let Err(error) = sim.step() {
+            result
+                .violations
+                .push(format!("simulation error while watches catch up: {error}"));
+            return;
+        }
+        *steps += 1;
+    }
+    // Nothing was written after R was read (the final phase only watches).
+    if let Some((after, _)) = committed_history(replicas, result)
+        && after != target
+    {
+        result.violations.push(format!(
+            "watch: the revision moved from {target} to {after} while only watches ran"
+        ));
+    }
+    result.violations.extend(watch_workload::check(
+        &lock(watches.sessions),
+        &committed,
+        target,
+    ));
+}
+
+/// Every serving member's whole event history; they must be identical.
+fn committed_history(
+    replicas: &Replicas,
+    result: &mut SimResult,
+) -> Option<(i64, watch_workload::Committed)> {
+    let mut agreed: Option<(String, i64, watch_workload::Committed)> = None;
+    for (name, replica) in lock(replicas).iter() {
+        let (revision, events) = replica.read(|space| {
+            let revision = space.revision();
+            (revision, space.events(&[0], &[0], 1, revision))
+        });
+        let events = match events {
+            Ok(events) => events,
+            Err(error) => {
+                result.violations.push(format!(
+                    "watch: {name} cannot read its whole history: {error}"
+                ));
+                return None;
+            }
+        };
+        match &agreed {
+            None => agreed = Some((name.clone(), revision, events)),
+            Some((first, revision_first, events_first)) => {
+                if *revision_first != revision || *events_first != events {
+                    result.violations.push(format!(
+                        "watch: {first} and {name} hold different histories (revisions {revision_first} and {revision}, {} and {} events)",
+                        events_first.len(),
+                        events.len()
+                    ));
+                    return None;
+                }
+            }
+        }
+    }
+    agreed.map(|(_, revision, events)| (revision, events))
 }

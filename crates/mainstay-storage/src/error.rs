@@ -13,7 +13,7 @@ pub enum StorageError {
     },
     /// A checksum or decoding failure not explained by a torn tail.
     #[error(
-        "corrupt data in {path} ({at}): {reason}; refusing to start. Replace this member: remove it from the cluster, wipe its data directory, add it back (it then catches up by snapshot)"
+        "corrupt data in {path} ({at}): {reason}; stopping, and refusing to start on it. Replace this member: remove it from the cluster, wipe its data directory, add it back (it then catches up by snapshot)"
     )]
     Corrupt {
         /// The damaged file.

@@ -85,7 +85,9 @@ impl SnapshotData {
 
 /// The redb-backed state store. See the module docs.
 pub struct StateStore {
-    db: Database,
+    /// None once the engine panicked: it is left undropped (its drop would
+    /// write to the damaged file, and panics again).
+    db: Option<Database>,
     file: Arc<dyn DiskFile>,
     path: PathBuf,
     poisoned: bool,
@@ -182,7 +184,7 @@ impl StateStore {
                     .create_with_backend(RedbBackend(file.clone()))
                     .map_err(|e| corrupt_db(&path, e))?;
                 let store = StateStore {
-                    db,
+                    db: Some(db),
                     file: file.clone(),
                     path: path.clone(),
                     poisoned: false,
@@ -202,7 +204,7 @@ impl StateStore {
 
     fn load(&self) -> Result<(KeySpace, StateMeta), StorageError> {
         let read = self
-            .db
+            .db()?
             .begin_read()
             .map_err(|e| self.read_error(e.into()))?;
         let meta = match read.open_table(META) {
@@ -263,7 +265,9 @@ impl StateStore {
         if self.poisoned {
             return Err(StorageError::Poisoned);
         }
-        let result = self.commit_inner(changes, meta);
+        let result = self.guarded("committing an applied batch", |store| {
+            store.commit_inner(changes, meta)
+        });
         if result.is_err() {
             self.poisoned = true;
         }
@@ -271,7 +275,7 @@ impl StateStore {
     }
 
     fn commit_inner(&mut self, changes: &[Change], meta: &StateMeta) -> Result<(), StorageError> {
-        let mut write = self.db.begin_write().map_err(StorageError::db)?;
+        let mut write = self.db()?.begin_write().map_err(StorageError::db)?;
         write
             .set_durability(Durability::Immediate)
             .map_err(StorageError::db)?;
@@ -315,9 +319,43 @@ impl StateStore {
         write.commit().map_err(StorageError::db)
     }
 
+    /// Runs a write on the database, turning a panic of the engine (redb
+    /// asserts on some damaged pages instead of returning an error) into
+    /// corruption, so the member stops with a clear error instead of dying.
+    fn guarded<T>(
+        &mut self,
+        at: &str,
+        work: impl FnOnce(&mut Self) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let path = self.path.display().to_string();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self)));
+        outcome.unwrap_or_else(|_| {
+            self.poisoned = true;
+            if let Some(db) = self.db.take() {
+                std::mem::forget(db);
+            }
+            Err(StorageError::Corrupt {
+                path,
+                at: at.to_string(),
+                reason: "the database engine panicked on damaged pages",
+            })
+        })
+    }
+
+    fn db(&self) -> Result<&Database, StorageError> {
+        self.db.as_ref().ok_or(StorageError::Poisoned)
+    }
+
     /// A consistent copy of the committed state, for a snapshot.
     pub fn snapshot(&self) -> Result<SnapshotData, StorageError> {
-        let (key_space, meta) = self.load()?;
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load()));
+        let (key_space, meta) = loaded.unwrap_or_else(|_| {
+            Err(StorageError::Corrupt {
+                path: self.path.display().to_string(),
+                at: "reading a snapshot".to_string(),
+                reason: "the database engine panicked on damaged pages",
+            })
+        })?;
         let records = key_space
             .records()
             .map(|(k, r)| (k.to_vec(), r.clone()))
@@ -335,8 +373,8 @@ impl StateStore {
         if self.poisoned {
             return Err(StorageError::Poisoned);
         }
-        let result = (|| {
-            let mut write = self.db.begin_write().map_err(StorageError::db)?;
+        let result = self.guarded("installing a snapshot", |store| {
+            let mut write = store.db()?.begin_write().map_err(StorageError::db)?;
             write
                 .set_durability(Durability::Immediate)
                 .map_err(StorageError::db)?;
@@ -367,7 +405,7 @@ impl StateStore {
                     .map_err(StorageError::db)?;
             }
             write.commit().map_err(StorageError::db)
-        })();
+        });
         if result.is_err() {
             self.poisoned = true;
         }

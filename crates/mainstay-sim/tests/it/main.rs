@@ -19,7 +19,7 @@ fn assert_passes(seed: u64, options: &SimOptions) -> u64 {
 }
 
 /// Seeds that once found a bug (see docs/simulation.md); they must keep passing.
-const REGRESSION_SEEDS: [u64; 10] = [5, 86, 96, 114, 271, 274, 336, 393, 418, 453];
+const REGRESSION_SEEDS: [u64; 12] = [5, 86, 96, 114, 225, 271, 274, 336, 393, 418, 453, 466];
 
 #[test]
 fn smoke_seeds_pass() {
@@ -68,6 +68,31 @@ fn self_test_early_lease_expiry_is_caught() {
     assert!(
         caught.is_some(),
         "early lease expiry went unnoticed for 10 seeds"
+    );
+}
+
+#[test]
+fn self_test_watch_resumed_one_revision_late_is_caught() {
+    // Goal: the watch checks can fail. A member that starts a watch with a start
+    // revision one revision late (an off-by-one on resume) loses the event at
+    // the start revision; the committed history must show the gap.
+    let options = SimOptions {
+        workload_seconds: 8,
+        safety_breaks: SafetyBreaks {
+            watch_start_off_by_one: true,
+            ..SafetyBreaks::default()
+        },
+        ..SimOptions::default()
+    };
+    let caught = (1..=10).find(|&seed| {
+        run(seed, &options)
+            .violations
+            .iter()
+            .any(|v| v.contains("W4"))
+    });
+    assert!(
+        caught.is_some(),
+        "watches resumed one revision late went unnoticed for 10 seeds"
     );
 }
 

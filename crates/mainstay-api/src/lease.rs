@@ -2,9 +2,10 @@
 //!
 //! Grants, revokes and keep-alives are Raft entries (see `mainstay_raft::lease`
 //! for how expiry is decided). TimeToLive and Leases read the local replica
-//! after a read barrier.
+//! after a read barrier; the time left comes from the leader's clock.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::{FutureExt, Stream};
 use mainstay_mvcc::{
@@ -12,15 +13,24 @@ use mainstay_mvcc::{
 };
 use mainstay_proto::etcdserverpb as pb;
 use mainstay_proto::etcdserverpb::lease_server::Lease;
-use tokio::sync::mpsc;
+use mainstay_raft::ReplicaError;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::Api;
-use crate::status::unexpected;
+use crate::status::{replica_status, unexpected};
 
-/// Keep-alives from one stream folded into one Raft entry, at most.
+/// Keep-alives folded into one Raft entry, at most.
 const RENEWS_PER_ENTRY_MAX: usize = 128;
+
+/// Keep-alives waiting for an entry, from every stream this service serves;
+/// beyond it, streams wait (and stop reading their clients).
+const RENEWS_QUEUED_MAX: usize = 4096;
+
+/// Renew entries in flight at once; while they are, new keep-alives gather
+/// into the next one.
+const RENEW_ENTRIES_IN_FLIGHT: usize = 4;
 
 /// Replies buffered per keep-alive stream before the server stops reading it.
 const KEEPALIVE_REPLIES_BUFFERED: usize = 64;
@@ -29,12 +39,78 @@ const KEEPALIVE_REPLIES_BUFFERED: usize = 64;
 #[derive(Clone)]
 pub struct LeaseService {
     api: Api,
+    renewer: Renewer,
 }
 
 impl LeaseService {
     /// Wraps the shared API state.
     pub fn new(api: Api) -> Self {
-        LeaseService { api }
+        let renewer = Renewer::start(api.clone());
+        LeaseService { api, renewer }
+    }
+}
+
+/// One keep-alive's outcome: the granted TTL (0 for an unknown lease), the
+/// revision and term of the entry that renewed it.
+type Renewed = Result<(i64, i64, u64), Status>;
+
+/// Folds keep-alives from every stream into shared Raft entries (etcd renews
+/// each one on its own; one entry per keep-alive would be the dominant write
+/// load of a cluster with many leases).
+#[derive(Clone)]
+struct Renewer {
+    queue: mpsc::Sender<(i64, oneshot::Sender<Renewed>)>,
+}
+
+impl Renewer {
+    /// Starts the folding task; it ends when the service and its streams are gone.
+    fn start(api: Api) -> Renewer {
+        let (queue, mut waiting) =
+            mpsc::channel::<(i64, oneshot::Sender<Renewed>)>(RENEWS_QUEUED_MAX);
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(RENEW_ENTRIES_IN_FLIGHT));
+            while let Some(first) = waiting.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                // Everything that arrived while waiting for a slot goes in too.
+                let mut batch = vec![first];
+                while batch.len() < RENEWS_PER_ENTRY_MAX {
+                    match waiting.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let api = api.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let ids = batch.iter().map(|(id, _)| *id).collect();
+                    match renew(&api, ids).await {
+                        Ok((ttls, revision, term)) => {
+                            for ((_, answer), ttl) in batch.into_iter().zip(ttls) {
+                                let _ = answer.send(Ok((ttl, revision, term)));
+                            }
+                        }
+                        Err(status) => {
+                            for (_, answer) in batch {
+                                let _ = answer.send(Err(status.clone()));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Renewer { queue }
+    }
+
+    /// Queues one keep-alive; the answer arrives on the returned receiver.
+    async fn submit(&self, id: i64) -> Result<oneshot::Receiver<Renewed>, Status> {
+        let (answer, receiver) = oneshot::channel();
+        self.queue
+            .send((id, answer))
+            .await
+            .map_err(|_| replica_status(&ReplicaError::Stopped))?;
+        Ok(receiver)
     }
 }
 
@@ -49,10 +125,11 @@ async fn renew(api: &Api, ids: Vec<i64>) -> Result<(Vec<i64>, i64, u64), Status>
     }
 }
 
-/// Serves one keep-alive stream: reads what the client sent, renews everything
-/// that is already waiting in one entry, answers each request in order.
+/// Serves one keep-alive stream: reads what the client sent, hands everything
+/// already waiting to the renewer, answers each request in order.
 async fn keep_alive(
     api: Api,
+    renewer: Renewer,
     mut inbound: Streaming<pb::LeaseKeepAliveRequest>,
     replies: mpsc::Sender<Result<pb::LeaseKeepAliveResponse, Status>>,
 ) {
@@ -72,21 +149,26 @@ async fn keep_alive(
                 _ => break,
             }
         }
-        let answers = match renew(&api, ids.clone()).await {
-            Ok((ttls, revision, term)) => ids
-                .iter()
-                .zip(ttls)
-                .map(|(id, ttl)| {
-                    Ok(pb::LeaseKeepAliveResponse {
-                        header: api.headers().header(revision, term),
-                        id: *id,
-                        ttl,
-                    })
-                })
-                .collect::<Vec<_>>(),
-            Err(status) => vec![Err(status)],
-        };
-        for answer in answers {
+        let mut pending = Vec::with_capacity(ids.len());
+        for id in &ids {
+            match renewer.submit(*id).await {
+                Ok(receiver) => pending.push((*id, receiver)),
+                Err(status) => {
+                    let _ = replies.send(Err(status)).await;
+                    return;
+                }
+            }
+        }
+        for (id, receiver) in pending {
+            let answer = match receiver.await {
+                Ok(Ok((ttl, revision, term))) => Ok(pb::LeaseKeepAliveResponse {
+                    header: api.headers().header(revision, term),
+                    id,
+                    ttl,
+                }),
+                Ok(Err(status)) => Err(status),
+                Err(_) => Err(replica_status(&ReplicaError::Stopped)),
+            };
             let failed = answer.is_err();
             if replies.send(answer).await.is_err() || failed {
                 return;
@@ -149,7 +231,12 @@ impl Lease for LeaseService {
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let inbound = request.into_inner();
         let (replies, outbound) = mpsc::channel(KEEPALIVE_REPLIES_BUFFERED);
-        tokio::spawn(keep_alive(self.api.clone(), inbound, replies));
+        tokio::spawn(keep_alive(
+            self.api.clone(),
+            self.renewer.clone(),
+            inbound,
+            replies,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
     }
 
@@ -178,11 +265,14 @@ impl Lease for LeaseService {
                 keys: Vec::new(),
             },
             Some(lease) => {
+                // The leader's countdown, as etcd reports it; a leader that has
+                // not applied the grant yet gives the full TTL.
                 let remaining = self
                     .api
                     .replica
-                    .lease_clock()
-                    .remaining(lease.id)
+                    .lease_remaining(lease.id)
+                    .await
+                    .map_err(|e| replica_status(&e))?
                     .map_or(lease.ttl, |left| {
                         i64::try_from(left.as_secs()).unwrap_or(i64::MAX)
                     });

@@ -85,6 +85,9 @@ pub struct ClusterView {
     pub members: Vec<(u64, MemberNode, bool)>,
     /// Log index of the membership these members come from (0 if none).
     pub membership_index: u64,
+    /// Whether that membership is applied here, so committed (an effective
+    /// membership may still be undone by a new leader).
+    pub settled: bool,
 }
 
 /// Asks the member at `peer_url` for its view of the cluster.
@@ -111,10 +114,13 @@ impl Replica {
     /// This member's view of the cluster.
     pub fn cluster_view(&self) -> ClusterView {
         let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        let index = membership_index(&metrics);
+        let applied = metrics.last_applied.as_ref().map_or(0, |l| l.index);
         ClusterView {
             cluster_id: self.inner.config.cluster_id,
             members: self.members(),
-            membership_index: membership_index(&metrics),
+            membership_index: index,
+            settled: applied >= index,
         }
     }
 
@@ -142,7 +148,11 @@ impl Replica {
                     Ok(ForwardReply::Membership(Err(error))) => return Err(error),
                     Ok(ForwardReply::Failed(error)) => return Err(error.into()),
                     Ok(ForwardReply::NotLeader(_)) | Err(Retry) => {}
-                    Ok(ForwardReply::Done(_) | ForwardReply::Published) => {
+                    Ok(
+                        ForwardReply::Done(_)
+                        | ForwardReply::Published
+                        | ForwardReply::LeaseRemaining(_),
+                    ) => {
                         return Err(ReplicaError::Stopped.into());
                     }
                 }
@@ -213,6 +223,7 @@ impl Replica {
     }
 
     async fn change_members_once(&self, change: MemberChange) -> Option<Local> {
+        let removing_self = change == MemberChange::Remove(self.member_id());
         let metrics = self.inner.raft.metrics().borrow_watched().clone();
         if metrics.current_leader != Some(self.member_id()) {
             return Some(Local::NotLeader(metrics.current_leader));
@@ -342,11 +353,23 @@ impl Replica {
             return Some(Local::NotLeader(None));
         };
         // `retain = false`: a removed voter leaves the membership entirely.
-        let proposed = self
+        let proposing = self
             .inner
             .raft
-            .change_membership_if(changes, false, [guard])
-            .await;
+            .change_membership_if(changes, false, [guard]);
+        let proposed = if removing_self {
+            // openraft may never answer a leader that removed itself (it steps
+            // down, and the member stops soon after): its own applied membership
+            // without it is the answer.
+            tokio::select! {
+                proposed = proposing => proposed,
+                index = self.own_removal_applied() => {
+                    return Some(Local::Done(MemberChangeOutcome { added: None, index }));
+                }
+            }
+        } else {
+            proposing.await
+        };
         // `None`: refused for now (an earlier change is not yet committed, or the
         // membership moved since it was read): the caller reads it again.
         Some(match proposed {
@@ -372,6 +395,31 @@ impl Replica {
         })
     }
 
+    /// Resolves, with the membership's log index, once this member has applied a
+    /// membership that does not list it.
+    async fn own_removal_applied(&self) -> u64 {
+        let mut metrics = self.inner.raft.metrics();
+        let me = self.member_id();
+        loop {
+            {
+                let current = metrics.borrow_watched();
+                let applied = current.last_applied.as_ref().map_or(0, |l| l.index);
+                let index = membership_index(&current);
+                let listed = current
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .any(|(id, _)| *id == me);
+                if !listed && applied >= index {
+                    return index;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Resolves once this member, having been in the membership, is no longer in
     /// it (it was removed). A removed follower usually never receives the final
     /// membership (the leader stops replicating to it, and openraft keeps the old
@@ -382,7 +430,7 @@ impl Replica {
         let mut metrics = self.inner.raft.metrics();
         let me = self.member_id();
         let mut seen_at: Option<u64> = None;
-        loop {
+        'watching: loop {
             let (present, index, applied, peers) = {
                 let current = metrics.borrow_watched();
                 let applied = current.last_applied.as_ref().map_or(0, |l| l.index);
@@ -402,10 +450,8 @@ impl Replica {
             if present {
                 seen_at = Some(index);
             } else if seen_at.is_some() && applied >= index {
-                // Applied, so final: let the answer to the removal itself (this
-                // member may have led it) leave before the member stops.
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                return;
+                // Applied, so final.
+                break 'watching;
             }
             if let Some(seen) = seen_at {
                 for node in &peers {
@@ -423,14 +469,17 @@ impl Replica {
                     else {
                         continue;
                     };
-                    if view.membership_index > seen
+                    // Only a committed membership is final: an uncommitted one
+                    // that drops this member may still be undone.
+                    if view.settled
+                        && view.membership_index > seen
                         && !view.members.iter().any(|(id, _, _)| *id == me)
                     {
                         tracing::warn!(
                             peer = %node.name,
                             "this member is not in the cluster's membership any more"
                         );
-                        return;
+                        break 'watching;
                     }
                 }
             }
@@ -440,6 +489,9 @@ impl Replica {
                 return std::future::pending().await;
             }
         }
+        // Let the answer to the removal itself (this member may have led it)
+        // leave before the member stops.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

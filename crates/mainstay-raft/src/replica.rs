@@ -111,6 +111,8 @@ pub(crate) enum ForwardReply {
     /// The receiver is not the leader (nothing was proposed); the leader it knows.
     NotLeader(Option<u64>),
     Failed(ReplicaError),
+    /// Milliseconds left on a lease by the leader's clock (None: unknown lease).
+    LeaseRemaining(Option<u64>),
 }
 
 /// What a follower asks the leader to do on its behalf.
@@ -122,6 +124,8 @@ pub(crate) enum Forwarded {
     PublishNode(u64, MemberNode),
     /// Change the membership.
     Membership(crate::membership::MemberChange),
+    /// How long a lease has left, by the leader's clock (a read: safe to retry).
+    LeaseRemaining(i64),
 }
 
 /// Read-index reply body.
@@ -464,7 +468,11 @@ impl Replica {
                         {
                             Ok(ForwardReply::Done(outcome)) => return Ok(outcome),
                             Ok(ForwardReply::Failed(error)) => return Err(error),
-                            Ok(ForwardReply::Published | ForwardReply::Membership(_)) => {
+                            Ok(
+                                ForwardReply::Published
+                                | ForwardReply::Membership(_)
+                                | ForwardReply::LeaseRemaining(_),
+                            ) => {
                                 return Err(ReplicaError::Stopped);
                             }
                             Ok(ForwardReply::NotLeader(_)) | Err(Retry) => {}
@@ -554,12 +562,49 @@ impl Replica {
             Forwarded::Command(command) => self.write_local(command).await,
             Forwarded::PublishNode(id, node) => self.publish_local(id, node).await,
             Forwarded::Membership(change) => return self.serve_membership(change).await,
+            Forwarded::LeaseRemaining(id) => {
+                let status = self.status();
+                return if status.is_leader {
+                    ForwardReply::LeaseRemaining(
+                        self.lease_clock()
+                            .remaining(id)
+                            .map(|left| u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
+                    )
+                } else {
+                    ForwardReply::NotLeader(status.leader)
+                };
+            }
         };
         match local {
             LocalWrite::Done(outcome) => ForwardReply::Done(outcome),
             LocalWrite::Published => ForwardReply::Published,
             LocalWrite::NotLeader(leader) => ForwardReply::NotLeader(leader),
             LocalWrite::Failed(error) => ForwardReply::Failed(error),
+        }
+    }
+
+    /// Time left on a lease as the leader counts it (etcd asks its leader too):
+    /// a follower's own countdown starts when it applies a renew, later than the
+    /// leader's. None for a lease the leader does not know.
+    pub async fn lease_remaining(&self, id: i64) -> Result<Option<Duration>, ReplicaError> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let mut known_leader = None;
+        loop {
+            let status = self.status();
+            if status.is_leader {
+                return Ok(self.lease_clock().remaining(id));
+            }
+            known_leader = status.leader.or(known_leader);
+            if let Some(leader) = status.leader.filter(|l| *l != self.member_id()) {
+                match self.forward(leader, &Forwarded::LeaseRemaining(id)).await {
+                    Ok(ForwardReply::LeaseRemaining(left)) => {
+                        return Ok(left.map(Duration::from_millis));
+                    }
+                    Ok(ForwardReply::Failed(error)) => return Err(error),
+                    Ok(_) | Err(Retry) => {}
+                }
+            }
+            retry_pause(deadline, known_leader).await?;
         }
     }
 

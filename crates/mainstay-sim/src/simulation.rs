@@ -348,6 +348,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         state_flipped: BTreeMap::new(),
         disk_failed: BTreeMap::new(),
         isolated_leader: None,
+        removed_at: BTreeMap::new(),
         log: Vec::new(),
         counts: FaultCounts::default(),
         violations: Vec::new(),
@@ -509,6 +510,9 @@ struct FaultState {
     /// Member with failing fsyncs → the step its first failure was seen.
     disk_failed: BTreeMap<String, Option<u64>>,
     isolated_leader: Option<String>,
+    /// When the operator saw each removal answered (it waits a little for the
+    /// member to stop by itself before stopping it).
+    removed_at: BTreeMap<String, Duration>,
     /// Operator actions, for the fault log.
     log: Vec<String>,
     counts: FaultCounts,
@@ -745,7 +749,20 @@ impl FaultState {
             let shared = shared.clone();
             match operator::stage(&shared) {
                 Stage::Removed => {
-                    // Make sure the old process is gone before its URL is reused.
+                    // A removed member stops by itself (after a 1 s grace for its
+                    // answers); the operator gives it 3 s, then makes sure the
+                    // old process is gone before its URL is reused.
+                    let since = *self
+                        .removed_at
+                        .entry(name.clone())
+                        .or_insert_with(|| sim.elapsed());
+                    if !self.crashed.contains(&name)
+                        && !self.exited(&name)
+                        && sim.elapsed() < since + Duration::from_secs(3)
+                    {
+                        continue;
+                    }
+                    self.removed_at.remove(&name);
                     if !self.crashed.contains(&name) {
                         self.crash(sim, &name);
                     }

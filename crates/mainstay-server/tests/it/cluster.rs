@@ -301,6 +301,63 @@ async fn members_are_added_promoted_and_removed_at_run_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_can_remove_itself_and_the_client_hears_it() {
+    // Goal: etcd lets an operator remove the leader. The client gets the new
+    // member list (not `server stopped`), whether it asked a follower (which
+    // forwards) or the leader itself; the removed leader stops by itself and the
+    // rest elect a leader and serve. Method: 3 -> 2 through a follower, then
+    // 2 -> 1 through the new leader.
+    use mainstay_proto::etcdserverpb::MemberRemoveRequest;
+    use mainstay_proto::etcdserverpb::cluster_client::ClusterClient;
+    let mut cluster = TestCluster::start(3, Options::default()).await;
+    cluster.put(0, "before", "1").await;
+    let mut serving: Vec<usize> = vec![0, 1, 2];
+    for round in 0..2 {
+        let leader = cluster.wait_for_leader().await;
+        let via = if round == 0 {
+            *serving.iter().find(|i| **i != leader).expect("a follower")
+        } else {
+            leader
+        };
+        let leader_id = cluster.members[leader]
+            .replica
+            .as_ref()
+            .expect("running")
+            .member_id();
+        let url = format!("http://127.0.0.1:{}", cluster.members[via].client_port);
+        let mut admin = ClusterClient::connect(url).await.expect("connect");
+        let remaining = admin
+            .member_remove(MemberRemoveRequest { id: leader_id })
+            .await
+            .unwrap_or_else(|status| {
+                panic!(
+                    "removing the leader through {}: {}",
+                    if via == leader {
+                        "itself"
+                    } else {
+                        "a follower"
+                    },
+                    status.message()
+                )
+            })
+            .into_inner()
+            .members;
+        serving.retain(|i| *i != leader);
+        assert_eq!(remaining.len(), serving.len());
+        assert!(remaining.iter().all(|m| m.id != leader_id));
+        let exit = cluster.wait_exit(leader, Duration::from_secs(10)).await;
+        let error = exit.expect_err("a removed leader stops");
+        assert!(format!("{error:#}").contains("removed"), "{error:#}");
+        let key = format!("after{round}");
+        cluster.put(serving[0], &key, "v").await;
+        for member in &serving {
+            cluster.eventually_sees(*member, &key, "v").await;
+        }
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_messages_for_another_member_id_are_refused() {
     // Goal: a member answers Raft traffic only when it is addressed by its own id,
     // so a replaced member's old and new incarnations, reachable at one peer URL,

@@ -262,5 +262,61 @@ async fn a_lease_keeps_its_remaining_ttl_across_a_leader_change() {
         (1..=26).contains(&remaining),
         "the countdown went on across the leader change: {remaining} s left of 30"
     );
+    // A follower answers with the leader's countdown (asked later: never more).
+    let follower = (0..3)
+        .find(|i| *i != leader && *i != new_leader)
+        .expect("the other survivor");
+    let mut client = lease_client(&cluster, follower).await;
+    let (on_follower, granted, _) = time_to_live(&mut client, lease).await;
+    assert_eq!(granted, 30);
+    assert!(
+        (1..=remaining).contains(&on_follower),
+        "a follower reports the leader's countdown: {on_follower} s, the leader said {remaining} s"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alives_from_many_streams_share_raft_entries() {
+    // Goal: keep-alives waiting at the same time on different streams are folded
+    // into shared Raft entries, and each is still answered on its own stream.
+    let cluster = TestCluster::start(3, Options::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut client = lease_client(&cluster, leader).await;
+    let (id, _) = grant(&mut client, 0, 60).await;
+    const STREAMS: u64 = 100;
+    // Every stream opened first, so that only the keep-alives meet.
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        let replies = client
+            .clone()
+            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))
+            .await
+            .expect("keep-alive stream")
+            .into_inner();
+        streams.push((sender, replies));
+    }
+    let before = cluster.status(leader).await.expect("status").raft_index;
+    for (sender, _) in &streams {
+        sender
+            .send(LeaseKeepAliveRequest { id })
+            .await
+            .expect("send keep-alive");
+    }
+    for (_, replies) in &mut streams {
+        let reply = tokio::time::timeout(Duration::from_secs(10), replies.message())
+            .await
+            .expect("an answer within 10 s")
+            .expect("stream healthy")
+            .expect("stream open");
+        assert_eq!(reply.id, id);
+        assert!(reply.ttl > 0, "the lease is alive");
+    }
+    let entries = cluster.status(leader).await.expect("status").raft_index - before;
+    assert!(
+        entries * 2 <= STREAMS,
+        "{STREAMS} keep-alives on {STREAMS} streams took {entries} Raft entries"
+    );
     cluster.shutdown().await;
 }

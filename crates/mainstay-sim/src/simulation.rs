@@ -323,6 +323,22 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         );
     }
 
+    // R is gathered as the run goes (compaction drops history); one client
+    // compacts, never beyond what was gathered.
+    let collector: Arc<Mutex<watch_workload::Collector>> = Arc::default();
+    let gathered = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let compactions: Arc<Mutex<Vec<i64>>> = Arc::default();
+    sim.client(
+        "compactor",
+        watch_workload::compactor(
+            names.clone(),
+            watch_rng.fork(),
+            stop_micros,
+            gathered.clone(),
+            compactions.clone(),
+        ),
+    );
+
     let mut plan = if options.faults {
         plan_faults(
             &mut rng,
@@ -377,6 +393,11 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         fault_log.append(&mut world.log);
         world.tick(&mut sim, steps);
         observe(&replicas, &mut invariants, steps);
+        if steps.is_multiple_of(20) {
+            let mut collector = lock(&collector);
+            collector.collect(lock(&replicas).iter());
+            gathered.store(collector.tip, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     // Phase 2: heal everything, then the cluster must make progress and converge.
@@ -400,6 +421,8 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         }
         if result.violations.is_empty() {
             let watches = WatchRun {
+                collector: &collector,
+                compacted_max: lock(&compactions).iter().copied().max().unwrap_or(0),
                 names: &names,
                 serving,
                 keys,
@@ -456,6 +479,20 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
             })
             .sum();
         result.faults.bump("watch_events", events as u64);
+        let cancels = sessions
+            .iter()
+            .filter(|s| {
+                s.replies
+                    .iter()
+                    .any(|r| matches!(r, watch_workload::Reply::Canceled { .. }))
+            })
+            .count();
+        result
+            .faults
+            .bump("watch_compaction_cancels", cancels as u64);
+        result
+            .faults
+            .bump("compactions", lock(&compactions).len() as u64);
     }
     result.violations.append(&mut world.violations);
     result.simulated = sim.elapsed();
@@ -1152,6 +1189,10 @@ fn trace_hash(
 
 /// What the final watch phase works with.
 struct WatchRun<'a> {
+    /// R as gathered during the run.
+    collector: &'a Mutex<watch_workload::Collector>,
+    /// The highest compaction any client asked for.
+    compacted_max: i64,
     names: &'a [String],
     /// Members expected to serve (not down for good).
     serving: usize,
@@ -1197,12 +1238,18 @@ fn watches_catch_up(
         }
         *steps += 1;
     }
-    let Some((target, committed)) = committed_history(replicas, result) else {
+    let mut collector = lock(watches.collector);
+    collector.collect(lock(replicas).iter());
+    let target = collector.tip;
+    let Some(()) = final_agreement(replicas, &collector, result) else {
         return;
     };
     result
         .violations
-        .extend(watch_workload::check_against_history(&committed, history));
+        .extend(watch_workload::check_against_history(
+            &collector.events,
+            history,
+        ));
     let done = Arc::new(Mutex::new(0u64));
     let mut rng = Rng::new(watches.seed);
     for client in 0..watch_workload::WATCH_CLIENTS {
@@ -1241,53 +1288,53 @@ fn watches_catch_up(
         *steps += 1;
     }
     // Nothing was written after R was read (the final phase only watches).
-    if let Some((after, _)) = committed_history(replicas, result)
-        && after != target
-    {
+    collector.collect(lock(replicas).iter());
+    if collector.tip != target {
         result.violations.push(format!(
-            "watch: the revision moved from {target} to {after} while only watches ran"
+            "watch: the revision moved from {target} to {} while only watches ran",
+            collector.tip
         ));
     }
+    result.violations.append(&mut collector.violations);
     result.violations.extend(watch_workload::check(
         &lock(watches.sessions),
-        &committed,
+        &collector.events,
         target,
+        watches.compacted_max,
     ));
 }
 
-/// Every serving member's whole event history; they must be identical.
-fn committed_history(
+/// Every serving member holds R from just past its compaction to the end.
+fn final_agreement(
     replicas: &Replicas,
+    collector: &watch_workload::Collector,
     result: &mut SimResult,
-) -> Option<(i64, watch_workload::Committed)> {
-    let mut agreed: Option<(String, i64, watch_workload::Committed)> = None;
+) -> Option<()> {
     for (name, replica) in lock(replicas).iter() {
-        let (revision, events) = replica.read(|space| {
+        let (revision, compacted, events) = replica.read(|space| {
             let revision = space.revision();
-            (revision, space.events(&[0], &[0], 1, revision))
+            let compacted = space.compacted_revision();
+            (
+                revision,
+                compacted,
+                space.events(&[0], &[0], compacted + 1, revision),
+            )
         });
-        let events = match events {
-            Ok(events) => events,
-            Err(error) => {
-                result.violations.push(format!(
-                    "watch: {name} cannot read its whole history: {error}"
-                ));
-                return None;
-            }
-        };
-        match &agreed {
-            None => agreed = Some((name.clone(), revision, events)),
-            Some((first, revision_first, events_first)) => {
-                if *revision_first != revision || *events_first != events {
-                    result.violations.push(format!(
-                        "watch: {first} and {name} hold different histories (revisions {revision_first} and {revision}, {} and {} events)",
-                        events_first.len(),
-                        events.len()
-                    ));
-                    return None;
-                }
-            }
+        let expected: Vec<_> = collector
+            .events
+            .iter()
+            .filter(|(r, _)| *r > compacted)
+            .cloned()
+            .collect();
+        if revision != collector.tip || events.as_ref().ok() != Some(&expected) {
+            result.violations.push(format!(
+                "watch: {name} (revision {revision}, compacted at {compacted}) does not hold the committed history gathered up to {} ({} events after {compacted} expected, {:?})",
+                collector.tip,
+                expected.len(),
+                events.map(|e| e.len())
+            ));
+            return None;
         }
     }
-    agreed.map(|(_, revision, events)| (revision, events))
+    Some(())
 }

@@ -556,8 +556,14 @@ fn show(event: &mvccpb::Event) -> String {
     )
 }
 
-/// Judges every session against R (`committed`, up to `last` inclusive).
-pub fn check(sessions: &[Session], committed: &Committed, last: Revision) -> Vec<String> {
+/// Judges every session against R (`committed`, up to `last` inclusive);
+/// `compacted_max` is the highest compaction any client asked for.
+pub fn check(
+    sessions: &[Session],
+    committed: &Committed,
+    last: Revision,
+    compacted_max: Revision,
+) -> Vec<String> {
     let mut by_revision: BTreeMap<Revision, Vec<&Event>> = BTreeMap::new();
     for (revision, event) in committed {
         by_revision.entry(*revision).or_default().push(event);
@@ -572,17 +578,21 @@ pub fn check(sessions: &[Session], committed: &Committed, last: Revision) -> Vec
             session.selection.describe(),
             session.start
         );
-        if let Some(problem) = check_session(session, &by_revision, last) {
+        if let Some(problem) = check_session(session, &by_revision, last, compacted_max) {
             violations.push(format!("{name}: {problem}"));
         }
     }
     violations
 }
 
+/// etcd's reason for a watch cancelled by compaction.
+const COMPACTED: &str = "mvcc: required revision has been compacted";
+
 fn check_session(
     session: &Session,
     by_revision: &BTreeMap<Revision, Vec<&Event>>,
     last: Revision,
+    compacted_max: Revision,
 ) -> Option<String> {
     let selection = &session.selection;
     let created = session
@@ -606,7 +616,7 @@ fn check_session(
         && !session
             .replies
             .iter()
-            .any(|r| matches!(r, Reply::Progress(_)))
+            .any(|r| matches!(r, Reply::Progress(_) | Reply::Canceled { .. }))
     {
         return None;
     }
@@ -716,14 +726,24 @@ fn check_session(
             _ => {}
         }
     }
-    // No compaction in the simulation: nothing should cancel a watch.
+    // W8 compacted start: a watch is cancelled only when a revision it still
+    // needs was compacted, and `compact_revision` (the first revision a new
+    // watch can start from) says how far a compaction that was asked for went.
+    let owed = vouched.max(first - 1) + 1;
     session.replies.iter().find_map(|reply| match reply {
         Reply::Canceled {
             compact_revision,
             reason,
-        } => Some(format!(
-            "cancelled by the member: {reason:?} (compact_revision {compact_revision})"
-        )),
+        } => {
+            let fits = reason == COMPACTED
+                && *compact_revision > owed
+                && *compact_revision - 1 <= compacted_max;
+            (!fits).then(|| {
+                format!(
+                    "cancelled by the member: {reason:?} with compact_revision {compact_revision}, still owing revision {owed}; the highest compaction asked for was {compacted_max} (W8)"
+                )
+            })
+        }
         _ => None,
     })
 }
@@ -786,4 +806,112 @@ pub fn check_against_history(
         }
     }
     violations
+}
+
+/// R, gathered while the run goes on (compaction drops history, so it cannot
+/// all be read at the end): every event of every revision up to `tip`, each
+/// range read from every member that has applied it, and required equal.
+#[derive(Default)]
+pub struct Collector {
+    /// The events gathered so far.
+    pub events: Committed,
+    /// Every revision up to this one is in `events`.
+    pub tip: Revision,
+    /// Members that disagreed, or history lost before it was gathered.
+    pub violations: Vec<String>,
+}
+
+impl Collector {
+    /// Gathers what the members applied since the last call.
+    pub fn collect<'a>(
+        &mut self,
+        replicas: impl Iterator<Item = (&'a String, &'a mainstay_raft::Replica)>,
+    ) {
+        let states: Vec<(&String, Revision, Revision, &mainstay_raft::Replica)> = replicas
+            .map(|(name, replica)| {
+                let (revision, compacted) =
+                    replica.read(|space| (space.revision(), space.compacted_revision()));
+                (name, revision, compacted, replica)
+            })
+            .collect();
+        let Some(to) = states.iter().map(|(_, revision, _, _)| *revision).max() else {
+            return;
+        };
+        if to <= self.tip {
+            return;
+        }
+        let from = self.tip + 1;
+        let mut gathered: Option<(&String, Vec<(Revision, Event)>)> = None;
+        for (name, revision, compacted, replica) in states {
+            if revision < to || compacted >= from {
+                continue;
+            }
+            let events = match replica.read(|space| space.events(&[0], &[0], from, to)) {
+                Ok(events) => events,
+                Err(error) => {
+                    self.violations.push(format!(
+                        "committed history: {name} cannot read revisions {from}..={to}: {error}"
+                    ));
+                    return;
+                }
+            };
+            match &gathered {
+                None => gathered = Some((name, events)),
+                Some((first, first_events)) => {
+                    if *first_events != events {
+                        self.violations.push(format!(
+                            "committed history: {first} and {name} hold different events in revisions {from}..={to}"
+                        ));
+                        return;
+                    }
+                }
+            }
+        }
+        match gathered {
+            Some((_, events)) => {
+                self.events.extend(events);
+                self.tip = to;
+            }
+            None => self.violations.push(format!(
+                "committed history: revisions {from}..={to} were compacted on every member before they were gathered"
+            )),
+        }
+    }
+}
+
+/// Compacts now and then, never beyond what the collector has gathered, so
+/// watches that resume too far back are cancelled (and R stays whole).
+pub async fn compactor(
+    members: Vec<String>,
+    seed: u64,
+    stop_micros: u64,
+    gathered: Arc<std::sync::atomic::AtomicI64>,
+    compactions: Arc<Mutex<Vec<Revision>>>,
+) -> turmoil::Result {
+    use mainstay_proto::etcdserverpb::CompactionRequest;
+    use mainstay_proto::etcdserverpb::kv_client::KvClient;
+    let mut rng = Rng::new(seed);
+    let mut clients = Vec::new();
+    for member in &members {
+        clients.push(KvClient::new(crate::net::channel(&format!(
+            "http://{member}:2379"
+        ))?));
+    }
+    while now_micros() < stop_micros {
+        tokio::time::sleep(Duration::from_millis(rng.between(1000, 3000))).await;
+        let tip = gathered.load(std::sync::atomic::Ordering::Relaxed);
+        if tip < 10 {
+            continue;
+        }
+        let revision = tip - rng.between(0, 30).min(tip as u64 - 1) as i64;
+        // Recorded before it is sent: it may take effect even if no answer comes.
+        lock(&compactions).push(revision);
+        let target = rng.below(clients.len() as u64) as usize;
+        let request = CompactionRequest {
+            revision,
+            physical: rng.chance(50),
+        };
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, clients[target].compact(request)).await;
+    }
+    Ok(())
 }

@@ -1250,6 +1250,9 @@ fn watches_catch_up(
             &collector.events,
             history,
         ));
+    result
+        .violations
+        .extend(watch_workload::check_no_gaps(&collector.events, target));
     let done = Arc::new(Mutex::new(0u64));
     let mut rng = Rng::new(watches.seed);
     for client in 0..watch_workload::WATCH_CLIENTS {

@@ -915,3 +915,18 @@ pub async fn compactor(
     }
     Ok(())
 }
+
+/// Revisions have no gaps: every revision after the first (an empty store is
+/// revision 1) was made by a write, so R holds at least one event for each.
+pub fn check_no_gaps(committed: &Committed, last: Revision) -> Vec<String> {
+    let present: std::collections::BTreeSet<Revision> =
+        committed.iter().map(|(revision, _)| *revision).collect();
+    let missing: Vec<Revision> = (2..=last).filter(|r| !present.contains(r)).collect();
+    if missing.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "committed history: revisions {:?} have no event (a gap in the revision sequence)",
+        &missing[..missing.len().min(10)]
+    )]
+}

@@ -27,6 +27,14 @@ pub fn channel(url: &str) -> Result<Channel, String> {
     )
 }
 
+/// One client per member, on each member's client port.
+pub fn per_member<T>(members: &[String], make: impl Fn(Channel) -> T) -> Result<Vec<T>, String> {
+    members
+        .iter()
+        .map(|member| channel(&format!("http://{member}:2379")).map(&make))
+        .collect()
+}
+
 /// The member's peer dialer under simulation.
 pub fn dial() -> Dial {
     Arc::new(channel)

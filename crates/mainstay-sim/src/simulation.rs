@@ -1031,21 +1031,16 @@ fn leases_expire(
         );
         Ok(())
     });
-    let deadline = sim.elapsed() + Duration::from_secs(60);
-    while lock(&counts).is_none() {
-        if sim.elapsed() > deadline {
-            result
-                .violations
-                .push("leases: the expiry check did not finish within 60 s".into());
-            return;
-        }
-        if let Err(error) = sim.step() {
-            result
-                .violations
-                .push(format!("simulation error while leases expire: {error}"));
-            return;
-        }
-        *steps += 1;
+    let waited = step_until(
+        sim,
+        steps,
+        Duration::from_secs(60),
+        "leases: the expiry check finishes",
+        || lock(&counts).is_some(),
+    );
+    if let Err(violation) = waited {
+        result.violations.push(violation);
+        return;
     }
     for (id, count) in lock(&counts).take().unwrap_or_default() {
         match count {
@@ -1187,6 +1182,28 @@ fn trace_hash(
     hash
 }
 
+/// Steps the simulation until `done` holds, for at most `bound` of simulated
+/// time. `Err` is the violation: `what` did not happen in time, or the
+/// simulation failed while waiting for it.
+fn step_until(
+    sim: &mut turmoil::Sim<'_>,
+    steps: &mut u64,
+    bound: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> Result<(), String> {
+    let deadline = sim.elapsed() + bound;
+    while !done() {
+        if sim.elapsed() > deadline {
+            return Err(format!("{what}: not within {} s", bound.as_secs()));
+        }
+        sim.step()
+            .map_err(|error| format!("{what}: simulation error: {error}"))?;
+        *steps += 1;
+    }
+    Ok(())
+}
+
 /// What the final watch phase works with.
 struct WatchRun<'a> {
     /// R as gathered during the run.
@@ -1217,26 +1234,21 @@ fn watches_catch_up(
     steps: &mut u64,
 ) {
     // Lease expiry may still have been applying on some members.
-    let deadline = sim.elapsed() + Duration::from_secs(30);
-    loop {
+    let converged = || {
         let states: Vec<(u64, i64, u32)> =
             lock(replicas).values().map(|r| r.applied_hash()).collect();
-        if states.len() == watches.serving && states.windows(2).all(|w| w[0] == w[1]) {
-            break;
-        }
-        if sim.elapsed() > deadline {
-            result
-                .violations
-                .push("watch: members did not converge again within 30 s".into());
-            return;
-        }
-        if let Err(error) = sim.step() {
-            result
-                .violations
-                .push(format!("simulation error while converging: {error}"));
-            return;
-        }
-        *steps += 1;
+        states.len() == watches.serving && states.windows(2).all(|w| w[0] == w[1])
+    };
+    let waited = step_until(
+        sim,
+        steps,
+        Duration::from_secs(30),
+        "watch: members converge again",
+        converged,
+    );
+    if let Err(violation) = waited {
+        result.violations.push(violation);
+        return;
     }
     let mut collector = lock(watches.collector);
     collector.collect(lock(replicas).iter());
@@ -1272,23 +1284,17 @@ fn watches_catch_up(
             ),
         );
     }
-    let deadline = sim.elapsed() + WATCH_CATCH_UP_BOUND;
-    while *lock(&done) < watch_workload::WATCH_CLIENTS {
-        if sim.elapsed() > deadline {
-            let chains = lock(watches.chains);
-            result.violations.push(format!(
-                "watch: not every client caught up to revision {target} within {} s after healing: {chains:?}",
-                WATCH_CATCH_UP_BOUND.as_secs()
-            ));
-            break;
-        }
-        if let Err(error) = sim.step() {
-            result
-                .violations
-                .push(format!("simulation error while watches catch up: {error}"));
-            return;
-        }
-        *steps += 1;
+    let waited = step_until(
+        sim,
+        steps,
+        WATCH_CATCH_UP_BOUND,
+        &format!("watch: every client catches up to revision {target} after healing"),
+        || *lock(&done) == watch_workload::WATCH_CLIENTS,
+    );
+    if let Err(violation) = waited {
+        let chains = lock(watches.chains);
+        // The sessions recorded so far are still judged below.
+        result.violations.push(format!("{violation}: {chains:?}"));
     }
     // Nothing was written after R was read (the final phase only watches).
     collector.collect(lock(replicas).iter());

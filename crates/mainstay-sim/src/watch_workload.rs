@@ -400,15 +400,6 @@ pub struct WatchClientSetup {
     pub sessions: Sessions,
 }
 
-fn watch_clients(
-    members: &[String],
-) -> Result<Vec<WatchClient<tonic::transport::Channel>>, String> {
-    members
-        .iter()
-        .map(|member| crate::net::channel(&format!("http://{member}:2379")).map(WatchClient::new))
-        .collect()
-}
-
 /// Runs one watch client until `stop_micros` of simulated time.
 pub async fn watch_client(setup: WatchClientSetup, stop_micros: u64) -> turmoil::Result {
     let WatchClientSetup {
@@ -420,7 +411,7 @@ pub async fn watch_client(setup: WatchClientSetup, stop_micros: u64) -> turmoil:
         sessions,
     } = setup;
     let mut rng = Rng::new(seed);
-    let mut clients = watch_clients(&members)?;
+    let mut clients = crate::net::per_member(&members, WatchClient::new)?;
     while now_micros() < stop_micros {
         {
             let mut all = lock(&chains);
@@ -466,7 +457,7 @@ pub async fn final_session(
         sessions,
     } = setup;
     let mut rng = Rng::new(seed);
-    let mut clients = watch_clients(&members)?;
+    let mut clients = crate::net::per_member(&members, WatchClient::new)?;
     let caught_up = move |state: &ChainState| state.next.is_some_and(|next| next > target);
     loop {
         {
@@ -891,12 +882,7 @@ pub async fn compactor(
     use mainstay_proto::etcdserverpb::CompactionRequest;
     use mainstay_proto::etcdserverpb::kv_client::KvClient;
     let mut rng = Rng::new(seed);
-    let mut clients = Vec::new();
-    for member in &members {
-        clients.push(KvClient::new(crate::net::channel(&format!(
-            "http://{member}:2379"
-        ))?));
-    }
+    let mut clients = crate::net::per_member(&members, KvClient::new)?;
     while now_micros() < stop_micros {
         tokio::time::sleep(Duration::from_millis(rng.between(1000, 3000))).await;
         let tip = gathered.load(std::sync::atomic::Ordering::Relaxed);

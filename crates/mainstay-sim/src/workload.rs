@@ -47,12 +47,7 @@ pub async fn client(
     history: History,
 ) -> turmoil::Result {
     let mut rng = Rng::new(seed);
-    let mut clients = Vec::new();
-    for member in &members {
-        clients.push(KvClient::new(crate::net::channel(&format!(
-            "http://{member}:2379"
-        ))?));
-    }
+    let mut clients = crate::net::per_member(&members, KvClient::new)?;
     let mut counter = 0u64;
     let mut epoch = 0u64;
     // The mod revision this client last saw per key, for CAS guards.

@@ -14,18 +14,18 @@ use mainstay_mvcc::{
 use mainstay_proto::etcdserverpb as pb;
 use mainstay_proto::etcdserverpb::lease_server::Lease;
 use mainstay_raft::ReplicaError;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::Api;
-use crate::status::{replica_status, unexpected};
+use crate::status::{ApiError, api_status, replica_status, unexpected};
 
 /// Keep-alives folded into one Raft entry, at most.
 const RENEWS_PER_ENTRY_MAX: usize = 128;
 
 /// Keep-alives waiting for an entry, from every stream this service serves;
-/// beyond it, streams wait (and stop reading their clients).
+/// beyond it a keep-alive is refused with `etcdserver: too many requests`.
 const RENEWS_QUEUED_MAX: usize = 4096;
 
 /// Renew entries in flight at once; while they are, new keep-alives gather
@@ -45,8 +45,10 @@ pub struct LeaseService {
 impl LeaseService {
     /// Wraps the shared API state.
     pub fn new(api: Api) -> Self {
-        let renewer = Renewer::start(api.clone());
-        LeaseService { api, renewer }
+        LeaseService {
+            api,
+            renewer: Renewer::default(),
+        }
     }
 }
 
@@ -56,61 +58,80 @@ type Renewed = Result<(i64, i64, u64), Status>;
 
 /// Folds keep-alives from every stream into shared Raft entries (etcd renews
 /// each one on its own; one entry per keep-alive would be the dominant write
-/// load of a cluster with many leases).
-#[derive(Clone)]
+/// load of a cluster with many leases). There is no task of its own: streams
+/// queue their keep-alives, and whichever finds a free slot proposes what is
+/// waiting, so nothing outlives the streams (and the member's files are
+/// released as soon as it stops).
+#[derive(Clone, Default)]
 struct Renewer {
-    queue: mpsc::Sender<(i64, oneshot::Sender<Renewed>)>,
+    folding: Arc<std::sync::Mutex<Folding>>,
+}
+
+#[derive(Default)]
+struct Folding {
+    waiting: std::collections::VecDeque<(i64, oneshot::Sender<Renewed>)>,
+    in_flight: usize,
+}
+
+/// A slot of `RENEW_ENTRIES_IN_FLIGHT`, given back when dropped (also if the
+/// proposing stream is cancelled).
+struct Slot(Arc<std::sync::Mutex<Folding>>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut folding = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        folding.in_flight -= 1;
+    }
 }
 
 impl Renewer {
-    /// Starts the folding task; it ends when the service and its streams are gone.
-    fn start(api: Api) -> Renewer {
-        let (queue, mut waiting) =
-            mpsc::channel::<(i64, oneshot::Sender<Renewed>)>(RENEWS_QUEUED_MAX);
-        tokio::spawn(async move {
-            let slots = Arc::new(Semaphore::new(RENEW_ENTRIES_IN_FLIGHT));
-            while let Some(first) = waiting.recv().await {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                // Everything that arrived while waiting for a slot goes in too.
-                let mut batch = vec![first];
-                while batch.len() < RENEWS_PER_ENTRY_MAX {
-                    match waiting.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-                let api = api.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let ids = batch.iter().map(|(id, _)| *id).collect();
-                    match renew(&api, ids).await {
-                        Ok((ttls, revision, term)) => {
-                            for ((_, answer), ttl) in batch.into_iter().zip(ttls) {
-                                let _ = answer.send(Ok((ttl, revision, term)));
-                            }
-                        }
-                        Err(status) => {
-                            for (_, answer) in batch {
-                                let _ = answer.send(Err(status.clone()));
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Renewer { queue }
+    fn folding(&self) -> std::sync::MutexGuard<'_, Folding> {
+        self.folding.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues one keep-alive; the answer arrives on the returned receiver.
-    async fn submit(&self, id: i64) -> Result<oneshot::Receiver<Renewed>, Status> {
+    /// Queues one keep-alive; the answer arrives on the returned receiver once
+    /// some stream has driven it (`drive`).
+    fn submit(&self, id: i64) -> Result<oneshot::Receiver<Renewed>, Status> {
         let (answer, receiver) = oneshot::channel();
-        self.queue
-            .send((id, answer))
-            .await
-            .map_err(|_| replica_status(&ReplicaError::Stopped))?;
+        let mut folding = self.folding();
+        if folding.waiting.len() >= RENEWS_QUEUED_MAX {
+            return Err(api_status(ApiError::TooManyRequests));
+        }
+        folding.waiting.push_back((id, answer));
         Ok(receiver)
+    }
+
+    /// Proposes what is waiting, one entry of at most `RENEWS_PER_ENTRY_MAX` at
+    /// a time, while a slot is free. Returns when nothing waits or every slot
+    /// is taken (a slot's holder proposes what is left when it is done, since it
+    /// looks again after giving its slot back).
+    async fn drive(&self, api: &Api) {
+        loop {
+            let (slot, batch) = {
+                let mut folding = self.folding();
+                if folding.in_flight >= RENEW_ENTRIES_IN_FLIGHT || folding.waiting.is_empty() {
+                    return;
+                }
+                folding.in_flight += 1;
+                let take = folding.waiting.len().min(RENEWS_PER_ENTRY_MAX);
+                let batch: Vec<_> = folding.waiting.drain(..take).collect();
+                (Slot(self.folding.clone()), batch)
+            };
+            let ids = batch.iter().map(|(id, _)| *id).collect();
+            match renew(api, ids).await {
+                Ok((ttls, revision, term)) => {
+                    for ((_, answer), ttl) in batch.into_iter().zip(ttls) {
+                        let _ = answer.send(Ok((ttl, revision, term)));
+                    }
+                }
+                Err(status) => {
+                    for (_, answer) in batch {
+                        let _ = answer.send(Err(status.clone()));
+                    }
+                }
+            }
+            drop(slot);
+        }
     }
 }
 
@@ -151,14 +172,17 @@ async fn keep_alive(
         }
         let mut pending = Vec::with_capacity(ids.len());
         for id in &ids {
-            match renewer.submit(*id).await {
+            match renewer.submit(*id) {
                 Ok(receiver) => pending.push((*id, receiver)),
                 Err(status) => {
+                    // Those already queued are still driven below.
                     let _ = replies.send(Err(status)).await;
+                    renewer.drive(&api).await;
                     return;
                 }
             }
         }
+        renewer.drive(&api).await;
         for (id, receiver) in pending {
             let answer = match receiver.await {
                 Ok(Ok((ttl, revision, term))) => Ok(pb::LeaseKeepAliveResponse {

@@ -54,6 +54,8 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// etcd's filter rules written out again on purpose: the checker is the
+    /// oracle for the server's `Watcher::wants`, so it must not call it.
     fn wants(&self, event: &Event) -> bool {
         let kind_ok = match event.kind {
             EventKind::Put => !self.no_put,

@@ -221,12 +221,13 @@ impl WatchStream {
             }
             (Err(MvccError::Compacted), compacted) => {
                 self.watchers.remove(&id);
-                // The first revision a new watch can start from.
+                // etcd's value: the compacted revision, which is also the first
+                // revision a new watch can start from (its events are all kept).
                 self.send(pb::WatchResponse {
                     header: self.header(to),
                     watch_id: id,
                     canceled: true,
-                    compact_revision: compacted + 1,
+                    compact_revision: compacted,
                     cancel_reason: COMPACTED.to_string(),
                     ..Default::default()
                 })

@@ -7,11 +7,14 @@
 //! memoised Wing–Gong/Lowe search per partition against the sequential etcd
 //! model, checks that revisions never go backwards in real time, and reports
 //! each failure with a short window of the operations that show it.
+//! `check_sessions` checks what one client sees on one connection: revisions
+//! never go back, and its own acknowledged writes are seen.
 
 mod check;
 mod history;
 mod model;
 mod search;
+mod session;
 
 #[cfg(test)]
 mod tests;
@@ -19,3 +22,4 @@ mod tests;
 pub use check::{Report, Violation, ViolationKind, check};
 pub use history::{Input, Key, Operation, Outcome, Output};
 pub use search::{CONFIGURATIONS_MAX, Verdict};
+pub use session::{SessionEvent, SessionKind, SessionViolation, check_sessions};

@@ -258,9 +258,10 @@ impl KeySpace {
 
     /// The events of revisions `from..=to` on keys in `[key, range_end)`, in
     /// revision order and, within one revision, in key order (live watch
-    /// delivery sorts the same way). `from` must be above the compacted
-    /// revision: compaction drops tombstones at or below it, so events there
-    /// could be missing and are refused rather than lost silently.
+    /// delivery sorts the same way). `from` must be at least the compacted
+    /// revision: compaction keeps every record of that revision (tombstones
+    /// included, unlike etcd), and drops what is below it, so events there could
+    /// be missing and are refused rather than lost silently.
     pub fn events(
         &self,
         key: &[u8],
@@ -268,7 +269,7 @@ impl KeySpace {
         from: Revision,
         to: Revision,
     ) -> Result<Vec<(Revision, Event)>, MvccError> {
-        if from <= self.compacted {
+        if from < self.compacted {
             return Err(MvccError::Compacted);
         }
         let mut events = Vec::new();
@@ -417,12 +418,18 @@ impl KeySpace {
         let mut changes = Vec::new();
         let mut emptied = Vec::new();
         for (key, history) in self.keys.iter_mut() {
-            // Keep the newest record at or below `revision` unless it is a tombstone.
+            // Keep the newest record at or below `revision` unless it is a
+            // tombstone from before it. A change at exactly `revision` keeps the
+            // record before it too, and a delete there is kept, until a later
+            // compaction: a watch starting at the compacted revision still gets
+            // every event of it, with its prev_kv (etcd loses both).
             let at = history.partition_point(|record| record.revision <= revision);
-            let mut drop = at.saturating_sub(1);
-            if at > 0 && history[at - 1].live.is_none() {
-                drop = at;
-            }
+            let drop = match at.checked_sub(1).map(|newest| &history[newest]) {
+                None => 0,
+                Some(newest) if newest.revision == revision => at.saturating_sub(2),
+                Some(newest) if newest.live.is_none() => at,
+                Some(_) => at - 1,
+            };
             for record in history.drain(..drop) {
                 changes.push(Change::Remove {
                     key: key.clone(),

@@ -666,3 +666,40 @@ fn leases_grant_attach_and_revoke_in_one_revision() {
     assert_eq!(restored, space);
     assert_eq!(restored.lease_keys(a), vec![b"k1".to_vec()]);
 }
+
+#[test]
+fn a_watch_from_the_compacted_revision_gets_all_of_its_events() {
+    // Goal: better than etcd. Events of exactly the compacted revision stay
+    // readable, a delete and each event's prev_kv included; below it, refused.
+    let mut space = KeySpace::new();
+    put(&mut space, "a", "1"); // 2
+    put(&mut space, "b", "1"); // 3
+    delete(&mut space, "a", ""); // 4
+    put(&mut space, "b", "2"); // 5
+    for revision in [4, 5] {
+        let mut copy = space.clone();
+        let compact = Command::Compact(CompactionRequest {
+            revision,
+            physical: false,
+        });
+        assert!(copy.apply(&compact, &CTX).result.is_ok());
+        let events = copy.events(b"a", b"c", revision, 5).expect("at compacted");
+        let first = &events[0];
+        assert_eq!(first.0, revision);
+        let (kind, prev) = if revision == 4 {
+            (EventKind::Delete, b"1")
+        } else {
+            (EventKind::Put, b"1")
+        };
+        assert_eq!(first.1.kind, kind, "at {revision}");
+        assert_eq!(
+            first.1.prev_kv.as_ref().map(|kv| kv.value.as_slice()),
+            Some(prev.as_slice()),
+            "prev_kv at {revision}"
+        );
+        assert_eq!(
+            copy.events(b"a", b"c", revision - 1, 5),
+            Err(MvccError::Compacted)
+        );
+    }
+}

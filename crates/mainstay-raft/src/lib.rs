@@ -11,6 +11,7 @@ mod lease;
 mod log_store;
 mod membership;
 mod network;
+mod peer_channel;
 mod peer_service;
 mod replica;
 mod state_machine;
@@ -23,7 +24,8 @@ pub use membership::{
     fetch_cluster_view,
 };
 pub use replica::{
-    Dial, Replica, ReplicaConfig, ReplicaStatus, WriteOutcome, member_id_for, tcp_dial,
+    Dial, Replica, ReplicaConfig, ReplicaStatus, WriteOutcome, cluster_id_for, member_id_for,
+    tcp_dial,
 };
 pub use state_machine::AppliedEvents;
 pub use type_config::MemberNode;

@@ -74,6 +74,10 @@ pub struct MemberChangeOutcome {
     pub added: Option<u64>,
     /// Log index of the final membership entry.
     pub index: u64,
+    /// Whether that entry is committed. Only a one-voter cluster growing to
+    /// two answers before: the new voter must start before anything commits
+    /// (as in etcd, where the cluster waits for it too).
+    pub committed: bool,
 }
 
 /// The cluster as one member sees it: what a joining member asks for.
@@ -159,31 +163,10 @@ impl Replica {
             }
             retry_pause(deadline, known_leader).await?;
         };
-        self.wait_applied(outcome.index, deadline).await?;
-        Ok(outcome)
-    }
-
-    async fn wait_applied(
-        &self,
-        index: u64,
-        deadline: tokio::time::Instant,
-    ) -> Result<(), ReplicaError> {
-        let mut metrics = self.inner.raft.metrics();
-        loop {
-            let applied = metrics
-                .borrow_watched()
-                .last_applied
-                .as_ref()
-                .map_or(0, |l| l.index);
-            if applied >= index {
-                return Ok(());
-            }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(ReplicaError::Stopped),
-                Err(_) => return Err(ReplicaError::Timeout),
-            }
+        if outcome.committed {
+            self.wait_index(outcome.index, deadline).await?;
         }
+        Ok(outcome)
     }
 
     /// Serves a forwarded membership change: act locally, never forward again.
@@ -259,9 +242,11 @@ impl Replica {
             .collect();
         let quorum_up = |new_voters: &[u64]| {
             let up = new_voters.iter().filter(|id| active(**id)).count();
-            up > new_voters.len() / 2
+            keeps_quorum(up, new_voters.len())
         };
         let mut added = None;
+        // Set when a one-voter cluster adds a second voter that is not up.
+        let mut uncommittable = false;
         let changes = match change {
             MemberChange::Add { peer_urls, learner } => {
                 if urls_taken(&peer_urls, None) {
@@ -271,9 +256,10 @@ impl Replica {
                 if learner && learners >= LEARNERS_MAX {
                     return Some(Local::Failed(MembershipError::TooManyLearners));
                 }
-                // Fresh and deterministic: the URLs and the log position make it.
+                // etcd's derivation with the log position where etcd puts the
+                // time: fresh, and the same on every attempt at this position.
                 let salt = format!("{}", metrics.last_log_index.unwrap_or(0));
-                let mut id = crate::member_id_for(&peer_urls.join(","), &salt);
+                let mut id = crate::member_id_for(&peer_urls, &salt);
                 while find(id).is_some() {
                     id = id.wrapping_add(1).max(1);
                 }
@@ -287,7 +273,10 @@ impl Replica {
                 let mut after = voters.clone();
                 after.push(id);
                 if !learner && !quorum_up(&after) {
-                    return Some(Local::Failed(MembershipError::NotEnoughStarted));
+                    if !grows_a_single_member(&voters, &after) {
+                        return Some(Local::Failed(MembershipError::NotEnoughStarted));
+                    }
+                    uncommittable = true;
                 }
                 if learner {
                     ChangeMembers::AddNodes(nodes)
@@ -352,6 +341,9 @@ impl Replica {
         let Some(guard) = self.membership_guard(&metrics) else {
             return Some(Local::NotLeader(None));
         };
+        if let (true, Some(id)) = (uncommittable, added) {
+            return Some(self.add_second_voter(changes, guard, id).await);
+        }
         // `retain = false`: a removed voter leaves the membership entirely.
         let proposing = self
             .inner
@@ -364,7 +356,11 @@ impl Replica {
             tokio::select! {
                 proposed = proposing => proposed,
                 index = self.own_removal_applied() => {
-                    return Some(Local::Done(MemberChangeOutcome { added: None, index }));
+                    return Some(Local::Done(MemberChangeOutcome {
+                        added: None,
+                        index,
+                        committed: true,
+                    }));
                 }
             }
         } else {
@@ -376,6 +372,7 @@ impl Replica {
             Ok(response) => Local::Done(MemberChangeOutcome {
                 added,
                 index: response.log_id.index,
+                committed: true,
             }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Local::NotLeader(forward.leader_id)
@@ -393,6 +390,56 @@ impl Replica {
             }
             Err(RaftError::Fatal(_)) => Local::Failed(ReplicaError::Stopped.into()),
         })
+    }
+
+    /// Grows a one-voter cluster to two while the new voter is not up: the
+    /// change cannot commit before it starts, so the answer is the membership
+    /// taking effect on this leader (etcd answers once it applied the change,
+    /// which its single-step changes allow, and then waits for the member too).
+    /// The proposal goes on in a task that ends when it commits or the member
+    /// stops.
+    async fn add_second_voter(
+        &self,
+        changes: ChangeMembers<u64, MemberNode>,
+        guard: Precondition<crate::type_config::TypeConfig>,
+        id: u64,
+    ) -> Local {
+        let raft = self.inner.raft.clone();
+        tokio::spawn(async move {
+            match raft.change_membership_if(changes, false, [guard]).await {
+                Ok(response) => tracing::info!(
+                    member_id = format_args!("{id:x}"),
+                    index = response.log_id.index,
+                    "second voter started; membership committed"
+                ),
+                Err(error) => tracing::warn!(%error, "adding a second voter did not complete"),
+            }
+        });
+        let mut metrics = self.inner.raft.metrics();
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        loop {
+            let index = {
+                let metrics = metrics.borrow_watched();
+                let listed = metrics
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|voter| voter == id);
+                listed.then(|| membership_index(&metrics))
+            };
+            if let Some(index) = index {
+                return Local::Done(MemberChangeOutcome {
+                    added: Some(id),
+                    index,
+                    committed: false,
+                });
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Local::Failed(ReplicaError::Stopped.into()),
+                Err(_) => return Local::Failed(ReplicaError::Timeout.into()),
+            }
+        }
     }
 
     /// Resolves, with the membership's log index, once this member has applied a
@@ -515,10 +562,53 @@ impl Replica {
     }
 }
 
+/// etcd's strict reconfiguration rule: after a change, the voters that are up
+/// must still be a majority of the new voter set.
+pub(crate) fn keeps_quorum(up_after: usize, voters_after: usize) -> bool {
+    up_after > voters_after / 2
+}
+
+/// etcd's one exception to `keeps_quorum`, for adding a voter: a one-voter
+/// cluster may grow to two (1 started of 2), as when a cluster restored from a
+/// snapshot onto one member is grown again. The new voter is not up yet, so the
+/// cluster has no quorum until it starts.
+pub(crate) fn grows_a_single_member(voters_before: &[u64], voters_after: &[u64]) -> bool {
+    voters_before.len() == 1 && voters_after.len() == 2
+}
+
 fn membership_index(metrics: &openraft::RaftMetrics<crate::type_config::TypeConfig>) -> u64 {
     metrics
         .membership_config
         .log_id()
         .as_ref()
         .map_or(0, |l| l.index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_reconfiguration_table() {
+        // (voters up after, voters after, keeps a quorum)
+        let cases = [
+            (1, 1, true),
+            (1, 2, false),
+            (2, 2, true),
+            (2, 3, true),
+            (1, 3, false),
+            (2, 4, false),
+            (3, 4, true),
+            (3, 5, true),
+            (2, 5, false),
+        ];
+        for (up, voters, keeps) in cases {
+            assert_eq!(keeps_quorum(up, voters), keeps, "{up} up of {voters}");
+        }
+        // etcd's exception: one voter growing to two, and nothing else.
+        assert!(grows_a_single_member(&[1], &[1, 2]));
+        assert!(!grows_a_single_member(&[1, 2], &[1, 2, 3]));
+        assert!(!grows_a_single_member(&[1, 2], &[1]));
+        assert!(!grows_a_single_member(&[1], &[1]));
+    }
 }

@@ -20,6 +20,8 @@ use openraft::raft::{
 use serde::{Serialize, de::DeserializeOwned};
 use tonic::transport::Channel;
 
+use crate::peer_channel::PeerChannel;
+
 use crate::replica::Dial;
 
 use crate::codec::{decode_message, encode_message};
@@ -57,7 +59,7 @@ impl PeerPool {
     }
 
     /// A client for `node` (connected lazily, reused).
-    pub fn client(&self, node: &MemberNode) -> Result<RaftPeerClient<Channel>, String> {
+    pub fn client(&self, node: &MemberNode) -> Result<RaftPeerClient<PeerChannel>, String> {
         let url = node
             .peer_urls
             .first()
@@ -71,7 +73,7 @@ impl PeerPool {
                 channel
             }
         };
-        Ok(RaftPeerClient::new(channel)
+        Ok(RaftPeerClient::new(PeerChannel::new(channel))
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
     }
@@ -114,7 +116,7 @@ fn unreachable(message: String) -> RPCError<TypeConfig> {
 }
 
 impl PeerConnection {
-    fn client(&self) -> Result<RaftPeerClient<Channel>, RPCError<TypeConfig>> {
+    fn client(&self) -> Result<RaftPeerClient<PeerChannel>, RPCError<TypeConfig>> {
         self.pool
             .client(&self.node)
             .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
@@ -129,7 +131,7 @@ impl PeerConnection {
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        F: FnOnce(RaftPeerClient<Channel>, RaftPayload) -> Fut,
+        F: FnOnce(RaftPeerClient<PeerChannel>, RaftPayload) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
         let client = self.client()?;

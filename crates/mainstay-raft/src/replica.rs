@@ -46,6 +46,9 @@ pub struct ReplicaConfig {
     pub dial: Dial,
     /// Where files live (the OS in production, `MemDisk` in the simulator).
     pub disk: Arc<dyn Disk>,
+    /// SIMULATOR SELF-TEST ONLY: answer a forwarded write as soon as the leader
+    /// applied it, before this member has (the bug the session checks catch).
+    pub unsafe_answer_before_local_apply: bool,
 }
 
 /// Opens a lazily connected channel to a peer URL.
@@ -71,6 +74,9 @@ pub struct WriteOutcome {
     pub outcome: Result<CommandResponse, MvccError>,
     /// Raft term of the entry.
     pub raft_term: u64,
+    /// Raft log index of the entry: a member answers only once it has applied
+    /// this far itself, so one connection never sees its own write undone.
+    pub log_index: u64,
 }
 
 /// A point-in-time view of this member's Raft state.
@@ -136,17 +142,33 @@ pub(crate) enum ReadIndexReply {
     Failed(ReplicaError),
 }
 
-/// A member id derived from its name and the cluster token, so every member of a
-/// new cluster computes the same ids from `--initial-cluster`.
-pub fn member_id_for(name: &str, cluster_token: &str) -> u64 {
-    // FNV-1a 64: stable across builds and platforms.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in name.bytes().chain([0u8]).chain(cluster_token.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+/// etcd's member id for a member of a new cluster: the first 8 bytes
+/// (big-endian) of the SHA-1 of its peer URLs, sorted and concatenated, then
+/// the cluster token. Tools that precompute ids (and etcd's e2e tests) agree.
+pub fn member_id_for(peer_urls: &[String], cluster_token: &str) -> u64 {
+    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    let mut bytes = urls.concat().into_bytes();
+    bytes.extend_from_slice(cluster_token.as_bytes());
     // Zero means "no member" on the wire.
-    hash.max(1)
+    sha1_prefix(&bytes).max(1)
+}
+
+/// etcd's cluster id: the first 8 bytes of the SHA-1 of the sorted member ids,
+/// each as 8 big-endian bytes.
+pub fn cluster_id_for(member_ids: &[u64]) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+    sha1_prefix(&bytes)
+}
+
+/// SHA-1 is what etcd uses here, for identity, not for security.
+fn sha1_prefix(bytes: &[u8]) -> u64 {
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, bytes);
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(prefix)
 }
 
 pub(crate) struct Inner {
@@ -466,7 +488,10 @@ impl Replica {
                             .forward(leader, &Forwarded::Command(command.clone()))
                             .await
                         {
-                            Ok(ForwardReply::Done(outcome)) => return Ok(outcome),
+                            Ok(ForwardReply::Done(outcome)) => {
+                                self.wait_applied(outcome.log_index, deadline).await?;
+                                return Ok(outcome);
+                            }
                             Ok(ForwardReply::Failed(error)) => return Err(error),
                             Ok(
                                 ForwardReply::Published
@@ -484,6 +509,47 @@ impl Replica {
         }
     }
 
+    /// Waits until this member has applied a forwarded write's entry (etcd
+    /// answers a request only from the member that received it, once that member
+    /// applied it: on one connection revisions never go back and a read sees the
+    /// client's own writes). A timeout here leaves the outcome unknown to the client.
+    async fn wait_applied(
+        &self,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ReplicaError> {
+        if self.inner.config.unsafe_answer_before_local_apply {
+            return Ok(());
+        }
+        self.wait_index(index, deadline).await
+    }
+
+    /// Waits until this member has applied `index`, or the deadline. Written
+    /// out rather than openraft's `wait()`, whose timer race picks a branch at
+    /// random and so broke the simulator's same-seed-same-trace rule.
+    pub(crate) async fn wait_index(
+        &self,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ReplicaError> {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            let applied = metrics
+                .borrow_watched()
+                .last_applied
+                .as_ref()
+                .map_or(0, |l| l.index);
+            if applied >= index {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ReplicaError::Stopped),
+                Err(_) => return Err(ReplicaError::Timeout),
+            }
+        }
+    }
+
     async fn write_local(&self, command: Command) -> LocalWrite {
         let _renewing = match command {
             Command::LeaseRenew(_) => Some(self.inner.lease_gate.read().await),
@@ -494,6 +560,7 @@ impl Replica {
                 Some(outcome) => LocalWrite::Done(WriteOutcome {
                     outcome,
                     raft_term: response.log_id.leader_id.term,
+                    log_index: response.log_id.index,
                 }),
                 None => LocalWrite::Failed(ReplicaError::Stopped),
             },
@@ -549,7 +616,7 @@ impl Replica {
                 self.inner.pool.evict(&node);
                 Ok(ForwardReply::Failed(ReplicaError::Timeout))
             }
-            Ok(Err(status)) if not_sent(&status) => Err(Retry),
+            Ok(Err(status)) if crate::peer_channel::not_sent(&status) => Err(Retry),
             Ok(Err(_)) => Ok(ForwardReply::Failed(ReplicaError::Timeout)),
             Ok(Ok(reply)) => Ok(decode_message(&reply.into_inner().result)
                 .unwrap_or(ForwardReply::Failed(ReplicaError::Timeout))),
@@ -721,18 +788,7 @@ impl Replica {
                 }
             };
             if let Some(index) = index {
-                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                return match self
-                    .inner
-                    .raft
-                    .wait(Some(remaining))
-                    .applied_index_at_least(Some(index), "read barrier")
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(openraft::metrics::WaitError::Timeout(..)) => Err(ReplicaError::Timeout),
-                    Err(_) => Err(ReplicaError::Stopped),
-                };
+                return self.wait_index(index, deadline).await;
             }
             retry_pause(deadline, known_leader).await?;
         }
@@ -801,13 +857,32 @@ pub(crate) async fn retry_pause(
 /// Marker: the forward surely did not reach the leader, so retrying is safe.
 pub(crate) struct Retry;
 
-/// Whether a failed call surely never reached the server (connection refused or
-/// not established), which is the only case a write may be re-sent.
-fn not_sent(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable && {
-        let text = format!("{status:?}").to_lowercase();
-        text.contains("error trying to connect")
-            || text.contains("tcp connect error")
-            || text.contains("connection refused")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_derived_as_etcd_derives_them() {
+        // Facts read from etcd 3.4.23 started with --initial-cluster
+        // a=http://127.0.0.1:41380,b=http://127.0.0.1:41390,c=http://127.0.0.1:41400
+        // and --initial-cluster-token tok-1 (its "added member" log lines).
+        let url = |port: u16| vec![format!("http://127.0.0.1:{port}")];
+        let ids: Vec<u64> = [41380, 41390, 41400]
+            .into_iter()
+            .map(|port| member_id_for(&url(port), "tok-1"))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                0x29be_1ae5_193b_2e64,
+                0x0120_3b43_c093_7dd2,
+                0xe432_f568_f844_9f2e
+            ]
+        );
+        assert_eq!(cluster_id_for(&ids), 0x4347_2f52_c41a_0358);
+        // Several peer URLs are sorted first, so their order does not matter.
+        let two = ["http://b:2380".to_string(), "http://a:2380".to_string()];
+        let swapped = [two[1].clone(), two[0].clone()];
+        assert_eq!(member_id_for(&two, "t"), member_id_for(&swapped, "t"));
     }
 }

@@ -167,7 +167,7 @@ pub mod defaults {
     /// Peer URL.
     pub const PEER_URL: &str = "http://127.0.0.1:2380";
     /// Cluster token.
-    pub const CLUSTER_TOKEN: &str = "mainstay-cluster";
+    pub const CLUSTER_TOKEN: &str = "etcd-cluster";
     /// Heartbeat (ms).
     pub const HEARTBEAT_MS: u64 = 100;
     /// Election timeout (ms).

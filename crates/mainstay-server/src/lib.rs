@@ -10,4 +10,4 @@ pub use config::{ClusterState, Config, ServeArgs, defaults, parse_url};
 pub use dev::{DEV_PORTS, dev_member_args, run_dev};
 pub use io::{Conn, Incoming, Io, tcp_incoming};
 pub use mainstay_raft::Replica;
-pub use run::{Env, Listeners, SafetyBreaks, bind, cluster_id_for, run, run_with_listeners};
+pub use run::{Env, Listeners, SafetyBreaks, bind, run, run_with_listeners};

@@ -15,7 +15,8 @@ use mainstay_proto::etcdserverpb::lease_server::LeaseServer;
 use mainstay_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use mainstay_proto::etcdserverpb::watch_server::WatchServer;
 use mainstay_raft::{
-    Dial, MemberNode, Replica, ReplicaConfig, fetch_cluster_view, member_id_for, tcp_dial,
+    Dial, MemberNode, Replica, ReplicaConfig, cluster_id_for, fetch_cluster_view, member_id_for,
+    tcp_dial,
 };
 use mainstay_storage::{Disk, Identity, OsDisk};
 
@@ -63,6 +64,8 @@ pub struct SafetyBreaks {
     pub expire_leases_early: bool,
     /// Start watches that name a start revision one revision late.
     pub watch_start_off_by_one: bool,
+    /// Answer a forwarded write once the leader applied it, before this member did.
+    pub answer_before_local_apply: bool,
 }
 
 impl Env {
@@ -98,14 +101,6 @@ pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
         peer.push(tcp_incoming(listener));
     }
     Ok(Listeners { client, peer })
-}
-
-/// The cluster id: a hash of the sorted initial member ids and the token.
-pub fn cluster_id_for(member_ids: &[u64], token: &str) -> u64 {
-    let mut ids = member_ids.to_vec();
-    ids.sort_unstable();
-    let text: Vec<String> = ids.iter().map(|id| format!("{id:016x}")).collect();
-    member_id_for(&text.join(","), token)
 }
 
 /// Runs one member until `shutdown` resolves (graceful) or a fatal error stops it.
@@ -202,17 +197,23 @@ async fn serve_member(
             // entry at index 0 is never replicated), so client URLs are left out
             // here and published through Raft once the cluster runs.
             let client_urls = Vec::new();
+            let peer_urls = vec![url.clone()];
             (
-                member_id_for(name, token),
+                member_id_for(&peer_urls, token),
                 MemberNode {
                     name: name.clone(),
-                    peer_urls: vec![url.clone()],
+                    peer_urls,
                     client_urls,
                 },
             )
         })
         .collect();
     let ids: Vec<u64> = members.keys().copied().collect();
+    let own_id = members
+        .iter()
+        .find(|(_, node)| node.name == config.name)
+        .map(|(id, _)| *id)
+        .context("--initial-cluster does not contain this member's --name")?;
     // Who this member is: recorded in the data directory the first time it starts,
     // derived from the name for an initial member, learned from the peers for one
     // added at run time.
@@ -223,8 +224,8 @@ async fn serve_member(
         None => {
             let identity = match config.initial_cluster_state {
                 ClusterState::New => Identity {
-                    member_id: member_id_for(&config.name, token),
-                    cluster_id: cluster_id_for(&ids, token),
+                    member_id: own_id,
+                    cluster_id: cluster_id_for(&ids),
                 },
                 ClusterState::Existing => join(&config, &env.dial).await?,
             };
@@ -252,6 +253,7 @@ async fn serve_member(
         seed: env.seed,
         dial: env.dial.clone(),
         disk: env.disk.clone(),
+        unsafe_answer_before_local_apply: env.safety_breaks.answer_before_local_apply,
     })
     .await
     .map_err(|e| anyhow::anyhow!(e))

@@ -55,6 +55,7 @@ fn parse() -> Result<Args, String> {
             "--break-read-barrier" => args.options.safety_breaks.skip_read_barrier = true,
             "--break-lease-expiry" => args.options.safety_breaks.expire_leases_early = true,
             "--break-watch-resume" => args.options.safety_breaks.watch_start_off_by_one = true,
+            "--break-session" => args.options.safety_breaks.answer_before_local_apply = true,
             "--break-fsync" => args.options.lying_fsync = true,
             "--expect-violations" => args.expect_violations = true,
             "--worker" => args.worker = true,
@@ -116,6 +117,9 @@ fn run_job(exe: &std::path::Path, args: &Args, mut seeds: Vec<u64>) -> Result<Ve
         }
         if args.options.safety_breaks.watch_start_off_by_one {
             command.arg("--break-watch-resume");
+        }
+        if args.options.safety_breaks.answer_before_local_apply {
+            command.arg("--break-session");
         }
         if args.options.lying_fsync {
             command.arg("--break-fsync");

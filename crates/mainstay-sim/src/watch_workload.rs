@@ -720,8 +720,9 @@ fn check_session(
         }
     }
     // W8 compacted start: a watch is cancelled only when a revision it still
-    // needs was compacted, and `compact_revision` (the first revision a new
-    // watch can start from) says how far a compaction that was asked for went.
+    // needs was compacted, and `compact_revision` (etcd's value: the compacted
+    // revision, also the first a new watch can start from) says how far a
+    // compaction that was asked for went.
     let owed = vouched.max(first - 1) + 1;
     session.replies.iter().find_map(|reply| match reply {
         Reply::Canceled {
@@ -730,7 +731,7 @@ fn check_session(
         } => {
             let fits = reason == COMPACTED
                 && *compact_revision > owed
-                && *compact_revision - 1 <= compacted_max;
+                && *compact_revision <= compacted_max;
             (!fits).then(|| {
                 format!(
                     "cancelled by the member: {reason:?} with compact_revision {compact_revision}, still owing revision {owed}; the highest compaction asked for was {compacted_max} (W8)"

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mainstay_check::{Input, Operation, Outcome, Output};
+use mainstay_check::{Input, Operation, Outcome, Output, SessionEvent, SessionKind};
 use mainstay_proto::etcdserverpb::kv_client::KvClient;
 use mainstay_proto::etcdserverpb::{
     Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, compare,
@@ -24,6 +24,9 @@ pub const THINK_MS_MAX: u64 = 40;
 
 /// The shared, growing history.
 pub type History = Arc<Mutex<Vec<Operation>>>;
+
+/// Every answer with its connection, for the session checks.
+pub type SessionLog = Arc<Mutex<Vec<SessionEvent>>>;
 
 pub(crate) fn now_micros() -> u64 {
     turmoil::sim_elapsed().map_or(0, |d| d.as_micros() as u64)
@@ -45,8 +48,25 @@ pub async fn client(
     seed: u64,
     stop_micros: u64,
     history: History,
+    session_log: SessionLog,
 ) -> turmoil::Result {
+    // A header's member id names the answering incarnation: a replaced member
+    // starts a new session.
+    let record = |member: u64, invoked: u64, kind: SessionKind| {
+        if member != 0 {
+            session_log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(SessionEvent {
+                    client: id,
+                    member,
+                    invoked,
+                    kind,
+                });
+        }
+    };
     let mut rng = Rng::new(seed);
+    let mut probe_rng = Rng::new(seed ^ 0x5e55_1011_0000_0000);
     let mut clients = crate::net::per_member(&members, KvClient::new)?;
     let mut counter = 0u64;
     let mut epoch = 0u64;
@@ -73,9 +93,12 @@ pub async fn client(
             };
             let reply = tokio::time::timeout(REQUEST_TIMEOUT, kv.put(request)).await;
             let outcome = match reply {
-                Ok(Ok(r)) => Outcome::Ok(Output::Put {
-                    revision: r.into_inner().header.map_or(0, |h| h.revision),
-                }),
+                Ok(Ok(r)) => {
+                    let header = r.into_inner().header.unwrap_or_default();
+                    let revision = header.revision;
+                    record(header.member_id, invoked, SessionKind::Write { revision });
+                    Outcome::Ok(Output::Put { revision })
+                }
                 Ok(Err(status)) if definite(status.code()) => Outcome::Failed,
                 _ => Outcome::Unknown,
             };
@@ -93,9 +116,19 @@ pub async fn client(
                     let r = r.into_inner();
                     let value = r.kvs.first().map(|kv| (kv.value.clone(), kv.mod_revision));
                     seen_mod[key_index] = value.as_ref().map_or(0, |(_, m)| *m);
+                    let header = r.header.unwrap_or_default();
+                    let revision = header.revision;
+                    record(
+                        header.member_id,
+                        invoked,
+                        SessionKind::Read {
+                            revision,
+                            serializable,
+                        },
+                    );
                     Outcome::Ok(Output::Get {
                         value,
-                        header_revision: r.header.map_or(0, |h| h.revision),
+                        header_revision: revision,
                     })
                 }
                 _ => Outcome::Failed,
@@ -114,9 +147,12 @@ pub async fn client(
             let outcome = match reply {
                 Ok(Ok(r)) => {
                     let r = r.into_inner();
+                    let header = r.header.unwrap_or_default();
+                    let revision = header.revision;
+                    record(header.member_id, invoked, SessionKind::Write { revision });
                     Outcome::Ok(Output::Delete {
                         deleted: r.deleted > 0,
-                        revision: r.header.map_or(0, |h| h.revision),
+                        revision,
                     })
                 }
                 Ok(Err(status)) if definite(status.code()) => Outcome::Failed,
@@ -150,9 +186,12 @@ pub async fn client(
             let outcome = match reply {
                 Ok(Ok(r)) => {
                     let r = r.into_inner();
+                    let header = r.header.unwrap_or_default();
+                    let revision = header.revision;
+                    record(header.member_id, invoked, SessionKind::Write { revision });
                     Outcome::Ok(Output::Txn {
                         succeeded: r.succeeded,
-                        revision: r.header.map_or(0, |h| h.revision),
+                        revision,
                     })
                 }
                 Ok(Err(status)) if definite(status.code()) => Outcome::Failed,
@@ -162,6 +201,30 @@ pub async fn client(
         };
         let returned = now_micros();
         let unknown = matches!(outcome, Outcome::Unknown);
+        // Read-your-writes probe: right after an acknowledged write, half the
+        // time, a serializable read on the same connection (a member that
+        // answered before applying is caught here). Its own random stream, so
+        // the workload's draws stay as they were.
+        let acknowledged_write = input.writes() && matches!(outcome, Outcome::Ok(_));
+        if acknowledged_write && probe_rng.below(2) == 0 {
+            let probe = RangeRequest {
+                key: input.keys().first().cloned().unwrap_or_default(),
+                serializable: true,
+                ..Default::default()
+            };
+            let probed = now_micros();
+            if let Ok(Ok(r)) = tokio::time::timeout(REQUEST_TIMEOUT, kv.range(probe)).await {
+                let header = r.into_inner().header.unwrap_or_default();
+                record(
+                    header.member_id,
+                    probed,
+                    SessionKind::Read {
+                        revision: header.revision,
+                        serializable: true,
+                    },
+                );
+            }
+        }
         history
             .lock()
             .unwrap_or_else(|p| p.into_inner())

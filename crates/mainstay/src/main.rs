@@ -1,6 +1,8 @@
 //! `mainstay`: `serve` runs one member, `dev` runs a local three-member cluster.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mainstay_server::ServeArgs;
@@ -54,15 +56,34 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Errors end the process with their one-line message (the causes joined with
+/// `: `), never a backtrace: returning an error from `main` would print its
+/// Debug form, a stack of frames when `RUST_BACKTRACE` is set.
+fn main() -> ExitCode {
     let filter = EnvFilter::try_from_env("MAINSTAY_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    // Colour codes only for a person at a terminal, not in files or pipes.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = args.resolve()?;

@@ -396,3 +396,34 @@ async fn raft_messages_for_another_member_id_are_refused() {
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_member_grows_to_two_voters() {
+    // Goal: etcd's exception to the strict reconfiguration check (1 started of
+    // 2 members), used to grow a cluster restored onto one member. The add is
+    // answered before the new voter runs; writes wait for it, then go on.
+    use mainstay_proto::etcdserverpb::MemberAddRequest;
+    use mainstay_proto::etcdserverpb::cluster_client::ClusterClient;
+    let mut cluster = TestCluster::start(1, Options::default()).await;
+    cluster.put(0, "before", "1").await;
+    let url = format!("http://127.0.0.1:{}", cluster.members[0].client_port);
+    let mut admin = ClusterClient::connect(url).await.expect("connect");
+    let (new, peer_url) = cluster.prepare_member().await;
+    let added = admin
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![peer_url],
+            is_learner: false,
+        })
+        .await
+        .expect("a voting member add on one member is allowed")
+        .into_inner();
+    let member = added.member.expect("the added member");
+    assert!(!member.is_learner);
+    assert_eq!(added.members.len(), 2);
+
+    cluster.start_member(new).await;
+    cluster.eventually_sees(new, "before", "1").await;
+    cluster.put(1, "after", "2").await;
+    cluster.eventually_sees(0, "after", "2").await;
+    cluster.shutdown().await;
+}

@@ -217,10 +217,11 @@ async fn watchers_get_history_then_live_events_as_etcd_sends_them() {
     let canceled = stream.next().await;
     assert_eq!((canceled.watch_id, canceled.canceled), (8, true));
 
-    // Compaction: a watch from below it is cancelled with the first revision
-    // it could start from.
+    // Compaction at the delete's revision: a watch from below it is cancelled
+    // with etcd's compact_revision (the compacted revision); one from exactly
+    // there still gets the delete, with its prev_kv (etcd loses it).
     kv.compact(CompactionRequest {
-        revision: 6,
+        revision: 8,
         physical: false,
     })
     .await
@@ -252,7 +253,25 @@ async fn watchers_get_history_then_live_events_as_etcd_sends_them() {
     let compacted = stream.next().await;
     assert_eq!(compacted.watch_id, created.watch_id);
     assert!(compacted.canceled);
-    assert_eq!(compacted.compact_revision, 7);
+    assert_eq!(compacted.compact_revision, 8);
+    assert_eq!(
+        compacted.cancel_reason,
+        "mvcc: required revision has been compacted"
+    );
+    stream
+        .create(WatchCreateRequest {
+            start_revision: 8,
+            prev_kv: true,
+            ..prefix("a/")
+        })
+        .await;
+    let created = stream.next().await;
+    assert!(created.created && !created.canceled);
+    let replayed = stream.next().await;
+    assert_eq!(
+        summary(&replayed),
+        vec![(DELETE, "a/y".into(), String::new(), 8, Some("1".into()))]
+    );
     cluster.shutdown().await;
 }
 

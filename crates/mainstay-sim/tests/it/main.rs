@@ -96,6 +96,31 @@ fn self_test_watch_resumed_one_revision_late_is_caught() {
     );
 }
 
+#[test]
+fn self_test_answers_before_local_apply_are_caught() {
+    // Goal: the session checks can fail. A member that answers a forwarded write
+    // once the leader applied it, before applying it itself, lets the next
+    // serializable read on the same connection miss the write.
+    let options = SimOptions {
+        workload_seconds: 8,
+        safety_breaks: SafetyBreaks {
+            answer_before_local_apply: true,
+            ..SafetyBreaks::default()
+        },
+        ..SimOptions::default()
+    };
+    let caught = (1..=10).find(|&seed| {
+        run(seed, &options)
+            .violations
+            .iter()
+            .any(|v| v.starts_with("session:"))
+    });
+    assert!(
+        caught.is_some(),
+        "answers before the local apply went unnoticed for 10 seeds"
+    );
+}
+
 /// Runs the `mainstay-sim` binary (a campaign in worker processes) and returns
 /// its standard output.
 fn campaign(args: &[&str]) -> (bool, String) {

@@ -101,3 +101,71 @@ fn unknown_file_settings_are_refused() {
     assert!(!ok);
     assert!(stderr.contains("electoin-timeout"), "{stderr}");
 }
+
+#[test]
+fn errors_are_one_line_even_with_backtraces_on() {
+    // Method: a bad flag value with RUST_BACKTRACE=1 and RUST_LIB_BACKTRACE=1 in
+    // the environment; stderr is a pipe, so no colour codes either.
+    let (ok, stderr) = serve(
+        &["--initial-cluster-state", "maybe"],
+        &[("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")],
+    );
+    assert!(!ok);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(lines[0].contains("--initial-cluster-state"), "{stderr}");
+    assert!(!stderr.contains("Stack backtrace"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe: {stderr}"
+    );
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    // Method: a one-member cluster started with stderr on a pipe; its log lines
+    // up to "serving clients" must hold no ANSI escape (colour only on a terminal).
+    use std::io::{BufRead, BufReader};
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    };
+    let (client, peer) = (free_port(), free_port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mainstay"))
+        .arg("serve")
+        .args(["--name", "solo", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("solo={peer_url}")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start mainstay");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut seen = Vec::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let serving = line.contains("serving clients");
+        seen.push(line);
+        if serving || seen.len() > 200 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.iter().any(|l| l.contains("serving clients")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().all(|l| !l.contains('\u{1b}')),
+        "colour codes in a pipe: {seen:#?}"
+    );
+}

@@ -1,0 +1,131 @@
+//! A channel to a peer that tells, by type, the calls that never left this
+//! member. Whether a failed forwarded write may be sent again depends on it, so
+//! it must not hang on an error's wording: tonic keeps a connect failure's type
+//! only inside the channel (its `Status` carries the text alone), so this layer
+//! looks there and hands the client a `NotSent` error in its place.
+
+use std::error::Error;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+use tonic::transport::Channel;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// A call that failed before any byte of it was sent: the connection to the
+/// peer could not be established. Safe to send again.
+#[derive(Debug, thiserror::Error)]
+#[error("peer not reached: {0}")]
+pub struct NotSent(String);
+
+/// Whether a failed call's status says it surely never reached the peer.
+pub fn not_sent(status: &tonic::Status) -> bool {
+    status.source().is_some_and(|source| source.is::<NotSent>())
+}
+
+/// `Channel` with connect failures turned into `NotSent`.
+#[derive(Clone, Debug)]
+pub struct PeerChannel(Channel);
+
+impl PeerChannel {
+    /// Wraps a (lazily connecting) channel.
+    pub fn new(channel: Channel) -> Self {
+        PeerChannel(channel)
+    }
+}
+
+/// Whether `error` or any error under it is tonic's connect failure.
+fn is_connect_failure(error: &(dyn Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// Keeps the error, except a connect failure, which becomes `NotSent` (with no
+/// source: tonic would otherwise find the connect error under it and flatten
+/// it to text again).
+fn classify(error: tonic::transport::Error) -> BoxError {
+    if is_connect_failure(&error) {
+        let mut text = error.to_string();
+        let mut cause = error.source();
+        while let Some(inner) = cause {
+            text.push_str(": ");
+            text.push_str(&inner.to_string());
+            cause = inner.source();
+        }
+        Box::new(NotSent(text))
+    } else {
+        Box::new(error)
+    }
+}
+
+impl tower::Service<http::Request<Body>> for PeerChannel {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx).map_err(classify)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let call = self.0.call(request);
+        Box::pin(async move { call.await.map_err(classify) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mainstay_proto::peer::ReadIndexRequest;
+    use mainstay_proto::peer::raft_peer_client::RaftPeerClient;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_not_sent_and_a_reset_one_is_unknown() {
+        // A port nobody listens on: the connection is refused, nothing is sent.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        drop(listener);
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .expect("endpoint")
+            .connect_lazy();
+        let mut client = RaftPeerClient::new(PeerChannel::new(channel));
+        let status = client
+            .read_index(ReadIndexRequest {})
+            .await
+            .expect_err("nobody listens");
+        assert!(not_sent(&status), "{status:?}");
+
+        // A server that accepts and then drops the connection: the request may
+        // have been read, so it is not marked as unsent.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            for _ in 0..4 {
+                if let Ok((mut socket, _)) = listener.accept().await {
+                    let mut buffer = [0u8; 4096];
+                    let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buffer).await;
+                }
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .expect("endpoint")
+            .connect_lazy();
+        let mut client = RaftPeerClient::new(PeerChannel::new(channel));
+        let status = client
+            .read_index(ReadIndexRequest {})
+            .await
+            .expect_err("the server hangs up");
+        assert!(!not_sent(&status), "{status:?}");
+        server.abort();
+    }
+}

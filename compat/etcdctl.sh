@@ -30,7 +30,9 @@ for i in 0 1 2; do
   PEER[$i]=$((BASE + i * 10 + 1))
   CLUSTER+="${CLUSTER:+,}${NAMES[$i]}=http://127.0.0.1:${PEER[$i]}"
 done
-ALL="127.0.0.1:${CLIENT[0]},127.0.0.1:${CLIENT[1]},127.0.0.1:${CLIENT[2]}"
+# Endpoints in URL form: etcdctl 3.4 then sends the URL as the HTTP/2 authority
+# of Maintenance calls, which Mainstay must accept as etcd does.
+ALL="http://127.0.0.1:${CLIENT[0]},http://127.0.0.1:${CLIENT[1]},http://127.0.0.1:${CLIENT[2]}"
 
 start_member() {
   local i=$1 state=${2:-new} cluster=${3:-$CLUSTER}
@@ -55,7 +57,7 @@ cleanup() {
 trap cleanup EXIT
 
 ctl() { etcdctl --dial-timeout=2s --command-timeout=10s "$@" 2>&1; }
-ep() { echo "127.0.0.1:${CLIENT[$1]}"; }
+ep() { echo "http://127.0.0.1:${CLIENT[$1]}"; }
 
 PASSED=0
 FAILED=0
@@ -311,6 +313,15 @@ wait "$CANDIDATE2" 2>/dev/null || true
 STATUS=$(ctl --endpoints="$ALL" endpoint status)
 check "endpoint status lists three members" "3" "$(echo "$STATUS" | grep -c '3.6.0')"
 check "endpoint status has one leader" "1" "$(echo "$STATUS" | grep -c ', true, ')"
+HASHES=$(ctl --endpoints="$ALL" endpoint hashkv | awk '{print $2}' | sort -u)
+check "endpoint hashkv: one hash on every member" "1" "$(echo "$HASHES" | grep -c .)"
+LEADER=$(leader_position)
+TARGET=$(((LEADER + 1) % 3))
+TARGET_ID=$(ctl --endpoints="$(ep "$TARGET")" endpoint status -w fields | sed -n 's/^"MemberID" : //p')
+TARGET_HEX=$(printf '%x' "$TARGET_ID")
+check_contains "move-leader" "to $TARGET_HEX" \
+  "$(ctl --endpoints="$(ep "$LEADER")" move-leader "$TARGET_HEX")"
+check "move-leader: the target leads" "$TARGET" "$(leader_position)"
 HEALTH=$(ctl --endpoints="$ALL" endpoint health)
 check "endpoint health" "3" "$(echo "$HEALTH" | grep -c 'is healthy')"
 MEMBERS=$(ctl --endpoints="$ALL" member list)

@@ -1,6 +1,7 @@
 //! Wiring: configuration (`ServeArgs` → `Config`), `run` for one member and the
 //! three-member local dev cluster. Binaries stay thin; tests call `run` directly.
 
+mod authority;
 mod config;
 mod dev;
 mod io;

@@ -20,12 +20,22 @@ use mainstay_raft::{
 };
 use mainstay_storage::{Disk, Identity, OsDisk};
 
-use crate::io::{Incoming, tcp_incoming};
+use futures::TryStreamExt;
+
+use crate::authority::AuthorityFix;
+use crate::io::{Conn, Incoming, tcp_incoming};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::{ClusterState, Config};
+
+/// Every connection, client or peer, through `AuthorityFix`: etcd ignores a
+/// request's `:authority` (etcdctl 3.4 sends the endpoint URL there), h2 would
+/// reset the request.
+fn fix_authority(incoming: Incoming) -> Incoming {
+    Box::pin(incoming.map_ok(|conn| Conn(Box::new(AuthorityFix::new(conn)))))
+}
 
 /// gRPC accepts this much more than `--max-request-bytes` so the API can answer
 /// "request is too large" itself (etcd does the same).
@@ -274,6 +284,7 @@ async fn serve_member(
     };
     let mut servers = tokio::task::JoinSet::new();
     for incoming in listeners.peer {
+        let incoming = fix_authority(incoming);
         let service = replica.peer_service();
         let signal = stopped(stop_rx.clone());
         servers.spawn(async move {
@@ -344,6 +355,7 @@ async fn serve_member(
     };
     let grpc_bytes_max = request_bytes_max + GRPC_OVERHEAD_BYTES;
     for incoming in listeners.client {
+        let incoming = fix_authority(incoming);
         let kv = KvServer::new(KvService::new(api.clone()))
             .max_decoding_message_size(grpc_bytes_max)
             .max_encoding_message_size(usize::MAX);

@@ -2,6 +2,7 @@
 //! linearizable reads, leader loss, restarts, snapshot catch-up, damaged logs,
 //! and etcd's error contract.
 
+mod authority;
 mod cluster;
 mod errors;
 mod harness;

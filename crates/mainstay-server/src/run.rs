@@ -311,22 +311,29 @@ async fn serve_member(
         }
     }
 
-    // Record our client URLs in the membership (etcd "publishes" its attributes the same way).
+    // Record our client URLs in the membership (etcd "publishes" its attributes
+    // the same way) before serving clients, as etcd does: a client listing the
+    // members never finds this one started but without client URLs. A member
+    // restarted with the same URLs is published already and serves at once.
     let own = MemberNode {
         name: config.name.clone(),
         peer_urls: config.advertise_peer_urls.clone(),
         client_urls: config.advertise_client_urls.clone(),
     };
     let publisher = replica.clone();
-    let publishing = tokio::spawn(async move {
+    let published = async move {
         loop {
             match publisher.publish(own.clone()).await {
-                Ok(()) | Err(mainstay_raft::ReplicaError::Stopped) => return,
+                Ok(()) => {
+                    tracing::info!(client_urls = ?own.client_urls, "published this member's client URLs");
+                    return true;
+                }
+                Err(mainstay_raft::ReplicaError::Stopped) => return false,
                 Err(error) => tracing::debug!(%error, "publishing member attributes; retrying"),
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
-    });
+    };
 
     // Every member runs the loop; only a confirmed leader revokes.
     let early = if env.safety_breaks.expire_leases_early {
@@ -354,6 +361,7 @@ async fn serve_member(
         unsafe_watch_start_off_by_one: env.safety_breaks.watch_start_off_by_one,
     };
     let grpc_bytes_max = request_bytes_max + GRPC_OVERHEAD_BYTES;
+    let mut client_servers = Vec::new();
     for incoming in listeners.client {
         let incoming = fix_authority(incoming);
         let kv = KvServer::new(KvService::new(api.clone()))
@@ -369,7 +377,7 @@ async fn serve_member(
         .max_decoding_message_size(grpc_bytes_max)
         .max_encoding_message_size(usize::MAX);
         let signal = stopped(stop_rx.clone());
-        servers.spawn(async move {
+        client_servers.push(async move {
             tonic::transport::Server::builder()
                 .add_service(kv)
                 .add_service(lease)
@@ -380,8 +388,17 @@ async fn serve_member(
                 .await
                 .context("serve clients")
         });
-        tracing::info!("serving clients");
     }
+    servers.spawn(async move {
+        if !published.await {
+            // Stopped before publishing: the member's stop is reported instead.
+            return std::future::pending().await;
+        }
+        tracing::info!("serving clients");
+        futures::future::try_join_all(client_servers)
+            .await
+            .map(|_| ())
+    });
 
     let outcome = tokio::select! {
         () = shutdown => {
@@ -401,7 +418,6 @@ async fn serve_member(
             Err(error) => Err(anyhow::anyhow!("server task failed: {error}")),
         },
     };
-    publishing.abort();
     lease_expiry.abort();
     let _ = stop_tx.send(true);
     replica.shutdown().await;

@@ -427,3 +427,42 @@ async fn a_single_member_grows_to_two_voters() {
     cluster.eventually_sees(0, "after", "2").await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_serves_clients_only_after_publishing_its_client_urls() {
+    // Goal: etcd publishes first, then serves. The first answer of every member
+    // of a new cluster lists that member with its client URLs (a client that
+    // takes ClientURLs[0] of a started member must not find it empty).
+    use mainstay_proto::etcdserverpb::MemberListRequest;
+    use mainstay_proto::etcdserverpb::cluster_client::ClusterClient;
+    let cluster = TestCluster::start(3, Options::default()).await;
+    for member in &cluster.members {
+        let url = format!("http://127.0.0.1:{}", member.client_port);
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect_lazy();
+        let mut admin = ClusterClient::new(channel);
+        let mut answer = None;
+        for _ in 0..100 {
+            let call = admin.member_list(MemberListRequest {
+                linearizable: false,
+            });
+            if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_millis(200), call).await {
+                answer = Some(reply.into_inner());
+                break;
+            }
+        }
+        let answer = answer.expect("the member serves within 20 s");
+        let own = answer.header.as_ref().map(|h| h.member_id).expect("header");
+        let listed = answer
+            .members
+            .iter()
+            .find(|m| m.id == own)
+            .expect("lists itself");
+        assert!(
+            !listed.client_ur_ls.is_empty(),
+            "served before publishing: {listed:?}"
+        );
+    }
+    cluster.shutdown().await;
+}

@@ -10,6 +10,7 @@ mod convert;
 mod kv;
 mod lease;
 mod maintenance;
+mod size_limit;
 mod status;
 mod watch;
 
@@ -20,6 +21,7 @@ pub use cluster::ClusterService;
 pub use kv::KvService;
 pub use lease::LeaseService;
 pub use maintenance::{ETCD_VERSION, MaintenanceService};
+pub use size_limit::{MessageSizeLimit, message_too_large};
 pub use status::{ApiError, api_status, membership_status, mvcc_status, replica_status};
 pub use watch::{WATCHERS_PER_STREAM_MAX, WatchService, stream_lags_total};
 

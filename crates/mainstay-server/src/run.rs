@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use mainstay_api::{
     Admission, Api, ClusterService, KvService, LeaseService, Limits, MaintenanceService,
-    WatchService, lease_ttl_min,
+    MessageSizeLimit, WatchService, lease_ttl_min,
 };
 use mainstay_proto::etcdserverpb::cluster_server::ClusterServer;
 use mainstay_proto::etcdserverpb::kv_server::KvServer;
@@ -361,15 +361,22 @@ async fn serve_member(
         unsafe_watch_start_off_by_one: env.safety_breaks.watch_start_off_by_one,
     };
     let grpc_bytes_max = request_bytes_max + GRPC_OVERHEAD_BYTES;
+    // gRPC's limit with grpc-go's answer (tonic's own stays as a backstop).
+    let size_limit = MessageSizeLimit {
+        limit: grpc_bytes_max as u64,
+    };
     let mut client_servers = Vec::new();
     for incoming in listeners.client {
         let incoming = fix_authority(incoming);
         let kv = KvServer::new(KvService::new(api.clone()))
             .max_decoding_message_size(grpc_bytes_max)
             .max_encoding_message_size(usize::MAX);
-        let cluster = ClusterServer::new(ClusterService::new(api.clone()));
-        let maintenance = MaintenanceServer::new(MaintenanceService::new(api.clone()));
-        let lease = LeaseServer::new(LeaseService::new(api.clone()));
+        let cluster = ClusterServer::new(ClusterService::new(api.clone()))
+            .max_decoding_message_size(grpc_bytes_max);
+        let maintenance = MaintenanceServer::new(MaintenanceService::new(api.clone()))
+            .max_decoding_message_size(grpc_bytes_max);
+        let lease = LeaseServer::new(LeaseService::new(api.clone()))
+            .max_decoding_message_size(grpc_bytes_max);
         let watch = WatchServer::new(WatchService::new(
             api.clone(),
             std::time::Duration::from_millis(config.watch_progress_notify_interval_ms),
@@ -379,6 +386,7 @@ async fn serve_member(
         let signal = stopped(stop_rx.clone());
         client_servers.push(async move {
             tonic::transport::Server::builder()
+                .layer(size_limit)
                 .add_service(kv)
                 .add_service(lease)
                 .add_service(watch)

@@ -121,6 +121,44 @@ async fn refused_requests_use_etcds_codes_and_messages() {
         Code::InvalidArgument,
         "etcdserver: request is too large",
     ));
+    // Beyond gRPC's limit (max-request-bytes + 512 KiB = 2 MiB here): grpc-go's
+    // status and words, on every service.
+    let huge = PutRequest {
+        key: b"huge".to_vec(),
+        value: vec![7; 2_200_000],
+        ..Default::default()
+    };
+    let huge_length = prost::Message::encoded_len(&huge);
+    let huge = kv.put(huge).await.expect_err("beyond the gRPC limit");
+    let huge_message =
+        format!("grpc: received message larger than max ({huge_length} vs. 2097152)");
+    cases.push((
+        "beyond the gRPC limit",
+        huge,
+        Code::ResourceExhausted,
+        huge_message.as_str(),
+    ));
+    let url = format!("http://127.0.0.1:{}", cluster.members[0].client_port);
+    let mut admin = mainstay_proto::etcdserverpb::cluster_client::ClusterClient::connect(url)
+        .await
+        .expect("connect");
+    let many_urls = mainstay_proto::etcdserverpb::MemberAddRequest {
+        peer_ur_ls: vec!["http://127.0.0.1:1".repeat(1000); 200],
+        is_learner: true,
+    };
+    let many_length = prost::Message::encoded_len(&many_urls);
+    let many = admin
+        .member_add(many_urls)
+        .await
+        .expect_err("beyond the gRPC limit");
+    let many_message =
+        format!("grpc: received message larger than max ({many_length} vs. 2097152)");
+    cases.push((
+        "beyond the gRPC limit, cluster service",
+        many,
+        Code::ResourceExhausted,
+        many_message.as_str(),
+    ));
     let sort = RangeRequest {
         key: b"k".to_vec(),
         sort_order: 9,

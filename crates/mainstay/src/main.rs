@@ -87,6 +87,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = args.resolve()?;
+            if cfg!(feature = "chaos-self-test") {
+                tracing::warn!("CHAOS SELF-TEST BUILD: answers writes before applying them");
+                let listeners = mainstay_server::bind(&config).await?;
+                let mut env = mainstay_server::Env::production();
+                env.safety_breaks.answer_before_local_apply = true;
+                return mainstay_server::run_with_listeners(
+                    config,
+                    listeners,
+                    env,
+                    shutdown_signal(),
+                    None,
+                )
+                .await;
+            }
             mainstay_server::run(config, shutdown_signal()).await
         }
         Command::Dev { data_dir } => mainstay_server::run_dev(data_dir, shutdown_signal()).await,

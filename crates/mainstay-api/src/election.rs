@@ -17,14 +17,16 @@ use futures::Stream;
 use mainstay_mvcc::{CommandResponse, Event, EventKind, KeyValue, MvccError, Revision};
 use mainstay_proto::v3electionpb as pb;
 use mainstay_proto::v3electionpb::election_server::Election;
-use mainstay_raft::AppliedEvents;
+use mainstay_raft::{AppliedEvents, ReplicaError};
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use crate::Api;
 use crate::convert::key_value;
 use crate::recipe::{self, Waited, Withdrawal};
-use crate::status::{RecipeError, as_recipe_status, mvcc_status, recipe_status, unexpected};
+use crate::status::{
+    RecipeError, as_recipe_status, mvcc_status, recipe_status, replica_status, unexpected,
+};
 
 #[cfg(test)]
 mod tests;
@@ -195,6 +197,12 @@ impl Observer {
         self.next
     }
 
+    /// Nothing under the prefix changed up to `revision`: its history before
+    /// then is not needed any more (so a compaction cannot cut it).
+    pub(crate) fn quiet_through(&mut self, revision: Revision) {
+        self.next = self.next.max(revision + 1);
+    }
+
     /// Takes the events under the prefix of revisions `next()..=revision`, in
     /// revision order, and the leader as of `revision`; returns the answers to
     /// send, each with the revision its header carries.
@@ -263,6 +271,24 @@ struct Observation {
 }
 
 impl Observation {
+    /// Waits until an applied revision changes a key under the prefix, or the
+    /// broadcast lagged. Revisions that change nothing there move the
+    /// observer on: the broadcast is in revision order and everything before
+    /// it was read or woke this stream, so a stream idle on a busy keyspace
+    /// never needs history a compaction removed.
+    async fn changed(&mut self) -> Result<(), Status> {
+        loop {
+            match self.applied.recv().await {
+                Ok(applied) if recipe::touches(&applied.events, &self.prefix) => return Ok(()),
+                Ok(applied) => self.observer.quiet_through(applied.revision),
+                Err(broadcast::error::RecvError::Lagged(_)) => return Ok(()),
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(replica_status(&ReplicaError::Stopped));
+                }
+            }
+        }
+    }
+
     async fn next_answer(&mut self) -> Option<Result<pb::LeaderResponse, Status>> {
         loop {
             if let Some((revision, kv)) = self.pending.pop_front() {
@@ -274,7 +300,7 @@ impl Observation {
             if self.ended {
                 return None;
             }
-            if let Err(status) = recipe::changed(&mut self.applied, &self.prefix).await {
+            if let Err(status) = self.changed().await {
                 self.ended = true;
                 return Some(Err(as_recipe_status(status)));
             }

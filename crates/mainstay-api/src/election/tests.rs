@@ -110,3 +110,19 @@ fn events_already_seen_are_ignored() {
     let answers = observer.advance(&[put(&a), put(&a2)], Some(&a2), 4);
     assert_eq!(values(&answers), vec![(4, "a2".into())]);
 }
+
+#[test]
+fn quiet_revisions_move_the_observer_on() {
+    // Goal: an observer idle while other keys change does not ask for the
+    // history of those revisions again (a compaction may have removed it),
+    // and never goes back. Method: quiet revisions, then a proclamation.
+    let a = kv("e/a", 3, 3, "a");
+    let (mut observer, _) = Observer::start(Some(&a), 3);
+    observer.quiet_through(2);
+    assert_eq!(observer.next(), 4);
+    observer.quiet_through(900);
+    assert_eq!(observer.next(), 901);
+    let a2 = kv("e/a", 3, 901, "a2");
+    let answers = observer.advance(&[put(&a2)], Some(&a2), 901);
+    assert_eq!(values(&answers), vec![(901, "a2".into())]);
+}

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use mainstay_proto::etcdserverpb::CompactionRequest;
 use mainstay_proto::v3electionpb::election_client::ElectionClient;
 use mainstay_proto::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
@@ -263,6 +264,58 @@ async fn leases_end_leadership_and_candidacy() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(withdrawn, "the cancelled candidate's key stayed");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_outlives_a_compaction_of_other_keys() {
+    // Goal: an Observe stream that stayed idle while other keys changed keeps
+    // going after those revisions are compacted (it never needs their
+    // history), as etcd's synced watch does. Method: a leader, unrelated
+    // puts, a compaction at the latest revision, then a proclamation.
+    let cluster = TestCluster::start(3, Options::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let lease = grant(&cluster, leader).await;
+    let mut client = election_client(&cluster, (leader + 1) % 3).await;
+    let campaign = elected(
+        spawn_campaign(&cluster, leader, lease, "a").await,
+        "candidate",
+    )
+    .await
+    .expect("campaign");
+    let mut observe = client
+        .observe(LeaderRequest {
+            name: b"e".to_vec(),
+        })
+        .await
+        .expect("observe")
+        .into_inner();
+    assert_eq!(observed(&mut observe).await.1, b"a");
+
+    let mut latest = 0;
+    for i in 0..20 {
+        latest = cluster.put(leader, &format!("other{i}"), "v").await;
+    }
+    let mut kv = cluster.kv(leader).await;
+    kv.compact(CompactionRequest {
+        revision: latest,
+        physical: true,
+    })
+    .await
+    .expect("compact");
+    let proclaimed = client
+        .proclaim(ProclaimRequest {
+            leader: campaign.leader,
+            value: b"a2".to_vec(),
+        })
+        .await
+        .expect("proclaim")
+        .into_inner();
+    let proclaimed_at = proclaimed.header.expect("header").revision;
+    assert_eq!(
+        observed(&mut observe).await,
+        (proclaimed_at, b"a2".to_vec())
+    );
     cluster.shutdown().await;
 }
 

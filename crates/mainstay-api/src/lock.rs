@@ -38,11 +38,7 @@ impl LockService {
         let placed = recipe::placed(&response)
             .ok_or_else(|| unexpected(&CommandResponse::Txn(response.clone())))?;
         // Uncontended, or this lease already holds the lock: one round trip.
-        if placed
-            .first
-            .as_ref()
-            .is_none_or(|first| first.create_revision == placed.create_revision)
-        {
+        if placed.first_in_line() {
             return Ok(pb::LockResponse {
                 header: self.api.headers().header(response.revision, term),
                 key,

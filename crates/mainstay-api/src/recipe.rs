@@ -227,6 +227,16 @@ pub(crate) struct Placed {
     pub first: Option<KeyValue>,
 }
 
+impl Placed {
+    /// Whether the txn's own read shows the caller's key first under the
+    /// prefix (etcd's uncontended path, or the lease already holds the lock).
+    pub(crate) fn first_in_line(&self) -> bool {
+        self.first
+            .as_ref()
+            .is_none_or(|first| first.create_revision == self.create_revision)
+    }
+}
+
 fn range_kvs(op: Option<&ResponseOp>) -> Option<&[KeyValue]> {
     match op {
         Some(ResponseOp::Range(range)) => Some(&range.kvs),

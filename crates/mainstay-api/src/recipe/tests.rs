@@ -164,7 +164,8 @@ fn txns_have_etcds_shapes() {
 fn placed_reads_both_branches() {
     // Goal: the caller's create revision is the txn's revision when it created
     // the key, the found key's otherwise; the first-created key comes along
-    // when read; any other shape is refused. Method: hand-made answers.
+    // when read and decides whether the caller is first in line; any other
+    // shape is refused. Method: hand-made answers.
     let range = |kvs: Vec<KeyValue>| {
         ResponseOp::Range(RangeResponse {
             revision: 9,
@@ -201,6 +202,20 @@ fn placed_reads_both_branches() {
             existing: Some(kv("l/1", 6)),
             first: None,
         })
+    );
+    assert!(
+        !placed(&created).is_some_and(|p| p.first_in_line()),
+        "l/0 is older"
+    );
+    let alone = Placed {
+        create_revision: 9,
+        existing: None,
+        first: Some(kv("l/1", 9)),
+    };
+    assert!(alone.first_in_line());
+    assert!(
+        placed(&found).is_some_and(|p| p.first_in_line()),
+        "nothing read"
     );
     let vanished = TxnResponse {
         revision: 9,

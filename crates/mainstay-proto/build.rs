@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "mvccpb/kv.proto",
         "authpb/auth.proto",
         "etcdserverpb/rpc.proto",
+        "v3lockpb/v3lock.proto",
+        "v3electionpb/v3election.proto",
         "mainstay/peer.proto",
     ];
     for file in &files {

@@ -3,12 +3,11 @@
 use mainstay_mvcc::{Command, CommandResponse, txn_writes, validate_txn};
 use mainstay_proto::etcdserverpb as pb;
 use mainstay_proto::etcdserverpb::kv_server::Kv;
-use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::Api;
 use crate::convert;
-use crate::status::{ApiError, api_status, mvcc_status, unexpected};
+use crate::status::{mvcc_status, unexpected};
 
 /// The KV service.
 #[derive(Clone)]
@@ -20,13 +19,6 @@ impl KvService {
     /// Wraps the shared API state.
     pub fn new(api: Api) -> Self {
         KvService { api }
-    }
-
-    fn check_size(&self, request: &impl Message) -> Result<(), Status> {
-        if request.encoded_len() > self.api.limits.request_bytes_max {
-            return Err(api_status(ApiError::RequestTooLarge));
-        }
-        Ok(())
     }
 }
 
@@ -45,7 +37,7 @@ impl Kv for KvService {
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let request = request.into_inner();
-        self.check_size(&request)?;
+        self.api.check_size(&request)?;
         let request = convert::range_request(request)?;
         if request.key.is_empty() {
             return Err(mvcc_status(&mainstay_mvcc::MvccError::EmptyKey));
@@ -67,7 +59,7 @@ impl Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let request = request.into_inner();
-        self.check_size(&request)?;
+        self.api.check_size(&request)?;
         let request = convert::put_request(request);
         if request.key.is_empty() {
             return Err(mvcc_status(&mainstay_mvcc::MvccError::EmptyKey));
@@ -85,7 +77,7 @@ impl Kv for KvService {
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let request = request.into_inner();
-        self.check_size(&request)?;
+        self.api.check_size(&request)?;
         let request = convert::delete_request(request);
         if request.key.is_empty() {
             return Err(mvcc_status(&mainstay_mvcc::MvccError::EmptyKey));
@@ -103,7 +95,7 @@ impl Kv for KvService {
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let request = request.into_inner();
-        self.check_size(&request)?;
+        self.api.check_size(&request)?;
         let request = convert::txn_request(request)?;
         validate_txn(&request, self.api.limits.txn_ops_max).map_err(|e| mvcc_status(&e))?;
         if !txn_writes(&request) {

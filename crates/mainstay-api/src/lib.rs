@@ -7,9 +7,12 @@
 mod admission;
 mod cluster;
 mod convert;
+mod election;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
+mod recipe;
 mod size_limit;
 mod status;
 mod watch;
@@ -18,11 +21,16 @@ use mainstay_raft::Replica;
 
 pub use admission::{APPLY_BACKLOG_MAX, Admission, PROPOSALS_IN_FLIGHT_MAX};
 pub use cluster::ClusterService;
+pub use election::ElectionService;
 pub use kv::KvService;
 pub use lease::LeaseService;
+pub use lock::LockService;
 pub use maintenance::{ETCD_VERSION, MaintenanceService};
 pub use size_limit::{MessageSizeLimit, message_too_large};
-pub use status::{ApiError, api_status, membership_status, mvcc_status, replica_status};
+pub use status::{
+    ApiError, RecipeError, api_status, as_recipe_status, membership_status, mvcc_status,
+    recipe_status, replica_status,
+};
 pub use watch::{WATCHERS_PER_STREAM_MAX, WatchService, stream_lags_total};
 
 /// Request limits (etcd's defaults: 1.5 MiB, 128 ops, 2 GiB).
@@ -80,6 +88,14 @@ impl Api {
     fn current_header(&self) -> Option<mainstay_proto::etcdserverpb::ResponseHeader> {
         let revision = self.replica.read(|space| space.revision());
         self.headers().header(revision, self.replica.term())
+    }
+
+    /// Refuses a request larger than `--max-request-bytes`, as etcd does.
+    fn check_size(&self, request: &impl prost::Message) -> Result<(), tonic::Status> {
+        if request.encoded_len() > self.limits.request_bytes_max {
+            return Err(api_status(ApiError::RequestTooLarge));
+        }
+        Ok(())
     }
 
     /// Waits until this member has applied everything committed when the read

@@ -24,6 +24,44 @@ pub enum ApiError {
     InvalidMemberUrls,
 }
 
+/// Errors of etcd's server-side recipes (the Lock and Election services).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecipeError {
+    /// Proclaim by a caller whose leader key is gone or was re-created, or a
+    /// Campaign whose own key vanished while it waited (etcd's
+    /// `concurrency.ErrElectionNotLeader`).
+    ElectionNotLeader,
+    /// Leader of an election nobody leads (`concurrency.ErrElectionNoLeader`).
+    ElectionNoLeader,
+    /// Proclaim or Resign without its `leader` field (`v3election.ErrMissingLeaderKey`).
+    MissingLeaderKey,
+    /// A Lock waiter whose own key was deleted (its lease expired or was
+    /// revoked) before its turn came (etcd 3.5's `concurrency.ErrSessionExpired`).
+    SessionExpired,
+}
+
+/// Maps a recipe error. etcd serves Lock and Election through an embedded Go
+/// client whose errors are plain Go errors, so every failure of these services
+/// reaches the client with code Unknown and etcd's text (checked against etcd
+/// 3.4.23).
+pub fn recipe_status(error: RecipeError) -> Status {
+    let message = match error {
+        RecipeError::ElectionNotLeader => "election: not leader",
+        RecipeError::ElectionNoLeader => "election: no leader",
+        RecipeError::MissingLeaderKey => "\"leader\" field must be provided",
+        RecipeError::SessionExpired => "mutex: session is expired",
+    };
+    Status::new(Code::Unknown, message)
+}
+
+/// Re-codes any status a recipe RPC ends with as etcd does (see
+/// `recipe_status`): same message, code Unknown. A lease the Lock caller named
+/// but that does not exist is thus Unknown `etcdserver: requested lease not
+/// found`, as etcd answers it.
+pub fn as_recipe_status(status: Status) -> Status {
+    Status::new(Code::Unknown, status.message())
+}
+
 /// Maps a keyspace error.
 pub fn mvcc_status(error: &MvccError) -> Status {
     let (code, message) = match error {

@@ -1,5 +1,6 @@
 //! Wire types generated from `proto/`: etcd's v3 API (`etcdserverpb`, `mvccpb`,
-//! `authpb`) and Mainstay's peer protocol (`mainstay.peer`). No hand-written
+//! `authpb`, and the server-side recipes `v3lockpb` and `v3electionpb`) and
+//! Mainstay's peer protocol (`mainstay.peer`). No hand-written
 //! logic lives here; conversions to domain types belong to the crates that use them.
 
 #![allow(missing_docs, clippy::all)]
@@ -17,6 +18,16 @@ pub mod authpb {
 /// etcd's v3 services and messages.
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+/// etcd's server-side lock service.
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's server-side election service.
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
 }
 
 /// Mainstay's member-to-member protocol.

@@ -6,14 +6,16 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use mainstay_api::{
-    Admission, Api, ClusterService, KvService, LeaseService, Limits, MaintenanceService,
-    MessageSizeLimit, WatchService, lease_ttl_min,
+    Admission, Api, ClusterService, ElectionService, KvService, LeaseService, Limits, LockService,
+    MaintenanceService, MessageSizeLimit, WatchService, lease_ttl_min,
 };
 use mainstay_proto::etcdserverpb::cluster_server::ClusterServer;
 use mainstay_proto::etcdserverpb::kv_server::KvServer;
 use mainstay_proto::etcdserverpb::lease_server::LeaseServer;
 use mainstay_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use mainstay_proto::etcdserverpb::watch_server::WatchServer;
+use mainstay_proto::v3electionpb::election_server::ElectionServer;
+use mainstay_proto::v3lockpb::lock_server::LockServer;
 use mainstay_raft::{
     Dial, MemberNode, Replica, ReplicaConfig, cluster_id_for, fetch_cluster_view, member_id_for,
     tcp_dial,
@@ -383,6 +385,10 @@ async fn serve_member(
         ))
         .max_decoding_message_size(grpc_bytes_max)
         .max_encoding_message_size(usize::MAX);
+        let lock = LockServer::new(LockService::new(api.clone()))
+            .max_decoding_message_size(grpc_bytes_max);
+        let election = ElectionServer::new(ElectionService::new(api.clone()))
+            .max_decoding_message_size(grpc_bytes_max);
         let signal = stopped(stop_rx.clone());
         client_servers.push(async move {
             tonic::transport::Server::builder()
@@ -392,6 +398,8 @@ async fn serve_member(
                 .add_service(watch)
                 .add_service(cluster)
                 .add_service(maintenance)
+                .add_service(lock)
+                .add_service(election)
                 .serve_with_incoming_shutdown(incoming, signal)
                 .await
                 .context("serve clients")

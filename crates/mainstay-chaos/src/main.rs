@@ -31,7 +31,7 @@ use mainstay_proto::etcdserverpb::{
 
 use crate::cluster::{CLIENT_PORT, Cluster};
 use crate::net::Net;
-use crate::workload::{Records, Shared, Watched, channel, lock};
+use crate::workload::{Draw, Records, Shared, Watched, channel, lock};
 
 struct Args {
     binary: PathBuf,
@@ -104,17 +104,6 @@ const FAULTS: [Fault; 7] = [
     Fault::IsolateOne,
     Fault::OneWay,
 ];
-
-struct Draw(u64);
-
-impl Draw {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
 
 fn url(net: &Net, i: usize) -> String {
     format!("http://{}:{CLIENT_PORT}", net.member_ip(i))

@@ -60,11 +60,13 @@ fn definite(code: Code) -> bool {
     )
 }
 
-/// A tiny deterministic generator (xorshift), seeded per client.
-struct Draw(u64);
+/// A tiny deterministic generator (xorshift) for client choices and the fault
+/// plan (a run is not replayable anyway: real time decides the interleaving).
+pub struct Draw(pub u64);
 
 impl Draw {
-    fn below(&mut self, n: u64) -> u64 {
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

@@ -87,20 +87,24 @@ mod tests {
     use mainstay_proto::peer::ReadIndexRequest;
     use mainstay_proto::peer::raft_peer_client::RaftPeerClient;
 
+    /// A ReadIndex call through a `PeerChannel` to `address`, which must fail.
+    async fn read_index_at(address: std::net::SocketAddr) -> tonic::Status {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .expect("endpoint")
+            .connect_lazy();
+        RaftPeerClient::new(PeerChannel::new(channel))
+            .read_index(ReadIndexRequest {})
+            .await
+            .expect_err("no answer can come")
+    }
+
     #[tokio::test]
     async fn a_refused_connection_is_not_sent_and_a_reset_one_is_unknown() {
         // A port nobody listens on: the connection is refused, nothing is sent.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let address = listener.local_addr().expect("address");
         drop(listener);
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .expect("endpoint")
-            .connect_lazy();
-        let mut client = RaftPeerClient::new(PeerChannel::new(channel));
-        let status = client
-            .read_index(ReadIndexRequest {})
-            .await
-            .expect_err("nobody listens");
+        let status = read_index_at(address).await;
         assert!(not_sent(&status), "{status:?}");
 
         // A server that accepts and then drops the connection: the request may
@@ -117,14 +121,7 @@ mod tests {
                 }
             }
         });
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .expect("endpoint")
-            .connect_lazy();
-        let mut client = RaftPeerClient::new(PeerChannel::new(channel));
-        let status = client
-            .read_index(ReadIndexRequest {})
-            .await
-            .expect_err("the server hangs up");
+        let status = read_index_at(address).await;
         assert!(!not_sent(&status), "{status:?}");
         server.abort();
     }

@@ -322,6 +322,8 @@ TARGET_HEX=$(printf '%x' "$TARGET_ID")
 check_contains "move-leader" "to $TARGET_HEX" \
   "$(ctl --endpoints="$(ep "$LEADER")" move-leader "$TARGET_HEX")"
 check "move-leader: the target leads" "$TARGET" "$(leader_position)"
+check_contains "move-leader to the leader itself succeeds" "to $TARGET_HEX" \
+  "$(ctl --endpoints="$(ep "$TARGET")" move-leader "$TARGET_HEX")"
 HEALTH=$(ctl --endpoints="$ALL" endpoint health)
 check "endpoint health" "3" "$(echo "$HEALTH" | grep -c 'is healthy')"
 MEMBERS=$(ctl --endpoints="$ALL" member list)

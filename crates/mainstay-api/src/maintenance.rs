@@ -147,8 +147,14 @@ impl Maintenance for MaintenanceService {
             .members()
             .into_iter()
             .any(|(id, _, learner)| id == target && !learner);
-        if !voter || target == status.member_id {
+        if !voter {
             return Err(api_status(ApiError::BadLeaderTransferee));
+        }
+        if target == status.member_id {
+            // Already there: etcd answers at once, as a success.
+            return Ok(Response::new(pb::MoveLeaderResponse {
+                header: self.header(),
+            }));
         }
         self.api
             .replica

@@ -11,6 +11,7 @@
 mod fault;
 mod invariants;
 mod lease_workload;
+mod lock_workload;
 mod net;
 mod operator;
 mod rng;

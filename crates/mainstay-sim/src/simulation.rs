@@ -16,6 +16,7 @@ use mainstay_storage::MemDisk;
 use crate::fault::{Fault, FaultCounts, plan_faults};
 use crate::invariants::Invariants;
 use crate::lease_workload::{self, Leases};
+use crate::lock_workload::{self, LockAttempts};
 use crate::operator::{self, Stage};
 use crate::rng::Rng;
 use crate::watch_workload::{self, Chains, Sessions};
@@ -346,6 +347,22 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         ),
     );
 
+    // Lock clients, on a stream of their own too.
+    let lock_attempts: LockAttempts = Arc::default();
+    let mut lock_rng = Rng::new(seed ^ 0x10c4_c11e_0000_0000);
+    for client in 0..lock_workload::LOCK_CLIENTS {
+        sim.client(
+            format!("locker{client}").as_str(),
+            lock_workload::lock_client(
+                client,
+                names.clone(),
+                lock_rng.fork(),
+                stop_micros,
+                lock_attempts.clone(),
+            ),
+        );
+    }
+
     let mut plan = if options.faults {
         plan_faults(
             &mut rng,
@@ -408,6 +425,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
     }
 
     // Phase 2: heal everything, then the cluster must make progress and converge.
+    let mut locks_waited = 0;
     if result.violations.is_empty() {
         for line in world.heal(&mut sim, &mut steps) {
             fault_log.push(line);
@@ -425,6 +443,9 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         );
         if result.violations.is_empty() {
             leases_expire(&mut sim, &replicas, &leases, &mut result, &mut steps);
+        }
+        if result.violations.is_empty() {
+            locks_released(&mut sim, &replicas, &mut result, &mut steps);
         }
         if result.violations.is_empty() {
             let watches = WatchRun {
@@ -446,6 +467,11 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
                 &mut result,
                 &mut steps,
             );
+            let collector = lock(&collector);
+            let report =
+                lock_workload::check(&lock(&lock_attempts), &collector.events, collector.tip);
+            result.violations.extend(report.violations);
+            locks_waited = report.waited;
         }
     }
     result
@@ -473,6 +499,19 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
             })
             .count();
         result.faults.bump("lease_expiries_seen", expired as u64);
+    }
+    {
+        let attempts = lock(&lock_attempts);
+        result.faults.bump("lock_attempts", attempts.len() as u64);
+        let held = attempts.iter().filter(|a| a.held.is_some()).count();
+        result.faults.bump("locks_held", held as u64);
+        let fenced: usize = attempts
+            .iter()
+            .flat_map(|a| a.fenced.iter())
+            .filter(|f| f.succeeded)
+            .count();
+        result.faults.bump("fenced_writes", fenced as u64);
+        result.faults.bump("locks_waited", locks_waited);
     }
     {
         let sessions = lock(&sessions);
@@ -529,7 +568,13 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
             eprintln!("fault: {line}");
         }
     }
-    result.trace_hash = trace_hash(&history, &fault_log, &replicas, &lock(&sessions));
+    result.trace_hash = trace_hash(
+        &history,
+        &fault_log,
+        &replicas,
+        &lock(&sessions),
+        &lock(&lock_attempts),
+    );
     drop(sim);
     result
 }
@@ -1067,6 +1112,61 @@ fn leases_expire(
     }
 }
 
+/// Phase 3b: no lock client keeps a lease alive any more, so every key under
+/// the lock's prefix must go (L3), within the lease bound.
+fn locks_released(
+    sim: &mut turmoil::Sim<'_>,
+    replicas: &Replicas,
+    result: &mut SimResult,
+    steps: &mut u64,
+) {
+    let targets: Vec<String> = lock(replicas).keys().cloned().collect();
+    let left: Arc<Mutex<Option<Option<usize>>>> = Arc::default();
+    let answer = left.clone();
+    sim.client("lock-release", async move {
+        let bound = tokio::time::Instant::now() + LEASE_EXPIRY_BOUND;
+        let mut count = None;
+        loop {
+            for target in &targets {
+                let mut kv = KvClient::new(crate::net::channel(&format!("http://{target}:2379"))?);
+                count = lease_workload::count_keys(&mut kv, lock_workload::LOCK_PREFIX).await;
+                if count.is_some() {
+                    break;
+                }
+            }
+            if count == Some(0) || tokio::time::Instant::now() >= bound {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        *lock(&answer) = Some(count);
+        Ok(())
+    });
+    let waited = step_until(
+        sim,
+        steps,
+        Duration::from_secs(60),
+        "lock: the release check finishes",
+        || lock(&left).is_some(),
+    );
+    if let Err(violation) = waited {
+        result.violations.push(violation);
+        return;
+    }
+    match lock(&left).take().flatten() {
+        Some(0) => {}
+        Some(count) => result.violations.push(format!(
+            "lock: {count} keys still under {} {} s after healing (no lease kept alive, TTL at most {} s)",
+            String::from_utf8_lossy(lock_workload::LOCK_PREFIX),
+            LEASE_EXPIRY_BOUND.as_secs(),
+            lease_workload::LEASE_TTL_MAX_SECONDS
+        )),
+        None => result
+            .violations
+            .push("lock: no member answered the release check".to_string()),
+    }
+}
+
 fn liveness(
     sim: &mut turmoil::Sim<'_>,
     names: &[String],
@@ -1194,6 +1294,7 @@ fn trace_hash(
     fault_log: &[String],
     replicas: &Replicas,
     sessions: &[watch_workload::Session],
+    lock_attempts: &[lock_workload::LockAttempt],
 ) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |text: &str| {
@@ -1213,6 +1314,9 @@ fn trace_hash(
     }
     for session in sessions {
         feed(&format!("{session:?}"));
+    }
+    for attempt in lock_attempts {
+        feed(&format!("{attempt:?}"));
     }
     hash
 }

@@ -78,8 +78,8 @@ pub struct SafetyBreaks {
     pub watch_start_off_by_one: bool,
     /// Answer a forwarded write once the leader applied it, before this member did.
     pub answer_before_local_apply: bool,
-    /// Answer Lock as soon as the caller's key is queued, without waiting for
-    /// the keys created before it to go.
+    /// Answer Lock and Campaign as soon as the caller's key is queued, without
+    /// waiting for the keys created before it to go.
     pub lock_skip_wait: bool,
 }
 

@@ -101,7 +101,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Keeps `lease` alive through random members until dropped.
-async fn renew_forever(
+pub(crate) async fn renew_forever(
     lessors: &mut [LeaseClient<tonic::transport::Channel>],
     rng: &mut Rng,
     lease: i64,
@@ -264,7 +264,7 @@ pub async fn lock_client(
 }
 
 /// The live keys under `prefix` in R just after `revision`.
-fn live_at(
+pub(crate) fn live_at(
     committed: &Committed,
     prefix: &[u8],
     revision: Revision,
@@ -300,7 +300,10 @@ fn deleted_at(committed: &Committed, key: &[u8], revision: Revision) -> Option<R
 }
 
 /// The live key created before `own` under the prefix, if any (the first such).
-fn older<'a>(live: &'a BTreeMap<Vec<u8>, KeyValue>, own: &KeyValue) -> Option<&'a KeyValue> {
+pub(crate) fn older<'a>(
+    live: &'a BTreeMap<Vec<u8>, KeyValue>,
+    own: &KeyValue,
+) -> Option<&'a KeyValue> {
     live.values()
         .filter(|kv| kv.create_revision < own.create_revision)
         .min_by_key(|kv| kv.create_revision)

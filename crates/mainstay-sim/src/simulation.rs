@@ -13,6 +13,7 @@ use mainstay_raft::Replica;
 use mainstay_server::{ClusterState, Config, Env, Listeners, SafetyBreaks, run_with_listeners};
 use mainstay_storage::MemDisk;
 
+use crate::election_workload::{self, ElectionLog};
 use crate::fault::{Fault, FaultCounts, plan_faults};
 use crate::invariants::Invariants;
 use crate::lease_workload::{self, Leases};
@@ -363,6 +364,21 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         );
     }
 
+    // Election clients, on the lock clients' stream.
+    let election_log: ElectionLog = Arc::default();
+    for client in 0..election_workload::ELECTION_CLIENTS {
+        sim.client(
+            format!("candidate{client}").as_str(),
+            election_workload::election_client(
+                client,
+                names.clone(),
+                lock_rng.fork(),
+                stop_micros,
+                election_log.clone(),
+            ),
+        );
+    }
+
     let mut plan = if options.faults {
         plan_faults(
             &mut rng,
@@ -471,6 +487,11 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
             let report =
                 lock_workload::check(&lock(&lock_attempts), &collector.events, collector.tip);
             result.violations.extend(report.violations);
+            result.violations.extend(election_workload::check(
+                &lock(&election_log),
+                &collector.events,
+                collector.tip,
+            ));
             locks_waited = report.waited;
         }
     }
@@ -512,6 +533,20 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
             .count();
         result.faults.bump("fenced_writes", fenced as u64);
         result.faults.bump("locks_waited", locks_waited);
+        let log = lock(&election_log);
+        let count = |kind: fn(&election_workload::Seen) -> bool| {
+            log.iter().filter(|o| kind(&o.seen)).count() as u64
+        };
+        use election_workload::Seen;
+        result
+            .faults
+            .bump("elected", count(|s| matches!(s, Seen::Elected { .. })));
+        result
+            .faults
+            .bump("proclaims", count(|s| matches!(s, Seen::Proclaimed { .. })));
+        result
+            .faults
+            .bump("leader_reads", count(|s| matches!(s, Seen::Leader { .. })));
     }
     {
         let sessions = lock(&sessions);
@@ -574,6 +609,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         &replicas,
         &lock(&sessions),
         &lock(&lock_attempts),
+        &lock(&election_log),
     );
     drop(sim);
     result
@@ -1112,8 +1148,9 @@ fn leases_expire(
     }
 }
 
-/// Phase 3b: no lock client keeps a lease alive any more, so every key under
-/// the lock's prefix must go (L3), within the lease bound.
+/// Phase 3b: no lock or election client keeps a lease alive any more, so
+/// every key under the lock's and the election's prefix must go (L3), within
+/// the lease bound.
 fn locks_released(
     sim: &mut turmoil::Sim<'_>,
     replicas: &Replicas,
@@ -1121,25 +1158,33 @@ fn locks_released(
     steps: &mut u64,
 ) {
     let targets: Vec<String> = lock(replicas).keys().cloned().collect();
-    let left: Arc<Mutex<Option<Option<usize>>>> = Arc::default();
+    type Left = Option<Vec<(&'static [u8], Option<usize>)>>;
+    let left: Arc<Mutex<Left>> = Arc::default();
     let answer = left.clone();
     sim.client("lock-release", async move {
         let bound = tokio::time::Instant::now() + LEASE_EXPIRY_BOUND;
-        let mut count = None;
+        let mut pending: Vec<(&'static [u8], Option<usize>)> = vec![
+            (lock_workload::LOCK_PREFIX, None),
+            (election_workload::ELECTION_PREFIX, None),
+        ];
         loop {
-            for target in &targets {
-                let mut kv = KvClient::new(crate::net::channel(&format!("http://{target}:2379"))?);
-                count = lease_workload::count_keys(&mut kv, lock_workload::LOCK_PREFIX).await;
-                if count.is_some() {
-                    break;
+            for (prefix, count) in pending.iter_mut() {
+                for target in &targets {
+                    let mut kv =
+                        KvClient::new(crate::net::channel(&format!("http://{target}:2379"))?);
+                    *count = lease_workload::count_keys(&mut kv, prefix).await;
+                    if count.is_some() {
+                        break;
+                    }
                 }
             }
-            if count == Some(0) || tokio::time::Instant::now() >= bound {
+            pending.retain(|(_, count)| *count != Some(0));
+            if pending.is_empty() || tokio::time::Instant::now() >= bound {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        *lock(&answer) = Some(count);
+        *lock(&answer) = Some(pending);
         Ok(())
     });
     let waited = step_until(
@@ -1153,17 +1198,19 @@ fn locks_released(
         result.violations.push(violation);
         return;
     }
-    match lock(&left).take().flatten() {
-        Some(0) => {}
-        Some(count) => result.violations.push(format!(
-            "lock: {count} keys still under {} {} s after healing (no lease kept alive, TTL at most {} s)",
-            String::from_utf8_lossy(lock_workload::LOCK_PREFIX),
-            LEASE_EXPIRY_BOUND.as_secs(),
-            lease_workload::LEASE_TTL_MAX_SECONDS
-        )),
-        None => result
-            .violations
-            .push("lock: no member answered the release check".to_string()),
+    for (prefix, count) in lock(&left).take().unwrap_or_default() {
+        let prefix = String::from_utf8_lossy(prefix);
+        match count {
+            Some(0) => {}
+            Some(count) => result.violations.push(format!(
+                "lock: {count} keys still under {prefix} {} s after healing (no lease kept alive, TTL at most {} s)",
+                LEASE_EXPIRY_BOUND.as_secs(),
+                lease_workload::LEASE_TTL_MAX_SECONDS
+            )),
+            None => result.violations.push(format!(
+                "lock: no member answered the release check of {prefix}"
+            )),
+        }
     }
 }
 
@@ -1295,6 +1342,7 @@ fn trace_hash(
     replicas: &Replicas,
     sessions: &[watch_workload::Session],
     lock_attempts: &[lock_workload::LockAttempt],
+    election_log: &[election_workload::Observation],
 ) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |text: &str| {
@@ -1317,6 +1365,9 @@ fn trace_hash(
     }
     for attempt in lock_attempts {
         feed(&format!("{attempt:?}"));
+    }
+    for observation in election_log {
+        feed(&format!("{observation:?}"));
     }
     hash
 }

@@ -81,6 +81,11 @@ pub struct Api {
     /// revision later (an off-by-one on resume), a deliberate bug the
     /// simulator's watch checks must catch. Never set in production.
     pub unsafe_watch_start_off_by_one: bool,
+    /// SIMULATOR SELF-TEST ONLY: Lock and Campaign answer as soon as the
+    /// caller's key is queued, without waiting for its turn (two holders or
+    /// leaders at once), a deliberate bug the simulator's lock and election
+    /// checks must catch. Never set in production.
+    pub unsafe_lock_skip_wait: bool,
 }
 
 impl Api {

@@ -38,7 +38,8 @@ impl LockService {
         let placed = recipe::placed(&response)
             .ok_or_else(|| unexpected(&CommandResponse::Txn(response.clone())))?;
         // Uncontended, or this lease already holds the lock: one round trip.
-        if placed.first_in_line() {
+        // (The self-test break answers here whoever holds the lock.)
+        if placed.first_in_line() || self.api.unsafe_lock_skip_wait {
             return Ok(pb::LockResponse {
                 header: self.api.headers().header(response.revision, term),
                 key,

@@ -78,6 +78,9 @@ pub struct SafetyBreaks {
     pub watch_start_off_by_one: bool,
     /// Answer a forwarded write once the leader applied it, before this member did.
     pub answer_before_local_apply: bool,
+    /// Answer Lock and Campaign as soon as the caller's key is queued, without
+    /// waiting for the keys created before it to go.
+    pub lock_skip_wait: bool,
 }
 
 impl Env {
@@ -361,6 +364,7 @@ async fn serve_member(
         admission: Admission::default(),
         unsafe_skip_read_barrier: env.safety_breaks.skip_read_barrier,
         unsafe_watch_start_off_by_one: env.safety_breaks.watch_start_off_by_one,
+        unsafe_lock_skip_wait: env.safety_breaks.lock_skip_wait,
     };
     let grpc_bytes_max = request_bytes_max + GRPC_OVERHEAD_BYTES;
     // gRPC's limit with grpc-go's answer (tonic's own stays as a backstop).

@@ -101,7 +101,10 @@ pub async fn count_keys(
 }
 
 /// One keep-alive over a fresh stream; the TTL answered, None if no answer.
-async fn keep_alive(client: &mut LeaseClient<tonic::transport::Channel>, id: i64) -> Option<i64> {
+pub(crate) async fn keep_alive(
+    client: &mut LeaseClient<tonic::transport::Channel>,
+    id: i64,
+) -> Option<i64> {
     let exchange = async {
         let (sender, receiver) = tokio::sync::mpsc::channel(1);
         sender.send(LeaseKeepAliveRequest { id }).await.ok()?;

@@ -8,9 +8,11 @@
 //! faults heal, the cluster must make progress and converge. See
 //! docs/simulation.md.
 
+mod election_workload;
 mod fault;
 mod invariants;
 mod lease_workload;
+mod lock_workload;
 mod net;
 mod operator;
 mod rng;

@@ -56,6 +56,7 @@ fn parse() -> Result<Args, String> {
             "--break-lease-expiry" => args.options.safety_breaks.expire_leases_early = true,
             "--break-watch-resume" => args.options.safety_breaks.watch_start_off_by_one = true,
             "--break-session" => args.options.safety_breaks.answer_before_local_apply = true,
+            "--break-lock" => args.options.safety_breaks.lock_skip_wait = true,
             "--break-fsync" => args.options.lying_fsync = true,
             "--expect-violations" => args.expect_violations = true,
             "--worker" => args.worker = true,
@@ -120,6 +121,9 @@ fn run_job(exe: &std::path::Path, args: &Args, mut seeds: Vec<u64>) -> Result<Ve
         }
         if args.options.safety_breaks.answer_before_local_apply {
             command.arg("--break-session");
+        }
+        if args.options.safety_breaks.lock_skip_wait {
+            command.arg("--break-lock");
         }
         if args.options.lying_fsync {
             command.arg("--break-fsync");

@@ -13,9 +13,11 @@ use mainstay_raft::Replica;
 use mainstay_server::{ClusterState, Config, Env, Listeners, SafetyBreaks, run_with_listeners};
 use mainstay_storage::MemDisk;
 
+use crate::election_workload::{self, ElectionLog};
 use crate::fault::{Fault, FaultCounts, plan_faults};
 use crate::invariants::Invariants;
 use crate::lease_workload::{self, Leases};
+use crate::lock_workload::{self, LockAttempts};
 use crate::operator::{self, Stage};
 use crate::rng::Rng;
 use crate::watch_workload::{self, Chains, Sessions};
@@ -346,6 +348,37 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         ),
     );
 
+    // Lock clients, on a stream of their own too.
+    let lock_attempts: LockAttempts = Arc::default();
+    let mut lock_rng = Rng::new(seed ^ 0x10c4_c11e_0000_0000);
+    for client in 0..lock_workload::LOCK_CLIENTS {
+        sim.client(
+            format!("locker{client}").as_str(),
+            lock_workload::lock_client(
+                client,
+                names.clone(),
+                lock_rng.fork(),
+                stop_micros,
+                lock_attempts.clone(),
+            ),
+        );
+    }
+
+    // Election clients, on the lock clients' stream.
+    let election_log: ElectionLog = Arc::default();
+    for client in 0..election_workload::ELECTION_CLIENTS {
+        sim.client(
+            format!("candidate{client}").as_str(),
+            election_workload::election_client(
+                client,
+                names.clone(),
+                lock_rng.fork(),
+                stop_micros,
+                election_log.clone(),
+            ),
+        );
+    }
+
     let mut plan = if options.faults {
         plan_faults(
             &mut rng,
@@ -408,6 +441,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
     }
 
     // Phase 2: heal everything, then the cluster must make progress and converge.
+    let mut locks_waited = 0;
     if result.violations.is_empty() {
         for line in world.heal(&mut sim, &mut steps) {
             fault_log.push(line);
@@ -425,6 +459,9 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         );
         if result.violations.is_empty() {
             leases_expire(&mut sim, &replicas, &leases, &mut result, &mut steps);
+        }
+        if result.violations.is_empty() {
+            locks_released(&mut sim, &replicas, &mut result, &mut steps);
         }
         if result.violations.is_empty() {
             let watches = WatchRun {
@@ -446,6 +483,16 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
                 &mut result,
                 &mut steps,
             );
+            let collector = lock(&collector);
+            let report =
+                lock_workload::check(&lock(&lock_attempts), &collector.events, collector.tip);
+            result.violations.extend(report.violations);
+            result.violations.extend(election_workload::check(
+                &lock(&election_log),
+                &collector.events,
+                collector.tip,
+            ));
+            locks_waited = report.waited;
         }
     }
     result
@@ -473,6 +520,33 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
             })
             .count();
         result.faults.bump("lease_expiries_seen", expired as u64);
+    }
+    {
+        let attempts = lock(&lock_attempts);
+        result.faults.bump("lock_attempts", attempts.len() as u64);
+        let held = attempts.iter().filter(|a| a.held.is_some()).count();
+        result.faults.bump("locks_held", held as u64);
+        let fenced: usize = attempts
+            .iter()
+            .flat_map(|a| a.fenced.iter())
+            .filter(|f| f.succeeded)
+            .count();
+        result.faults.bump("fenced_writes", fenced as u64);
+        result.faults.bump("locks_waited", locks_waited);
+        let log = lock(&election_log);
+        let count = |kind: fn(&election_workload::Seen) -> bool| {
+            log.iter().filter(|o| kind(&o.seen)).count() as u64
+        };
+        use election_workload::Seen;
+        result
+            .faults
+            .bump("elected", count(|s| matches!(s, Seen::Elected { .. })));
+        result
+            .faults
+            .bump("proclaims", count(|s| matches!(s, Seen::Proclaimed { .. })));
+        result
+            .faults
+            .bump("leader_reads", count(|s| matches!(s, Seen::Leader { .. })));
     }
     {
         let sessions = lock(&sessions);
@@ -529,7 +603,14 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
             eprintln!("fault: {line}");
         }
     }
-    result.trace_hash = trace_hash(&history, &fault_log, &replicas, &lock(&sessions));
+    result.trace_hash = trace_hash(
+        &history,
+        &fault_log,
+        &replicas,
+        &lock(&sessions),
+        &lock(&lock_attempts),
+        &lock(&election_log),
+    );
     drop(sim);
     result
 }
@@ -1067,6 +1148,72 @@ fn leases_expire(
     }
 }
 
+/// Phase 3b: no lock or election client keeps a lease alive any more, so
+/// every key under the lock's and the election's prefix must go (L3), within
+/// the lease bound.
+fn locks_released(
+    sim: &mut turmoil::Sim<'_>,
+    replicas: &Replicas,
+    result: &mut SimResult,
+    steps: &mut u64,
+) {
+    let targets: Vec<String> = lock(replicas).keys().cloned().collect();
+    type Left = Option<Vec<(&'static [u8], Option<usize>)>>;
+    let left: Arc<Mutex<Left>> = Arc::default();
+    let answer = left.clone();
+    sim.client("lock-release", async move {
+        let bound = tokio::time::Instant::now() + LEASE_EXPIRY_BOUND;
+        let mut pending: Vec<(&'static [u8], Option<usize>)> = vec![
+            (lock_workload::LOCK_PREFIX, None),
+            (election_workload::ELECTION_PREFIX, None),
+        ];
+        loop {
+            for (prefix, count) in pending.iter_mut() {
+                for target in &targets {
+                    let mut kv =
+                        KvClient::new(crate::net::channel(&format!("http://{target}:2379"))?);
+                    *count = lease_workload::count_keys(&mut kv, prefix).await;
+                    if count.is_some() {
+                        break;
+                    }
+                }
+            }
+            pending.retain(|(_, count)| *count != Some(0));
+            if pending.is_empty() || tokio::time::Instant::now() >= bound {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        *lock(&answer) = Some(pending);
+        Ok(())
+    });
+    let waited = step_until(
+        sim,
+        steps,
+        Duration::from_secs(60),
+        "lock: the release check finishes",
+        || lock(&left).is_some(),
+    );
+    if let Err(violation) = waited {
+        result.violations.push(violation);
+        return;
+    }
+    for (prefix, count) in lock(&left).take().unwrap_or_default() {
+        let prefix = String::from_utf8_lossy(prefix);
+        match count {
+            Some(0) => {}
+            Some(count) => result.violations.push(format!(
+                "lock: {count} keys still under {prefix} {} s after healing (no lease kept alive, TTL at most {} s)",
+                LEASE_EXPIRY_BOUND.as_secs(),
+                lease_workload::LEASE_TTL_MAX_SECONDS
+            )),
+            None => result.violations.push(format!(
+                "lock: no member answered the release check of {prefix}"
+            )),
+        }
+    }
+}
+
 fn liveness(
     sim: &mut turmoil::Sim<'_>,
     names: &[String],
@@ -1194,6 +1341,8 @@ fn trace_hash(
     fault_log: &[String],
     replicas: &Replicas,
     sessions: &[watch_workload::Session],
+    lock_attempts: &[lock_workload::LockAttempt],
+    election_log: &[election_workload::Observation],
 ) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |text: &str| {
@@ -1213,6 +1362,12 @@ fn trace_hash(
     }
     for session in sessions {
         feed(&format!("{session:?}"));
+    }
+    for attempt in lock_attempts {
+        feed(&format!("{attempt:?}"));
+    }
+    for observation in election_log {
+        feed(&format!("{observation:?}"));
     }
     hash
 }

@@ -121,6 +121,31 @@ fn self_test_answers_before_local_apply_are_caught() {
     );
 }
 
+#[test]
+fn self_test_lock_granted_without_waiting_is_caught() {
+    // Goal: the lock checks can fail. A member that answers Lock as soon as
+    // the caller's key is queued, while an older key still holds the lock,
+    // gives two holders at once; the committed history must show it.
+    let options = SimOptions {
+        workload_seconds: 8,
+        safety_breaks: SafetyBreaks {
+            lock_skip_wait: true,
+            ..SafetyBreaks::default()
+        },
+        ..SimOptions::default()
+    };
+    let caught = (1..=10).find(|&seed| {
+        run(seed, &options)
+            .violations
+            .iter()
+            .any(|v| v.starts_with("lock:") && v.contains("two holders"))
+    });
+    assert!(
+        caught.is_some(),
+        "locks granted without waiting went unnoticed for 10 seeds"
+    );
+}
+
 /// Runs the `mainstay-sim` binary (a campaign in worker processes) and returns
 /// its standard output.
 fn campaign(args: &[&str]) -> (bool, String) {

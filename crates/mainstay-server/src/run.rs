@@ -23,8 +23,8 @@ use mainstay_storage::{Disk, Identity, OsDisk};
 use futures::TryStreamExt;
 
 use crate::authority::AuthorityFix;
-use crate::io::{Conn, Incoming, tcp_incoming};
-use tokio::net::TcpListener;
+use crate::io::{Conn, Incoming};
+use crate::listen::{client_grpc_server, listen};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -98,17 +98,17 @@ impl Env {
 pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
     let mut client = Vec::new();
     for address in &config.listen_client {
-        let listener = TcpListener::bind(address)
+        let listener = listen(address, config.socket_reuse_port)
             .await
             .with_context(|| format!("listen for clients on {address}"))?;
-        client.push(tcp_incoming(listener));
+        client.push(listener);
     }
     let mut peer = Vec::new();
     for address in &config.listen_peer {
-        let listener = TcpListener::bind(address)
+        let listener = listen(address, config.socket_reuse_port)
             .await
             .with_context(|| format!("listen for peers on {address}"))?;
-        peer.push(tcp_incoming(listener));
+        peer.push(listener);
     }
     Ok(Listeners { client, peer })
 }
@@ -264,6 +264,7 @@ async fn serve_member(
         dial: env.dial.clone(),
         disk: env.disk.clone(),
         unsafe_answer_before_local_apply: env.safety_breaks.answer_before_local_apply,
+        strict_reconfig_check: config.strict_reconfig_check,
     })
     .await
     .map_err(|e| anyhow::anyhow!(e))
@@ -369,8 +370,9 @@ async fn serve_member(
         .max_decoding_message_size(grpc_bytes_max)
         .max_encoding_message_size(usize::MAX);
         let signal = stopped(stop_rx.clone());
+        let mut server = client_grpc_server(&config);
         servers.spawn(async move {
-            tonic::transport::Server::builder()
+            server
                 .add_service(kv)
                 .add_service(lease)
                 .add_service(watch)

@@ -81,3 +81,42 @@ pub fn client_grpc_server(config: &Config) -> tonic::transport::Server {
         .http2_keepalive_interval(config.grpc_keepalive_interval)
         .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stale_unix_socket_is_replaced_and_a_live_one_kept() {
+        // Method: bind a socket path, drop the listener (its file stays, as
+        // after a crash), bind again; then bind while the second one listens.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let address = ListenAddress::Unix(dir.path().join("client.sock"));
+        drop(listen(&address, false).await.expect("first bind"));
+        let _live = listen(&address, false)
+            .await
+            .expect("stale socket replaced");
+        let error = listen(&address, false)
+            .await
+            .err()
+            .expect("a live socket is in use");
+        assert_eq!(error.kind(), io::ErrorKind::AddrInUse, "{error}");
+        // A path that is not a socket is never removed.
+        let file = dir.path().join("data");
+        std::fs::write(&file, b"keep").expect("write");
+        assert!(
+            listen(&ListenAddress::Unix(file.clone()), false)
+                .await
+                .is_err()
+        );
+        assert_eq!(std::fs::read(&file).expect("read"), b"keep");
+    }
+
+    #[tokio::test]
+    async fn reuse_port_lets_two_listeners_share_a_port() {
+        let first = bind_tcp(SocketAddr::from(([127, 0, 0, 1], 0)), true).expect("bind");
+        let address = first.local_addr().expect("address");
+        assert!(bind_tcp(address, true).is_ok(), "SO_REUSEPORT on both");
+        assert!(bind_tcp(address, false).is_err(), "without SO_REUSEPORT");
+    }
+}

@@ -19,6 +19,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one member (flags use etcd's names).
+    #[command(
+        after_help = "Every etcd 3.4 and 3.5 server flag is accepted: the ones Mainstay does not \
+                      act on are named in a warning at start, the ones asking for what it does \
+                      not do (TLS, v2, --wal-dir, discovery, ...) stop it; docs/compat.md lists \
+                      them all. Each flag can also be set by MAINSTAY_<FLAG>, by etcd's \
+                      ETCD_<FLAG> (below MAINSTAY_*) and by --config-file (below both)."
+    )]
     Serve(Box<ServeArgs>),
     /// Run three members on loopback (client ports 2379, 22379, 32379).
     Dev {

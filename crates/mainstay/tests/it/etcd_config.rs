@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use crate::{serve, serve_command};
+use crate::{Children, serve, serve_command};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -102,7 +102,7 @@ fn warned_flags_start_and_the_warnings_name_them() {
     );
     let data_dir = dir.path().join("data");
     let data_dir = data_dir.to_str().expect("utf-8 path");
-    let mut child = serve_command(
+    let mut member = serve_command(
         &[
             "--config-file",
             &yaml,
@@ -113,10 +113,12 @@ fn warned_flags_start_and_the_warnings_name_them() {
         ],
         &[("ETCD_AUTO_COMPACTION_RETENTION", "1")],
     )
+    .stdout(Stdio::null())
     .stderr(Stdio::piped())
     .spawn()
     .expect("start mainstay");
-    let stderr = child.stderr.take().expect("stderr");
+    let stderr = member.stderr.take().expect("stderr");
+    let _member = Children(vec![member]);
     let mut seen = Vec::new();
     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
         let serving = line.contains("serving clients");
@@ -125,8 +127,6 @@ fn warned_flags_start_and_the_warnings_name_them() {
             break;
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(
         seen.iter().any(|l| l.contains("serving clients")),
         "{seen:#?}"
@@ -226,4 +226,89 @@ fn etcd_variables_are_read_under_their_names() {
         &[("ETCD_LISTEN_CLIENT_URLS", "https://127.0.0.1:2379")],
     );
     assert!(line.contains("--listen-client-urls"), "{line}");
+}
+
+#[tokio::test]
+async fn max_concurrent_streams_limits_a_client_connection() {
+    // Method: a member started with --max-concurrent-streams 1; on one
+    // connection, an open Watch stream holds the only stream, so a Range waits
+    // (a second of waiting stands for "blocked"); once the watch ends, the
+    // same Range goes through.
+    use std::time::Duration;
+
+    use mainstay_proto::etcdserverpb::kv_client::KvClient;
+    use mainstay_proto::etcdserverpb::watch_client::WatchClient;
+    use mainstay_proto::etcdserverpb::{
+        RangeRequest, WatchCreateRequest, WatchRequest, watch_request,
+    };
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (client, peer) = (free_port(), free_port());
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let data_dir = dir.path().join("data");
+    let _member = Children(vec![
+        serve_command(
+            &[
+                "--data-dir",
+                data_dir.to_str().expect("utf-8 path"),
+                "--listen-client-urls",
+                &client_url,
+                "--listen-peer-urls",
+                &peer_url,
+                "--max-concurrent-streams",
+                "1",
+            ],
+            &[],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mainstay"),
+    ]);
+    let channel = tonic::transport::Endpoint::from_shared(client_url)
+        .expect("endpoint")
+        .connect_lazy();
+    let mut kv = KvClient::new(channel.clone());
+    let range = RangeRequest {
+        key: b"k".to_vec(),
+        ..RangeRequest::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while kv.range(range.clone()).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "member never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let create = WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(
+            WatchCreateRequest {
+                key: b"k".to_vec(),
+                ..WatchCreateRequest::default()
+            },
+        )),
+    };
+    let (sender, requests) = tokio::sync::mpsc::channel(1);
+    sender.send(create).await.expect("queue the create");
+    let mut watch = WatchClient::new(channel.clone())
+        .watch(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await
+        .expect("watch")
+        .into_inner();
+    let created = watch.message().await.expect("watch answer");
+    assert!(created.is_some_and(|r| r.created));
+
+    let blocked = tokio::time::timeout(Duration::from_secs(1), kv.range(range.clone())).await;
+    assert!(blocked.is_err(), "a second stream was allowed: {blocked:?}");
+    // Ending the requests and dropping the responses closes the watch stream.
+    drop(sender);
+    drop(watch);
+    let after = tokio::time::timeout(Duration::from_secs(10), kv.range(range)).await;
+    assert!(
+        after.is_ok_and(|r| r.is_ok()),
+        "the range never went through"
+    );
 }

@@ -7,6 +7,18 @@ use std::process::Command;
 mod etcd_config;
 mod unix_sockets;
 
+/// Member processes, killed when the test ends, however it ends.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// `mainstay serve` in an environment without `MAINSTAY_*` and `ETCD_*`
 /// variables other than `env`.
 fn serve_command(args: &[&str], env: &[(&str, &str)]) -> Command {

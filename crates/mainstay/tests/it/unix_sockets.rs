@@ -2,26 +2,14 @@
 //! peer listeners are all Unix sockets, and a tonic client over a socket.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use mainstay_proto::etcdserverpb::kv_client::KvClient;
 use mainstay_proto::etcdserverpb::{PutRequest, RangeRequest};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::serve_command;
-
-/// The member processes; killed when the test ends, however it ends.
-struct Members(Vec<Child>);
-
-impl Drop for Members {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use crate::{Children, serve_command};
 
 /// A channel to the client socket at `path` (the URI only names the authority).
 fn unix_channel(path: PathBuf) -> Channel {
@@ -60,7 +48,7 @@ async fn a_cluster_on_unix_sockets_serves_a_tonic_client() {
         .map(|i| format!("m{i}={}", socket(&format!("m{i}.peer"))))
         .collect();
     let cluster = cluster.join(",");
-    let mut members = Members(Vec::new());
+    let mut members = Children(Vec::new());
     for i in 1..=3 {
         let name = format!("m{i}");
         let client_url = socket(&format!("{name}.client"));

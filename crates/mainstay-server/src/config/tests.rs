@@ -207,6 +207,8 @@ fn every_flag_parses_on_the_command_line() {
 
 #[test]
 fn judging_flags_mainstay_does_not_act_on() {
+    // Goal: refused flags are refused only for values that ask for something,
+    // and every value is checked the way etcd parses it.
     // (flag, value, verdict: "ignore", "refuse", or "bad value")
     let cases = [
         ("logger", "zap", "ignore"),
@@ -270,6 +272,7 @@ fn judging_flags_mainstay_does_not_act_on() {
 
 #[test]
 fn values_as_etcd_writes_them() {
+    // Goal: Go's booleans (and YAML 1.1's) and Go's durations, edge cases included.
     for (text, expected) in [
         ("true", Some(true)),
         ("TRUE", Some(true)),
@@ -322,6 +325,8 @@ fn values_as_etcd_writes_them() {
 
 #[test]
 fn listen_and_advertised_urls() {
+    // Goal: etcd's URL forms for listening (IPs, localhost, unix://) and for
+    // advertising (host names too); TLS schemes refused.
     // (url, listen address, advertised URL accepted)
     let tcp = |s: &str| Some(ListenAddress::Tcp(s.parse().expect("address")));
     let unix = |s: &str| Some(ListenAddress::Unix(PathBuf::from(s)));
@@ -361,6 +366,7 @@ fn listen_and_advertised_urls() {
 
 #[test]
 fn log_levels_outputs_and_filters() {
+    // Goal: etcd's log settings mapped onto tracing's level, stream and filter.
     use tracing::Level;
     // (--log-level, --debug, level)
     let cases = [
@@ -432,6 +438,8 @@ fn a_refused_flag_stops_resolution_naming_it() {
 
 #[test]
 fn an_ignored_flag_resolves_with_a_warning_naming_it() {
+    // Method: ignored flags from the command line and the environment; each
+    // resolves and yields exactly one warning naming it.
     let config = resolve(
         &["--logger", "zap", "--enable-v2=false", "--max-wals", "5"],
         &[
@@ -464,6 +472,8 @@ fn warnings_of(argv: &[&str]) -> Vec<String> {
 
 #[test]
 fn implemented_flags_reach_the_config() {
+    // Method: every implemented flag set away from its default on one command
+    // line (3.5 spellings where etcd has two), then the defaults.
     let config = resolve(
         &[
             "--strict-reconfig-check=false",
@@ -602,6 +612,8 @@ auto-compaction-retention: \"1\"
 
 #[test]
 fn file_formats_keys_and_values() {
+    // Goal: the format by extension or content, nested sections flattened, and
+    // each file key mapped to the flag it sets.
     let path = std::path::Path::new;
     assert_eq!(format_of(path("a.yaml"), "x = 1"), Format::Yaml);
     assert_eq!(format_of(path("a.yml"), ""), Format::Yaml);
@@ -720,6 +732,7 @@ fn layers_flags_then_mainstay_env_then_etcd_env_then_file() {
 
 #[test]
 fn unknown_file_keys_are_refused() {
+    // Goal: a typo in etcd's YAML file stops the member (etcd skips it silently).
     let (_dir, path) = file("m.yml", "electoin-timeout: 1000\n");
     let message = error(&["--config-file", &path], &[]);
     assert!(
@@ -765,5 +778,24 @@ fn compat_md_has_every_flag_as_the_code_handles_it() {
         missing.is_empty(),
         "docs/compat.md lacks these rows:\n{}",
         missing.join("\n")
+    );
+    // And the summary counts the etcd 3.4/3.5 flags as the table does.
+    let count = |wanted: fn(&Handling) -> bool| {
+        ETCD_FLAGS
+            .iter()
+            .filter(|f| !matches!(f.releases, Releases::Etcd36 | Releases::Legacy))
+            .filter(|f| wanted(&f.handling))
+            .count()
+    };
+    let summary = format!(
+        "flags: {} implemented, {} warned, {} refused.",
+        count(|h| matches!(h, Handling::Implemented(_))),
+        count(|h| matches!(h, Handling::Ignored(_))),
+        count(|h| matches!(h, Handling::Refused { .. })),
+    );
+    let prose = compat.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        prose.contains(&summary),
+        "docs/compat.md should say {summary:?}"
     );
 }

@@ -221,7 +221,8 @@ impl Replica {
         // etcd's strict reconfiguration check: after the change, the voters that
         // are up (the leader, and those that acknowledged a heartbeat within
         // etcd's health interval of 5 s, or two election timeouts if longer) must
-        // still be a quorum of the new voter set.
+        // still be a quorum of the new voter set (unless --strict-reconfig-check
+        // is off).
         let fresh = std::time::Duration::from_millis(
             (2 * self.inner.config.election_timeout_ms).max(5_000),
         );
@@ -244,6 +245,8 @@ impl Replica {
             let up = new_voters.iter().filter(|id| active(**id)).count();
             keeps_quorum(up, new_voters.len())
         };
+        let strict = self.inner.config.strict_reconfig_check;
+        let refused = |new_voters: &[u64]| refused_by_strict_check(strict, quorum_up(new_voters));
         let mut added = None;
         // Set when a one-voter cluster adds a second voter that is not up.
         let mut uncommittable = false;
@@ -273,10 +276,11 @@ impl Replica {
                 let mut after = voters.clone();
                 after.push(id);
                 if !learner && !quorum_up(&after) {
-                    if !grows_a_single_member(&voters, &after) {
+                    if grows_a_single_member(&voters, &after) {
+                        uncommittable = true;
+                    } else if refused(&after) {
                         return Some(Local::Failed(MembershipError::NotEnoughStarted));
                     }
-                    uncommittable = true;
                 }
                 if learner {
                     ChangeMembers::AddNodes(nodes)
@@ -292,7 +296,8 @@ impl Replica {
                     ChangeMembers::RemoveNodes(BTreeSet::from([id]))
                 } else {
                     let after: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
-                    if after.is_empty() || !quorum_up(&after) {
+                    // The last voter cannot go, strict check or not.
+                    if after.is_empty() || refused(&after) {
                         return Some(Local::Failed(MembershipError::NotEnoughStarted));
                     }
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
@@ -316,7 +321,7 @@ impl Replica {
                 }
                 let mut after = voters.clone();
                 after.push(id);
-                if !quorum_up(&after) {
+                if refused(&after) {
                     return Some(Local::Failed(MembershipError::NotEnoughStarted));
                 }
                 ChangeMembers::AddVoterIds(BTreeSet::from([id]))
@@ -568,6 +573,14 @@ pub(crate) fn keeps_quorum(up_after: usize, voters_after: usize) -> bool {
     up_after > voters_after / 2
 }
 
+/// Whether the strict reconfiguration check refuses a change: only when it is
+/// on (`--strict-reconfig-check`, etcd's default) and the change does not keep a
+/// quorum of started voters. Off, the change is proposed; one that cannot commit
+/// without a voter that is down waits for it (and the caller may time out).
+pub(crate) fn refused_by_strict_check(strict: bool, keeps_quorum: bool) -> bool {
+    strict && !keeps_quorum
+}
+
 /// etcd's one exception to `keeps_quorum`, for adding a voter: a one-voter
 /// cluster may grow to two (1 started of 2), as when a cluster restored from a
 /// snapshot onto one member is grown again. The new voter is not up yet, so the
@@ -604,6 +617,20 @@ mod tests {
         ];
         for (up, voters, keeps) in cases {
             assert_eq!(keeps_quorum(up, voters), keeps, "{up} up of {voters}");
+        }
+        // (strict check on, keeps a quorum, refused)
+        let cases = [
+            (true, true, false),
+            (true, false, true),
+            (false, true, false),
+            (false, false, false),
+        ];
+        for (strict, keeps, refused) in cases {
+            assert_eq!(
+                refused_by_strict_check(strict, keeps),
+                refused,
+                "strict {strict}, keeps a quorum {keeps}"
+            );
         }
         // etcd's exception: one voter growing to two, and nothing else.
         assert!(grows_a_single_member(&[1], &[1, 2]));

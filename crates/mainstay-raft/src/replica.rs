@@ -49,22 +49,64 @@ pub struct ReplicaConfig {
     /// SIMULATOR SELF-TEST ONLY: answer a forwarded write as soon as the leader
     /// applied it, before this member has (the bug the session checks catch).
     pub unsafe_answer_before_local_apply: bool,
+    /// etcd's `--strict-reconfig-check`: refuse member changes that would leave
+    /// too few started voters for a quorum.
+    pub strict_reconfig_check: bool,
 }
 
 /// Opens a lazily connected channel to a peer URL.
 pub type Dial = Arc<dyn Fn(&str) -> Result<tonic::transport::Channel, String> + Send + Sync>;
 
-/// Dials peers over the operating system's TCP.
+/// Dials peers over the operating system's TCP, or its Unix sockets for
+/// etcd's `unix://path` peer URLs.
 pub fn tcp_dial() -> Dial {
     Arc::new(|url: &str| {
-        Ok(tonic::transport::Endpoint::from_shared(url.to_string())
+        let socket_path = url.strip_prefix("unix://");
+        // For a Unix socket the URI names only the HTTP/2 authority.
+        let uri = match socket_path {
+            Some(_) => "http://localhost".to_string(),
+            None => url.to_string(),
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(uri)
             .map_err(|e| format!("bad peer URL {url}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy())
+            .keep_alive_timeout(Duration::from_secs(5));
+        match socket_path {
+            Some(path) => unix_channel(&endpoint, std::path::PathBuf::from(path)),
+            None => Ok(endpoint.connect_lazy()),
+        }
     })
+}
+
+/// A lazily connected channel to the Unix socket at `path`.
+#[cfg(unix)]
+fn unix_channel(
+    endpoint: &tonic::transport::Endpoint,
+    path: std::path::PathBuf,
+) -> Result<tonic::transport::Channel, String> {
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        })),
+    )
+}
+
+#[cfg(not(unix))]
+fn unix_channel(
+    _endpoint: &tonic::transport::Endpoint,
+    path: std::path::PathBuf,
+) -> Result<tonic::transport::Channel, String> {
+    Err(format!(
+        "unix://{}: Unix sockets need a Unix system",
+        path.display()
+    ))
 }
 
 /// The outcome of an applied write.

@@ -1,19 +1,41 @@
 //! Member configuration: flags (etcd's names) > `MAINSTAY_*` environment >
-//! TOML file (`--config-file`) > defaults. `Config::validate` names the setting
-//! at fault.
+//! `ETCD_*` environment (etcd's own variables, so an etcd deployment's
+//! environment carries over) > config file (`--config-file`: Mainstay's TOML or
+//! etcd's YAML) > defaults. Validation names the setting at fault.
+//!
+//! Every etcd 3.4 and 3.5 flag is accepted on the command line, in the
+//! environment and in the file; `etcd_flags` says which ones Mainstay acts on,
+//! which it ignores with a warning at startup (`Config::warnings`) and which it
+//! refuses. (etcd itself reads nothing but the file when one is given; Mainstay
+//! keeps its layers.)
+
+mod etcd_flags;
+mod file;
+#[cfg(test)]
+mod tests;
+mod values;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use serde::Deserialize;
+use anyhow::{Context, anyhow, bail};
+
+pub use etcd_flags::EtcdFlags;
+use etcd_flags::{ETCD_FLAGS, EtcdFlag, Handling, Kind, Origin, Verdict, env_name, judge};
+use file::{FileValue, Format};
+use values::{parse_bool, parse_go_duration, parse_millis_or_duration, parse_uint, whole_millis};
 
 /// Command-line and environment settings for one member. Every field is
-/// optional so that unset ones fall through to the file and the defaults.
-#[derive(Clone, Debug, Default, clap::Args)]
+/// optional so that unset ones fall through to the lower layers and the
+/// defaults. The etcd flags Mainstay does not act on are accepted too (hidden
+/// from `--help`; docs/compat.md lists them).
+#[derive(Clone, Debug, Default, PartialEq, clap::Args)]
 pub struct ServeArgs {
-    /// TOML file with any of the settings below (same names, `-` or `_`).
+    /// Config file: Mainstay's TOML or etcd's YAML (`.yaml`/`.yml`, or any file
+    /// that is not TOML), with any of the settings below under etcd's names.
     #[arg(long, env = "MAINSTAY_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
     /// Human-readable name of this member.
@@ -22,13 +44,15 @@ pub struct ServeArgs {
     /// Directory for this member's log and state.
     #[arg(long, env = "MAINSTAY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// URLs to listen on for client traffic (comma-separated).
+    /// URLs to listen on for client traffic (comma-separated `http://IP:port`
+    /// or `unix://path`).
     #[arg(long, env = "MAINSTAY_LISTEN_CLIENT_URLS")]
     pub listen_client_urls: Option<String>,
     /// Client URLs advertised to the cluster (comma-separated).
     #[arg(long, env = "MAINSTAY_ADVERTISE_CLIENT_URLS")]
     pub advertise_client_urls: Option<String>,
-    /// URLs to listen on for peer traffic (comma-separated).
+    /// URLs to listen on for peer traffic (comma-separated `http://IP:port` or
+    /// `unix://path`).
     #[arg(long, env = "MAINSTAY_LISTEN_PEER_URLS")]
     pub listen_peer_urls: Option<String>,
     /// Peer URLs advertised to the cluster (comma-separated).
@@ -61,53 +85,73 @@ pub struct ServeArgs {
     /// Applied entries between snapshots.
     #[arg(long, env = "MAINSTAY_SNAPSHOT_COUNT")]
     pub snapshot_count: Option<u64>,
-    /// Entries kept behind a snapshot for slow followers.
-    #[arg(long, env = "MAINSTAY_SNAPSHOT_CATCHUP_ENTRIES")]
+    /// Entries kept behind a snapshot for slow followers (etcd 3.5:
+    /// `--experimental-snapshot-catchup-entries`).
+    #[arg(
+        long,
+        env = "MAINSTAY_SNAPSHOT_CATCHUP_ENTRIES",
+        alias = "experimental-snapshot-catchup-entries"
+    )]
     pub snapshot_catchup_entries: Option<u64>,
-    /// Period of watch progress notifications in milliseconds (etcd's
-    /// `--watch-progress-notify-interval`; default 10 minutes, at least 100 ms).
-    #[arg(long, env = "MAINSTAY_WATCH_PROGRESS_NOTIFY_INTERVAL")]
+    /// Period of watch progress notifications in milliseconds; a Go duration
+    /// (`10m`) is accepted too (etcd 3.4/3.5:
+    /// `--experimental-watch-progress-notify-interval`; default 10 minutes, at
+    /// least 100 ms).
+    #[arg(
+        long,
+        env = "MAINSTAY_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        alias = "experimental-watch-progress-notify-interval",
+        value_parser = millis_flag
+    )]
     pub watch_progress_notify_interval: Option<u64>,
+    /// Most concurrent HTTP/2 streams per client connection.
+    #[arg(long, env = "MAINSTAY_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+    /// Period of HTTP/2 pings to idle clients (Go duration; 0 = none).
+    #[arg(long, env = "MAINSTAY_GRPC_KEEPALIVE_INTERVAL", value_parser = duration_flag)]
+    pub grpc_keepalive_interval: Option<Duration>,
+    /// How long to wait for a ping's answer before closing the connection.
+    #[arg(long, env = "MAINSTAY_GRPC_KEEPALIVE_TIMEOUT", value_parser = duration_flag)]
+    pub grpc_keepalive_timeout: Option<Duration>,
+    /// Refuse member changes that would leave too few started voters for a
+    /// quorum (default true).
+    #[arg(long, env = "MAINSTAY_STRICT_RECONFIG_CHECK", num_args = 0..=1,
+          default_missing_value = "true", value_parser = bool_flag)]
+    pub strict_reconfig_check: Option<bool>,
+    /// Check data corruption before serving (stored; the check does not run yet).
+    #[arg(long, env = "MAINSTAY_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", num_args = 0..=1,
+          default_missing_value = "true", value_parser = bool_flag)]
+    pub experimental_initial_corrupt_check: Option<bool>,
+    /// SO_REUSEPORT on the TCP listeners.
+    #[arg(long, env = "MAINSTAY_SOCKET_REUSE_PORT", num_args = 0..=1,
+          default_missing_value = "true", value_parser = bool_flag)]
+    pub socket_reuse_port: Option<bool>,
+    /// Log level: debug, info, warn or error (MAINSTAY_LOG, a tracing filter,
+    /// overrides it).
+    #[arg(long, env = "MAINSTAY_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// etcd 3.4's `--debug`: the same as `--log-level=debug`.
+    #[arg(long, env = "MAINSTAY_DEBUG", num_args = 0..=1,
+          default_missing_value = "true", value_parser = bool_flag)]
+    pub debug: Option<bool>,
+    /// Where logs go: `stderr` (`default`) or `stdout`.
+    #[arg(long, env = "MAINSTAY_LOG_OUTPUTS", alias = "log-output")]
+    pub log_outputs: Option<String>,
+    /// The etcd flags Mainstay does not act on.
+    #[command(flatten)]
+    pub etcd: EtcdFlags,
 }
 
-/// The same settings as read from a TOML file.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    #[serde(alias = "name")]
-    name: Option<String>,
-    #[serde(alias = "data_dir")]
-    data_dir: Option<PathBuf>,
-    #[serde(alias = "listen_client_urls")]
-    listen_client_urls: Option<String>,
-    #[serde(alias = "advertise_client_urls")]
-    advertise_client_urls: Option<String>,
-    #[serde(alias = "listen_peer_urls")]
-    listen_peer_urls: Option<String>,
-    #[serde(alias = "initial_advertise_peer_urls")]
-    initial_advertise_peer_urls: Option<String>,
-    #[serde(alias = "initial_cluster")]
-    initial_cluster: Option<String>,
-    #[serde(alias = "initial_cluster_state")]
-    initial_cluster_state: Option<String>,
-    #[serde(alias = "initial_cluster_token")]
-    initial_cluster_token: Option<String>,
-    #[serde(alias = "heartbeat_interval")]
-    heartbeat_interval: Option<u64>,
-    #[serde(alias = "election_timeout")]
-    election_timeout: Option<u64>,
-    #[serde(alias = "max_request_bytes")]
-    max_request_bytes: Option<u64>,
-    #[serde(alias = "max_txn_ops")]
-    max_txn_ops: Option<u64>,
-    #[serde(alias = "quota_backend_bytes")]
-    quota_backend_bytes: Option<u64>,
-    #[serde(alias = "snapshot_count")]
-    snapshot_count: Option<u64>,
-    #[serde(alias = "snapshot_catchup_entries")]
-    snapshot_catchup_entries: Option<u64>,
-    #[serde(alias = "watch_progress_notify_interval")]
-    watch_progress_notify_interval: Option<u64>,
+fn bool_flag(text: &str) -> Result<bool, String> {
+    parse_bool(text)
+}
+
+fn duration_flag(text: &str) -> Result<Duration, String> {
+    parse_go_duration(text)
+}
+
+fn millis_flag(text: &str) -> Result<u64, String> {
+    parse_millis_or_duration(text).map(whole_millis)
 }
 
 /// Whether this member bootstraps a new cluster or belongs to an existing one.
@@ -119,6 +163,48 @@ pub enum ClusterState {
     Existing,
 }
 
+/// Where a listener listens: etcd's `http://IP:port` or `unix://path` URLs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket's path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddress::Tcp(address) => write!(f, "{address}"),
+            ListenAddress::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
+/// Where logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogOutput {
+    /// Standard error (etcd's `default` and `stderr`).
+    Stderr,
+    /// Standard output.
+    Stdout,
+}
+
+/// A setting accepted but not acted on, reported at startup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    /// The flag (`--logger`) or environment variable it is about.
+    pub setting: String,
+    /// The sentence to log, naming the setting: what is ignored, and why.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// A validated member configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -127,11 +213,11 @@ pub struct Config {
     /// Data directory.
     pub data_dir: PathBuf,
     /// Client listen addresses.
-    pub listen_client: Vec<SocketAddr>,
+    pub listen_client: Vec<ListenAddress>,
     /// Advertised client URLs.
     pub advertise_client_urls: Vec<String>,
     /// Peer listen addresses.
-    pub listen_peer: Vec<SocketAddr>,
+    pub listen_peer: Vec<ListenAddress>,
     /// Advertised peer URLs.
     pub advertise_peer_urls: Vec<String>,
     /// name → peer URL, for every initial member.
@@ -156,10 +242,92 @@ pub struct Config {
     pub snapshot_catchup_entries: u64,
     /// Watch progress notification period (ms).
     pub watch_progress_notify_interval_ms: u64,
+    /// etcd's strict reconfiguration check: refuse member changes that leave
+    /// too few started voters for a quorum.
+    pub strict_reconfig_check: bool,
+    /// Most concurrent HTTP/2 streams per client connection (at least 1).
+    pub concurrent_streams_max: u32,
+    /// Period of HTTP/2 pings to idle clients; `None`: no pings.
+    pub grpc_keepalive_interval: Option<Duration>,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub grpc_keepalive_timeout: Duration,
+    /// SO_REUSEPORT on the TCP listeners.
+    pub socket_reuse_port: bool,
+    /// etcd's `--experimental-initial-corrupt-check`: stored until the check
+    /// between members exists.
+    pub initial_corrupt_check: bool,
+    /// The least severe level logged (unless MAINSTAY_LOG says otherwise).
+    pub log_level: tracing::Level,
+    /// Where logs go.
+    pub log_output: LogOutput,
+    /// Settings accepted but not acted on; the binary logs each at startup.
+    pub warnings: Vec<Warning>,
+}
+
+impl Config {
+    /// The tracing filter for `log_level`: openraft speaks up from warnings on
+    /// (its info lines are per-election chatter), unless asked for debug.
+    pub fn log_filter(&self) -> String {
+        log_filter(self.log_level)
+    }
+}
+
+fn log_filter(level: tracing::Level) -> String {
+    let openraft = if level >= tracing::Level::DEBUG {
+        level
+    } else {
+        level.min(tracing::Level::WARN)
+    };
+    format!(
+        "{},openraft={}",
+        level.as_str().to_ascii_lowercase(),
+        openraft.as_str().to_ascii_lowercase()
+    )
+}
+
+impl Default for Config {
+    /// etcd's defaults: one member, `default`, on 127.0.0.1:2379 and :2380.
+    fn default() -> Config {
+        let client = SocketAddr::from(([127, 0, 0, 1], 2379));
+        let peer = SocketAddr::from(([127, 0, 0, 1], 2380));
+        Config {
+            name: defaults::NAME.to_string(),
+            data_dir: PathBuf::from(format!("{}.mainstay", defaults::NAME)),
+            listen_client: vec![ListenAddress::Tcp(client)],
+            advertise_client_urls: vec![defaults::CLIENT_URL.to_string()],
+            listen_peer: vec![ListenAddress::Tcp(peer)],
+            advertise_peer_urls: vec![defaults::PEER_URL.to_string()],
+            initial_cluster: BTreeMap::from([(
+                defaults::NAME.to_string(),
+                defaults::PEER_URL.to_string(),
+            )]),
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: defaults::CLUSTER_TOKEN.to_string(),
+            heartbeat_interval_ms: defaults::HEARTBEAT_MS,
+            election_timeout_ms: defaults::ELECTION_MS,
+            request_bytes_max: defaults::REQUEST_BYTES_MAX,
+            txn_ops_max: defaults::TXN_OPS_MAX,
+            quota_backend_bytes: defaults::QUOTA_BYTES,
+            snapshot_count: defaults::SNAPSHOT_COUNT,
+            snapshot_catchup_entries: defaults::SNAPSHOT_CATCHUP_ENTRIES,
+            watch_progress_notify_interval_ms: defaults::WATCH_PROGRESS_MS,
+            strict_reconfig_check: true,
+            concurrent_streams_max: defaults::CONCURRENT_STREAMS_MAX,
+            grpc_keepalive_interval: Some(defaults::GRPC_KEEPALIVE_INTERVAL),
+            grpc_keepalive_timeout: defaults::GRPC_KEEPALIVE_TIMEOUT,
+            socket_reuse_port: false,
+            initial_corrupt_check: false,
+            log_level: tracing::Level::INFO,
+            log_output: LogOutput::Stderr,
+            warnings: Vec::new(),
+        }
+    }
 }
 
 /// etcd's defaults, where etcd has one.
 pub mod defaults {
+    use std::time::Duration;
+
     /// Member name.
     pub const NAME: &str = "default";
     /// Client URL.
@@ -180,10 +348,16 @@ pub mod defaults {
     pub const QUOTA_BYTES: u64 = 2 << 30;
     /// etcd's watch progress notification period: 10 minutes.
     pub const WATCH_PROGRESS_MS: u64 = 600_000;
-    /// etcd's `--snapshot-count`.
+    /// etcd's `--snapshot-count` (3.6's; 3.4 and 3.5 had 100000).
     pub const SNAPSHOT_COUNT: u64 = 10_000;
     /// etcd's `--snapshot-catchup-entries`.
     pub const SNAPSHOT_CATCHUP_ENTRIES: u64 = 5_000;
+    /// etcd's `--max-concurrent-streams`: 2^32-1.
+    pub const CONCURRENT_STREAMS_MAX: u32 = u32::MAX;
+    /// etcd's `--grpc-keepalive-interval`: 2 hours.
+    pub const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2 * 60 * 60);
+    /// etcd's `--grpc-keepalive-timeout`: 20 seconds.
+    pub const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 }
 
 const _: () = assert!(defaults::HEARTBEAT_MS * 5 <= defaults::ELECTION_MS);
@@ -197,23 +371,66 @@ fn split_list(value: &str) -> Vec<String> {
         .collect()
 }
 
-/// Parses `http://host:port` into a socket address; `setting` names the flag.
-pub fn parse_url(url: &str, setting: &str) -> anyhow::Result<SocketAddr> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        if url.starts_with("https://") {
-            bail!("--{setting}: {url:?}: TLS is not supported yet; use http://");
-        }
-        bail!("--{setting}: {url:?} is not a URL of the form http://host:port");
-    };
-    let authority = rest.trim_end_matches('/');
-    let authority = if let Some(host) = authority.strip_prefix("localhost:") {
-        format!("127.0.0.1:{host}")
+/// Parses a listen URL: `http://IP:port` (or `http://localhost:port`) or
+/// `unix://path` (etcd's form: everything after `unix://` is the path, so
+/// `unix:///run/etcd.sock` is absolute and `unix://etcd.sock` relative);
+/// `setting` names the flag.
+pub fn parse_url(url: &str, setting: &str) -> anyhow::Result<ListenAddress> {
+    if let Some(path) = unix_path(url, setting)? {
+        return Ok(ListenAddress::Unix(path));
+    }
+    let authority = http_authority(url, setting)?;
+    let authority = if let Some(port) = authority.strip_prefix("localhost:") {
+        format!("127.0.0.1:{port}")
     } else {
         authority.to_string()
     };
     authority
         .parse::<SocketAddr>()
-        .with_context(|| format!("--{setting}: {url:?} must be http://IP:port"))
+        .map(ListenAddress::Tcp)
+        .with_context(|| format!("--{setting}: {url:?} must be http://IP:port or unix://path"))
+}
+
+/// Checks an advertised URL (peers and clients dial it, so a host name is
+/// fine): `http://host:port` or `unix://path`.
+fn check_advertised_url(url: &str, setting: &str) -> anyhow::Result<()> {
+    if unix_path(url, setting)?.is_some() {
+        return Ok(());
+    }
+    let authority = http_authority(url, setting)?;
+    let port = authority
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .and_then(|(_, port)| port.parse::<u16>().ok());
+    if port.is_none() {
+        bail!("--{setting}: {url:?} must be http://host:port or unix://path");
+    }
+    Ok(())
+}
+
+/// The path of a `unix://` URL; `None` for any other scheme.
+fn unix_path(url: &str, setting: &str) -> anyhow::Result<Option<PathBuf>> {
+    if url.starts_with("unixs://") {
+        bail!("--{setting}: {url:?}: TLS is not supported yet; use unix://");
+    }
+    let Some(path) = url.strip_prefix("unix://") else {
+        return Ok(None);
+    };
+    if path.is_empty() {
+        bail!("--{setting}: {url:?} names no socket path");
+    }
+    Ok(Some(PathBuf::from(path)))
+}
+
+/// The `host:port` of an `http://` URL.
+fn http_authority<'a>(url: &'a str, setting: &str) -> anyhow::Result<&'a str> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        if url.starts_with("https://") {
+            bail!("--{setting}: {url:?}: TLS is not supported yet; use http://");
+        }
+        bail!("--{setting}: {url:?} is not a URL of the form http://host:port or unix://path");
+    };
+    Ok(rest.trim_end_matches('/'))
 }
 
 fn positive(value: u64, setting: &str) -> anyhow::Result<u64> {
@@ -223,40 +440,266 @@ fn positive(value: u64, setting: &str) -> anyhow::Result<u64> {
     Ok(value)
 }
 
-impl ServeArgs {
-    /// Merges flags/env with the file and defaults, then validates.
-    pub fn resolve(&self) -> anyhow::Result<Config> {
-        let file = match &self.config_file {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
-        };
-        macro_rules! pick {
-            ($field:ident) => {
-                self.$field.clone().or(file.$field.clone())
-            };
+/// A value for one setting, as given by the environment or a config file.
+#[derive(Clone, Copy, Debug)]
+enum Raw<'a> {
+    /// Text: an environment variable.
+    Text(&'a str),
+    /// A config file's value, typed as the file typed it.
+    File(&'a FileValue, Format),
+}
+
+impl Raw<'_> {
+    fn text(self) -> String {
+        match self {
+            Raw::Text(text) => text.to_string(),
+            Raw::File(value, _) => value.text(),
         }
-        let name = pick!(name).unwrap_or_else(|| defaults::NAME.to_string());
+    }
+
+    fn uint(self) -> Result<u64, String> {
+        match self {
+            Raw::File(FileValue::Int(number), _) => {
+                u64::try_from(*number).map_err(|_| format!("{number} is not a whole number"))
+            }
+            _ => parse_uint(&self.text()),
+        }
+    }
+
+    fn bool(self) -> Result<bool, String> {
+        match self {
+            Raw::File(FileValue::Bool(value), _) => Ok(*value),
+            _ => parse_bool(&self.text()),
+        }
+    }
+
+    /// A bare number in a file: nanoseconds in etcd's YAML (Go's
+    /// `time.Duration`), milliseconds in Mainstay's TOML.
+    fn file_number_as_duration(self) -> Option<Result<Duration, String>> {
+        let Raw::File(FileValue::Int(number), format) = self else {
+            return None;
+        };
+        let number = u64::try_from(*number).map_err(|_| format!("{number} is not a duration"));
+        Some(number.map(|n| match format {
+            Format::Yaml => Duration::from_nanos(n),
+            Format::Toml => Duration::from_millis(n),
+        }))
+    }
+
+    fn duration(self) -> Result<Duration, String> {
+        self.file_number_as_duration()
+            .unwrap_or_else(|| parse_go_duration(&self.text()))
+    }
+
+    fn millis_or_duration(self) -> Result<Duration, String> {
+        self.file_number_as_duration()
+            .unwrap_or_else(|| parse_millis_or_duration(&self.text()))
+    }
+
+    /// The text kept for a flag without a typed field (a file's bare number
+    /// for a duration gets its unit, so that it reads back as a Go duration).
+    fn etcd_text(self, kind: Kind) -> String {
+        match (self, kind) {
+            (Raw::File(FileValue::Int(number), Format::Yaml), Kind::Duration) => {
+                format!("{number}ns")
+            }
+            (Raw::File(FileValue::Int(number), Format::Toml), Kind::Duration) => {
+                format!("{number}ms")
+            }
+            _ => self.text(),
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Merges the layers, then validates: flags and the `MAINSTAY_*` variables
+    /// clap read > `MAINSTAY_*` for etcd-only flags > `ETCD_*` > file > defaults.
+    pub fn resolve(&self) -> anyhow::Result<Config> {
+        let env: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
+            .filter(|(key, _)| key.starts_with("ETCD_") || key.starts_with("MAINSTAY_"))
+            .collect();
+        self.resolve_with_env(&env)
+    }
+
+    /// `resolve` with the environment given (tests, and `mainstay dev`, which
+    /// reads none).
+    pub fn resolve_with_env(&self, env: &BTreeMap<String, String>) -> anyhow::Result<Config> {
+        let mut warnings = Vec::new();
+        let from_env = env_layer(env, &mut warnings)?;
+        let config_file = self.config_file.clone().or(from_env.config_file.clone());
+        let from_file = match &config_file {
+            Some(path) => file_layer(path)?,
+            None => ServeArgs::default(),
+        };
+        self.clone().or(from_env).or(from_file).validate(warnings)
+    }
+
+    /// Sets one setting (by its etcd flag name) from the environment or a file.
+    fn set(&mut self, flag: &'static EtcdFlag, raw: Raw<'_>, origin: Origin) -> Result<(), String> {
+        match flag.name {
+            "config-file" => self.config_file = Some(PathBuf::from(raw.text())),
+            "name" => self.name = Some(raw.text()),
+            "data-dir" => self.data_dir = Some(PathBuf::from(raw.text())),
+            "listen-client-urls" => self.listen_client_urls = Some(raw.text()),
+            "advertise-client-urls" => self.advertise_client_urls = Some(raw.text()),
+            "listen-peer-urls" => self.listen_peer_urls = Some(raw.text()),
+            "initial-advertise-peer-urls" => self.initial_advertise_peer_urls = Some(raw.text()),
+            "initial-cluster" => self.initial_cluster = Some(raw.text()),
+            "initial-cluster-state" => self.initial_cluster_state = Some(raw.text()),
+            "initial-cluster-token" => self.initial_cluster_token = Some(raw.text()),
+            "heartbeat-interval" => self.heartbeat_interval = Some(raw.uint()?),
+            "election-timeout" => self.election_timeout = Some(raw.uint()?),
+            "max-request-bytes" => self.max_request_bytes = Some(raw.uint()?),
+            "max-txn-ops" => self.max_txn_ops = Some(raw.uint()?),
+            "quota-backend-bytes" => self.quota_backend_bytes = Some(raw.uint()?),
+            "snapshot-count" => self.snapshot_count = Some(raw.uint()?),
+            "snapshot-catchup-entries" | "experimental-snapshot-catchup-entries" => {
+                self.snapshot_catchup_entries = Some(raw.uint()?);
+            }
+            "watch-progress-notify-interval" | "experimental-watch-progress-notify-interval" => {
+                self.watch_progress_notify_interval = Some(whole_millis(raw.millis_or_duration()?));
+            }
+            "max-concurrent-streams" => {
+                let streams = raw.uint()?;
+                let streams = u32::try_from(streams)
+                    .map_err(|_| format!("{streams} is more than 4294967295"))?;
+                self.max_concurrent_streams = Some(streams);
+            }
+            "grpc-keepalive-interval" => self.grpc_keepalive_interval = Some(raw.duration()?),
+            "grpc-keepalive-timeout" => self.grpc_keepalive_timeout = Some(raw.duration()?),
+            "strict-reconfig-check" => self.strict_reconfig_check = Some(raw.bool()?),
+            "experimental-initial-corrupt-check" => {
+                self.experimental_initial_corrupt_check = Some(raw.bool()?);
+            }
+            "socket-reuse-port" => self.socket_reuse_port = Some(raw.bool()?),
+            "log-level" => self.log_level = Some(raw.text()),
+            "debug" => self.debug = Some(raw.bool()?),
+            "log-outputs" | "log-output" => self.log_outputs = Some(raw.text()),
+            "version" => return Err("is not a setting".to_string()),
+            _ => {
+                assert!(
+                    !matches!(flag.handling, Handling::Implemented(_)),
+                    "--{} is implemented but has no field in ServeArgs::set",
+                    flag.name
+                );
+                self.etcd.insert(flag, raw.etcd_text(flag.kind), origin);
+            }
+        }
+        Ok(())
+    }
+
+    /// These settings, with `lower`'s wherever one is not given here.
+    fn or(self, lower: ServeArgs) -> ServeArgs {
+        // Destructured so that a new field cannot be forgotten here.
+        let ServeArgs {
+            config_file,
+            name,
+            data_dir,
+            listen_client_urls,
+            advertise_client_urls,
+            listen_peer_urls,
+            initial_advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_state,
+            initial_cluster_token,
+            heartbeat_interval,
+            election_timeout,
+            max_request_bytes,
+            max_txn_ops,
+            quota_backend_bytes,
+            snapshot_count,
+            snapshot_catchup_entries,
+            watch_progress_notify_interval,
+            max_concurrent_streams,
+            grpc_keepalive_interval,
+            grpc_keepalive_timeout,
+            strict_reconfig_check,
+            experimental_initial_corrupt_check,
+            socket_reuse_port,
+            log_level,
+            debug,
+            log_outputs,
+            etcd,
+        } = lower;
+        ServeArgs {
+            config_file: self.config_file.or(config_file),
+            name: self.name.or(name),
+            data_dir: self.data_dir.or(data_dir),
+            listen_client_urls: self.listen_client_urls.or(listen_client_urls),
+            advertise_client_urls: self.advertise_client_urls.or(advertise_client_urls),
+            listen_peer_urls: self.listen_peer_urls.or(listen_peer_urls),
+            initial_advertise_peer_urls: self
+                .initial_advertise_peer_urls
+                .or(initial_advertise_peer_urls),
+            initial_cluster: self.initial_cluster.or(initial_cluster),
+            initial_cluster_state: self.initial_cluster_state.or(initial_cluster_state),
+            initial_cluster_token: self.initial_cluster_token.or(initial_cluster_token),
+            heartbeat_interval: self.heartbeat_interval.or(heartbeat_interval),
+            election_timeout: self.election_timeout.or(election_timeout),
+            max_request_bytes: self.max_request_bytes.or(max_request_bytes),
+            max_txn_ops: self.max_txn_ops.or(max_txn_ops),
+            quota_backend_bytes: self.quota_backend_bytes.or(quota_backend_bytes),
+            snapshot_count: self.snapshot_count.or(snapshot_count),
+            snapshot_catchup_entries: self.snapshot_catchup_entries.or(snapshot_catchup_entries),
+            watch_progress_notify_interval: self
+                .watch_progress_notify_interval
+                .or(watch_progress_notify_interval),
+            max_concurrent_streams: self.max_concurrent_streams.or(max_concurrent_streams),
+            grpc_keepalive_interval: self.grpc_keepalive_interval.or(grpc_keepalive_interval),
+            grpc_keepalive_timeout: self.grpc_keepalive_timeout.or(grpc_keepalive_timeout),
+            strict_reconfig_check: self.strict_reconfig_check.or(strict_reconfig_check),
+            experimental_initial_corrupt_check: self
+                .experimental_initial_corrupt_check
+                .or(experimental_initial_corrupt_check),
+            socket_reuse_port: self.socket_reuse_port.or(socket_reuse_port),
+            log_level: self.log_level.or(log_level),
+            debug: self.debug.or(debug),
+            log_outputs: self.log_outputs.or(log_outputs),
+            etcd: self.etcd.or(etcd),
+        }
+    }
+
+    /// Checks the merged settings and fills in the defaults.
+    fn validate(self, mut warnings: Vec<Warning>) -> anyhow::Result<Config> {
+        // Refusals first: a member asked for something it does not do must not
+        // report some other problem and leave that one for the next attempt.
+        warnings.extend(judge_etcd_flags(&self.etcd)?);
+
+        let name = self.name.unwrap_or_else(|| defaults::NAME.to_string());
         if name.is_empty() {
             bail!("--name must not be empty");
         }
-        let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from(format!("{name}.mainstay")));
-        let listen_client_urls =
-            split_list(&pick!(listen_client_urls).unwrap_or_else(|| defaults::CLIENT_URL.into()));
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("{name}.mainstay")));
+        let listen_client_urls = split_list(
+            &self
+                .listen_client_urls
+                .unwrap_or_else(|| defaults::CLIENT_URL.into()),
+        );
         let advertise_client_urls = split_list(
-            &pick!(advertise_client_urls).unwrap_or_else(|| listen_client_urls.join(",")),
+            &self
+                .advertise_client_urls
+                .unwrap_or_else(|| listen_client_urls.join(",")),
         );
-        let listen_peer_urls =
-            split_list(&pick!(listen_peer_urls).unwrap_or_else(|| defaults::PEER_URL.into()));
+        let listen_peer_urls = split_list(
+            &self
+                .listen_peer_urls
+                .unwrap_or_else(|| defaults::PEER_URL.into()),
+        );
         let advertise_peer_urls = split_list(
-            &pick!(initial_advertise_peer_urls).unwrap_or_else(|| listen_peer_urls.join(",")),
+            &self
+                .initial_advertise_peer_urls
+                .unwrap_or_else(|| listen_peer_urls.join(",")),
         );
-        let initial_cluster_text = pick!(initial_cluster).unwrap_or_else(|| {
+        let initial_cluster_text = self.initial_cluster.unwrap_or_else(|| {
             format!(
                 "{name}={}",
                 advertise_peer_urls.first().cloned().unwrap_or_default()
             )
         });
-        let state = match pick!(initial_cluster_state).as_deref().unwrap_or("new") {
+        let state = match self.initial_cluster_state.as_deref().unwrap_or("new") {
             "new" => ClusterState::New,
             "existing" => ClusterState::Existing,
             other => {
@@ -264,11 +707,11 @@ impl ServeArgs {
             }
         };
         let heartbeat_interval_ms = positive(
-            pick!(heartbeat_interval).unwrap_or(defaults::HEARTBEAT_MS),
+            self.heartbeat_interval.unwrap_or(defaults::HEARTBEAT_MS),
             "heartbeat-interval",
         )?;
         let election_timeout_ms = positive(
-            pick!(election_timeout).unwrap_or(defaults::ELECTION_MS),
+            self.election_timeout.unwrap_or(defaults::ELECTION_MS),
             "election-timeout",
         )?;
         if election_timeout_ms < 5 * heartbeat_interval_ms {
@@ -280,32 +723,68 @@ impl ServeArgs {
             bail!("--election-timeout ({election_timeout_ms} ms) must be at most 50000 ms");
         }
         let request_bytes_max = positive(
-            pick!(max_request_bytes).unwrap_or(defaults::REQUEST_BYTES_MAX),
+            self.max_request_bytes
+                .unwrap_or(defaults::REQUEST_BYTES_MAX),
             "max-request-bytes",
         )?;
         if request_bytes_max > 64 << 20 {
             bail!("--max-request-bytes ({request_bytes_max}) must be at most 67108864 (64 MiB)");
         }
         let txn_ops_max = positive(
-            pick!(max_txn_ops).unwrap_or(defaults::TXN_OPS_MAX),
+            self.max_txn_ops.unwrap_or(defaults::TXN_OPS_MAX),
             "max-txn-ops",
         )?;
-        let quota_backend_bytes = match pick!(quota_backend_bytes).unwrap_or(0) {
+        let quota_backend_bytes = match self.quota_backend_bytes.unwrap_or(0) {
             0 => defaults::QUOTA_BYTES,
             quota => quota,
         };
         let snapshot_count = positive(
-            pick!(snapshot_count).unwrap_or(defaults::SNAPSHOT_COUNT),
+            self.snapshot_count.unwrap_or(defaults::SNAPSHOT_COUNT),
             "snapshot-count",
         )?;
-        let snapshot_catchup_entries =
-            pick!(snapshot_catchup_entries).unwrap_or(defaults::SNAPSHOT_CATCHUP_ENTRIES);
-        let watch_progress_notify_interval_ms =
-            pick!(watch_progress_notify_interval).unwrap_or(defaults::WATCH_PROGRESS_MS);
+        let snapshot_catchup_entries = self
+            .snapshot_catchup_entries
+            .unwrap_or(defaults::SNAPSHOT_CATCHUP_ENTRIES);
+        let watch_progress_notify_interval_ms = self
+            .watch_progress_notify_interval
+            .unwrap_or(defaults::WATCH_PROGRESS_MS);
         if watch_progress_notify_interval_ms < 100 {
             bail!(
                 "--watch-progress-notify-interval ({watch_progress_notify_interval_ms} ms) must be at least 100 ms"
             );
+        }
+        let concurrent_streams_max = self
+            .max_concurrent_streams
+            .unwrap_or(defaults::CONCURRENT_STREAMS_MAX);
+        if concurrent_streams_max == 0 {
+            bail!("--max-concurrent-streams must be greater than 0");
+        }
+        let grpc_keepalive_interval = Some(
+            self.grpc_keepalive_interval
+                .unwrap_or(defaults::GRPC_KEEPALIVE_INTERVAL),
+        )
+        .filter(|interval| !interval.is_zero());
+        let grpc_keepalive_timeout = match self.grpc_keepalive_timeout {
+            // etcd's gRPC library takes 0 for its default, 20 s.
+            None | Some(Duration::ZERO) => defaults::GRPC_KEEPALIVE_TIMEOUT,
+            Some(timeout) => timeout,
+        };
+        let log_level = log_level(self.log_level.as_deref(), self.debug.unwrap_or(false))?;
+        let (log_output, log_ignored) = log_output(&split_list(
+            self.log_outputs.as_deref().unwrap_or("default"),
+        ));
+        warnings.extend(log_ignored.into_iter().map(|target| Warning {
+            setting: "--log-outputs".to_string(),
+            message: format!(
+                "--log-outputs: {target:?} is ignored: Mainstay logs to one of stderr or stdout (ship or rotate logs outside the process)"
+            ),
+        }));
+        let initial_corrupt_check = self.experimental_initial_corrupt_check.unwrap_or(false);
+        if initial_corrupt_check {
+            warnings.push(Warning {
+                setting: "--experimental-initial-corrupt-check".to_string(),
+                message: "--experimental-initial-corrupt-check=true is stored, but the check between members does not run yet (every stored record is CRC-checked when the member opens its data)".to_string(),
+            });
         }
 
         let mut initial_cluster = BTreeMap::new();
@@ -313,7 +792,7 @@ impl ServeArgs {
             let Some((member_name, url)) = member.split_once('=') else {
                 bail!("--initial-cluster: {member:?} is not name=peer-url");
             };
-            parse_url(url, "initial-cluster")?;
+            check_advertised_url(url, "initial-cluster")?;
             if initial_cluster
                 .insert(member_name.to_string(), url.to_string())
                 .is_some()
@@ -333,10 +812,10 @@ impl ServeArgs {
             .map(|u| parse_url(u, "listen-peer-urls"))
             .collect::<anyhow::Result<Vec<_>>>()?;
         for url in &advertise_client_urls {
-            parse_url(url, "advertise-client-urls")?;
+            check_advertised_url(url, "advertise-client-urls")?;
         }
         for url in &advertise_peer_urls {
-            parse_url(url, "initial-advertise-peer-urls")?;
+            check_advertised_url(url, "initial-advertise-peer-urls")?;
         }
         if let Some(own) = initial_cluster.get(&name)
             && !advertise_peer_urls.contains(own)
@@ -357,7 +836,8 @@ impl ServeArgs {
             advertise_peer_urls,
             initial_cluster,
             initial_cluster_state: state,
-            initial_cluster_token: pick!(initial_cluster_token)
+            initial_cluster_token: self
+                .initial_cluster_token
                 .unwrap_or_else(|| defaults::CLUSTER_TOKEN.into()),
             heartbeat_interval_ms,
             election_timeout_ms,
@@ -367,12 +847,151 @@ impl ServeArgs {
             snapshot_count,
             snapshot_catchup_entries,
             watch_progress_notify_interval_ms,
+            strict_reconfig_check: self.strict_reconfig_check.unwrap_or(true),
+            concurrent_streams_max,
+            grpc_keepalive_interval,
+            grpc_keepalive_timeout,
+            socket_reuse_port: self.socket_reuse_port.unwrap_or(false),
+            initial_corrupt_check,
+            log_level,
+            log_output,
+            warnings,
         })
     }
 }
 
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("--config-file: read {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("--config-file: parse {}", path.display()))
+/// The settings given by `MAINSTAY_*` and `ETCD_*` variables (etcd's names:
+/// `ETCD_` and the flag in capitals with `_` for `-`); `MAINSTAY_*` wins. An
+/// `ETCD_*` variable that names no flag is reported, as etcd does.
+fn env_layer(
+    env: &BTreeMap<String, String>,
+    warnings: &mut Vec<Warning>,
+) -> anyhow::Result<ServeArgs> {
+    let mut layer = ServeArgs::default();
+    for prefix in ["ETCD", "MAINSTAY"] {
+        for flag in ETCD_FLAGS {
+            let variable = env_name(prefix, flag.name);
+            let Some(value) = env.get(&variable) else {
+                continue;
+            };
+            if flag.name == "version" {
+                warnings.push(Warning {
+                    message: format!(
+                        "{variable} is ignored: it is not a setting (etcd ignores it too)"
+                    ),
+                    setting: variable,
+                });
+                continue;
+            }
+            let origin = Origin::Env(variable);
+            let suffix = origin.suffix();
+            layer
+                .set(flag, Raw::Text(value), origin)
+                .map_err(|error| anyhow!("--{}{suffix}: {error}", flag.name))?;
+        }
+    }
+    for variable in env.keys().filter(|key| key.starts_with("ETCD_")) {
+        if !ETCD_FLAGS
+            .iter()
+            .any(|flag| env_name("ETCD", flag.name) == *variable)
+        {
+            warnings.push(Warning {
+                setting: variable.clone(),
+                message: format!("{variable} is ignored: it names no etcd flag"),
+            });
+        }
+    }
+    Ok(layer)
+}
+
+/// The settings in a config file. An unknown key is refused (a typo would
+/// otherwise go unnoticed; etcd would skip it silently).
+fn file_layer(path: &Path) -> anyhow::Result<ServeArgs> {
+    let (format, entries) = file::read(path)?;
+    let mut layer = ServeArgs::default();
+    for (key, value) in &entries {
+        let Some(flag) = etcd_flags::flag_for_file_key(key) else {
+            bail!(
+                "--config-file: {}: unknown setting {key:?} (docs/compat.md lists etcd's)",
+                path.display()
+            );
+        };
+        let origin = Origin::File(key.clone());
+        let suffix = origin.suffix();
+        layer
+            .set(flag, Raw::File(value, format), origin)
+            .map_err(|error| anyhow!("--{}{suffix}: {error}", flag.name))?;
+    }
+    Ok(layer)
+}
+
+/// Judges every given etcd flag without a typed field: the warnings for the
+/// ignored ones, or the first refusal.
+fn judge_etcd_flags(flags: &EtcdFlags) -> anyhow::Result<Vec<Warning>> {
+    let mut warnings = Vec::new();
+    for (name, given) in &flags.values {
+        let flag = etcd_flags::lookup(name).ok_or_else(|| anyhow!("--{name}: unknown flag"))?;
+        let shown = shown_value(flag, &given.value);
+        let suffix = given.origin.suffix();
+        match judge(flag, &given.value) {
+            None => {}
+            Some(Err(error)) => bail!("--{name}{suffix}: {error}"),
+            Some(Ok(Verdict::Refuse(why))) => bail!("--{name}{shown}{suffix}: {why}"),
+            Some(Ok(Verdict::Ignore(why))) => warnings.push(Warning {
+                setting: format!("--{name}"),
+                message: format!("--{name}{shown}{suffix} is ignored: {why}"),
+            }),
+        }
+    }
+    Ok(warnings)
+}
+
+/// `=value` for messages (` (empty)` for an empty value).
+fn shown_value(flag: &EtcdFlag, value: &str) -> String {
+    match (flag.kind, value.trim()) {
+        (_, "") => " (empty)".to_string(),
+        (Kind::Text, value) => format!("={value:?}"),
+        (_, value) => format!("={value}"),
+    }
+}
+
+/// etcd's `--log-level` (and 3.4's `--debug`) as a tracing level: zap's
+/// dpanic, panic and fatal log errors.
+fn log_level(level: Option<&str>, debug: bool) -> anyhow::Result<tracing::Level> {
+    Ok(match (level, debug) {
+        (None, true) => tracing::Level::DEBUG,
+        (None, false) => tracing::Level::INFO,
+        (Some("debug"), _) => tracing::Level::DEBUG,
+        (Some("info"), _) => tracing::Level::INFO,
+        (Some("warn"), _) => tracing::Level::WARN,
+        (Some("error" | "dpanic" | "panic" | "fatal"), _) => tracing::Level::ERROR,
+        (Some(other), _) => bail!(
+            "--log-level must be one of debug, info, warn, error, dpanic, panic, fatal; not {other:?}"
+        ),
+    })
+}
+
+/// etcd's `--log-outputs` targets: stdout if that is the only one Mainstay can
+/// write to, stderr otherwise; the targets it cannot write to (files, journald
+/// outside `default`) are returned to be warned about.
+fn log_output(targets: &[String]) -> (LogOutput, Vec<String>) {
+    let mut ignored = Vec::new();
+    let mut stdout = false;
+    let mut stderr = false;
+    for target in targets {
+        match target.as_str() {
+            "default" | "stderr" => stderr = true,
+            "stdout" => stdout = true,
+            other => ignored.push(other.to_string()),
+        }
+    }
+    let output = if stdout && !stderr {
+        LogOutput::Stdout
+    } else {
+        if stdout {
+            ignored.push("stdout".to_string());
+        }
+        LogOutput::Stderr
+    };
+    (output, ignored)
 }

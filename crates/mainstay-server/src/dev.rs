@@ -44,7 +44,8 @@ pub async fn run_dev(
     let mut members = tokio::task::JoinSet::new();
     let mut endpoints = Vec::new();
     for position in 0..DEV_PORTS.len() {
-        let config = dev_member_args(&data_root, position).resolve()?;
+        // The dev cluster is fixed: no MAINSTAY_* or ETCD_* variable changes it.
+        let config = dev_member_args(&data_root, position).resolve_with_env(&Default::default())?;
         endpoints.push(config.advertise_client_urls.join(","));
         println!(
             "member {} client {} peer {} data {}",

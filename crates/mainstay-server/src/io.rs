@@ -62,3 +62,15 @@ pub fn tcp_incoming(listener: TcpListener) -> Incoming {
         Some((accepted, listener))
     }))
 }
+
+/// Accepts from a Unix socket listener.
+#[cfg(unix)]
+pub fn unix_incoming(listener: tokio::net::UnixListener) -> Incoming {
+    Box::pin(futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener
+            .accept()
+            .await
+            .map(|(stream, _)| Conn(Box::new(stream)));
+        Some((accepted, listener))
+    }))
+}

@@ -5,10 +5,15 @@ mod authority;
 mod config;
 mod dev;
 mod io;
+mod listen;
 mod run;
 
-pub use config::{ClusterState, Config, ServeArgs, defaults, parse_url};
+pub use config::{
+    ClusterState, Config, EtcdFlags, ListenAddress, LogOutput, ServeArgs, Warning, defaults,
+    parse_url,
+};
 pub use dev::{DEV_PORTS, dev_member_args, run_dev};
 pub use io::{Conn, Incoming, Io, tcp_incoming};
+pub use listen::{client_grpc_server, listen};
 pub use mainstay_raft::Replica;
 pub use run::{Env, Listeners, SafetyBreaks, bind, run, run_with_listeners};

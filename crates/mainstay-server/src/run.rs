@@ -25,8 +25,8 @@ use mainstay_storage::{Disk, Identity, OsDisk};
 use futures::TryStreamExt;
 
 use crate::authority::AuthorityFix;
-use crate::io::{Conn, Incoming, tcp_incoming};
-use tokio::net::TcpListener;
+use crate::io::{Conn, Incoming};
+use crate::listen::{client_grpc_server, listen};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -103,17 +103,17 @@ impl Env {
 pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
     let mut client = Vec::new();
     for address in &config.listen_client {
-        let listener = TcpListener::bind(address)
+        let listener = listen(address, config.socket_reuse_port)
             .await
             .with_context(|| format!("listen for clients on {address}"))?;
-        client.push(tcp_incoming(listener));
+        client.push(listener);
     }
     let mut peer = Vec::new();
     for address in &config.listen_peer {
-        let listener = TcpListener::bind(address)
+        let listener = listen(address, config.socket_reuse_port)
             .await
             .with_context(|| format!("listen for peers on {address}"))?;
-        peer.push(tcp_incoming(listener));
+        peer.push(listener);
     }
     Ok(Listeners { client, peer })
 }
@@ -269,6 +269,7 @@ async fn serve_member(
         dial: env.dial.clone(),
         disk: env.disk.clone(),
         unsafe_answer_before_local_apply: env.safety_breaks.answer_before_local_apply,
+        strict_reconfig_check: config.strict_reconfig_check,
     })
     .await
     .map_err(|e| anyhow::anyhow!(e))
@@ -394,9 +395,9 @@ async fn serve_member(
         let election = ElectionServer::new(ElectionService::new(api.clone()))
             .max_decoding_message_size(grpc_bytes_max);
         let signal = stopped(stop_rx.clone());
+        let mut server = client_grpc_server(&config).layer(size_limit);
         client_servers.push(async move {
-            tonic::transport::Server::builder()
-                .layer(size_limit)
+            server
                 .add_service(kv)
                 .add_service(lease)
                 .add_service(watch)

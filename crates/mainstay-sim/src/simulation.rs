@@ -128,6 +128,7 @@ fn member_config(name: &str, names: &[String], snapshot_count: u64) -> Config {
         snapshot_count,
         snapshot_catchup_entries: snapshot_count / 4,
         watch_progress_notify_interval_ms: 1000,
+        ..Config::default()
     }
 }
 

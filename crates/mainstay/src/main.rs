@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mainstay_server::ServeArgs;
+use mainstay_server::{LogOutput, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
 /// A Raft-replicated key-value store speaking the etcd v3 API.
 #[derive(Parser)]
-#[command(name = "mainstay", version)]
+#[command(name = "mainstay", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +19,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one member (flags use etcd's names).
+    #[command(
+        after_help = "Every etcd 3.4 and 3.5 server flag is accepted: the ones Mainstay does not \
+                      act on are named in a warning at start, the ones asking for what it does \
+                      not do (TLS, v2, --wal-dir, discovery, ...) stop it; docs/compat.md lists \
+                      them all. Each flag can also be set by MAINSTAY_<FLAG>, by etcd's \
+                      ETCD_<FLAG> (below MAINSTAY_*) and by --config-file (below both)."
+    )]
     Serve(Box<ServeArgs>),
     /// Run three members on loopback (client ports 2379, 22379, 32379).
     Dev {
@@ -56,18 +63,28 @@ async fn shutdown_signal() {
     }
 }
 
+/// Installs the log: `MAINSTAY_LOG` (a tracing filter) if set, else `filter`
+/// (from `--log-level`), written to `output` (`--log-outputs`).
+fn init_logging(filter: &str, output: LogOutput) {
+    let filter = EnvFilter::try_from_env("MAINSTAY_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
+    // Colour codes only for a person at a terminal, not in files or pipes.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match output {
+        LogOutput::Stderr => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        LogOutput::Stdout => builder
+            .with_writer(std::io::stdout)
+            .with_ansi(std::io::stdout().is_terminal())
+            .init(),
+    }
+}
+
 /// Errors end the process with their one-line message (the causes joined with
 /// `: `), never a backtrace: returning an error from `main` would print its
 /// Debug form, a stack of frames when `RUST_BACKTRACE` is set.
 fn main() -> ExitCode {
-    let filter = EnvFilter::try_from_env("MAINSTAY_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
-    // Colour codes only for a person at a terminal, not in files or pipes.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
     let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -86,7 +103,12 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
+            // The settings come first: the log's level and destination are among them.
             let config = args.resolve()?;
+            init_logging(&config.log_filter(), config.log_output);
+            for warning in &config.warnings {
+                tracing::warn!(setting = %warning.setting, "{warning}");
+            }
             if cfg!(feature = "chaos-self-test") {
                 tracing::warn!("CHAOS SELF-TEST BUILD: answers writes before applying them");
                 let listeners = mainstay_server::bind(&config).await?;
@@ -103,6 +125,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             mainstay_server::run(config, shutdown_signal()).await
         }
-        Command::Dev { data_dir } => mainstay_server::run_dev(data_dir, shutdown_signal()).await,
+        Command::Dev { data_dir } => {
+            init_logging("info,openraft=warn", LogOutput::Stderr);
+            mainstay_server::run_dev(data_dir, shutdown_signal()).await
+        }
     }
 }

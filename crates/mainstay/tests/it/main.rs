@@ -4,16 +4,39 @@
 
 use std::process::Command;
 
-fn serve(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+mod etcd_config;
+mod unix_sockets;
+
+/// Member processes, killed when the test ends, however it ends.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `mainstay serve` in an environment without `MAINSTAY_*` and `ETCD_*`
+/// variables other than `env`.
+fn serve_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mainstay"));
     command.arg("serve").args(args);
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MAINSTAY_")) {
+    for (key, _) in
+        std::env::vars().filter(|(k, _)| k.starts_with("MAINSTAY_") || k.starts_with("ETCD_"))
+    {
         command.env_remove(key);
     }
     for (key, value) in env {
         command.env(key, value);
     }
-    let output = command.output().expect("run mainstay");
+    command
+}
+
+fn serve(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let output = serve_command(args, env).output().expect("run mainstay");
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stderr).into_owned(),

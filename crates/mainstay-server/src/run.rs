@@ -440,6 +440,10 @@ async fn serve_member(
         },
     };
     lease_expiry.abort();
+    // Awaited, not only aborted: an aborted task drops its future (and its hold
+    // on the member's stores) later, on a worker; a restart in the same process
+    // must find the data directory free once `run` has returned.
+    let _ = lease_expiry.await;
     let _ = stop_tx.send(true);
     replica.shutdown().await;
     if outcome.is_err() {
@@ -452,5 +456,30 @@ async fn serve_member(
         while servers.join_next().await.is_some() {}
     })
     .await;
+    // Whatever did not drain is aborted and waited for, for the same reason.
+    servers.shutdown().await;
+    drop(api);
+    drop(replica);
+    // Tasks of openraft's (replication, the state machine worker) may still hold
+    // the stores for a moment after shutdown; after a graceful stop `run`
+    // returns once the data directory is free, so a restart in the same process
+    // can open it. (After a fatal stop or a removal, connections aborted above
+    // may hold the API a while longer; nothing restarts in place then.)
+    let free_by = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while outcome.is_ok() {
+        match env.disk.lock_dir(&config.data_dir) {
+            Ok(lock) => {
+                drop(lock);
+                break;
+            }
+            Err(_) if tokio::time::Instant::now() < free_by => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the data directory is still held after stopping");
+                break;
+            }
+        }
+    }
     outcome
 }

@@ -30,8 +30,8 @@ use mainstay_proto::v3electionpb::{
     CampaignRequest, LeaderKey, LeaderRequest, ProclaimRequest, ResignRequest,
 };
 
-use crate::lease_workload::{LEASE_TTL_MAX_SECONDS, keep_alive};
-use crate::lock_workload::{live_at, older, renew_forever};
+use crate::lease_workload::LEASE_TTL_MAX_SECONDS;
+use crate::lock_workload::{between_rounds, live_at, older, renew_forever, revoke_somewhere};
 use crate::rng::Rng;
 use crate::watch_workload::Committed;
 use crate::workload::{REQUEST_TIMEOUT, now_micros};
@@ -192,22 +192,13 @@ pub async fn election_client(
         };
         let Some(leader) = leader else {
             if rng.chance(50) {
-                let target = pick(&mut rng);
-                let revoke = lessors[target].lease_revoke(LeaseRevokeRequest { id: lease });
-                let _ = tokio::time::timeout(REQUEST_TIMEOUT, revoke).await;
+                revoke_somewhere(&mut rng, &mut lessors, lease).await;
             }
             continue;
         };
         // Lead for a few rounds: proclaim, and ask who leads.
         for round in 0..rng.between(1, 4) {
-            tokio::time::sleep(Duration::from_millis(
-                rng.between(50, period.as_millis() as u64 + 100),
-            ))
-            .await;
-            if keep {
-                let target = pick(&mut rng);
-                let _ = keep_alive(&mut lessors[target], lease).await;
-            }
+            between_rounds(&mut rng, &mut lessors, lease, period, keep).await;
             let value = format!("{id}/{counter}/{round}").into_bytes();
             let request = ProclaimRequest {
                 leader: Some(leader.clone()),

@@ -114,6 +114,36 @@ pub(crate) async fn renew_forever(
     }
 }
 
+/// Revokes `lease` through a random member (the outcome does not matter).
+pub(crate) async fn revoke_somewhere(
+    rng: &mut Rng,
+    lessors: &mut [LeaseClient<tonic::transport::Channel>],
+    lease: i64,
+) {
+    let target = rng.below(lessors.len() as u64) as usize;
+    let revoke = lessors[target].lease_revoke(LeaseRevokeRequest { id: lease });
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, revoke).await;
+}
+
+/// Between two rounds of holding a lock or leading: a pause, then a keep-alive
+/// through a random member if the lease is being kept.
+pub(crate) async fn between_rounds(
+    rng: &mut Rng,
+    lessors: &mut [LeaseClient<tonic::transport::Channel>],
+    lease: i64,
+    period: Duration,
+    keep: bool,
+) {
+    tokio::time::sleep(Duration::from_millis(
+        rng.between(50, period.as_millis() as u64 + 100),
+    ))
+    .await;
+    if keep {
+        let target = rng.below(lessors.len() as u64) as usize;
+        let _ = keep_alive(&mut lessors[target], lease).await;
+    }
+}
+
 /// The fencing txn: write `value` to the fence key only while `own_key` exists.
 fn fenced_write(own_key: &[u8], value: &[u8]) -> TxnRequest {
     TxnRequest {
@@ -208,22 +238,13 @@ pub async fn lock_client(
         let Some(held) = held else {
             // Gave up or failed: revoke the lease, or let it expire.
             if rng.chance(50) {
-                let target = pick(&mut rng);
-                let revoke = lessors[target].lease_revoke(LeaseRevokeRequest { id: lease });
-                let _ = tokio::time::timeout(REQUEST_TIMEOUT, revoke).await;
+                revoke_somewhere(&mut rng, &mut lessors, lease).await;
             }
             continue;
         };
         // Hold it for a few rounds, writing the fence key each time.
         for round in 0..rng.between(1, 4) {
-            tokio::time::sleep(Duration::from_millis(
-                rng.between(50, period.as_millis() as u64 + 100),
-            ))
-            .await;
-            if keep {
-                let target = pick(&mut rng);
-                let _ = keep_alive(&mut lessors[target], lease).await;
-            }
+            between_rounds(&mut rng, &mut lessors, lease, period, keep).await;
             let value = format!("{id}/{counter}/{round}").into_bytes();
             let target = pick(&mut rng);
             let invoked = now_micros();

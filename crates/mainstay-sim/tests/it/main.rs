@@ -36,37 +36,41 @@ fn regression_seeds_pass() {
     }
 }
 
+/// Whether a deliberate bug is caught within 10 seeds of 8 s: some seed gives
+/// a violation that `found` recognises.
+fn caught_within_ten_seeds(breaks: SafetyBreaks, found: impl Fn(&str) -> bool) -> bool {
+    let options = SimOptions {
+        workload_seconds: 8,
+        safety_breaks: breaks,
+        ..SimOptions::default()
+    };
+    (1..=10).any(|seed| run(seed, &options).violations.iter().any(|v| found(v)))
+}
+
 #[test]
 fn self_test_reads_without_a_barrier_are_caught() {
     // Goal: the checks can fail. Serving "linearizable" reads from local state
     // (no read barrier) must produce a violation within a few seeds.
-    let options = SimOptions {
-        workload_seconds: 8,
-        safety_breaks: SafetyBreaks {
-            skip_read_barrier: true,
-            ..SafetyBreaks::default()
-        },
-        ..SimOptions::default()
+    let breaks = SafetyBreaks {
+        skip_read_barrier: true,
+        ..SafetyBreaks::default()
     };
-    let caught = (1..=10).find(|&seed| !run(seed, &options).ok());
-    assert!(caught.is_some(), "stale reads went unnoticed for 10 seeds");
+    assert!(
+        caught_within_ten_seeds(breaks, |_| true),
+        "stale reads went unnoticed for 10 seeds"
+    );
 }
 
 #[test]
 fn self_test_early_lease_expiry_is_caught() {
     // Goal: the lease checks can fail. A leader that revokes leases one second
     // before their deadline must be seen by a read or keep-alive in a few seeds.
-    let options = SimOptions {
-        workload_seconds: 8,
-        safety_breaks: SafetyBreaks {
-            expire_leases_early: true,
-            ..SafetyBreaks::default()
-        },
-        ..SimOptions::default()
+    let breaks = SafetyBreaks {
+        expire_leases_early: true,
+        ..SafetyBreaks::default()
     };
-    let caught = (1..=10).find(|&seed| !run(seed, &options).ok());
     assert!(
-        caught.is_some(),
+        caught_within_ten_seeds(breaks, |_| true),
         "early lease expiry went unnoticed for 10 seeds"
     );
 }
@@ -76,22 +80,12 @@ fn self_test_watch_resumed_one_revision_late_is_caught() {
     // Goal: the watch checks can fail. A member that starts a watch with a start
     // revision one revision late (an off-by-one on resume) loses the event at
     // the start revision; the committed history must show the gap.
-    let options = SimOptions {
-        workload_seconds: 8,
-        safety_breaks: SafetyBreaks {
-            watch_start_off_by_one: true,
-            ..SafetyBreaks::default()
-        },
-        ..SimOptions::default()
+    let breaks = SafetyBreaks {
+        watch_start_off_by_one: true,
+        ..SafetyBreaks::default()
     };
-    let caught = (1..=10).find(|&seed| {
-        run(seed, &options)
-            .violations
-            .iter()
-            .any(|v| v.contains("W4"))
-    });
     assert!(
-        caught.is_some(),
+        caught_within_ten_seeds(breaks, |v| v.contains("W4")),
         "watches resumed one revision late went unnoticed for 10 seeds"
     );
 }
@@ -101,22 +95,12 @@ fn self_test_answers_before_local_apply_are_caught() {
     // Goal: the session checks can fail. A member that answers a forwarded write
     // once the leader applied it, before applying it itself, lets the next
     // serializable read on the same connection miss the write.
-    let options = SimOptions {
-        workload_seconds: 8,
-        safety_breaks: SafetyBreaks {
-            answer_before_local_apply: true,
-            ..SafetyBreaks::default()
-        },
-        ..SimOptions::default()
+    let breaks = SafetyBreaks {
+        answer_before_local_apply: true,
+        ..SafetyBreaks::default()
     };
-    let caught = (1..=10).find(|&seed| {
-        run(seed, &options)
-            .violations
-            .iter()
-            .any(|v| v.starts_with("session:"))
-    });
     assert!(
-        caught.is_some(),
+        caught_within_ten_seeds(breaks, |v| v.starts_with("session:")),
         "answers before the local apply went unnoticed for 10 seeds"
     );
 }
@@ -126,22 +110,13 @@ fn self_test_lock_granted_without_waiting_is_caught() {
     // Goal: the lock checks can fail. A member that answers Lock as soon as
     // the caller's key is queued, while an older key still holds the lock,
     // gives two holders at once; the committed history must show it.
-    let options = SimOptions {
-        workload_seconds: 8,
-        safety_breaks: SafetyBreaks {
-            lock_skip_wait: true,
-            ..SafetyBreaks::default()
-        },
-        ..SimOptions::default()
+    let breaks = SafetyBreaks {
+        lock_skip_wait: true,
+        ..SafetyBreaks::default()
     };
-    let caught = (1..=10).find(|&seed| {
-        run(seed, &options)
-            .violations
-            .iter()
-            .any(|v| v.starts_with("lock:") && v.contains("two holders"))
-    });
     assert!(
-        caught.is_some(),
+        caught_within_ten_seeds(breaks, |v| v.starts_with("lock:")
+            && v.contains("two holders")),
         "locks granted without waiting went unnoticed for 10 seeds"
     );
 }

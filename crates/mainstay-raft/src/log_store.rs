@@ -1,17 +1,27 @@
 //! openraft's `RaftLogStorage` over our `mainstay_storage::LogStore`.
 //!
-//! Every call fsyncs before returning (the store's promise), so the append
-//! callback fires right after the write: "on disk" is already true.
+//! Every call stages its change in memory (so appended entries are readable,
+//! and replicated to followers, at once) and queues the bytes to one writer
+//! writer. The writer takes every job queued so far, writes them in order and
+//! fsyncs once (group commit); then it fires the append callbacks ("on disk")
+//! and answers votes. Truncations and purges need no fsync of their own (see
+//! `LogStore`): they ride on the next one. The committed id is fsynced (grouped
+//! with whatever else is queued) and published as `durable_committed`: the
+//! state machine applies an entry only once its index is durably committed on
+//! this member, so what a member ever showed is re-applied after a crash and
+//! its applied state never goes back. openraft calls the storage one call at a
+//! time (`&mut self`), so jobs are queued in the order they were staged.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
 
-use mainstay_storage::LogStore;
+use mainstay_storage::{LogJob, LogStore, LogWriter};
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec::{
     entry_from_stored, entry_to_stored, log_id_from_record, log_id_to_record, vote_from_record,
@@ -19,18 +29,73 @@ use crate::codec::{
 };
 use crate::type_config::TypeConfig;
 
+/// Jobs queued to the writer before openraft waits: enough for every entry
+/// openraft keeps in flight, small enough to bound memory.
+const JOBS_QUEUED_MAX: usize = 1024;
+/// Jobs written together at most (one write, one fsync).
+const JOBS_PER_WRITE_MAX: usize = 1024;
+
+/// Who is told when a job is on disk.
+enum Waiter {
+    Append(IOFlushed<TypeConfig>),
+    Vote(oneshot::Sender<Result<(), io::Error>>),
+    Nobody,
+}
+
+struct Queued {
+    job: LogJob,
+    /// The committed index this job records, if it is a committed id.
+    committed: Option<u64>,
+    /// Whether the job needs an fsync before its waiter is told.
+    sync: bool,
+    waiter: Waiter,
+}
+
 /// Shared handle to the log store; clones are readers.
 #[derive(Clone)]
 pub struct RaftLog {
     store: Arc<Mutex<LogStore>>,
+    jobs: mpsc::Sender<Queued>,
+    durable_committed: watch::Receiver<u64>,
 }
 
 impl RaftLog {
-    /// Wraps an opened log store.
-    pub fn new(store: LogStore) -> Self {
+    /// Wraps an opened log store and starts its writer task. `skip_fsync` is a
+    /// deliberate bug for the simulator's self-test: entries are reported on
+    /// disk without an fsync.
+    pub fn new(store: LogStore, skip_fsync: bool) -> Self {
+        let (jobs, queue) = mpsc::channel(JOBS_QUEUED_MAX);
+        let committed = store.committed().map_or(0, |id| id.index);
+        let (durable, durable_committed) = watch::channel(committed);
+        start_writer(store.writer(), queue, durable, skip_fsync);
         RaftLog {
             store: Arc::new(Mutex::new(store)),
+            jobs,
+            durable_committed,
         }
+    }
+
+    /// The highest committed index durable in this member's log.
+    pub fn durable_committed(&self) -> watch::Receiver<u64> {
+        self.durable_committed.clone()
+    }
+
+    async fn queue(
+        &self,
+        job: LogJob,
+        sync: bool,
+        committed: Option<u64>,
+        waiter: Waiter,
+    ) -> Result<(), io::Error> {
+        self.jobs
+            .send(Queued {
+                job,
+                committed,
+                sync,
+                waiter,
+            })
+            .await
+            .map_err(|_| io::Error::other("raft log writer stopped"))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogStore> {
@@ -48,6 +113,96 @@ impl RaftLog {
 
 fn to_io(error: mainstay_storage::StorageError) -> io::Error {
     io::Error::other(error.to_string())
+}
+
+/// Starts the writer: its own thread on a multi-threaded runtime (fsyncs never
+/// hold up a runtime worker), a task on the simulator's single thread (so a
+/// seed replays exactly).
+fn start_writer(
+    writer: Arc<Mutex<LogWriter>>,
+    mut queue: mpsc::Receiver<Queued>,
+    durable: watch::Sender<u64>,
+    skip_fsync: bool,
+) {
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
+        let spawned = std::thread::Builder::new()
+            .name("raft-log-writer".to_string())
+            .spawn(move || {
+                let mut batch = Vec::new();
+                while let Some(first) = queue.blocking_recv() {
+                    batch.push(first);
+                    while batch.len() < JOBS_PER_WRITE_MAX {
+                        match queue.try_recv() {
+                            Ok(queued) => batch.push(queued),
+                            Err(_) => break,
+                        }
+                    }
+                    write_batch(&writer, &mut batch, &durable, skip_fsync);
+                }
+            });
+        if let Err(error) = spawned {
+            // Without a writer every append fails: the member stops.
+            tracing::error!(%error, "cannot start the raft log writer thread");
+        }
+    } else {
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while queue.recv_many(&mut batch, JOBS_PER_WRITE_MAX).await > 0 {
+                write_batch(&writer, &mut batch, &durable, skip_fsync);
+            }
+        });
+    }
+}
+
+/// Group commit of queued jobs, in queue order: one write, one fsync, then
+/// every waiter is told. After a failure every waiter gets the error (the
+/// store is poisoned) and the member stops.
+fn write_batch(
+    writer: &Mutex<LogWriter>,
+    batch: &mut Vec<Queued>,
+    durable: &watch::Sender<u64>,
+    skip_fsync: bool,
+) {
+    let needs_sync = batch.iter().any(|queued| queued.sync);
+    let sync = needs_sync && !skip_fsync;
+    let committed = batch.iter().filter_map(|queued| queued.committed).max();
+    let mut jobs = Vec::with_capacity(batch.len());
+    let mut waiters = Vec::with_capacity(batch.len());
+    for queued in batch.drain(..) {
+        jobs.push(queued.job);
+        waiters.push(queued.waiter);
+    }
+    let result = writer
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .write(&jobs, sync);
+    match &result {
+        Ok(()) => {
+            if let Some(committed) = committed.filter(|_| needs_sync) {
+                durable.send_if_modified(|durable| {
+                    let advanced = committed > *durable;
+                    *durable = (*durable).max(committed);
+                    advanced
+                });
+            }
+        }
+        Err(error) => tracing::error!(%error, "raft log write failed; stopping the member"),
+    }
+    for waiter in waiters {
+        let outcome = match &result {
+            Ok(()) => Ok(()),
+            Err(error) => Err(io::Error::other(error.to_string())),
+        };
+        match waiter {
+            Waiter::Append(callback) => callback.io_completed(outcome),
+            Waiter::Vote(answer) => {
+                // The caller may be gone (openraft stopping): nothing to tell.
+                let _ = answer.send(outcome);
+            }
+            Waiter::Nobody => {}
+        }
+    }
 }
 
 impl RaftLogReader<TypeConfig> for RaftLog {
@@ -93,16 +248,29 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
-        self.lock().save_vote(vote_to_record(vote)).map_err(to_io)
+        let job = self
+            .lock()
+            .stage_vote(vote_to_record(vote))
+            .map_err(to_io)?;
+        let (answer, written) = oneshot::channel();
+        self.queue(job, true, None, Waiter::Vote(answer)).await?;
+        written
+            .await
+            .map_err(|_| io::Error::other("raft log writer stopped"))?
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
-        self.lock()
-            .save_committed(committed.as_ref().map(log_id_to_record))
-            .map_err(to_io)
+        let job = self
+            .lock()
+            .stage_committed(committed.as_ref().map(log_id_to_record))
+            .map_err(to_io)?;
+        match (job, committed) {
+            (Some(job), Some(id)) => self.queue(job, true, Some(id.index), Waiter::Nobody).await,
+            _ => Ok(()),
+        }
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
@@ -122,12 +290,9 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
             .into_iter()
             .map(|entry| entry_to_stored(&entry))
             .collect();
-        let result = self.lock().append(stored).map_err(to_io);
-        match result {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
+        let staged = self.lock().stage_append(stored).map_err(to_io);
+        match staged {
+            Ok(job) => self.queue(job, true, None, Waiter::Append(callback)).await,
             Err(error) => {
                 tracing::error!(%error, "raft log append failed; stopping the member");
                 callback.io_completed(Err(io::Error::other(error.to_string())));
@@ -141,12 +306,15 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         last_log_id: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
-        self.lock().truncate_from(from).map_err(to_io)
+        let job = self.lock().stage_truncate(from).map_err(to_io)?;
+        self.queue(job, false, None, Waiter::Nobody).await
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
-        self.lock()
-            .purge_upto(log_id_to_record(&log_id))
-            .map_err(to_io)
+        let job = self
+            .lock()
+            .stage_purge(log_id_to_record(&log_id))
+            .map_err(to_io)?;
+        self.queue(job, false, None, Waiter::Nobody).await
     }
 }

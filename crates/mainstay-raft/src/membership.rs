@@ -479,13 +479,20 @@ impl Replica {
     /// whose membership is newer than the last one listing us, and does not list
     /// us, means removed.
     pub async fn removed(&self) {
+        // Woken by membership changes only (server metrics), not by every
+        // entry; the full metrics only while a removal waits to be applied.
+        let mut server = self.inner.raft.server_metrics();
         let mut metrics = self.inner.raft.metrics();
         let me = self.member_id();
         let mut seen_at: Option<u64> = None;
         'watching: loop {
             let (present, index, applied, peers) = {
-                let current = metrics.borrow_watched();
-                let applied = current.last_applied.as_ref().map_or(0, |l| l.index);
+                let applied = metrics
+                    .borrow_watched()
+                    .last_applied
+                    .as_ref()
+                    .map_or(0, |l| l.index);
+                let current = server.borrow_watched();
                 let membership = current.membership_config.membership();
                 let peers: Vec<MemberNode> = membership
                     .nodes()
@@ -494,7 +501,11 @@ impl Replica {
                     .collect();
                 (
                     membership.nodes().any(|(id, _)| *id == me),
-                    membership_index(&current),
+                    current
+                        .membership_config
+                        .log_id()
+                        .as_ref()
+                        .map_or(0, |l| l.index),
                     applied,
                     peers,
                 )
@@ -535,8 +546,15 @@ impl Replica {
                     }
                 }
             }
-            let changed =
-                tokio::time::timeout(std::time::Duration::from_secs(2), metrics.changed()).await;
+            let awaiting_apply = !present && seen_at.is_some();
+            let changed = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                if awaiting_apply {
+                    metrics.changed().await
+                } else {
+                    server.changed().await
+                }
+            })
+            .await;
             if let Ok(Err(_)) = changed {
                 return std::future::pending().await;
             }

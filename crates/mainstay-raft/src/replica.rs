@@ -49,6 +49,8 @@ pub struct ReplicaConfig {
     /// SIMULATOR SELF-TEST ONLY: answer a forwarded write as soon as the leader
     /// applied it, before this member has (the bug the session checks catch).
     pub unsafe_answer_before_local_apply: bool,
+    /// SIMULATOR SELF-TEST ONLY: report log entries on disk without an fsync.
+    pub unsafe_skip_log_fsync: bool,
     /// etcd's `--strict-reconfig-check`: refuse member changes that would leave
     /// too few started voters for a quorum.
     pub strict_reconfig_check: bool,
@@ -260,8 +262,8 @@ impl Replica {
         }
         let (state_store, key_space, meta) = StateStore::open(&config.disk, &config.data_dir)
             .map_err(|e| format!("open state store: {e}"))?;
-        let state = StateMachine::new(state_store, key_space, meta);
-        let log = RaftLog::new(log_store);
+        let log = RaftLog::new(log_store, config.unsafe_skip_log_fsync);
+        let state = StateMachine::new(state_store, key_space, meta, log.durable_committed());
         let raft_config = Config {
             cluster_name: "mainstay".to_string(),
             heartbeat_interval: config.heartbeat_ms,
@@ -286,6 +288,12 @@ impl Replica {
             // what the follower really has; the quorum-accepted index never moves
             // back, and the simulator's checks judge any acknowledged write lost.
             allow_log_reversion: Some(true),
+            // A restarted leader stands for election like everyone else (as in
+            // etcd and standard Raft). The committed id is saved without an fsync
+            // of its own and the state machine is fsynced in batches, so a leader
+            // restored at once could serve a state older than what it answered
+            // before the crash (the simulator found this, seed 94).
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()
@@ -484,14 +492,15 @@ impl Replica {
     /// Resolves when the Raft core stopped (shutdown or a fatal storage error),
     /// with the fatal error's text if there was one.
     pub async fn stopped(&self) -> Option<String> {
-        let mut metrics = self.inner.raft.metrics();
-        loop {
-            if let Err(fatal) = &metrics.borrow_watched().running_state {
-                return Some(fatal.to_string());
-            }
-            if metrics.changed().await.is_err() {
-                return None;
-            }
+        // Server metrics change only with the vote, role, leader or membership
+        // (the full metrics change with every entry): waiting on them does not
+        // wake this task per write. They close when the core stops; its last
+        // full metrics say why.
+        let mut server = self.inner.raft.server_metrics();
+        while server.changed().await.is_ok() {}
+        match &self.inner.raft.metrics().borrow_watched().running_state {
+            Err(fatal) => Some(fatal.to_string()),
+            Ok(()) => None,
         }
     }
 

@@ -3,6 +3,16 @@
 //! Apply order per batch (R3): every entry is applied to the in-memory keyspace,
 //! the batch's changes + applied log id + membership are committed in one redb
 //! transaction, and only then are client responses and watch events released.
+//!
+//! An entry is applied only once this member's log holds its committed id
+//! durably (`RaftLog::durable_committed`): whatever a member showed, a restart
+//! re-applies, so its applied state never goes back across a crash.
+//!
+//! That commit is durable (fsynced) only every `DURABLE_EVERY` or
+//! `DURABLE_ENTRIES_MAX` entries, as etcd's backend commits: the Raft log holds
+//! every applied entry durably, and a restart re-applies the entries after the
+//! last durable commit up to the saved committed id. Before a snapshot the state
+//! is made durable, because the log behind a snapshot may be purged.
 
 use std::io;
 use std::sync::{Arc, Mutex, RwLock};
@@ -55,14 +65,58 @@ pub struct AppliedEvents {
     pub events: Arc<Vec<Event>>,
 }
 
+/// The longest a commit stays without an fsync (etcd's backend batch interval).
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// The most entries applied without an fsync of the state (etcd's batch limit).
+const DURABLE_ENTRIES_MAX: u64 = 10_000;
+
 struct Durable {
     store: StateStore,
     meta: StateMeta,
     snapshot: Option<(SnapshotMetaOf<TypeConfig>, Vec<u8>)>,
+    /// When the state was last fsynced, and entries applied since.
+    last_durable: tokio::time::Instant,
+    entries_since_durable: u64,
+}
+
+impl Durable {
+    /// Whether this commit must be fsynced (see the module docs).
+    fn due(&self, entries: u64) -> bool {
+        self.entries_since_durable + entries >= DURABLE_ENTRIES_MAX
+            || self.last_durable.elapsed() >= DURABLE_EVERY
+    }
+
+    fn commit(
+        &mut self,
+        changes: &[mainstay_mvcc::Change],
+        meta: StateMeta,
+        durable: bool,
+        entries: u64,
+    ) -> Result<(), io::Error> {
+        if let Err(error) = self.store.commit(changes, &meta, durable) {
+            tracing::error!(%error, "state commit failed; stopping the member");
+            return Err(to_io(error));
+        }
+        self.meta = meta;
+        if durable {
+            self.last_durable = tokio::time::Instant::now();
+            self.entries_since_durable = 0;
+        } else {
+            self.entries_since_durable += entries;
+        }
+        Ok(())
+    }
+
+    /// Fsyncs the state as it is (before a snapshot lets the log behind it go).
+    fn make_durable(&mut self) -> Result<(), io::Error> {
+        let meta = self.meta.clone();
+        self.commit(&[], meta, true, 0)
+    }
 }
 
 struct Shared {
     key_space: RwLock<KeySpace>,
+    durable_committed: tokio::sync::watch::Receiver<u64>,
     durable: Mutex<Durable>,
     events: broadcast::Sender<AppliedEvents>,
     leases: LeaseClock,
@@ -83,8 +137,14 @@ fn to_io(error: mainstay_storage::StorageError) -> io::Error {
 const EVENTS_BUFFERED_MAX: usize = 4096;
 
 impl StateMachine {
-    /// Wraps an opened state store and the keyspace it loaded.
-    pub fn new(store: StateStore, key_space: KeySpace, meta: StateMeta) -> Self {
+    /// Wraps an opened state store and the keyspace it loaded; entries are
+    /// applied once `durable_committed` (the log's) covers them.
+    pub fn new(
+        store: StateStore,
+        key_space: KeySpace,
+        meta: StateMeta,
+        durable_committed: tokio::sync::watch::Receiver<u64>,
+    ) -> Self {
         let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
         let leases = LeaseClock::default();
         leases.reconcile(&key_space);
@@ -92,10 +152,13 @@ impl StateMachine {
             shared: Arc::new(Shared {
                 leases,
                 key_space: RwLock::new(key_space),
+                durable_committed,
                 durable: Mutex::new(Durable {
                     store,
                     meta,
                     snapshot: None,
+                    last_durable: tokio::time::Instant::now(),
+                    entries_since_durable: 0,
                 }),
                 events,
             }),
@@ -149,7 +212,11 @@ impl StateMachine {
     }
 
     fn build(&self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
-        let data = self.durable().store.snapshot().map_err(to_io)?;
+        let data = {
+            let mut durable = self.durable();
+            durable.make_durable()?;
+            durable.store.snapshot().map_err(to_io)?
+        };
         let bytes = data.encode().map_err(to_io)?;
         let meta = SnapshotMetaOf::<TypeConfig> {
             last_log_id: data.meta.applied.as_ref().map(log_id_from_record),
@@ -196,13 +263,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         while let Some(item) = entries.try_next().await? {
             batch.push(item);
         }
-        if batch.is_empty() {
+        let Some(last) = batch.last().map(|(entry, _)| entry.log_id.index) else {
             return Ok(());
-        }
+        };
+        let mut durable_committed = self.shared.durable_committed.clone();
+        durable_committed
+            .wait_for(|committed| *committed >= last)
+            .await
+            .map_err(|_| io::Error::other("raft log writer stopped"))?;
         let mut meta = self.durable().meta.clone();
         let mut changes = Vec::new();
         let mut published = Vec::new();
         let mut touches = Vec::new();
+        let entries = batch.len() as u64;
         let mut replies = Vec::with_capacity(batch.len());
         {
             let mut key_space = self
@@ -246,11 +319,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         {
             let mut durable = self.durable();
-            if let Err(error) = durable.store.commit(&changes, &meta) {
-                tracing::error!(%error, "state commit failed; stopping the member");
-                return Err(to_io(error));
-            }
-            durable.meta = meta;
+            let due = durable.due(entries);
+            durable.commit(&changes, meta, due, entries)?;
         }
         // Countdowns restart when the grant or renew is durable and applied.
         self.shared.leases.touch(&touches);

@@ -81,6 +81,8 @@ pub struct SafetyBreaks {
     /// Answer Lock and Campaign as soon as the caller's key is queued, without
     /// waiting for the keys created before it to go.
     pub lock_skip_wait: bool,
+    /// Report Raft log entries on disk without fsyncing them.
+    pub skip_log_fsync: bool,
 }
 
 impl Env {
@@ -269,6 +271,7 @@ async fn serve_member(
         dial: env.dial.clone(),
         disk: env.disk.clone(),
         unsafe_answer_before_local_apply: env.safety_breaks.answer_before_local_apply,
+        unsafe_skip_log_fsync: env.safety_breaks.skip_log_fsync,
         strict_reconfig_check: config.strict_reconfig_check,
     })
     .await

@@ -58,6 +58,7 @@ fn parse() -> Result<Args, String> {
             "--break-session" => args.options.safety_breaks.answer_before_local_apply = true,
             "--break-lock" => args.options.safety_breaks.lock_skip_wait = true,
             "--break-fsync" => args.options.lying_fsync = true,
+            "--break-log-fsync" => args.options.safety_breaks.skip_log_fsync = true,
             "--expect-violations" => args.expect_violations = true,
             "--worker" => args.worker = true,
             other => return Err(format!("unknown argument {other}")),
@@ -127,6 +128,9 @@ fn run_job(exe: &std::path::Path, args: &Args, mut seeds: Vec<u64>) -> Result<Ve
         }
         if args.options.lying_fsync {
             command.arg("--break-fsync");
+        }
+        if args.options.safety_breaks.skip_log_fsync {
+            command.arg("--break-log-fsync");
         }
         let mut child = command
             .stdout(Stdio::piped())

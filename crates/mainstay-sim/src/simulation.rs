@@ -678,7 +678,10 @@ impl FaultState {
 
     /// Kills a member and applies the crash model to its disk.
     fn crash(&mut self, sim: &mut turmoil::Sim<'_>, a: &str) {
-        // Drop our handle first: the member's storage must close with it.
+        // Power off first, as kill -9: nothing the member's storage does while
+        // its tasks are dropped (redb flushes on close) may land.
+        self.disk.power_off(&data_dir(a));
+        // Drop our handle: the member's storage must close with it.
         lock(&self.replicas).remove(a);
         sim.crash(a);
         let rng = &mut self.rng;

@@ -22,6 +22,8 @@ mod tests;
 pub use disk::{DirLock, Disk, DiskFile, OsDisk};
 pub use error::StorageError;
 pub use identity::Identity;
-pub use log_store::{LogIdRecord, LogStore, OpenReport, RECORD_BYTES_MAX, StoredEntry, VoteRecord};
+pub use log_store::{
+    LogIdRecord, LogJob, LogStore, LogWriter, OpenReport, RECORD_BYTES_MAX, StoredEntry, VoteRecord,
+};
 pub use mem_disk::{CrashReport, MemDisk};
 pub use state_store::{SnapshotData, StateMeta, StateStore};

@@ -1,8 +1,18 @@
 //! `LogStore`: the Raft log, the vote and the committed log id in one append-only,
 //! CRC-checked file (`raft.log`).
 //!
+//! Two ways to write. The `stage_*` calls change the in-memory log at once and
+//! return a `LogJob`: the bytes that make the change on disk. A `LogWriter`
+//! (shared, one per store) writes jobs strictly in the order they were staged,
+//! many at a time with one fsync (group commit); the Raft adapter runs it on its
+//! own task, so appends are readable (and replicated) while they are written.
+//! The plain calls (`append`, `save_vote`, ...) stage and write one job with an
+//! fsync before returning.
+//!
 //! Durability promises (the protocol openraft relies on; see ARCHITECTURE.md):
-//! - every mutating call returns only after its bytes are fsynced;
+//! - a job is durable once a `LogWriter::write` with `sync` that includes it (or
+//!   any later job) returns Ok; the file is always a prefix of the staged jobs, so
+//!   a crash loses a suffix of them, never a middle one;
 //! - records are replayed in file order, so writes complete in order with no holes;
 //! - at start-up an *incomplete* last record (a torn write: its header or body runs
 //!   past the end of the file, or the tail is all zeros) is cut off with a warning.
@@ -23,7 +33,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -86,18 +97,121 @@ pub struct OpenReport {
 /// The Raft log store. See the module docs.
 #[derive(Debug)]
 pub struct LogStore {
-    disk: Arc<dyn Disk>,
     path: PathBuf,
-    file: Arc<dyn DiskFile>,
     _lock: DirLock,
     entries: BTreeMap<u64, StoredEntry>,
     vote: Option<VoteRecord>,
     committed: Option<LogIdRecord>,
     purged: Option<LogIdRecord>,
+    /// Length of the file once every staged job is written.
     file_bytes: u64,
     garbage_bytes: u64,
+    writer: Arc<Mutex<LogWriter>>,
     /// Set after a failed write or fsync: every later call fails.
-    poisoned: bool,
+    poisoned: Arc<AtomicBool>,
+}
+
+/// Bytes that make staged changes durable, in staging order.
+#[derive(Debug)]
+#[must_use = "a staged change reaches the disk only through LogWriter::write"]
+pub struct LogJob {
+    ops: Vec<JobOp>,
+}
+
+#[derive(Debug)]
+enum JobOp {
+    /// Framed records to append at `offset` (the file's end when staged).
+    Append { offset: u64, bytes: Vec<u8> },
+    /// The whole file, rewritten without garbage (written, fsynced, renamed).
+    Rewrite { bytes: Vec<u8> },
+}
+
+/// Writes staged jobs to `raft.log`, in order. See the module docs.
+#[derive(Debug)]
+pub struct LogWriter {
+    disk: Arc<dyn Disk>,
+    path: PathBuf,
+    file: Arc<dyn DiskFile>,
+    /// Length of the file as written.
+    end: u64,
+    poisoned: Arc<AtomicBool>,
+}
+
+impl LogWriter {
+    /// Writes `jobs` (staged in this order, directly after every job written
+    /// before) and, if `sync`, fsyncs: then they and every earlier job are
+    /// durable. Consecutive appends go down in one write. On any failure the store
+    /// is poisoned and every later call fails: the caller stops the member.
+    pub fn write(&mut self, jobs: &[LogJob], sync: bool) -> Result<(), StorageError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StorageError::Poisoned);
+        }
+        let result = self.write_inner(jobs, sync);
+        if result.is_err() {
+            self.poisoned.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    fn write_inner(&mut self, jobs: &[LogJob], sync: bool) -> Result<(), StorageError> {
+        let mut pending: Vec<u8> = Vec::new();
+        for op in jobs.iter().flat_map(|job| &job.ops) {
+            match op {
+                JobOp::Append { offset, bytes } => {
+                    assert_eq!(
+                        *offset,
+                        self.end + pending.len() as u64,
+                        "raft log jobs written out of order"
+                    );
+                    pending.extend_from_slice(bytes);
+                }
+                JobOp::Rewrite { bytes } => {
+                    self.flush_pending(&mut pending)?;
+                    self.rewrite(bytes)?;
+                }
+            }
+        }
+        self.flush_pending(&mut pending)?;
+        if sync {
+            self.file
+                .sync()
+                .map_err(|e| StorageError::io("fsync raft.log", e))?;
+        }
+        Ok(())
+    }
+
+    fn flush_pending(&mut self, pending: &mut Vec<u8>) -> Result<(), StorageError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_at(self.end, pending)
+            .map_err(|e| StorageError::io("append to raft.log", e))?;
+        self.end += pending.len() as u64;
+        pending.clear();
+        Ok(())
+    }
+
+    /// A new file is written and fsynced, renamed over the old one, and the
+    /// directory fsynced.
+    fn rewrite(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        let temporary = self.path.with_extension("log.rewrite");
+        let file = (|| -> std::io::Result<Arc<dyn DiskFile>> {
+            let file = self.disk.open(&temporary)?;
+            file.set_len(0)?;
+            file.write_at(0, bytes)?;
+            file.sync()?;
+            self.disk.rename(&temporary, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                self.disk.sync_dir(dir)?;
+            }
+            Ok(file)
+        })()
+        .map_err(|e| StorageError::io("rewrite raft.log", e))?;
+        self.file = file;
+        self.end = bytes.len() as u64;
+        Ok(())
+    }
 }
 
 impl LogStore {
@@ -114,10 +228,9 @@ impl LogStore {
             .open(&path)
             .map_err(|e| StorageError::io("open raft.log", e))?;
         let bytes = read_all(file.as_ref()).map_err(|e| StorageError::io("read raft.log", e))?;
+        let poisoned = Arc::new(AtomicBool::new(false));
         let mut store = LogStore {
-            disk: disk.clone(),
             path: path.clone(),
-            file,
             _lock: lock,
             entries: BTreeMap::new(),
             vote: None,
@@ -125,7 +238,14 @@ impl LogStore {
             purged: None,
             file_bytes: 0,
             garbage_bytes: 0,
-            poisoned: false,
+            writer: Arc::new(Mutex::new(LogWriter {
+                disk: disk.clone(),
+                path: path.clone(),
+                file: file.clone(),
+                end: 0,
+                poisoned: poisoned.clone(),
+            })),
+            poisoned,
         };
         let mut report = OpenReport::default();
         let mut offset = 0usize;
@@ -152,16 +272,15 @@ impl LogStore {
                         reason,
                         "truncating a torn tail of the raft log (an unacknowledged write)"
                     );
-                    store
-                        .file
-                        .set_len(offset as u64)
-                        .and_then(|()| store.file.sync())
+                    file.set_len(offset as u64)
+                        .and_then(|()| file.sync())
                         .map_err(|e| StorageError::io("truncate torn tail", e))?;
                     break;
                 }
             }
         }
         store.file_bytes = offset as u64;
+        store.lock_writer().end = offset as u64;
         Ok((store, report))
     }
 
@@ -209,36 +328,44 @@ impl LogStore {
     }
 
     fn check_usable(&self) -> Result<(), StorageError> {
-        if self.poisoned {
+        if self.poisoned.load(Ordering::Acquire) {
             return Err(StorageError::Poisoned);
         }
         Ok(())
     }
 
-    /// Writes framed records and fsyncs. On any failure the store is poisoned.
-    fn write_records(&mut self, records: &[(u8, Vec<u8>)]) -> Result<(), StorageError> {
-        self.check_usable()?;
-        let mut buffer = Vec::new();
-        for (kind, body) in records {
-            frame(&mut buffer, *kind, body);
-        }
-        let result = self
-            .file
-            .write_at(self.file_bytes, &buffer)
-            .and_then(|()| self.file.sync());
-        if let Err(error) = result {
-            self.poisoned = true;
-            return Err(StorageError::io("append to raft.log and fsync", error));
-        }
-        self.file_bytes += buffer.len() as u64;
-        Ok(())
+    fn lock_writer(&self) -> MutexGuard<'_, LogWriter> {
+        // A poisoned mutex means a panic mid-write: the member is already going down.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends entries that must directly follow the last one; durable on return.
-    pub fn append(&mut self, entries: Vec<StoredEntry>) -> Result<(), StorageError> {
-        if entries.is_empty() {
-            return Ok(());
+    /// The writer that makes staged jobs durable (one per store).
+    pub fn writer(&self) -> Arc<Mutex<LogWriter>> {
+        self.writer.clone()
+    }
+
+    /// Frames records as one append job at the staged end of the file.
+    fn stage_records(&mut self, records: &[(u8, Vec<u8>)]) -> LogJob {
+        let mut bytes = Vec::new();
+        for (kind, body) in records {
+            frame(&mut bytes, *kind, body);
         }
+        let offset = self.file_bytes;
+        self.file_bytes += bytes.len() as u64;
+        LogJob {
+            ops: vec![JobOp::Append { offset, bytes }],
+        }
+    }
+
+    /// Writes one job and fsyncs (the plain, durable-on-return calls).
+    fn write_now(&self, job: LogJob) -> Result<(), StorageError> {
+        self.lock_writer().write(&[job], true)
+    }
+
+    /// Stages entries that must directly follow the last one: readable at once,
+    /// durable once the returned job is written with an fsync.
+    pub fn stage_append(&mut self, entries: Vec<StoredEntry>) -> Result<LogJob, StorageError> {
+        self.check_usable()?;
         let mut next = self.last_index().map(|i| i + 1);
         for entry in &entries {
             if let Some(expected) = next {
@@ -261,34 +388,57 @@ impl LogStore {
             chunk_bytes += entry.payload.len() + 32;
             chunk.push(entry);
         }
-        records.push((KIND_ENTRY, encode(&chunk)?));
+        if !chunk.is_empty() {
+            records.push((KIND_ENTRY, encode(&chunk)?));
+        }
         if records
             .iter()
             .any(|(_, body)| body.len() > RECORD_BYTES_MAX)
         {
             return Err(StorageError::TooLarge);
         }
-        self.write_records(&records)?;
+        let job = self.stage_records(&records);
         for entry in entries {
             self.entries.insert(entry.log_id.index, entry);
         }
-        Ok(())
+        Ok(job)
     }
 
-    /// Deletes every entry at index ≥ `from` (a conflicting suffix); durable on return.
-    pub fn truncate_from(&mut self, from: u64) -> Result<(), StorageError> {
-        self.write_records(&[(KIND_TRUNCATE, encode(&from)?)])?;
+    /// Appends entries that must directly follow the last one; durable on return.
+    pub fn append(&mut self, entries: Vec<StoredEntry>) -> Result<(), StorageError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let job = self.stage_append(entries)?;
+        self.write_now(job)
+    }
+
+    /// Stages the deletion of every entry at index ≥ `from` (a conflicting suffix).
+    /// Not durable before a later fsync; until then a crash brings the suffix
+    /// back, which is the log as it was before the call.
+    pub fn stage_truncate(&mut self, from: u64) -> Result<LogJob, StorageError> {
+        self.check_usable()?;
+        let mut job = self.stage_records(&[(KIND_TRUNCATE, encode(&from)?)]);
         let removed = self.entries.split_off(&from);
         self.garbage_bytes += removed
             .values()
             .map(|e| e.payload.len() as u64 + 32)
             .sum::<u64>();
-        self.maybe_rewrite()
+        self.maybe_rewrite(&mut job)?;
+        Ok(job)
     }
 
-    /// Deletes every entry at index ≤ `upto.index` (covered by a snapshot).
-    pub fn purge_upto(&mut self, upto: LogIdRecord) -> Result<(), StorageError> {
-        self.write_records(&[(KIND_PURGE, encode(&upto)?)])?;
+    /// Deletes every entry at index ≥ `from` (a conflicting suffix); durable on return.
+    pub fn truncate_from(&mut self, from: u64) -> Result<(), StorageError> {
+        let job = self.stage_truncate(from)?;
+        self.write_now(job)
+    }
+
+    /// Stages the deletion of every entry at index ≤ `upto.index` (covered by a
+    /// snapshot). Until a later fsync a crash brings them back, which is harmless.
+    pub fn stage_purge(&mut self, upto: LogIdRecord) -> Result<LogJob, StorageError> {
+        self.check_usable()?;
+        let mut job = self.stage_records(&[(KIND_PURGE, encode(&upto)?)]);
         let kept = self.entries.split_off(&(upto.index + 1));
         let removed = std::mem::replace(&mut self.entries, kept);
         self.garbage_bytes += removed
@@ -296,23 +446,52 @@ impl LogStore {
             .map(|e| e.payload.len() as u64 + 32)
             .sum::<u64>();
         self.purged = Some(upto);
-        self.maybe_rewrite()
+        self.maybe_rewrite(&mut job)?;
+        Ok(job)
+    }
+
+    /// Deletes every entry at index ≤ `upto.index` (covered by a snapshot).
+    pub fn purge_upto(&mut self, upto: LogIdRecord) -> Result<(), StorageError> {
+        let job = self.stage_purge(upto)?;
+        self.write_now(job)
+    }
+
+    /// Stages the vote; the caller must write it with an fsync before acting on it.
+    pub fn stage_vote(&mut self, vote: VoteRecord) -> Result<LogJob, StorageError> {
+        self.check_usable()?;
+        let job = self.stage_records(&[(KIND_VOTE, encode(&vote)?)]);
+        self.vote = Some(vote);
+        Ok(job)
     }
 
     /// Records the vote; durable on return.
     pub fn save_vote(&mut self, vote: VoteRecord) -> Result<(), StorageError> {
-        self.write_records(&[(KIND_VOTE, encode(&vote)?)])?;
-        self.vote = Some(vote);
-        Ok(())
+        let job = self.stage_vote(vote)?;
+        self.write_now(job)
+    }
+
+    /// Stages the committed log id. It needs no fsync of its own: a lost one is
+    /// recovered (from the state machine's applied id or the leader), so it rides
+    /// on the next fsync of entries or votes.
+    pub fn stage_committed(
+        &mut self,
+        committed: Option<LogIdRecord>,
+    ) -> Result<Option<LogJob>, StorageError> {
+        self.check_usable()?;
+        let job = match committed {
+            Some(committed) => Some(self.stage_records(&[(KIND_COMMITTED, encode(&committed)?)])),
+            None => None,
+        };
+        self.committed = committed;
+        Ok(job)
     }
 
     /// Records the committed log id; durable on return.
     pub fn save_committed(&mut self, committed: Option<LogIdRecord>) -> Result<(), StorageError> {
-        if let Some(committed) = committed {
-            self.write_records(&[(KIND_COMMITTED, encode(&committed)?)])?;
+        match self.stage_committed(committed)? {
+            Some(job) => self.write_now(job),
+            None => Ok(()),
         }
-        self.committed = committed;
-        Ok(())
     }
 
     /// The last saved vote.
@@ -359,13 +538,12 @@ impl LogStore {
         self.file_bytes
     }
 
-    /// Rewrites the file without garbage once enough has piled up: a new file is
-    /// written and fsynced, renamed over the old one, and the directory fsynced.
-    fn maybe_rewrite(&mut self) -> Result<(), StorageError> {
+    /// Once enough garbage has piled up, adds a rewrite of the whole file (the
+    /// log as it is now) to `job`.
+    fn maybe_rewrite(&mut self, job: &mut LogJob) -> Result<(), StorageError> {
         if self.garbage_bytes < GARBAGE_BYTES_MAX {
             return Ok(());
         }
-        self.check_usable()?;
         let mut buffer = Vec::new();
         if let Some(vote) = &self.vote {
             frame(&mut buffer, KIND_VOTE, &encode(vote)?);
@@ -380,30 +558,10 @@ impl LogStore {
         for chunk in entries.chunks(1024) {
             frame(&mut buffer, KIND_ENTRY, &encode(&chunk)?);
         }
-        let temporary = self.path.with_extension("log.rewrite");
-        let result = (|| -> std::io::Result<Arc<dyn DiskFile>> {
-            let file = self.disk.open(&temporary)?;
-            file.set_len(0)?;
-            file.write_at(0, &buffer)?;
-            file.sync()?;
-            self.disk.rename(&temporary, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                self.disk.sync_dir(dir)?;
-            }
-            Ok(file)
-        })();
-        match result {
-            Ok(file) => {
-                self.file = file;
-                self.file_bytes = buffer.len() as u64;
-                self.garbage_bytes = 0;
-                Ok(())
-            }
-            Err(error) => {
-                self.poisoned = true;
-                Err(StorageError::io("rewrite raft.log", error))
-            }
-        }
+        self.file_bytes = buffer.len() as u64;
+        self.garbage_bytes = 0;
+        job.ops.push(JobOp::Rewrite { bytes: buffer });
+        Ok(())
     }
 }
 

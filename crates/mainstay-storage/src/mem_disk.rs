@@ -95,6 +95,19 @@ impl MemDisk {
         MemDisk::default()
     }
 
+    /// Cuts the power of everything under `dir` without applying the crash model
+    /// yet: every handle opened before is dead from now on, so what a killed
+    /// process would never have done (a database flushing as it is dropped)
+    /// cannot land. Follow with `crash`.
+    pub fn power_off(&self, dir: &Path) {
+        let state = lock(&self.state);
+        for (path, file) in &state.files {
+            if path.starts_with(dir) {
+                lock(file).generation += 1;
+            }
+        }
+    }
+
     /// Crashes everything under `dir`: pending writes are kept as a prefix of
     /// `choose(n + 1)` operations, the next one possibly torn, the rest lost.
     /// `choose(n)` must return a number in `0..n`.

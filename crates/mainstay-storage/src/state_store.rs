@@ -1,9 +1,12 @@
 //! `StateStore`: the applied state in redb (`state.redb`).
 //!
 //! Durability promise: `commit` writes a batch's keyspace changes, the applied log
-//! id, the membership and the revisions in ONE redb transaction with immediate
-//! durability, so after a crash the state is exactly that of some applied prefix
-//! of the log and restart replays only what follows it.
+//! id, the membership and the revisions in ONE redb transaction, so after a crash
+//! the state is exactly that of some applied prefix of the log and restart
+//! replays what follows it from the Raft log. Most commits are not durable on
+//! their own (as etcd's backend, which commits every 100 ms): the caller asks
+//! for a `durable` one often enough, and always before the log behind it may be
+//! purged (before a snapshot).
 //!
 //! Every stored value carries a CRC32 of its row (key and value), checked when the
 //! state is loaded: a flipped bit in the data makes the member refuse to start
@@ -259,14 +262,20 @@ impl StateStore {
         Ok((key_space, meta))
     }
 
-    /// Commits one applied batch: its changes and the new metadata, durably.
-    /// A failure poisons the store: the member must stop.
-    pub fn commit(&mut self, changes: &[Change], meta: &StateMeta) -> Result<(), StorageError> {
+    /// Commits one applied batch: its changes and the new metadata; with
+    /// `durable`, fsynced together with every commit before it. A failure
+    /// poisons the store: the member must stop.
+    pub fn commit(
+        &mut self,
+        changes: &[Change],
+        meta: &StateMeta,
+        durable: bool,
+    ) -> Result<(), StorageError> {
         if self.poisoned {
             return Err(StorageError::Poisoned);
         }
         let result = self.guarded("committing an applied batch", |store| {
-            store.commit_inner(changes, meta)
+            store.commit_inner(changes, meta, durable)
         });
         if result.is_err() {
             self.poisoned = true;
@@ -274,10 +283,19 @@ impl StateStore {
         result
     }
 
-    fn commit_inner(&mut self, changes: &[Change], meta: &StateMeta) -> Result<(), StorageError> {
+    fn commit_inner(
+        &mut self,
+        changes: &[Change],
+        meta: &StateMeta,
+        durable: bool,
+    ) -> Result<(), StorageError> {
         let mut write = self.db()?.begin_write().map_err(StorageError::db)?;
         write
-            .set_durability(Durability::Immediate)
+            .set_durability(if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })
             .map_err(StorageError::db)?;
         {
             let mut history = write.open_table(HISTORY).map_err(StorageError::db)?;

@@ -169,7 +169,7 @@ fn state_store_commits_and_reloads() {
         let (mut store, loaded, loaded_meta) = StateStore::open(&os(), dir.path()).expect("open");
         assert_eq!(loaded, KeySpace::new());
         assert_eq!(loaded_meta, StateMeta::default());
-        store.commit(&changes, &meta).expect("commit");
+        store.commit(&changes, &meta, true).expect("commit");
     }
     let (store, loaded, loaded_meta) = StateStore::open(&os(), dir.path()).expect("reopen");
     assert_eq!(loaded, space);
@@ -214,15 +214,121 @@ fn an_fsync_failure_stops_the_store_for_good() {
         }),
         Err(StorageError::Poisoned)
     ));
-    assert_eq!(
-        log.last_index(),
-        Some(1),
-        "the failed append is not visible"
-    );
     drop(log);
     mem.crash(dir, &mut |_| 0);
     let (log, _) = LogStore::open(&disk, dir).expect("reopen");
     assert_eq!(log.last_index(), Some(1));
+}
+
+#[test]
+fn staged_jobs_are_durable_only_after_a_synced_write() {
+    // Goal: the group-commit contract. Staged changes are readable at once; a
+    // crash before a synced write loses them all (the file is a prefix of the
+    // staged jobs), one synced write of many jobs keeps them all, and a committed
+    // id written without its own fsync rides on the next one.
+    let mem = MemDisk::new();
+    let disk: Arc<dyn Disk> = Arc::new(mem.clone());
+    let dir = Path::new("/m");
+    let (mut log, _) = LogStore::open(&disk, dir).expect("open");
+    let writer = log.writer();
+    let first = log.stage_append(vec![entry(1, 1)]).expect("stage");
+    let second = log.stage_append(vec![entry(2, 1)]).expect("stage");
+    assert_eq!(log.last_index(), Some(2), "staged entries are readable");
+    writer
+        .lock()
+        .expect("writer")
+        .write(&[first, second], false)
+        .expect("write");
+    drop(log);
+    mem.crash(dir, &mut |_| 0);
+    let (mut log, _) = LogStore::open(&disk, dir).expect("reopen");
+    assert_eq!(log.last_index(), None, "unsynced jobs are lost by a crash");
+
+    let writer = log.writer();
+    let mut jobs = vec![
+        log.stage_append(vec![entry(1, 1), entry(2, 1)])
+            .expect("stage"),
+    ];
+    jobs.extend(
+        log.stage_committed(Some(entry(2, 1).log_id))
+            .expect("stage"),
+    );
+    jobs.push(log.stage_truncate(2).expect("stage"));
+    writer
+        .lock()
+        .expect("writer")
+        .write(&jobs, false)
+        .expect("write");
+    let vote = VoteRecord {
+        term: 2,
+        node_id: Some(1),
+        committed: false,
+    };
+    let job = log.stage_vote(vote).expect("stage");
+    writer
+        .lock()
+        .expect("writer")
+        .write(&[job], true)
+        .expect("write");
+    drop(log);
+    mem.crash(dir, &mut |_| 0);
+    let (log, _) = LogStore::open(&disk, dir).expect("reopen");
+    assert_eq!(log.last_index(), Some(1), "the truncation survived");
+    assert_eq!(log.committed(), Some(entry(2, 1).log_id));
+    assert_eq!(log.vote(), Some(vote));
+}
+
+#[test]
+fn only_durable_state_commits_survive_a_crash() {
+    // Goal: a commit without durability is lost by a crash that drops unsynced
+    // writes; a durable commit keeps itself and every commit before it.
+    let mem = MemDisk::new();
+    let disk: Arc<dyn Disk> = Arc::new(mem.clone());
+    let dir = Path::new("/s");
+    let meta_at = |index: u64, space: &KeySpace| StateMeta {
+        applied: Some(LogIdRecord {
+            term: 1,
+            node_id: 1,
+            index,
+        }),
+        membership: Vec::new(),
+        revision: space.revision(),
+        compacted: 0,
+    };
+    let put = |space: &mut KeySpace, key: &str| {
+        space
+            .apply(
+                &Command::Put(PutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: b"v".to_vec(),
+                    ..PutRequest::default()
+                }),
+                &ApplyContext::default(),
+            )
+            .changes
+    };
+    let mut space = KeySpace::new();
+    {
+        let (mut store, _, _) = StateStore::open(&disk, dir).expect("open");
+        let changes = put(&mut space, "a");
+        store
+            .commit(&changes, &meta_at(1, &space), false)
+            .expect("commit");
+        let changes = put(&mut space, "b");
+        store
+            .commit(&changes, &meta_at(2, &space), true)
+            .expect("commit");
+        let changes = put(&mut space, "c");
+        store
+            .commit(&changes, &meta_at(3, &space), false)
+            .expect("commit");
+        // A crash, not a clean close (redb makes the state durable on close).
+        std::mem::forget(store);
+    }
+    mem.crash(dir, &mut |_| 0);
+    let (_, loaded, meta) = StateStore::open(&disk, dir).expect("reopen");
+    assert_eq!(meta.applied.map(|id| id.index), Some(2));
+    assert_eq!(loaded.revision(), 3, "a and b survived, c did not");
 }
 
 fn mem_log(mem: &MemDisk, dir: &Path) -> LogStore {
@@ -320,6 +426,7 @@ fn a_flipped_bit_in_a_stored_value_is_refused() {
                     revision: space.revision(),
                     ..StateMeta::default()
                 },
+                true,
             )
             .expect("commit");
     }
@@ -396,7 +503,7 @@ fn leases_persist_with_their_keys_and_travel_in_snapshots() {
     };
     {
         let (mut store, _, _) = StateStore::open(&disk, dir).expect("open");
-        store.commit(&changes, &meta(&space)).expect("commit");
+        store.commit(&changes, &meta(&space), true).expect("commit");
     }
     mem.crash(dir, &mut |_| 0);
     let (mut store, loaded, _) = StateStore::open(&disk, dir).expect("reopen");
@@ -414,7 +521,7 @@ fn leases_persist_with_their_keys_and_travel_in_snapshots() {
         &context,
     );
     store
-        .commit(&revoke.changes, &meta(&space))
+        .commit(&revoke.changes, &meta(&space), true)
         .expect("commit");
     drop(store);
     mem.crash(dir, &mut |_| 0);

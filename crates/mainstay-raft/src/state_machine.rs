@@ -13,6 +13,12 @@
 //! every applied entry durably, and a restart re-applies the entries after the
 //! last durable commit up to the saved committed id. Before a snapshot the state
 //! is made durable, because the log behind a snapshot may be purged.
+//!
+//! Building a snapshot copies nothing: the durable state store *is* the
+//! snapshot, so a build only fsyncs it and records its log id (openraft then
+//! purges the log behind it). The bytes are encoded from one consistent read of
+//! the store only when a follower needs them (`get_current_snapshot`), never
+//! cached, and never under the lock that apply takes for its commit.
 
 use std::io;
 use std::sync::{Arc, Mutex, RwLock};
@@ -73,7 +79,10 @@ const DURABLE_ENTRIES_MAX: u64 = 10_000;
 struct Durable {
     store: StateStore,
     meta: StateMeta,
-    snapshot: Option<(SnapshotMetaOf<TypeConfig>, Vec<u8>)>,
+    /// Whether a snapshot was built or installed since the member started
+    /// (before that openraft is told there is none, and builds one at start-up
+    /// if the log was purged).
+    snapshot_built: bool,
     /// When the state was last fsynced, and entries applied since.
     last_durable: tokio::time::Instant,
     entries_since_durable: u64,
@@ -156,7 +165,7 @@ impl StateMachine {
                 durable: Mutex::new(Durable {
                     store,
                     meta,
-                    snapshot: None,
+                    snapshot_built: false,
                     last_durable: tokio::time::Instant::now(),
                     entries_since_durable: 0,
                 }),
@@ -211,19 +220,34 @@ impl StateMachine {
         (applied, key_space.revision(), hash)
     }
 
+    /// Makes the state durable: it is now the snapshot (see the module docs).
     fn build(&self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
-        let data = {
-            let mut durable = self.durable();
-            durable.make_durable()?;
-            durable.store.snapshot().map_err(to_io)?
+        let mut durable = self.durable();
+        durable.make_durable()?;
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: durable.meta.applied.as_ref().map(log_id_from_record),
+            last_membership: decode_stored_membership(&durable.meta.membership)
+                .map_err(io::Error::other)?,
         };
+        durable.snapshot_built = true;
+        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: Vec::new(),
+        })
+    }
+
+    /// Encodes the applied state from one consistent read, with its own log id.
+    fn encode_snapshot(&self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
+        // A read transaction: apply goes on meanwhile (redb readers do not
+        // block its writer); the durable lock is held only to open it.
+        let read = self.durable().store.reader().map_err(to_io)?;
+        let data = read.snapshot().map_err(to_io)?;
         let bytes = data.encode().map_err(to_io)?;
         let meta = SnapshotMetaOf::<TypeConfig> {
             last_log_id: data.meta.applied.as_ref().map(log_id_from_record),
             last_membership: decode_stored_membership(&data.meta.membership)
                 .map_err(io::Error::other)?,
         };
-        self.durable().snapshot = Some((meta.clone(), bytes.clone()));
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
             meta,
             snapshot: bytes,
@@ -361,7 +385,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = key_space;
         durable.meta = data.meta;
-        durable.snapshot = Some((meta.clone(), snapshot));
+        durable.snapshot_built = true;
+        durable.last_durable = tokio::time::Instant::now();
+        durable.entries_since_durable = 0;
         tracing::info!(snapshot = %meta, "installed snapshot");
         Ok(())
     }
@@ -369,15 +395,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
-        let existing = self.durable().snapshot.clone();
-        match existing {
-            Some((meta, bytes)) => Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> {
-                meta,
-                snapshot: bytes,
-            })),
-            // After a restart nothing is cached: the durable state is a valid snapshot.
-            None if self.durable().meta.applied.is_some() => Ok(Some(self.build()?)),
-            None => Ok(None),
+        if !self.durable().snapshot_built {
+            return Ok(None);
         }
+        Ok(Some(self.encode_snapshot()?))
     }
 }

@@ -206,60 +206,20 @@ impl StateStore {
     }
 
     fn load(&self) -> Result<(KeySpace, StateMeta), StorageError> {
+        self.reader()?.load()
+    }
+
+    /// One consistent read of the committed state (redb readers do not block
+    /// its writer: applying goes on while a snapshot is read).
+    pub fn reader(&self) -> Result<StateReader, StorageError> {
         let read = self
             .db()?
             .begin_read()
-            .map_err(|e| self.read_error(e.into()))?;
-        let meta = match read.open_table(META) {
-            Ok(table) => match table.get(META_KEY).map_err(|e| self.read_error(e.into()))? {
-                Some(value) => {
-                    let value = unseal(META_KEY.as_bytes(), value.value())
-                        .ok_or_else(|| self.corrupt("state metadata checksum mismatch"))?;
-                    postcard::from_bytes(value)
-                        .map_err(|_| self.corrupt("undecodable state metadata"))?
-                }
-                None => StateMeta::default(),
-            },
-            Err(redb::TableError::TableDoesNotExist(_)) => StateMeta::default(),
-            Err(error) => return Err(self.read_error(error.into())),
-        };
-        let mut records = Vec::new();
-        match read.open_table(HISTORY) {
-            Ok(table) => {
-                for row in table.iter().map_err(|e| self.read_error(e.into()))? {
-                    let (key, value) = row.map_err(|e| self.read_error(e.into()))?;
-                    let value = unseal(key.value(), value.value())
-                        .ok_or_else(|| self.corrupt("history row checksum mismatch"))?;
-                    let (key, revision) = split_history_key(key.value())
-                        .ok_or_else(|| self.corrupt("malformed history key"))?;
-                    let live = postcard::from_bytes(value)
-                        .map_err(|_| self.corrupt("undecodable history record"))?;
-                    records.push((key, Record { revision, live }));
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(error) => return Err(self.read_error(error.into())),
-        }
-        let mut leases = Vec::new();
-        match read.open_table(LEASES) {
-            Ok(table) => {
-                for row in table.iter().map_err(|e| self.read_error(e.into()))? {
-                    let (key, value) = row.map_err(|e| self.read_error(e.into()))?;
-                    let value = unseal(key.value(), value.value())
-                        .ok_or_else(|| self.corrupt("lease row checksum mismatch"))?;
-                    let lease: LeaseRecord = postcard::from_bytes(value)
-                        .map_err(|_| self.corrupt("undecodable lease"))?;
-                    if key.value() != lease.id.to_be_bytes() {
-                        return Err(self.corrupt("lease stored under another id"));
-                    }
-                    leases.push(lease);
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(error) => return Err(self.read_error(error.into())),
-        }
-        let key_space = KeySpace::restore(records, leases, meta.revision, meta.compacted);
-        Ok((key_space, meta))
+            .map_err(|e| read_error(&self.path, e.into()))?;
+        Ok(StateReader {
+            read,
+            path: self.path.clone(),
+        })
     }
 
     /// Commits one applied batch: its changes and the new metadata; with
@@ -366,24 +326,7 @@ impl StateStore {
 
     /// A consistent copy of the committed state, for a snapshot.
     pub fn snapshot(&self) -> Result<SnapshotData, StorageError> {
-        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load()));
-        let (key_space, meta) = loaded.unwrap_or_else(|_| {
-            Err(StorageError::Corrupt {
-                path: self.path.display().to_string(),
-                at: "reading a snapshot".to_string(),
-                reason: "the database engine panicked on damaged pages",
-            })
-        })?;
-        let records = key_space
-            .records()
-            .map(|(k, r)| (k.to_vec(), r.clone()))
-            .collect();
-        Ok(SnapshotData {
-            format: SNAPSHOT_FORMAT,
-            meta,
-            records,
-            leases: key_space.leases().collect(),
-        })
+        self.reader()?.snapshot()
     }
 
     /// Replaces the whole state with a snapshot's, durably, and returns the new keyspace.
@@ -441,19 +384,113 @@ impl StateStore {
         self.file.byte_len().unwrap_or(0)
     }
 
-    /// A read error while loading: damaged pages are corruption, the rest I/O.
+}
+
+/// A read error while loading: damaged pages are corruption, the rest I/O.
+fn read_error(path: &Path, error: redb::Error) -> StorageError {
+    match error {
+        redb::Error::Corrupted(_) => corrupt(path, "the database engine found damaged pages"),
+        other => StorageError::db(other),
+    }
+}
+
+fn corrupt(path: &Path, reason: &'static str) -> StorageError {
+    StorageError::Corrupt {
+        path: path.display().to_string(),
+        at: "loading the state".to_string(),
+        reason,
+    }
+}
+
+/// One consistent read of the state store (see `StateStore::reader`).
+pub struct StateReader {
+    read: redb::ReadTransaction,
+    path: PathBuf,
+}
+
+impl StateReader {
     fn read_error(&self, error: redb::Error) -> StorageError {
-        match error {
-            redb::Error::Corrupted(_) => self.corrupt("the database engine found damaged pages"),
-            other => StorageError::db(other),
-        }
+        read_error(&self.path, error)
     }
 
     fn corrupt(&self, reason: &'static str) -> StorageError {
-        StorageError::Corrupt {
-            path: self.path.display().to_string(),
-            at: "loading the state".to_string(),
-            reason,
+        corrupt(&self.path, reason)
+    }
+
+    /// The keyspace and metadata as of this read.
+    pub fn load(&self) -> Result<(KeySpace, StateMeta), StorageError> {
+        let read = &self.read;
+        let meta = match read.open_table(META) {
+            Ok(table) => match table.get(META_KEY).map_err(|e| self.read_error(e.into()))? {
+                Some(value) => {
+                    let value = unseal(META_KEY.as_bytes(), value.value())
+                        .ok_or_else(|| self.corrupt("state metadata checksum mismatch"))?;
+                    postcard::from_bytes(value)
+                        .map_err(|_| self.corrupt("undecodable state metadata"))?
+                }
+                None => StateMeta::default(),
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => StateMeta::default(),
+            Err(error) => return Err(self.read_error(error.into())),
+        };
+        let mut records = Vec::new();
+        match read.open_table(HISTORY) {
+            Ok(table) => {
+                for row in table.iter().map_err(|e| self.read_error(e.into()))? {
+                    let (key, value) = row.map_err(|e| self.read_error(e.into()))?;
+                    let value = unseal(key.value(), value.value())
+                        .ok_or_else(|| self.corrupt("history row checksum mismatch"))?;
+                    let (key, revision) = split_history_key(key.value())
+                        .ok_or_else(|| self.corrupt("malformed history key"))?;
+                    let live = postcard::from_bytes(value)
+                        .map_err(|_| self.corrupt("undecodable history record"))?;
+                    records.push((key, Record { revision, live }));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(error) => return Err(self.read_error(error.into())),
         }
+        let mut leases = Vec::new();
+        match read.open_table(LEASES) {
+            Ok(table) => {
+                for row in table.iter().map_err(|e| self.read_error(e.into()))? {
+                    let (key, value) = row.map_err(|e| self.read_error(e.into()))?;
+                    let value = unseal(key.value(), value.value())
+                        .ok_or_else(|| self.corrupt("lease row checksum mismatch"))?;
+                    let lease: LeaseRecord = postcard::from_bytes(value)
+                        .map_err(|_| self.corrupt("undecodable lease"))?;
+                    if key.value() != lease.id.to_be_bytes() {
+                        return Err(self.corrupt("lease stored under another id"));
+                    }
+                    leases.push(lease);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(error) => return Err(self.read_error(error.into())),
+        }
+        let key_space = KeySpace::restore(records, leases, meta.revision, meta.compacted);
+        Ok((key_space, meta))
+    }
+
+    /// A consistent copy of the state as of this read, for a snapshot.
+    pub fn snapshot(&self) -> Result<SnapshotData, StorageError> {
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load()));
+        let (key_space, meta) = loaded.unwrap_or_else(|_| {
+            Err(StorageError::Corrupt {
+                path: self.path.display().to_string(),
+                at: "reading a snapshot".to_string(),
+                reason: "the database engine panicked on damaged pages",
+            })
+        })?;
+        let records = key_space
+            .records()
+            .map(|(k, r)| (k.to_vec(), r.clone()))
+            .collect();
+        Ok(SnapshotData {
+            format: SNAPSHOT_FORMAT,
+            meta,
+            records,
+            leases: key_space.leases().collect(),
+        })
     }
 }

@@ -8,11 +8,13 @@
 //! durably (`RaftLog::durable_committed`): whatever a member showed, a restart
 //! re-applies, so its applied state never goes back across a crash.
 //!
-//! That commit is durable (fsynced) only every `DURABLE_EVERY` or
-//! `DURABLE_ENTRIES_MAX` entries, as etcd's backend commits: the Raft log holds
-//! every applied entry durably, and a restart re-applies the entries after the
-//! last durable commit up to the saved committed id. Before a snapshot the state
-//! is made durable, because the log behind a snapshot may be purged.
+//! The keyspace in memory serves every read; the state store exists for
+//! restarts. So applied changes are buffered and written to it in one durable
+//! commit every `DURABLE_EVERY`, `DURABLE_ENTRIES_MAX` entries or
+//! `PENDING_BYTES_MAX` bytes, as etcd's backend commits its batch: the Raft log
+//! holds every applied entry durably, and a restart re-applies the entries after
+//! the last state commit up to the saved committed id. Before a snapshot the
+//! state is flushed, because the log behind a snapshot may be purged.
 //!
 //! Building a snapshot copies nothing: the durable state store *is* the
 //! snapshot, so a build only fsyncs it and records its log id (openraft then
@@ -71,10 +73,23 @@ pub struct AppliedEvents {
     pub events: Arc<Vec<Event>>,
 }
 
-/// The longest a commit stays without an fsync (etcd's backend batch interval).
+/// The longest applied changes stay buffered (etcd's backend batch interval).
 const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
-/// The most entries applied without an fsync of the state (etcd's batch limit).
+/// The most entries applied without a state commit (etcd's batch limit).
 const DURABLE_ENTRIES_MAX: u64 = 10_000;
+/// The most bytes of buffered changes (keys and values).
+const PENDING_BYTES_MAX: usize = 64 << 20;
+
+/// Bytes a buffered change holds.
+fn change_bytes(change: &mainstay_mvcc::Change) -> usize {
+    match change {
+        mainstay_mvcc::Change::Append { key, record } => {
+            64 + key.len() + record.live.as_ref().map_or(0, |live| live.value.len())
+        }
+        mainstay_mvcc::Change::Remove { key, .. } => 32 + key.len(),
+        mainstay_mvcc::Change::LeasePut(_) | mainstay_mvcc::Change::LeaseRemove(_) => 32,
+    }
+}
 
 struct Durable {
     store: StateStore,
@@ -83,43 +98,47 @@ struct Durable {
     /// (before that openraft is told there is none, and builds one at start-up
     /// if the log was purged).
     snapshot_built: bool,
-    /// When the state was last fsynced, and entries applied since.
+    /// Applied changes not yet in the store, in apply order, and their bytes.
+    pending: Vec<mainstay_mvcc::Change>,
+    pending_bytes: usize,
+    /// When the state was last committed, and entries applied since.
     last_durable: tokio::time::Instant,
     entries_since_durable: u64,
 }
 
 impl Durable {
-    /// Whether this commit must be fsynced (see the module docs).
-    fn due(&self, entries: u64) -> bool {
-        self.entries_since_durable + entries >= DURABLE_ENTRIES_MAX
-            || self.last_durable.elapsed() >= DURABLE_EVERY
-    }
-
-    fn commit(
+    /// Buffers one applied batch (`meta` is the state after it) and commits
+    /// the buffer durably when it is due (see the module docs).
+    fn apply(
         &mut self,
-        changes: &[mainstay_mvcc::Change],
+        changes: Vec<mainstay_mvcc::Change>,
         meta: StateMeta,
-        durable: bool,
         entries: u64,
     ) -> Result<(), io::Error> {
-        if let Err(error) = self.store.commit(changes, &meta, durable) {
-            tracing::error!(%error, "state commit failed; stopping the member");
-            return Err(to_io(error));
-        }
+        self.pending_bytes += changes.iter().map(change_bytes).sum::<usize>();
+        self.pending.extend(changes);
         self.meta = meta;
-        if durable {
-            self.last_durable = tokio::time::Instant::now();
-            self.entries_since_durable = 0;
-        } else {
-            self.entries_since_durable += entries;
+        self.entries_since_durable += entries;
+        if self.entries_since_durable >= DURABLE_ENTRIES_MAX
+            || self.pending_bytes >= PENDING_BYTES_MAX
+            || self.last_durable.elapsed() >= DURABLE_EVERY
+        {
+            self.make_durable()?;
         }
         Ok(())
     }
 
-    /// Fsyncs the state as it is (before a snapshot lets the log behind it go).
+    /// Commits every buffered change and the current metadata, fsynced.
     fn make_durable(&mut self) -> Result<(), io::Error> {
-        let meta = self.meta.clone();
-        self.commit(&[], meta, true, 0)
+        if let Err(error) = self.store.commit(&self.pending, &self.meta, true) {
+            tracing::error!(%error, "state commit failed; stopping the member");
+            return Err(to_io(error));
+        }
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.last_durable = tokio::time::Instant::now();
+        self.entries_since_durable = 0;
+        Ok(())
     }
 }
 
@@ -166,6 +185,8 @@ impl StateMachine {
                     store,
                     meta,
                     snapshot_built: false,
+                    pending: Vec::new(),
+                    pending_bytes: 0,
                     last_durable: tokio::time::Instant::now(),
                     entries_since_durable: 0,
                 }),
@@ -342,9 +363,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta.compacted = key_space.compacted_revision();
         }
         {
-            let mut durable = self.durable();
-            let due = durable.due(entries);
-            durable.commit(&changes, meta, due, entries)?;
+            self.durable().apply(changes, meta, entries)?;
         }
         // Countdowns restart when the grant or renew is durable and applied.
         self.shared.leases.touch(&touches);
@@ -386,6 +405,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .unwrap_or_else(|p| p.into_inner()) = key_space;
         durable.meta = data.meta;
         durable.snapshot_built = true;
+        durable.pending.clear();
+        durable.pending_bytes = 0;
         durable.last_durable = tokio::time::Instant::now();
         durable.entries_since_durable = 0;
         tracing::info!(snapshot = %meta, "installed snapshot");

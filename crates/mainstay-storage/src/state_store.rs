@@ -383,7 +383,6 @@ impl StateStore {
     pub fn file_bytes(&self) -> u64 {
         self.file.byte_len().unwrap_or(0)
     }
-
 }
 
 /// A read error while loading: damaged pages are corruption, the rest I/O.

@@ -38,6 +38,8 @@ pub struct ReplicaConfig {
     pub election_timeout_ms: u64,
     /// Applied entries between snapshots (etcd `--snapshot-count`).
     pub snapshot_count: u64,
+    /// Bytes of the state database's page cache.
+    pub state_cache_bytes: u64,
     /// Entries kept in the log behind a snapshot for slow followers.
     pub snapshot_catchup_entries: u64,
     /// Seed of this member's Raft randomness (election timeouts).
@@ -260,8 +262,9 @@ impl Replica {
                 "raft log had a torn tail; truncated"
             );
         }
-        let (state_store, key_space, meta) = StateStore::open(&config.disk, &config.data_dir)
-            .map_err(|e| format!("open state store: {e}"))?;
+        let (state_store, key_space, meta) =
+            StateStore::open(&config.disk, &config.data_dir, config.state_cache_bytes)
+                .map_err(|e| format!("open state store: {e}"))?;
         let log = RaftLog::new(log_store, config.unsafe_skip_log_fsync);
         let state = StateMachine::new(state_store, key_space, meta, log.durable_committed());
         let raft_config = Config {

@@ -85,6 +85,10 @@ pub struct ServeArgs {
     /// Applied entries between snapshots.
     #[arg(long, env = "MAINSTAY_SNAPSHOT_COUNT")]
     pub snapshot_count: Option<u64>,
+    /// Bytes of the state database's page cache (Mainstay's own; default 32 MiB).
+    /// Reads are served from memory: the cache only speeds commits.
+    #[arg(long, env = "MAINSTAY_STATE_CACHE_BYTES")]
+    pub state_cache_bytes: Option<u64>,
     /// Entries kept behind a snapshot for slow followers (etcd 3.5:
     /// `--experimental-snapshot-catchup-entries`).
     #[arg(
@@ -238,6 +242,8 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     /// Entries between snapshots.
     pub snapshot_count: u64,
+    /// Page cache of the state database (bytes).
+    pub state_cache_bytes: u64,
     /// Entries kept behind a snapshot.
     pub snapshot_catchup_entries: u64,
     /// Watch progress notification period (ms).
@@ -309,6 +315,7 @@ impl Default for Config {
             txn_ops_max: defaults::TXN_OPS_MAX,
             quota_backend_bytes: defaults::QUOTA_BYTES,
             snapshot_count: defaults::SNAPSHOT_COUNT,
+            state_cache_bytes: defaults::STATE_CACHE_BYTES,
             snapshot_catchup_entries: defaults::SNAPSHOT_CATCHUP_ENTRIES,
             watch_progress_notify_interval_ms: defaults::WATCH_PROGRESS_MS,
             strict_reconfig_check: true,
@@ -352,6 +359,10 @@ pub mod defaults {
     pub const SNAPSHOT_COUNT: u64 = 10_000;
     /// etcd's `--snapshot-catchup-entries`.
     pub const SNAPSHOT_CATCHUP_ENTRIES: u64 = 5_000;
+    /// The state database's page cache: 32 MiB (measured with mainstay-bench:
+    /// RSS with 200k keys 856 MB at redb's 1 GiB default, 759 MB at 64 MiB,
+    /// 611 MB at 16 MiB; put throughput within the noise).
+    pub const STATE_CACHE_BYTES: u64 = 32 << 20;
     /// etcd's `--max-concurrent-streams`: 2^32-1.
     pub const CONCURRENT_STREAMS_MAX: u32 = u32::MAX;
     /// etcd's `--grpc-keepalive-interval`: 2 hours.
@@ -554,6 +565,7 @@ impl ServeArgs {
             "max-txn-ops" => self.max_txn_ops = Some(raw.uint()?),
             "quota-backend-bytes" => self.quota_backend_bytes = Some(raw.uint()?),
             "snapshot-count" => self.snapshot_count = Some(raw.uint()?),
+            "state-cache-bytes" => self.state_cache_bytes = Some(raw.uint()?),
             "snapshot-catchup-entries" | "experimental-snapshot-catchup-entries" => {
                 self.snapshot_catchup_entries = Some(raw.uint()?);
             }
@@ -609,6 +621,7 @@ impl ServeArgs {
             max_txn_ops,
             quota_backend_bytes,
             snapshot_count,
+            state_cache_bytes,
             snapshot_catchup_entries,
             watch_progress_notify_interval,
             max_concurrent_streams,
@@ -641,6 +654,7 @@ impl ServeArgs {
             max_txn_ops: self.max_txn_ops.or(max_txn_ops),
             quota_backend_bytes: self.quota_backend_bytes.or(quota_backend_bytes),
             snapshot_count: self.snapshot_count.or(snapshot_count),
+            state_cache_bytes: self.state_cache_bytes.or(state_cache_bytes),
             snapshot_catchup_entries: self.snapshot_catchup_entries.or(snapshot_catchup_entries),
             watch_progress_notify_interval: self
                 .watch_progress_notify_interval
@@ -745,6 +759,12 @@ impl ServeArgs {
         let snapshot_catchup_entries = self
             .snapshot_catchup_entries
             .unwrap_or(defaults::SNAPSHOT_CATCHUP_ENTRIES);
+        let state_cache_bytes = self
+            .state_cache_bytes
+            .unwrap_or(defaults::STATE_CACHE_BYTES);
+        if state_cache_bytes < 1 << 20 {
+            bail!("--state-cache-bytes ({state_cache_bytes}) must be at least 1048576 (1 MiB)");
+        }
         let watch_progress_notify_interval_ms = self
             .watch_progress_notify_interval
             .unwrap_or(defaults::WATCH_PROGRESS_MS);
@@ -845,6 +865,7 @@ impl ServeArgs {
             txn_ops_max,
             quota_backend_bytes,
             snapshot_count,
+            state_cache_bytes,
             snapshot_catchup_entries,
             watch_progress_notify_interval_ms,
             strict_reconfig_check: self.strict_reconfig_check.unwrap_or(true),

@@ -266,6 +266,7 @@ async fn serve_member(
         heartbeat_ms: config.heartbeat_interval_ms,
         election_timeout_ms: config.election_timeout_ms,
         snapshot_count: config.snapshot_count,
+        state_cache_bytes: config.state_cache_bytes,
         snapshot_catchup_entries: config.snapshot_catchup_entries,
         seed: env.seed,
         dial: env.dial.clone(),

@@ -166,11 +166,13 @@ fn encode_meta(meta: &StateMeta) -> Result<Vec<u8>, StorageError> {
 }
 
 impl StateStore {
-    /// Opens (or creates) `dir/state.redb` on `disk` and loads the keyspace and
-    /// metadata. The caller holds the data directory's lock (`LogStore::open`).
+    /// Opens (or creates) `dir/state.redb` on `disk` with a page cache of
+    /// `cache_bytes` and loads the keyspace and metadata. The caller holds the
+    /// data directory's lock (`LogStore::open`).
     pub fn open(
         disk: &Arc<dyn Disk>,
         dir: &Path,
+        cache_bytes: u64,
     ) -> Result<(StateStore, KeySpace, StateMeta), StorageError> {
         disk.create_dir_all(dir)
             .map_err(|e| StorageError::io("create data directory", e))?;
@@ -184,6 +186,7 @@ impl StateStore {
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
             || -> Result<(StateStore, KeySpace, StateMeta), StorageError> {
                 let db = Builder::new()
+                    .set_cache_size(usize::try_from(cache_bytes).unwrap_or(usize::MAX))
                     .create_with_backend(RedbBackend(file.clone()))
                     .map_err(|e| corrupt_db(&path, e))?;
                 let store = StateStore {

@@ -166,12 +166,14 @@ fn state_store_commits_and_reloads() {
         compacted: 0,
     };
     {
-        let (mut store, loaded, loaded_meta) = StateStore::open(&os(), dir.path()).expect("open");
+        let (mut store, loaded, loaded_meta) =
+            StateStore::open(&os(), dir.path(), 1 << 20).expect("open");
         assert_eq!(loaded, KeySpace::new());
         assert_eq!(loaded_meta, StateMeta::default());
         store.commit(&changes, &meta, true).expect("commit");
     }
-    let (store, loaded, loaded_meta) = StateStore::open(&os(), dir.path()).expect("reopen");
+    let (store, loaded, loaded_meta) =
+        StateStore::open(&os(), dir.path(), 1 << 20).expect("reopen");
     assert_eq!(loaded, space);
     assert_eq!(loaded_meta, meta);
     let snapshot = store.snapshot().expect("snapshot");
@@ -181,11 +183,12 @@ fn state_store_commits_and_reloads() {
     bad[3] ^= 1;
     assert!(SnapshotData::decode(&bad).is_err());
     let other = tempfile::tempdir().expect("tempdir");
-    let (mut fresh, _, _) = StateStore::open(&os(), other.path()).expect("open");
+    let (mut fresh, _, _) = StateStore::open(&os(), other.path(), 1 << 20).expect("open");
     let installed = fresh.install(&decoded).expect("install");
     assert_eq!(installed, space);
     drop(fresh);
-    let (_, reloaded, reloaded_meta) = StateStore::open(&os(), other.path()).expect("reopen");
+    let (_, reloaded, reloaded_meta) =
+        StateStore::open(&os(), other.path(), 1 << 20).expect("reopen");
     assert_eq!(reloaded, space);
     assert_eq!(reloaded_meta, meta);
 }
@@ -309,7 +312,7 @@ fn only_durable_state_commits_survive_a_crash() {
     };
     let mut space = KeySpace::new();
     {
-        let (mut store, _, _) = StateStore::open(&disk, dir).expect("open");
+        let (mut store, _, _) = StateStore::open(&disk, dir, 1 << 20).expect("open");
         let changes = put(&mut space, "a");
         store
             .commit(&changes, &meta_at(1, &space), false)
@@ -326,7 +329,7 @@ fn only_durable_state_commits_survive_a_crash() {
         std::mem::forget(store);
     }
     mem.crash(dir, &mut |_| 0);
-    let (_, loaded, meta) = StateStore::open(&disk, dir).expect("reopen");
+    let (_, loaded, meta) = StateStore::open(&disk, dir, 1 << 20).expect("reopen");
     assert_eq!(meta.applied.map(|id| id.index), Some(2));
     assert_eq!(loaded.revision(), 3, "a and b survived, c did not");
 }
@@ -418,7 +421,7 @@ fn a_flipped_bit_in_a_stored_value_is_refused() {
         .apply(&Command::Put(put), &ApplyContext::default())
         .changes;
     {
-        let (mut store, _, _) = StateStore::open(&disk, dir).expect("open");
+        let (mut store, _, _) = StateStore::open(&disk, dir, 1 << 20).expect("open");
         store
             .commit(
                 &changes,
@@ -439,7 +442,7 @@ fn a_flipped_bit_in_a_stored_value_is_refused() {
     let mut choices = vec![at + 3, 2].into_iter();
     mem.flip_bit(&path, &mut |_| choices.next().unwrap_or(0));
     mem.crash(dir, &mut |_| 0);
-    let error = StateStore::open(&disk, dir).expect_err("must refuse");
+    let error = StateStore::open(&disk, dir, 1 << 20).expect_err("must refuse");
     assert!(error.to_string().contains("refusing to start"), "{error}");
 }
 
@@ -502,17 +505,17 @@ fn leases_persist_with_their_keys_and_travel_in_snapshots() {
         ..StateMeta::default()
     };
     {
-        let (mut store, _, _) = StateStore::open(&disk, dir).expect("open");
+        let (mut store, _, _) = StateStore::open(&disk, dir, 1 << 20).expect("open");
         store.commit(&changes, &meta(&space), true).expect("commit");
     }
     mem.crash(dir, &mut |_| 0);
-    let (mut store, loaded, _) = StateStore::open(&disk, dir).expect("reopen");
+    let (mut store, loaded, _) = StateStore::open(&disk, dir, 1 << 20).expect("reopen");
     assert_eq!(loaded, space);
     assert_eq!(loaded.lease_keys(77), vec![b"held".to_vec()]);
     let snapshot = store.snapshot().expect("snapshot");
     assert_eq!(snapshot.leases.len(), 1);
     let other = Path::new("/other");
-    let (mut fresh, _, _) = StateStore::open(&disk, other).expect("open");
+    let (mut fresh, _, _) = StateStore::open(&disk, other, 1 << 20).expect("open");
     let decoded = SnapshotData::decode(&snapshot.encode().expect("encode")).expect("decode");
     assert_eq!(fresh.install(&decoded).expect("install"), space);
 
@@ -525,7 +528,7 @@ fn leases_persist_with_their_keys_and_travel_in_snapshots() {
         .expect("commit");
     drop(store);
     mem.crash(dir, &mut |_| 0);
-    let (_, loaded, _) = StateStore::open(&disk, dir).expect("reopen");
+    let (_, loaded, _) = StateStore::open(&disk, dir, 1 << 20).expect("reopen");
     assert_eq!(loaded, space);
     assert_eq!(loaded.lease(77), None);
     assert!(loaded.get(b"held", loaded.revision()).is_none());

@@ -44,6 +44,8 @@ pub(crate) enum Releases {
     Legacy,
     /// Not a flag: a key of etcd's YAML config file only.
     FileOnly,
+    /// Mainstay's own setting, with no etcd equivalent.
+    Mainstay,
 }
 
 impl fmt::Display for Releases {
@@ -55,6 +57,7 @@ impl fmt::Display for Releases {
             Releases::Etcd36 => "3.6",
             Releases::Legacy => "0.4 (ignored by 3.x)",
             Releases::FileOnly => "YAML file only",
+            Releases::Mainstay => "Mainstay only",
         })
     }
 }
@@ -461,6 +464,8 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     // etcd 3.6's names for two of the experimental flags above: Mainstay's own.
     flag("snapshot-catchup-entries", Etcd36, Uint, Implemented("entries kept behind a snapshot for slow followers (default 5000)")),
     flag("watch-progress-notify-interval", Etcd36, Duration, Implemented("a Go duration, or a whole number of milliseconds (default 10m, at least 100ms)")),
+    // Mainstay's own settings.
+    flag("state-cache-bytes", Releases::Mainstay, Uint, Implemented("page cache of the state database in bytes (default 32 MiB, at least 1 MiB)")),
     // Ignored by etcd itself (etcdmain's `ignored` list).
     flag("cluster-active-size", Legacy, Any, Ignored(LEGACY)),
     flag("cluster-remove-delay", Legacy, Any, Ignored(LEGACY)),

@@ -137,7 +137,10 @@ fn the_table_holds_every_etcd_flag_once_with_its_releases() {
     }
     for flag in ETCD_FLAGS {
         let in_etcd = etcd_34.contains(&flag.name) || etcd_35.contains(&flag.name);
-        let extra = matches!(flag.releases, Releases::Etcd36 | Releases::Legacy);
+        let extra = matches!(
+            flag.releases,
+            Releases::Etcd36 | Releases::Legacy | Releases::Mainstay
+        );
         assert!(
             in_etcd != extra,
             "--{} is not an etcd 3.4/3.5 flag",
@@ -783,7 +786,12 @@ fn compat_md_has_every_flag_as_the_code_handles_it() {
     let count = |wanted: fn(&Handling) -> bool| {
         ETCD_FLAGS
             .iter()
-            .filter(|f| !matches!(f.releases, Releases::Etcd36 | Releases::Legacy))
+            .filter(|f| {
+                !matches!(
+                    f.releases,
+                    Releases::Etcd36 | Releases::Legacy | Releases::Mainstay
+                )
+            })
             .filter(|f| wanted(&f.handling))
             .count()
     };
@@ -797,5 +805,22 @@ fn compat_md_has_every_flag_as_the_code_handles_it() {
     assert!(
         prose.contains(&summary),
         "docs/compat.md should say {summary:?}"
+    );
+}
+
+#[test]
+fn the_state_cache_is_sized_by_flag_or_env_with_a_floor() {
+    // Goal: --state-cache-bytes (Mainstay's own) and its variable set the redb
+    // page cache; the default is small, and a cache under 1 MiB is refused.
+    let config = resolve(&[], &[]).expect("defaults");
+    assert_eq!(config.state_cache_bytes, 32 << 20);
+    let config = resolve(&["--state-cache-bytes", "8388608"], &[]).expect("flag");
+    assert_eq!(config.state_cache_bytes, 8 << 20);
+    let config = resolve(&[], &[("MAINSTAY_STATE_CACHE_BYTES", "4194304")]).expect("env");
+    assert_eq!(config.state_cache_bytes, 4 << 20);
+    let error = resolve(&["--state-cache-bytes", "1000"], &[]).expect_err("too small");
+    assert!(
+        error.to_string().contains("must be at least 1048576"),
+        "{error}"
     );
 }

@@ -42,6 +42,16 @@ enum Waiter {
     Nobody,
 }
 
+/// What the log holds durably: the highest committed index, or why it
+/// stopped (the writer failed; the member must stop).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DurableCommitted {
+    /// Highest committed index fsynced in this member's log.
+    pub index: u64,
+    /// The write or fsync error that stopped the writer.
+    pub failed: Option<String>,
+}
+
 struct Queued {
     job: LogJob,
     /// The committed index this job records, if it is a committed id.
@@ -56,7 +66,7 @@ struct Queued {
 pub struct RaftLog {
     store: Arc<Mutex<LogStore>>,
     jobs: mpsc::Sender<Queued>,
-    durable_committed: watch::Receiver<u64>,
+    durable_committed: watch::Receiver<DurableCommitted>,
 }
 
 impl RaftLog {
@@ -66,7 +76,10 @@ impl RaftLog {
     pub fn new(store: LogStore, skip_fsync: bool) -> Self {
         let (jobs, queue) = mpsc::channel(JOBS_QUEUED_MAX);
         let committed = store.committed().map_or(0, |id| id.index);
-        let (durable, durable_committed) = watch::channel(committed);
+        let (durable, durable_committed) = watch::channel(DurableCommitted {
+            index: committed,
+            failed: None,
+        });
         start_writer(store.writer(), queue, durable, skip_fsync);
         RaftLog {
             store: Arc::new(Mutex::new(store)),
@@ -76,7 +89,7 @@ impl RaftLog {
     }
 
     /// The highest committed index durable in this member's log.
-    pub fn durable_committed(&self) -> watch::Receiver<u64> {
+    pub fn durable_committed(&self) -> watch::Receiver<DurableCommitted> {
         self.durable_committed.clone()
     }
 
@@ -121,7 +134,7 @@ fn to_io(error: mainstay_storage::StorageError) -> io::Error {
 fn start_writer(
     writer: Arc<Mutex<LogWriter>>,
     mut queue: mpsc::Receiver<Queued>,
-    durable: watch::Sender<u64>,
+    durable: watch::Sender<DurableCommitted>,
     skip_fsync: bool,
 ) {
     let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
@@ -138,7 +151,9 @@ fn start_writer(
                             Err(_) => break,
                         }
                     }
-                    write_batch(&writer, &mut batch, &durable, skip_fsync);
+                    if !write_batch(&writer, &mut batch, &durable, skip_fsync) {
+                        break;
+                    }
                 }
             });
         if let Err(error) = spawned {
@@ -149,7 +164,9 @@ fn start_writer(
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while queue.recv_many(&mut batch, JOBS_PER_WRITE_MAX).await > 0 {
-                write_batch(&writer, &mut batch, &durable, skip_fsync);
+                if !write_batch(&writer, &mut batch, &durable, skip_fsync) {
+                    break;
+                }
             }
         });
     }
@@ -157,13 +174,16 @@ fn start_writer(
 
 /// Group commit of queued jobs, in queue order: one write, one fsync, then
 /// every waiter is told. After a failure every waiter gets the error (the
-/// store is poisoned) and the member stops.
+/// store is poisoned), the error is published in `durable_committed` (so the
+/// state machine's next apply fails and the member stops even if no waiter of
+/// this batch could tell openraft: a batch holding only a committed id), and
+/// false is returned: the writer stops.
 fn write_batch(
     writer: &Mutex<LogWriter>,
     batch: &mut Vec<Queued>,
-    durable: &watch::Sender<u64>,
+    durable: &watch::Sender<DurableCommitted>,
     skip_fsync: bool,
-) {
+) -> bool {
     let needs_sync = batch.iter().any(|queued| queued.sync);
     let sync = needs_sync && !skip_fsync;
     let committed = batch.iter().filter_map(|queued| queued.committed).max();
@@ -181,13 +201,16 @@ fn write_batch(
         Ok(()) => {
             if let Some(committed) = committed.filter(|_| needs_sync) {
                 durable.send_if_modified(|durable| {
-                    let advanced = committed > *durable;
-                    *durable = (*durable).max(committed);
+                    let advanced = committed > durable.index;
+                    durable.index = durable.index.max(committed);
                     advanced
                 });
             }
         }
-        Err(error) => tracing::error!(%error, "raft log write failed; stopping the member"),
+        Err(error) => {
+            tracing::error!(%error, "raft log write failed; stopping the member");
+            durable.send_modify(|durable| durable.failed = Some(error.to_string()));
+        }
     }
     for waiter in waiters {
         let outcome = match &result {
@@ -203,6 +226,7 @@ fn write_batch(
             Waiter::Nobody => {}
         }
     }
+    result.is_ok()
 }
 
 impl RaftLogReader<TypeConfig> for RaftLog {

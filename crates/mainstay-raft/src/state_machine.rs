@@ -144,7 +144,7 @@ impl Durable {
 
 struct Shared {
     key_space: RwLock<KeySpace>,
-    durable_committed: tokio::sync::watch::Receiver<u64>,
+    durable_committed: tokio::sync::watch::Receiver<crate::log_store::DurableCommitted>,
     durable: Mutex<Durable>,
     events: broadcast::Sender<AppliedEvents>,
     leases: LeaseClock,
@@ -171,7 +171,7 @@ impl StateMachine {
         store: StateStore,
         key_space: KeySpace,
         meta: StateMeta,
-        durable_committed: tokio::sync::watch::Receiver<u64>,
+        durable_committed: tokio::sync::watch::Receiver<crate::log_store::DurableCommitted>,
     ) -> Self {
         let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
         let leases = LeaseClock::default();
@@ -312,10 +312,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         };
         let mut durable_committed = self.shared.durable_committed.clone();
-        durable_committed
-            .wait_for(|committed| *committed >= last)
+        let durable = durable_committed
+            .wait_for(|durable| durable.failed.is_some() || durable.index >= last)
             .await
             .map_err(|_| io::Error::other("raft log writer stopped"))?;
+        if let Some(error) = &durable.failed {
+            return Err(io::Error::other(error.clone()));
+        }
+        drop(durable);
         let mut meta = self.durable().meta.clone();
         let mut changes = Vec::new();
         let mut published = Vec::new();

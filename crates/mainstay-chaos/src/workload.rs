@@ -128,6 +128,33 @@ pub async fn client(
                 Ok(Err(status)) if definite(status.code()) => Outcome::Failed,
                 _ => Outcome::Unknown,
             };
+            // Read-your-writes probe: right after an acknowledged put, half the
+            // time, a serializable read on the same connection. A member that
+            // answered before applying the write itself shows an older
+            // revision here (the session check).
+            if matches!(outcome, Outcome::Ok(_)) && draw.below(2) == 0 {
+                let probed = micros(start);
+                let probe = RangeRequest {
+                    key: key.clone(),
+                    serializable: true,
+                    ..Default::default()
+                };
+                if let Ok(Ok(reply)) = tokio::time::timeout(REQUEST_TIMEOUT, kv.range(probe)).await
+                {
+                    let header = reply.into_inner().header.unwrap_or_default();
+                    if header.member_id != 0 {
+                        lock(&records).sessions.push(SessionEvent {
+                            client: id,
+                            member: header.member_id,
+                            invoked: probed,
+                            kind: SessionKind::Read {
+                                revision: header.revision,
+                                serializable: true,
+                            },
+                        });
+                    }
+                }
+            }
             (Input::Put { key, value }, outcome)
         } else if choice < 80 {
             // 30 % linearizable reads, 15 % serializable ones.

@@ -5,6 +5,7 @@
 //! serve the peer protocol. Log entries, votes and memberships are persisted in
 //! our own formats (`codec`), so an openraft upgrade touches this crate only.
 
+mod applied;
 mod codec;
 mod error;
 mod lease;
@@ -13,6 +14,7 @@ mod membership;
 mod network;
 mod peer_channel;
 mod peer_service;
+mod read_rounds;
 mod replica;
 mod state_machine;
 mod type_config;

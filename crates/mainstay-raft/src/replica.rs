@@ -234,6 +234,8 @@ pub(crate) struct Inner {
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     /// When a leader's AppendEntries (heartbeats included) last reached this member.
     leader_contact: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Linearizable reads waiting for a shared read-index round.
+    read_rounds: crate::read_rounds::ReadRounds,
 }
 
 /// One member's replica. Cheap to clone.
@@ -329,6 +331,7 @@ impl Replica {
                 lease_gate: tokio::sync::RwLock::new(()),
                 membership_lock: tokio::sync::Mutex::new(()),
                 leader_contact: std::sync::Mutex::new(None),
+                read_rounds: crate::read_rounds::ReadRounds::default(),
             }),
         })
     }
@@ -578,29 +581,20 @@ impl Replica {
         self.wait_index(index, deadline).await
     }
 
-    /// Waits until this member has applied `index`, or the deadline. Written
-    /// out rather than openraft's `wait()`, whose timer race picks a branch at
-    /// random and so broke the simulator's same-seed-same-trace rule.
+    /// Waits until this member has applied `index`, or the deadline (woken
+    /// once, by the apply that reaches it: `AppliedIndex`).
     pub(crate) async fn wait_index(
         &self,
         index: u64,
         deadline: tokio::time::Instant,
     ) -> Result<(), ReplicaError> {
-        let mut metrics = self.inner.raft.metrics();
-        loop {
-            let applied = metrics
-                .borrow_watched()
-                .last_applied
-                .as_ref()
-                .map_or(0, |l| l.index);
-            if applied >= index {
-                return Ok(());
-            }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(ReplicaError::Stopped),
-                Err(_) => return Err(ReplicaError::Timeout),
-            }
+        let Some(applied) = self.inner.state.applied().wait(index) else {
+            return Ok(());
+        };
+        match tokio::time::timeout_at(deadline, applied).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ReplicaError::Stopped),
+            Err(_) => Err(ReplicaError::Timeout),
         }
     }
 
@@ -821,28 +815,48 @@ impl Replica {
     }
 
     /// Waits until this member has applied everything committed before the call
-    /// (a ReadIndex barrier through the leader; no log write).
+    /// (a ReadIndex barrier through the leader; no log write). Concurrent
+    /// barriers on this member share rounds (`ReadRounds`).
     pub async fn read_barrier(&self) -> Result<(), ReplicaError> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let (answered, start) = self.inner.read_rounds.join();
+        if start {
+            tokio::spawn(self.clone().run_read_rounds());
+        }
+        let index = match tokio::time::timeout_at(deadline, answered).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => return Err(ReplicaError::Stopped),
+            Err(_) => return Err(ReplicaError::Timeout),
+        };
+        self.wait_index(index, deadline).await
+    }
+
+    /// Runs read-index rounds until no read is queued.
+    async fn run_read_rounds(self) {
+        while let Some(reads) = self.inner.read_rounds.next_round() {
+            let result = self.read_index_round().await;
+            crate::read_rounds::answer(reads, &result);
+        }
+    }
+
+    /// One read index, taken now: the leader's own, or asked of the leader.
+    async fn read_index_round(&self) -> Result<u64, ReplicaError> {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
         let mut known_leader = None;
         loop {
-            let index = match self.read_index_local().await {
-                ReadIndexReply::Index(_) => return Ok(()),
+            match self.read_index_local().await {
+                ReadIndexReply::Index(index) => return Ok(index),
                 ReadIndexReply::Failed(error) => return Err(error),
                 ReadIndexReply::NotLeader(leader) => {
                     known_leader = leader.or(known_leader);
-                    match leader.filter(|l| *l != self.member_id()) {
-                        Some(leader) => match self.remote_read_index(leader).await {
-                            Some(ReadIndexReply::Index(index)) => Some(index),
+                    if let Some(leader) = leader.filter(|l| *l != self.member_id()) {
+                        match self.remote_read_index(leader).await {
+                            Some(ReadIndexReply::Index(index)) => return Ok(index),
                             Some(ReadIndexReply::Failed(error)) => return Err(error),
-                            _ => None,
-                        },
-                        None => None,
+                            _ => {}
+                        }
                     }
                 }
-            };
-            if let Some(index) = index {
-                return self.wait_index(index, deadline).await;
             }
             retry_pause(deadline, known_leader).await?;
         }

@@ -144,6 +144,7 @@ impl Durable {
 
 struct Shared {
     key_space: RwLock<KeySpace>,
+    applied: crate::applied::AppliedIndex,
     durable_committed: tokio::sync::watch::Receiver<crate::log_store::DurableCommitted>,
     durable: Mutex<Durable>,
     events: broadcast::Sender<AppliedEvents>,
@@ -179,6 +180,9 @@ impl StateMachine {
         StateMachine {
             shared: Arc::new(Shared {
                 leases,
+                applied: crate::applied::AppliedIndex::new(
+                    meta.applied.as_ref().map_or(0, |id| id.index),
+                ),
                 key_space: RwLock::new(key_space),
                 durable_committed,
                 durable: Mutex::new(Durable {
@@ -208,6 +212,11 @@ impl StateMachine {
     /// This replica's lease deadlines.
     pub fn lease_clock(&self) -> &LeaseClock {
         &self.shared.leases
+    }
+
+    /// This member's applied index, and the requests waiting for it.
+    pub(crate) fn applied(&self) -> &crate::applied::AppliedIndex {
+        &self.shared.applied
     }
 
     /// Subscribes to durable applied events.
@@ -375,6 +384,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // No receiver is fine: nobody watches.
             let _ = self.shared.events.send(events);
         }
+        self.shared.applied.advance(last);
         for (responder, result) in replies {
             if let Some(responder) = responder {
                 responder.send(result);
@@ -408,6 +418,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = key_space;
         durable.meta = data.meta;
+        self.shared
+            .applied
+            .advance(durable.meta.applied.as_ref().map_or(0, |id| id.index));
         durable.snapshot_built = true;
         durable.pending.clear();
         durable.pending_bytes = 0;

@@ -23,6 +23,18 @@ pub enum StorageError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// The data directory was written in a layout this build does not know.
+    #[error(
+        "{path} is in format {found}, written by a newer Mainstay; this build reads format {supported} and older. Start the newer build, or restore this member from a snapshot"
+    )]
+    Format {
+        /// The file.
+        path: String,
+        /// Its format.
+        found: u32,
+        /// The newest format this build reads.
+        supported: u32,
+    },
     /// A previous write or fsync failed; the store accepts nothing more.
     #[error("storage is stopped after an earlier write or fsync failure")]
     Poisoned,

@@ -23,8 +23,18 @@ use crate::disk::{Disk, DiskFile, RedbBackend};
 use crate::error::StorageError;
 use crate::log_store::LogIdRecord;
 
-/// Key = user key ++ revision (8 bytes, big endian); value = encoded `Record::live`.
-const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_history");
+/// Key = revision (8 bytes, big endian) ++ user key; value = the sealed, encoded
+/// `Record::live`. Keyed by revision first (as etcd's bbolt `key` bucket), so an
+/// applied batch lands at the end of the tree: a commit rewrites one path of
+/// pages, not one leaf per written key. (Format 2.)
+const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_by_revision");
+/// Format 1's history table: key = user key ++ revision. Migrated on open.
+const HISTORY_V1: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_history");
+/// Single row `"format"`: the version of this file's layout (u32, big endian).
+const FORMAT: TableDefinition<&str, &[u8]> = TableDefinition::new("format");
+const FORMAT_KEY: &str = "format";
+/// The layout this build writes and reads.
+const STATE_FORMAT: u32 = 2;
 /// Single row `"meta"` holding the encoded `StateMeta`.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_KEY: &str = "meta";
@@ -106,12 +116,19 @@ impl std::fmt::Debug for StateStore {
 
 fn history_key(key: &[u8], revision: Revision) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(key.len() + 8);
-    bytes.extend_from_slice(key);
     bytes.extend_from_slice(&revision.to_be_bytes());
+    bytes.extend_from_slice(key);
     bytes
 }
 
 fn split_history_key(bytes: &[u8]) -> Option<(Vec<u8>, Revision)> {
+    let (revision, key) = bytes.split_at_checked(8)?;
+    let revision = Revision::from_be_bytes(revision.try_into().ok()?);
+    Some((key.to_vec(), revision))
+}
+
+/// Format 1's row key: user key ++ revision.
+fn split_history_key_v1(bytes: &[u8]) -> Option<(Vec<u8>, Revision)> {
     let split = bytes.len().checked_sub(8)?;
     let (key, revision) = bytes.split_at(split);
     let revision = Revision::from_be_bytes(revision.try_into().ok()?);
@@ -195,6 +212,7 @@ impl StateStore {
                     path: path.clone(),
                     poisoned: false,
                 };
+                store.upgrade()?;
                 let (key_space, meta) = store.load()?;
                 Ok((store, key_space, meta))
             },
@@ -210,6 +228,84 @@ impl StateStore {
 
     fn load(&self) -> Result<(KeySpace, StateMeta), StorageError> {
         self.reader()?.load()
+    }
+
+    /// Brings the file to `STATE_FORMAT`: a new file gets the version; format
+    /// 1 (no version row, history keyed by user key) is rewritten in one
+    /// durable transaction; a newer format is refused, never misread.
+    fn upgrade(&self) -> Result<(), StorageError> {
+        let read = self
+            .db()?
+            .begin_read()
+            .map_err(|e| read_error(&self.path, e.into()))?;
+        let version = match read.open_table(FORMAT) {
+            Ok(table) => match table
+                .get(FORMAT_KEY)
+                .map_err(|e| read_error(&self.path, e.into()))?
+            {
+                Some(value) => {
+                    let value = unseal(FORMAT_KEY.as_bytes(), value.value())
+                        .ok_or_else(|| corrupt(&self.path, "format row checksum mismatch"))?;
+                    let bytes: [u8; 4] = value
+                        .try_into()
+                        .map_err(|_| corrupt(&self.path, "malformed format row"))?;
+                    Some(u32::from_be_bytes(bytes))
+                }
+                None => None,
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(error) => return Err(read_error(&self.path, error.into())),
+        };
+        let old_rows = match read.open_table(HISTORY_V1) {
+            Ok(table) => {
+                let mut rows = Vec::new();
+                for row in table.iter().map_err(|e| read_error(&self.path, e.into()))? {
+                    let (key, value) = row.map_err(|e| read_error(&self.path, e.into()))?;
+                    let live = unseal(key.value(), value.value())
+                        .ok_or_else(|| corrupt(&self.path, "history row checksum mismatch"))?;
+                    let (user_key, revision) = split_history_key_v1(key.value())
+                        .ok_or_else(|| corrupt(&self.path, "malformed history key"))?;
+                    rows.push((history_key(&user_key, revision), live.to_vec()));
+                }
+                Some(rows)
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(error) => return Err(read_error(&self.path, error.into())),
+        };
+        drop(read);
+        match version {
+            Some(STATE_FORMAT) if old_rows.is_none() => return Ok(()),
+            Some(newer) if newer > STATE_FORMAT => {
+                return Err(StorageError::Format {
+                    path: self.path.display().to_string(),
+                    found: newer,
+                    supported: STATE_FORMAT,
+                });
+            }
+            _ => {}
+        }
+        let write = self.db()?.begin_write().map_err(StorageError::db)?;
+        {
+            if let Some(rows) = &old_rows {
+                let mut history = write.open_table(HISTORY).map_err(StorageError::db)?;
+                for (row, live) in rows {
+                    let sealed = seal(row, live.clone());
+                    history
+                        .insert(row.as_slice(), sealed.as_slice())
+                        .map_err(StorageError::db)?;
+                }
+            }
+            let mut format = write.open_table(FORMAT).map_err(StorageError::db)?;
+            let sealed = seal(FORMAT_KEY.as_bytes(), STATE_FORMAT.to_be_bytes().to_vec());
+            format
+                .insert(FORMAT_KEY, sealed.as_slice())
+                .map_err(StorageError::db)?;
+        }
+        if old_rows.is_some() {
+            write.delete_table(HISTORY_V1).map_err(StorageError::db)?;
+            tracing::info!(path = %self.path.display(), "state database migrated to format {STATE_FORMAT}");
+        }
+        write.commit().map_err(StorageError::db)
     }
 
     /// One consistent read of the committed state (redb readers do not block
@@ -494,5 +590,118 @@ impl StateReader {
             records,
             leases: key_space.leases().collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use std::sync::Arc;
+
+    use mainstay_mvcc::{ApplyContext, Command, KeySpace, PutRequest};
+    use redb::Database;
+
+    use super::*;
+    use crate::disk::OsDisk;
+
+    fn os() -> Arc<dyn Disk> {
+        Arc::new(OsDisk)
+    }
+
+    /// A keyspace with a few revisions of two keys, and the rows format 1 kept.
+    fn format_1_rows() -> (KeySpace, Vec<(Vec<u8>, Vec<u8>)>) {
+        let mut space = KeySpace::new();
+        let mut rows = Vec::new();
+        for (key, value) in [("a", "1"), ("b", "2"), ("a", "3")] {
+            let put = PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+                ..PutRequest::default()
+            };
+            for change in space
+                .apply(&Command::Put(put), &ApplyContext::default())
+                .changes
+            {
+                if let Change::Append { key, record } = change {
+                    let mut row = key.clone();
+                    row.extend_from_slice(&record.revision.to_be_bytes());
+                    let live = encode_live(&row, &record).expect("encode");
+                    rows.push((row, live));
+                }
+            }
+        }
+        (space, rows)
+    }
+
+    #[test]
+    fn a_format_1_file_is_migrated_and_keeps_its_keys() {
+        // Goal: a data directory written before the format row existed (rows
+        // keyed by user key) opens with the same keyspace, and is rewritten.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (space, rows) = format_1_rows();
+        {
+            let db = Database::create(dir.path().join("state.redb")).expect("create");
+            let write = db.begin_write().expect("write");
+            {
+                let mut history = write.open_table(HISTORY_V1).expect("table");
+                for (row, live) in &rows {
+                    history
+                        .insert(row.as_slice(), live.as_slice())
+                        .expect("insert");
+                }
+                let mut meta = write.open_table(META).expect("meta");
+                let encoded = encode_meta(&StateMeta {
+                    revision: space.revision(),
+                    ..StateMeta::default()
+                })
+                .expect("encode");
+                meta.insert(META_KEY, encoded.as_slice()).expect("insert");
+            }
+            write.commit().expect("commit");
+        }
+        for _ in 0..2 {
+            let (store, loaded, _) = StateStore::open(&os(), dir.path(), 1 << 20).expect("open");
+            assert_eq!(loaded, space);
+            let read = store.db().expect("db").begin_read().expect("read");
+            assert!(
+                matches!(
+                    read.open_table(HISTORY_V1),
+                    Err(redb::TableError::TableDoesNotExist(_))
+                ),
+                "the format 1 table is gone"
+            );
+        }
+    }
+
+    #[test]
+    fn a_newer_format_is_refused() {
+        // Goal: a file written by a newer build is never misread.
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = Database::create(dir.path().join("state.redb")).expect("create");
+            let write = db.begin_write().expect("write");
+            {
+                let mut format = write.open_table(FORMAT).expect("table");
+                let sealed = seal(
+                    FORMAT_KEY.as_bytes(),
+                    (STATE_FORMAT + 1).to_be_bytes().to_vec(),
+                );
+                format
+                    .insert(FORMAT_KEY, sealed.as_slice())
+                    .expect("insert");
+            }
+            write.commit().expect("commit");
+        }
+        let error = StateStore::open(&os(), dir.path(), 1 << 20).expect_err("refused");
+        assert!(
+            matches!(
+                error,
+                StorageError::Format {
+                    found: 3,
+                    supported: 2,
+                    ..
+                }
+            ),
+            "{error}"
+        );
     }
 }

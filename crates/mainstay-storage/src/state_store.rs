@@ -607,8 +607,11 @@ mod format_tests {
         Arc::new(OsDisk)
     }
 
+    /// Rows as format 1 kept them: (user key ++ revision, sealed value).
+    type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
     /// A keyspace with a few revisions of two keys, and the rows format 1 kept.
-    fn format_1_rows() -> (KeySpace, Vec<(Vec<u8>, Vec<u8>)>) {
+    fn format_1_rows() -> (KeySpace, Rows) {
         let mut space = KeySpace::new();
         let mut rows = Vec::new();
         for (key, value) in [("a", "1"), ("b", "2"), ("a", "3")] {

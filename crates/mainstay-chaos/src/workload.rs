@@ -96,14 +96,7 @@ pub async fn client(
         let choice = draw.below(100);
         let invoked = micros(start);
         let session = |records: &Shared, member: u64, kind: SessionKind| {
-            if member != 0 {
-                lock(records).sessions.push(SessionEvent {
-                    client: id,
-                    member,
-                    invoked,
-                    kind,
-                });
-            }
+            record_session(records, id, member, invoked, kind);
         };
         let (input, outcome) = if choice < 35 {
             let request = PutRequest {
@@ -142,17 +135,16 @@ pub async fn client(
                 if let Ok(Ok(reply)) = tokio::time::timeout(REQUEST_TIMEOUT, kv.range(probe)).await
                 {
                     let header = reply.into_inner().header.unwrap_or_default();
-                    if header.member_id != 0 {
-                        lock(&records).sessions.push(SessionEvent {
-                            client: id,
-                            member: header.member_id,
-                            invoked: probed,
-                            kind: SessionKind::Read {
-                                revision: header.revision,
-                                serializable: true,
-                            },
-                        });
-                    }
+                    record_session(
+                        &records,
+                        id,
+                        header.member_id,
+                        probed,
+                        SessionKind::Read {
+                            revision: header.revision,
+                            serializable: true,
+                        },
+                    );
                 }
             }
             (Input::Put { key, value }, outcome)
@@ -335,5 +327,18 @@ pub async fn watcher(slot: usize, url: String, stop: Instant, records: Shared) {
         }
         drop(sender);
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Adds one answer to the session log (an answer without a member id, 0,
+/// names no session).
+fn record_session(records: &Shared, client: u64, member: u64, invoked: u64, kind: SessionKind) {
+    if member != 0 {
+        lock(records).sessions.push(SessionEvent {
+            client,
+            member,
+            invoked,
+            kind,
+        });
     }
 }

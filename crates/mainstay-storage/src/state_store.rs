@@ -423,7 +423,9 @@ impl StateStore {
         self.db.as_ref().ok_or(StorageError::Poisoned)
     }
 
-    /// A consistent copy of the committed state, for a snapshot.
+    /// A consistent copy of the committed state (the Raft adapter reads
+    /// through `reader`; tests take it in one call).
+    #[cfg(test)]
     pub fn snapshot(&self) -> Result<SnapshotData, StorageError> {
         self.reader()?.snapshot()
     }

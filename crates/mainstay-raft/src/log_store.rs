@@ -5,12 +5,15 @@
 //! writer. The writer takes every job queued so far, writes them in order and
 //! fsyncs once (group commit); then it fires the append callbacks ("on disk")
 //! and answers votes. Truncations and purges need no fsync of their own (see
-//! `LogStore`): they ride on the next one. The committed id is fsynced (grouped
-//! with whatever else is queued) and published as `durable_committed`: the
-//! state machine applies an entry only once its index is durably committed on
-//! this member, so what a member ever showed is re-applied after a crash and
-//! its applied state never goes back. openraft calls the storage one call at a
-//! time (`&mut self`), so jobs are queued in the order they were staged.
+//! `LogStore`): they ride on the next one, and so does the committed id, which
+//! is written at once (a killed process keeps it) but fsynced only with the
+//! next append: it can be recovered from the leader, as etcd leaves a
+//! commit-only HardState unsynced. A member that restarts may therefore apply
+//! less than it showed before a crash that lost unsynced data; it serves
+//! clients again only after catching up with the leader (`Replica::catch_up`).
+//! A failed write is published in `failure` and stops the member. openraft
+//! calls the storage one call at a time (`&mut self`), so jobs are queued in
+//! the order they were staged.
 
 use std::fmt::Debug;
 use std::io;
@@ -42,20 +45,8 @@ enum Waiter {
     Nobody,
 }
 
-/// What the log holds durably: the highest committed index, or why it
-/// stopped (the writer failed; the member must stop).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DurableCommitted {
-    /// Highest committed index fsynced in this member's log.
-    pub index: u64,
-    /// The write or fsync error that stopped the writer.
-    pub failed: Option<String>,
-}
-
 struct Queued {
     job: LogJob,
-    /// The committed index this job records, if it is a committed id.
-    committed: Option<u64>,
     /// Whether the job needs an fsync before its waiter is told.
     sync: bool,
     waiter: Waiter,
@@ -66,7 +57,7 @@ struct Queued {
 pub struct RaftLog {
     store: Arc<Mutex<LogStore>>,
     jobs: mpsc::Sender<Queued>,
-    durable_committed: watch::Receiver<DurableCommitted>,
+    failure: watch::Receiver<Option<String>>,
 }
 
 impl RaftLog {
@@ -75,38 +66,23 @@ impl RaftLog {
     /// disk without an fsync.
     pub fn new(store: LogStore, skip_fsync: bool) -> Self {
         let (jobs, queue) = mpsc::channel(JOBS_QUEUED_MAX);
-        let committed = store.committed().map_or(0, |id| id.index);
-        let (durable, durable_committed) = watch::channel(DurableCommitted {
-            index: committed,
-            failed: None,
-        });
-        start_writer(store.writer(), queue, durable, skip_fsync);
+        let (failed, failure) = watch::channel(None);
+        start_writer(store.writer(), queue, failed, skip_fsync);
         RaftLog {
             store: Arc::new(Mutex::new(store)),
             jobs,
-            durable_committed,
+            failure,
         }
     }
 
-    /// The highest committed index durable in this member's log.
-    pub fn durable_committed(&self) -> watch::Receiver<DurableCommitted> {
-        self.durable_committed.clone()
+    /// The write or fsync error that stopped the writer, once there is one.
+    pub fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.failure.clone()
     }
 
-    async fn queue(
-        &self,
-        job: LogJob,
-        sync: bool,
-        committed: Option<u64>,
-        waiter: Waiter,
-    ) -> Result<(), io::Error> {
+    async fn queue(&self, job: LogJob, sync: bool, waiter: Waiter) -> Result<(), io::Error> {
         self.jobs
-            .send(Queued {
-                job,
-                committed,
-                sync,
-                waiter,
-            })
+            .send(Queued { job, sync, waiter })
             .await
             .map_err(|_| io::Error::other("raft log writer stopped"))
     }
@@ -134,7 +110,7 @@ fn to_io(error: mainstay_storage::StorageError) -> io::Error {
 fn start_writer(
     writer: Arc<Mutex<LogWriter>>,
     mut queue: mpsc::Receiver<Queued>,
-    durable: watch::Sender<DurableCommitted>,
+    failed: watch::Sender<Option<String>>,
     skip_fsync: bool,
 ) {
     let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
@@ -151,7 +127,7 @@ fn start_writer(
                             Err(_) => break,
                         }
                     }
-                    if !write_batch(&writer, &mut batch, &durable, skip_fsync) {
+                    if !write_batch(&writer, &mut batch, &failed, skip_fsync) {
                         break;
                     }
                 }
@@ -164,7 +140,7 @@ fn start_writer(
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while queue.recv_many(&mut batch, JOBS_PER_WRITE_MAX).await > 0 {
-                if !write_batch(&writer, &mut batch, &durable, skip_fsync) {
+                if !write_batch(&writer, &mut batch, &failed, skip_fsync) {
                     break;
                 }
             }
@@ -174,19 +150,17 @@ fn start_writer(
 
 /// Group commit of queued jobs, in queue order: one write, one fsync, then
 /// every waiter is told. After a failure every waiter gets the error (the
-/// store is poisoned), the error is published in `durable_committed` (so the
-/// state machine's next apply fails and the member stops even if no waiter of
-/// this batch could tell openraft: a batch holding only a committed id), and
-/// false is returned: the writer stops.
+/// store is poisoned), the error is published in `failed` (so the member stops
+/// even if no waiter of this batch could tell openraft: a batch holding only a
+/// committed id), and false is returned: the writer stops.
 fn write_batch(
     writer: &Mutex<LogWriter>,
     batch: &mut Vec<Queued>,
-    durable: &watch::Sender<DurableCommitted>,
+    failed: &watch::Sender<Option<String>>,
     skip_fsync: bool,
 ) -> bool {
     let needs_sync = batch.iter().any(|queued| queued.sync);
     let sync = needs_sync && !skip_fsync;
-    let committed = batch.iter().filter_map(|queued| queued.committed).max();
     let mut jobs = Vec::with_capacity(batch.len());
     let mut waiters = Vec::with_capacity(batch.len());
     for queued in batch.drain(..) {
@@ -197,20 +171,9 @@ fn write_batch(
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .write(&jobs, sync);
-    match &result {
-        Ok(()) => {
-            if let Some(committed) = committed.filter(|_| needs_sync) {
-                durable.send_if_modified(|durable| {
-                    let advanced = committed > durable.index;
-                    durable.index = durable.index.max(committed);
-                    advanced
-                });
-            }
-        }
-        Err(error) => {
-            tracing::error!(%error, "raft log write failed; stopping the member");
-            durable.send_modify(|durable| durable.failed = Some(error.to_string()));
-        }
+    if let Err(error) = &result {
+        tracing::error!(%error, "raft log write failed; stopping the member");
+        failed.send_replace(Some(error.to_string()));
     }
     for waiter in waiters {
         let outcome = match &result {
@@ -277,7 +240,7 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
             .stage_vote(vote_to_record(vote))
             .map_err(to_io)?;
         let (answer, written) = oneshot::channel();
-        self.queue(job, true, None, Waiter::Vote(answer)).await?;
+        self.queue(job, true, Waiter::Vote(answer)).await?;
         written
             .await
             .map_err(|_| io::Error::other("raft log writer stopped"))?
@@ -292,7 +255,7 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
             .stage_committed(committed.as_ref().map(log_id_to_record))
             .map_err(to_io)?;
         match (job, committed) {
-            (Some(job), Some(id)) => self.queue(job, true, Some(id.index), Waiter::Nobody).await,
+            (Some(job), Some(_)) => self.queue(job, false, Waiter::Nobody).await,
             _ => Ok(()),
         }
     }
@@ -316,7 +279,7 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
             .collect();
         let staged = self.lock().stage_append(stored).map_err(to_io);
         match staged {
-            Ok(job) => self.queue(job, true, None, Waiter::Append(callback)).await,
+            Ok(job) => self.queue(job, true, Waiter::Append(callback)).await,
             Err(error) => {
                 tracing::error!(%error, "raft log append failed; stopping the member");
                 callback.io_completed(Err(io::Error::other(error.to_string())));
@@ -331,7 +294,7 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
     ) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
         let job = self.lock().stage_truncate(from).map_err(to_io)?;
-        self.queue(job, false, None, Waiter::Nobody).await
+        self.queue(job, false, Waiter::Nobody).await
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
@@ -339,6 +302,6 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
             .lock()
             .stage_purge(log_id_to_record(&log_id))
             .map_err(to_io)?;
-        self.queue(job, false, None, Waiter::Nobody).await
+        self.queue(job, false, Waiter::Nobody).await
     }
 }

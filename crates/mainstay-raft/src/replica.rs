@@ -53,6 +53,9 @@ pub struct ReplicaConfig {
     pub unsafe_answer_before_local_apply: bool,
     /// SIMULATOR SELF-TEST ONLY: report log entries on disk without an fsync.
     pub unsafe_skip_log_fsync: bool,
+    /// SIMULATOR SELF-TEST ONLY: serve at once after a restart, without
+    /// catching up with the leader (`catch_up` returns at once).
+    pub unsafe_serve_before_catch_up: bool,
     /// etcd's `--strict-reconfig-check`: refuse member changes that would leave
     /// too few started voters for a quorum.
     pub strict_reconfig_check: bool,
@@ -236,6 +239,8 @@ pub(crate) struct Inner {
     leader_contact: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Linearizable reads waiting for a shared read-index round.
     read_rounds: crate::read_rounds::ReadRounds,
+    /// Set once this process has caught up with the leader (`catch_up`).
+    serving: std::sync::atomic::AtomicBool,
 }
 
 /// One member's replica. Cheap to clone.
@@ -268,7 +273,7 @@ impl Replica {
             StateStore::open(&config.disk, &config.data_dir, config.state_cache_bytes)
                 .map_err(|e| format!("open state store: {e}"))?;
         let log = RaftLog::new(log_store, config.unsafe_skip_log_fsync);
-        let state = StateMachine::new(state_store, key_space, meta, log.durable_committed());
+        let state = StateMachine::new(state_store, key_space, meta);
         let raft_config = Config {
             cluster_name: "mainstay".to_string(),
             heartbeat_interval: config.heartbeat_ms,
@@ -332,6 +337,7 @@ impl Replica {
                 membership_lock: tokio::sync::Mutex::new(()),
                 leader_contact: std::sync::Mutex::new(None),
                 read_rounds: crate::read_rounds::ReadRounds::default(),
+                serving: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -497,17 +503,48 @@ impl Replica {
 
     /// Resolves when the Raft core stopped (shutdown or a fatal storage error),
     /// with the fatal error's text if there was one.
+    /// A failed log write stops the member even when openraft was not waiting
+    /// on it (a batch holding only a committed id).
     pub async fn stopped(&self) -> Option<String> {
         // Server metrics change only with the vote, role, leader or membership
         // (the full metrics change with every entry): waiting on them does not
         // wake this task per write. They close when the core stops; its last
         // full metrics say why.
         let mut server = self.inner.raft.server_metrics();
-        while server.changed().await.is_ok() {}
+        let mut failure = self.inner.log.failure();
+        let core_stopped = async { while server.changed().await.is_ok() {} };
+        tokio::select! {
+            () = core_stopped => {}
+            Ok(failed) = failure.wait_for(Option::is_some) => {
+                return Some(format!("raft log write failed: {}", failed.as_deref().unwrap_or("")));
+            }
+        }
         match &self.inner.raft.metrics().borrow_watched().running_state {
             Err(fatal) => Some(fatal.to_string()),
             Ok(()) => None,
         }
+    }
+
+    /// Waits until this member has applied everything the cluster committed
+    /// before the call (one read barrier) and from then on reports it serving.
+    /// A restarted member may come back behind what it showed before a crash
+    /// (its committed id is fsynced lazily): it serves clients only after this.
+    pub async fn catch_up(&self) -> Result<(), ReplicaError> {
+        if !self.inner.config.unsafe_serve_before_catch_up {
+            self.read_barrier().await?;
+        }
+        self.inner
+            .serving
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether `catch_up` succeeded in this process: what this member shows
+    /// from now on is at least what it showed before any restart.
+    pub fn is_serving(&self) -> bool {
+        self.inner
+            .serving
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Stops the Raft node.

@@ -1,12 +1,14 @@
 //! openraft's `RaftStateMachine` over the pure keyspace and the redb `StateStore`.
 //!
 //! Apply order per batch (R3): every entry is applied to the in-memory keyspace,
-//! the batch's changes + applied log id + membership are committed in one redb
-//! transaction, and only then are client responses and watch events released.
+//! the batch's changes + applied log id + membership are handed to the durable
+//! buffer (below), and only then are client responses and watch events released.
 //!
-//! An entry is applied only once this member's log holds its committed id
-//! durably (`RaftLog::durable_committed`): whatever a member showed, a restart
-//! re-applies, so its applied state never goes back across a crash.
+//! An entry is applied as soon as openraft reports it committed. The committed
+//! id in this member's log is fsynced only with the next append, so a crash
+//! that loses unsynced data can restart a member behind what it showed; it
+//! serves clients again only once it has caught up with the leader
+//! (`Replica::catch_up`), so what clients see never goes back.
 //!
 //! The keyspace in memory serves every read; the state store exists for
 //! restarts. So applied changes are buffered and written to it in one durable
@@ -145,7 +147,6 @@ impl Durable {
 struct Shared {
     key_space: RwLock<KeySpace>,
     applied: crate::applied::AppliedIndex,
-    durable_committed: tokio::sync::watch::Receiver<crate::log_store::DurableCommitted>,
     durable: Mutex<Durable>,
     events: broadcast::Sender<AppliedEvents>,
     leases: LeaseClock,
@@ -166,14 +167,8 @@ fn to_io(error: mainstay_storage::StorageError) -> io::Error {
 const EVENTS_BUFFERED_MAX: usize = 4096;
 
 impl StateMachine {
-    /// Wraps an opened state store and the keyspace it loaded; entries are
-    /// applied once `durable_committed` (the log's) covers them.
-    pub fn new(
-        store: StateStore,
-        key_space: KeySpace,
-        meta: StateMeta,
-        durable_committed: tokio::sync::watch::Receiver<crate::log_store::DurableCommitted>,
-    ) -> Self {
+    /// Wraps an opened state store and the keyspace it loaded.
+    pub fn new(store: StateStore, key_space: KeySpace, meta: StateMeta) -> Self {
         let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
         let leases = LeaseClock::default();
         leases.reconcile(&key_space);
@@ -184,7 +179,6 @@ impl StateMachine {
                     meta.applied.as_ref().map_or(0, |id| id.index),
                 ),
                 key_space: RwLock::new(key_space),
-                durable_committed,
                 durable: Mutex::new(Durable {
                     store,
                     meta,
@@ -320,15 +314,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = batch.last().map(|(entry, _)| entry.log_id.index) else {
             return Ok(());
         };
-        let mut durable_committed = self.shared.durable_committed.clone();
-        let durable = durable_committed
-            .wait_for(|durable| durable.failed.is_some() || durable.index >= last)
-            .await
-            .map_err(|_| io::Error::other("raft log writer stopped"))?;
-        if let Some(error) = &durable.failed {
-            return Err(io::Error::other(error.clone()));
-        }
-        drop(durable);
         let mut meta = self.durable().meta.clone();
         let mut changes = Vec::new();
         let mut published = Vec::new();

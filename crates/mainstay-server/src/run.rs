@@ -83,6 +83,8 @@ pub struct SafetyBreaks {
     pub lock_skip_wait: bool,
     /// Report Raft log entries on disk without fsyncing them.
     pub skip_log_fsync: bool,
+    /// Serve clients after a restart without catching up with the leader.
+    pub serve_before_catch_up: bool,
 }
 
 impl Env {
@@ -273,6 +275,7 @@ async fn serve_member(
         disk: env.disk.clone(),
         unsafe_answer_before_local_apply: env.safety_breaks.answer_before_local_apply,
         unsafe_skip_log_fsync: env.safety_breaks.skip_log_fsync,
+        unsafe_serve_before_catch_up: env.safety_breaks.serve_before_catch_up,
         strict_reconfig_check: config.strict_reconfig_check,
     })
     .await
@@ -324,24 +327,35 @@ async fn serve_member(
     // Record our client URLs in the membership (etcd "publishes" its attributes
     // the same way) before serving clients, as etcd does: a client listing the
     // members never finds this one started but without client URLs. A member
-    // restarted with the same URLs is published already and serves at once.
+    // restarted with the same URLs is published already.
     let own = MemberNode {
         name: config.name.clone(),
         peer_urls: config.advertise_peer_urls.clone(),
         client_urls: config.advertise_client_urls.clone(),
     };
+    // Then catch up with the leader (one read barrier), as etcd serves only
+    // once its own publish is applied: the committed id is fsynced lazily, so a
+    // member restarted after losing unsynced data may be behind what it showed.
     let publisher = replica.clone();
     let published = async move {
         loop {
             match publisher.publish(own.clone()).await {
                 Ok(()) => {
                     tracing::info!(client_urls = ?own.client_urls, "published this member's client URLs");
-                    return true;
+                    break;
                 }
                 Err(mainstay_raft::ReplicaError::Stopped) => return false,
                 Err(error) => tracing::debug!(%error, "publishing member attributes; retrying"),
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        loop {
+            match publisher.catch_up().await {
+                Ok(()) => return true,
+                Err(mainstay_raft::ReplicaError::Stopped) => return false,
+                Err(error) => tracing::debug!(%error, "catching up with the leader; retrying"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     };
 

@@ -5,8 +5,9 @@
 //!   have the same keyspace hash (and revision). The record is kept for the whole
 //!   run, so a committed entry that is later lost or changed shows up as a
 //!   different hash at its index on whichever member applies the replacement.
-//! - Durability: a member's applied index and revision never go back, across
-//!   crashes and restarts (applied state is fsynced before it is reported).
+//! - Durability: a serving member's applied index and revision never go back,
+//!   across crashes and restarts (a restarted member serves only once it has
+//!   caught up with the leader).
 //! - Committed entries never lost and revisions rising without gaps are checked
 //!   on the client history by `mainstay-check` (acknowledged writes must stay
 //!   visible; revisions never go backwards).
@@ -59,19 +60,21 @@ impl Invariants {
                 continue;
             }
             let member = replica.member_id();
-            // Applied state is durable: neither the applied index nor the
-            // revision of a member may ever go back, crashes included.
-            let (last_applied, last_revision) =
-                *self.progress.entry(member).or_insert((applied, revision));
-            if applied < last_applied || revision < last_revision {
-                self.report(format!(
-                    "durability: member {member:x} went back from applied index {last_applied} (revision {last_revision}) to {applied} (revision {revision})"
-                ));
+            // What a serving member shows never goes back, crashes included: a
+            // member restarted behind serves only once it caught up.
+            if replica.is_serving() {
+                let (last_applied, last_revision) =
+                    *self.progress.entry(member).or_insert((applied, revision));
+                if applied < last_applied || revision < last_revision {
+                    self.report(format!(
+                        "durability: member {member:x} went back from applied index {last_applied} (revision {last_revision}) to {applied} (revision {revision})"
+                    ));
+                }
+                self.progress.insert(
+                    member,
+                    (applied.max(last_applied), revision.max(last_revision)),
+                );
             }
-            self.progress.insert(
-                member,
-                (applied.max(last_applied), revision.max(last_revision)),
-            );
             let (seen_revision, seen_hash, seen_member) = *self
                 .hashes
                 .entry(applied)

@@ -59,6 +59,7 @@ fn parse() -> Result<Args, String> {
             "--break-lock" => args.options.safety_breaks.lock_skip_wait = true,
             "--break-fsync" => args.options.lying_fsync = true,
             "--break-log-fsync" => args.options.safety_breaks.skip_log_fsync = true,
+            "--break-catch-up" => args.options.safety_breaks.serve_before_catch_up = true,
             "--expect-violations" => args.expect_violations = true,
             "--worker" => args.worker = true,
             other => return Err(format!("unknown argument {other}")),
@@ -131,6 +132,9 @@ fn run_job(exe: &std::path::Path, args: &Args, mut seeds: Vec<u64>) -> Result<Ve
         }
         if args.options.safety_breaks.skip_log_fsync {
             command.arg("--break-log-fsync");
+        }
+        if args.options.safety_breaks.serve_before_catch_up {
+            command.arg("--break-catch-up");
         }
         let mut child = command
             .stdout(Stdio::piped())

@@ -15,6 +15,8 @@ use crate::disk::{Disk, read_all};
 use crate::error::StorageError;
 
 const FILE: &str = "member.id";
+/// Where `save` writes before renaming; never read.
+const STAGED_FILE: &str = "member.id.tmp";
 
 /// A member's permanent identity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,18 +58,24 @@ impl Identity {
             .map_err(|_| corrupt("undecodable identity"))
     }
 
-    /// Writes the identity durably (file and directory entry).
+    /// Writes the identity durably: a temporary file, fsynced, renamed over
+    /// `member.id`, then the directory fsynced. A crash (or a failing fsync)
+    /// part-way leaves either no identity or the whole of it, never a torn one
+    /// that would read as corruption and keep the member down for good.
     pub fn save(&self, disk: &Arc<dyn Disk>, dir: &Path) -> Result<(), StorageError> {
         let mut bytes = postcard::to_allocvec(self).map_err(|_| StorageError::Encode)?;
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
+        let staged = dir.join(STAGED_FILE);
         let file = disk
-            .open(&dir.join(FILE))
-            .map_err(|e| StorageError::io("open member.id", e))?;
+            .open(&staged)
+            .map_err(|e| StorageError::io("open member.id.tmp", e))?;
         file.set_len(0)
             .and_then(|()| file.write_at(0, &bytes))
             .and_then(|()| file.sync())
+            .map_err(|e| StorageError::io("write member.id.tmp and fsync", e))?;
+        disk.rename(&staged, &dir.join(FILE))
             .and_then(|()| disk.sync_dir(dir))
-            .map_err(|e| StorageError::io("write member.id and fsync", e))
+            .map_err(|e| StorageError::io("rename member.id and fsync its directory", e))
     }
 }

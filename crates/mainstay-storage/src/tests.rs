@@ -479,6 +479,41 @@ fn identity_round_trips_and_refuses_damage() {
 }
 
 #[test]
+fn identity_interrupted_by_a_failing_fsync_is_absent_not_corrupt() {
+    // Goal: a save whose fsync fails, then a crash that tears the unsynced
+    // write, leaves no identity (the member starts afresh), never a damaged one
+    // that refuses every later start; a later save works.
+    // Pending: the truncation, then the write. Keep neither; or keep the
+    // truncation and land 3 bytes of the write.
+    for choices in [vec![0u64], vec![1, 1, 3]] {
+        let mem = MemDisk::new();
+        let disk: Arc<dyn Disk> = Arc::new(mem.clone());
+        let dir = Path::new("/m");
+        assert_eq!(Identity::load(&disk, dir).expect("load"), None);
+        let identity = Identity {
+            member_id: 7,
+            cluster_id: 9,
+        };
+        mem.fail_syncs_under(dir);
+        assert!(identity.save(&disk, dir).is_err());
+        let mut choices = choices.into_iter();
+        mem.crash(dir, &mut |n| {
+            // Files with nothing pending ask for one of 1 choice: not consumed.
+            if n > 1 {
+                choices.next().unwrap_or(0).min(n - 1)
+            } else {
+                0
+            }
+        });
+        mem.heal_syncs_under(dir);
+        assert_eq!(Identity::load(&disk, dir).expect("load"), None);
+        identity.save(&disk, dir).expect("save");
+        mem.crash(dir, &mut |_| 0);
+        assert_eq!(Identity::load(&disk, dir).expect("load"), Some(identity));
+    }
+}
+
+#[test]
 fn leases_persist_with_their_keys_and_travel_in_snapshots() {
     // Goal: a granted lease and its attached key survive a reopen and a snapshot
     // install; a revoke is persisted too (lease and key gone after reopen).

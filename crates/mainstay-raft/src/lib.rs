@@ -18,6 +18,7 @@ mod read_rounds;
 mod replica;
 mod state_machine;
 mod type_config;
+mod write_batches;
 
 pub use error::ReplicaError;
 pub use lease::{EXPIRY_TICK, LeaseClock, REVOKES_PER_SECOND_MAX, expire_leases};

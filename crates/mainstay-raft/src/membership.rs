@@ -152,11 +152,7 @@ impl Replica {
                     Ok(ForwardReply::Membership(Err(error))) => return Err(error),
                     Ok(ForwardReply::Failed(error)) => return Err(error.into()),
                     Ok(ForwardReply::NotLeader(_)) | Err(Retry) => {}
-                    Ok(
-                        ForwardReply::Done(_)
-                        | ForwardReply::Published
-                        | ForwardReply::LeaseRemaining(_),
-                    ) => {
+                    Ok(ForwardReply::Published | ForwardReply::LeaseRemaining(_)) => {
                         return Err(ReplicaError::Stopped.into());
                     }
                 }

@@ -3,8 +3,8 @@
 use futures::StreamExt;
 use mainstay_proto::peer::raft_peer_server::RaftPeer;
 use mainstay_proto::peer::{
-    ForwardRequest, ForwardResponse, MembersRequest, MembersResponse, RaftPayload,
-    ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+    ForwardRequest, ForwardResponse, ForwardWritesRequest, ForwardWritesResponse, MembersRequest,
+    MembersResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
@@ -153,6 +153,28 @@ impl RaftPeer for PeerService {
             result,
             error: Vec::new(),
         }))
+    }
+
+    async fn forward_writes(
+        &self,
+        request: Request<ForwardWritesRequest>,
+    ) -> Result<Response<ForwardWritesResponse>, Status> {
+        let request = request.into_inner();
+        if request.commands.len() > crate::write_batches::BATCH_WRITES_MAX {
+            return Err(Status::invalid_argument("too many writes in one batch"));
+        }
+        let commands = request
+            .commands
+            .iter()
+            .map(|bytes| decode::<mainstay_mvcc::Command>(bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        let replies = self.replica.serve_forward_writes(commands).await;
+        let replies = replies
+            .iter()
+            .map(encode_message)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::internal)?;
+        Ok(Response::new(ForwardWritesResponse { replies }))
     }
 
     async fn members(

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use mainstay_mvcc::{Command, CommandResponse, KeySpace, MvccError};
 use mainstay_proto::peer::raft_peer_server::RaftPeerServer;
-use mainstay_proto::peer::{ForwardRequest, ReadIndexRequest};
+use mainstay_proto::peer::{ForwardRequest, ForwardWritesRequest, ReadIndexRequest};
+
+use crate::write_batches::WriteReply;
 use mainstay_storage::{Disk, LogStore, StateStore};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
@@ -157,10 +159,9 @@ pub struct ReplicaStatus {
     pub purged_index: Option<u64>,
 }
 
-/// Forwarded-write reply body.
+/// The reply to a `Forward` call.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum ForwardReply {
-    Done(WriteOutcome),
     Published,
     Membership(Result<crate::membership::MemberChangeOutcome, crate::membership::MembershipError>),
     /// The receiver is not the leader (nothing was proposed); the leader it knows.
@@ -173,8 +174,6 @@ pub(crate) enum ForwardReply {
 /// What a follower asks the leader to do on its behalf.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum Forwarded {
-    /// Propose a command.
-    Command(Command),
     /// Record a member's own description (its client URLs) in the membership.
     PublishNode(u64, MemberNode),
     /// Change the membership.
@@ -239,6 +238,8 @@ pub(crate) struct Inner {
     leader_contact: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Linearizable reads waiting for a shared read-index round.
     read_rounds: crate::read_rounds::ReadRounds,
+    /// Client writes waiting to be forwarded to the leader in a batch.
+    write_batches: crate::write_batches::WriteBatches,
     /// Set once this process has caught up with the leader (`catch_up`).
     serving: std::sync::atomic::AtomicBool,
 }
@@ -337,6 +338,7 @@ impl Replica {
                 membership_lock: tokio::sync::Mutex::new(()),
                 leader_contact: std::sync::Mutex::new(None),
                 read_rounds: crate::read_rounds::ReadRounds::default(),
+                write_batches: crate::write_batches::WriteBatches::default(),
                 serving: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -578,23 +580,13 @@ impl Replica {
                 LocalWrite::NotLeader(leader) => {
                     known_leader = leader.or(known_leader);
                     if let Some(leader) = leader.filter(|l| *l != self.member_id()) {
-                        match self
-                            .forward(leader, &Forwarded::Command(command.clone()))
-                            .await
-                        {
-                            Ok(ForwardReply::Done(outcome)) => {
+                        match self.forward_write(leader, command.clone(), deadline).await {
+                            WriteReply::Done(outcome) => {
                                 self.wait_applied(outcome.log_index, deadline).await?;
                                 return Ok(outcome);
                             }
-                            Ok(ForwardReply::Failed(error)) => return Err(error),
-                            Ok(
-                                ForwardReply::Published
-                                | ForwardReply::Membership(_)
-                                | ForwardReply::LeaseRemaining(_),
-                            ) => {
-                                return Err(ReplicaError::Stopped);
-                            }
-                            Ok(ForwardReply::NotLeader(_)) | Err(Retry) => {}
+                            WriteReply::Failed(error) => return Err(error),
+                            WriteReply::NotLeader(_) | WriteReply::Retry => {}
                         }
                     }
                 }
@@ -676,7 +668,93 @@ impl Replica {
         }
     }
 
-    /// Sends a write to the leader. `Err(Retry)` only when it surely was not sent.
+    /// Hands a client write to the leader in the next batch (`WriteBatches`)
+    /// and waits for the leader's answer, or the deadline (outcome unknown).
+    async fn forward_write(
+        &self,
+        leader: u64,
+        command: Command,
+        deadline: tokio::time::Instant,
+    ) -> WriteReply {
+        let (answered, start) = self.inner.write_batches.join(leader, command);
+        if start {
+            tokio::spawn(self.clone().send_write_batches());
+        }
+        match tokio::time::timeout_at(deadline, answered).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => WriteReply::Failed(ReplicaError::Stopped),
+            Err(_) => WriteReply::Failed(ReplicaError::Timeout),
+        }
+    }
+
+    /// Sends batches of forwarded writes until none is queued.
+    async fn send_write_batches(self) {
+        while let Some((leader, batch)) = self.inner.write_batches.next_batch() {
+            let replies = self.send_writes(leader, &batch).await;
+            crate::write_batches::answer(batch, replies);
+        }
+    }
+
+    /// One `ForwardWrites` call: a reply per write, in order. `Retry` only
+    /// when the batch surely was not sent.
+    async fn send_writes(
+        &self,
+        leader: u64,
+        batch: &[crate::write_batches::Queued],
+    ) -> Vec<WriteReply> {
+        let all = |reply: WriteReply| vec![reply; batch.len()];
+        let Some(node) = self.node(leader) else {
+            return all(WriteReply::Retry);
+        };
+        let Ok(mut client) = self.inner.pool.client(&node) else {
+            return all(WriteReply::Retry);
+        };
+        let mut commands = Vec::with_capacity(batch.len());
+        for write in batch {
+            match encode_message(&write.command) {
+                Ok(bytes) => commands.push(bytes),
+                Err(_) => return all(WriteReply::Failed(ReplicaError::Stopped)),
+            }
+        }
+        let reply = tokio::time::timeout(
+            self.inner.request_timeout,
+            client.forward_writes(ForwardWritesRequest { commands }),
+        )
+        .await;
+        match reply {
+            Err(_) => {
+                // Possibly a half-open connection: dial afresh next time.
+                self.inner.pool.evict(&node);
+                all(WriteReply::Failed(ReplicaError::Timeout))
+            }
+            Ok(Err(status)) if crate::peer_channel::not_sent(&status) => all(WriteReply::Retry),
+            Ok(Err(_)) => all(WriteReply::Failed(ReplicaError::Timeout)),
+            Ok(Ok(reply)) => reply
+                .into_inner()
+                .replies
+                .iter()
+                .map(|bytes| {
+                    decode_message(bytes).unwrap_or(WriteReply::Failed(ReplicaError::Timeout))
+                })
+                .collect(),
+        }
+    }
+
+    /// Serves a batch of forwarded writes: proposes them all at once, locally
+    /// only (never forwarded again), and answers each.
+    pub(crate) async fn serve_forward_writes(&self, commands: Vec<Command>) -> Vec<WriteReply> {
+        let writes = commands.into_iter().map(|command| async move {
+            match self.write_local(command).await {
+                LocalWrite::Done(outcome) => WriteReply::Done(outcome),
+                LocalWrite::NotLeader(leader) => WriteReply::NotLeader(leader),
+                LocalWrite::Failed(error) => WriteReply::Failed(error),
+                LocalWrite::Published => WriteReply::Failed(ReplicaError::Stopped),
+            }
+        });
+        futures::future::join_all(writes).await
+    }
+
+    /// Sends a request to the leader. `Err(Retry)` only when it surely was not sent.
     pub(crate) async fn forward(
         &self,
         leader: u64,
@@ -711,7 +789,6 @@ impl Replica {
     /// Serves a forwarded request: act locally, never forward again.
     pub(crate) async fn serve_forward(&self, request: Forwarded) -> ForwardReply {
         let local = match request {
-            Forwarded::Command(command) => self.write_local(command).await,
             Forwarded::PublishNode(id, node) => self.publish_local(id, node).await,
             Forwarded::Membership(change) => return self.serve_membership(change).await,
             Forwarded::LeaseRemaining(id) => {
@@ -728,7 +805,8 @@ impl Replica {
             }
         };
         match local {
-            LocalWrite::Done(outcome) => ForwardReply::Done(outcome),
+            // Publishing never answers with a write.
+            LocalWrite::Done(_) => ForwardReply::Failed(ReplicaError::Stopped),
             LocalWrite::Published => ForwardReply::Published,
             LocalWrite::NotLeader(leader) => ForwardReply::NotLeader(leader),
             LocalWrite::Failed(error) => ForwardReply::Failed(error),

@@ -465,7 +465,7 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("snapshot-catchup-entries", Etcd36, Uint, Implemented("entries kept behind a snapshot for slow followers (default 5000)")),
     flag("watch-progress-notify-interval", Etcd36, Duration, Implemented("a Go duration, or a whole number of milliseconds (default 10m, at least 100ms)")),
     // Mainstay's own settings.
-    flag("state-cache-bytes", Releases::Mainstay, Uint, Implemented("page cache of the state database in bytes (default 32 MiB, at least 1 MiB)")),
+    flag("state-cache-bytes", Releases::Mainstay, Uint, Implemented("page cache of the state database in bytes (default 8 MiB, at least 1 MiB)")),
     // Ignored by etcd itself (etcdmain's `ignored` list).
     flag("cluster-active-size", Legacy, Any, Ignored(LEGACY)),
     flag("cluster-remove-delay", Legacy, Any, Ignored(LEGACY)),

@@ -813,9 +813,9 @@ fn the_state_cache_is_sized_by_flag_or_env_with_a_floor() {
     // Goal: --state-cache-bytes (Mainstay's own) and its variable set the redb
     // page cache; the default is small, and a cache under 1 MiB is refused.
     let config = resolve(&[], &[]).expect("defaults");
-    assert_eq!(config.state_cache_bytes, 32 << 20);
-    let config = resolve(&["--state-cache-bytes", "8388608"], &[]).expect("flag");
     assert_eq!(config.state_cache_bytes, 8 << 20);
+    let config = resolve(&["--state-cache-bytes", "16777216"], &[]).expect("flag");
+    assert_eq!(config.state_cache_bytes, 16 << 20);
     let config = resolve(&[], &[("MAINSTAY_STATE_CACHE_BYTES", "4194304")]).expect("env");
     assert_eq!(config.state_cache_bytes, 4 << 20);
     let error = resolve(&["--state-cache-bytes", "1000"], &[]).expect_err("too small");

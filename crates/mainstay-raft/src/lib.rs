@@ -8,9 +8,12 @@
 mod applied;
 mod codec;
 mod error;
+mod forward;
 mod lease;
+mod lease_expiry;
 mod log_store;
 mod membership;
+mod membership_rules;
 mod network;
 mod peer_channel;
 mod peer_service;
@@ -21,14 +24,13 @@ mod type_config;
 mod write_batches;
 
 pub use error::ReplicaError;
-pub use lease::{EXPIRY_TICK, LeaseClock, REVOKES_PER_SECOND_MAX, expire_leases};
-pub use membership::{
-    ClusterView, LEARNERS_MAX, MemberChange, MemberChangeOutcome, MembershipError,
-    fetch_cluster_view,
+pub use lease::LeaseClock;
+pub use lease_expiry::{EXPIRY_TICK, REVOKES_PER_SECOND_MAX, expire_leases};
+pub use membership::{ClusterView, fetch_cluster_view};
+pub use membership_rules::{
+    LEARNERS_MAX, MemberChange, MemberChangeOutcome, MembershipError, cluster_id_for, member_id_for,
 };
-pub use replica::{
-    Dial, Replica, ReplicaConfig, ReplicaStatus, WriteOutcome, cluster_id_for, member_id_for,
-    tcp_dial,
-};
+pub use peer_channel::{Dial, tcp_dial};
+pub use replica::{Replica, ReplicaConfig, ReplicaStatus};
 pub use state_machine::AppliedEvents;
-pub use type_config::MemberNode;
+pub use type_config::{MemberNode, WriteOutcome};

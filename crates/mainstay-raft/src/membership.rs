@@ -1,12 +1,7 @@
 //! Runtime membership changes (etcd's MemberAdd/Remove/Update/Promote) through
 //! openraft's joint consensus, run on the leader (a follower forwards them).
-//!
-//! Rules, as etcd's: one learner at most; peer URLs unique across members; a
-//! learner is promoted only once it has replicated at least 90 % of the leader's
-//! log; a change that would leave fewer voters up than a quorum of the new voter
-//! set is refused (etcd's strict reconfiguration check); a member added at run
-//! time gets a fresh id (never a removed one's) and an empty name until it starts
-//! and publishes itself.
+//! The rules are decided in `membership_rules::plan_change`; this file gathers
+//! the facts from openraft's metrics and proposes the plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,69 +11,12 @@ use openraft::{ChangeMembers, Precondition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ReplicaError;
-use crate::replica::{ForwardReply, Forwarded, Replica, Retry, retry_pause};
+use crate::forward::{ForwardReply, Forwarded};
+use crate::membership_rules::{
+    Facts, MemberChange, MemberChangeOutcome, MembershipError, Plan, plan_change,
+};
+use crate::replica::{Replica, Retry, retry_pause};
 use crate::type_config::MemberNode;
-
-/// Most learners at once (etcd's `--max-learners` default).
-pub const LEARNERS_MAX: usize = 1;
-
-/// A requested membership change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MemberChange {
-    /// Add a member that will listen on these peer URLs.
-    Add {
-        /// Its peer URLs.
-        peer_urls: Vec<String>,
-        /// Whether it joins as a non-voting learner.
-        learner: bool,
-    },
-    /// Remove a member.
-    Remove(u64),
-    /// Make a learner a voter.
-    Promote(u64),
-    /// Change a member's peer URLs.
-    Update(u64, Vec<String>),
-}
-
-/// Why a membership change was refused (nothing changed) or failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-pub enum MembershipError {
-    /// No member has that id.
-    #[error("member not found")]
-    NotFound,
-    /// Another member already uses one of the peer URLs.
-    #[error("peer URLs already exist")]
-    PeerUrlsExist,
-    /// The member to promote is a voter already.
-    #[error("not a learner")]
-    NotLearner,
-    /// The learner has not caught up with the leader.
-    #[error("learner not in sync")]
-    LearnerNotReady,
-    /// The cluster already has `LEARNERS_MAX` learners.
-    #[error("too many learners")]
-    TooManyLearners,
-    /// Removing the last voter would leave no cluster.
-    #[error("not enough started members")]
-    NotEnoughStarted,
-    /// Replication failed; the outcome may be unknown.
-    #[error(transparent)]
-    Replica(#[from] ReplicaError),
-}
-
-/// What a committed change returns: the added member's id, if any, and the log
-/// index at which the change was committed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberChangeOutcome {
-    /// Id given to an added member.
-    pub added: Option<u64>,
-    /// Log index of the final membership entry.
-    pub index: u64,
-    /// Whether that entry is committed. Only a one-voter cluster growing to
-    /// two answers before: the new voter must start before anything commits
-    /// (as in etcd, where the cluster waits for it too).
-    pub committed: bool,
-}
 
 /// The cluster as one member sees it: what a joining member asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,134 +145,82 @@ impl Replica {
         if metrics.current_leader != Some(self.member_id()) {
             return Some(Local::NotLeader(metrics.current_leader));
         }
-        let members = self.members();
-        let find = |id: u64| members.iter().find(|(member, _, _)| *member == id);
-        let urls_taken = |urls: &[String], except: Option<u64>| {
-            members.iter().any(|(id, node, _)| {
-                Some(*id) != except && node.peer_urls.iter().any(|u| urls.contains(u))
-            })
-        };
-        // etcd's strict reconfiguration check: after the change, the voters that
-        // are up (the leader, and those that acknowledged a heartbeat within
-        // etcd's health interval of 5 s, or two election timeouts if longer) must
-        // still be a quorum of the new voter set (unless --strict-reconfig-check
-        // is off).
+        // Up: this leader, and the voters that acknowledged a heartbeat within
+        // etcd's health interval of 5 s (or two election timeouts if longer).
         let fresh = std::time::Duration::from_millis(
             (2 * self.inner.config.election_timeout_ms).max(5_000),
         );
-        let active = |id: u64| {
-            id == self.member_id()
-                || metrics
-                    .heartbeat
-                    .as_ref()
-                    .and_then(|beats| beats.get(&id).cloned().flatten())
-                    .is_some_and(|at| {
-                        openraft::async_runtime::instant::Instant::elapsed(&*at) < fresh
-                    })
-        };
-        let voters: Vec<u64> = members
+        let members = self.members();
+        let up: BTreeSet<u64> = members
             .iter()
-            .filter(|(_, _, learner)| !*learner)
             .map(|(id, _, _)| *id)
+            .filter(|id| {
+                *id == self.member_id()
+                    || metrics
+                        .heartbeat
+                        .as_ref()
+                        .and_then(|beats| beats.get(id).cloned().flatten())
+                        .is_some_and(|at| {
+                            openraft::async_runtime::instant::Instant::elapsed(&*at) < fresh
+                        })
+            })
             .collect();
-        let quorum_up = |new_voters: &[u64]| {
-            let up = new_voters.iter().filter(|id| active(**id)).count();
-            keeps_quorum(up, new_voters.len())
+        let matched: BTreeMap<u64, u64> = metrics
+            .replication
+            .as_ref()
+            .map(|replication| {
+                replication
+                    .iter()
+                    .filter_map(|(id, log_id)| log_id.as_ref().map(|l| (*id, l.index)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let facts = Facts {
+            members: &members,
+            up: &up,
+            strict: self.inner.config.strict_reconfig_check,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            matched: &matched,
         };
-        let strict = self.inner.config.strict_reconfig_check;
-        let refused = |new_voters: &[u64]| refused_by_strict_check(strict, quorum_up(new_voters));
-        let mut added = None;
-        // Set when a one-voter cluster adds a second voter that is not up.
-        let mut uncommittable = false;
-        let changes = match change {
-            MemberChange::Add { peer_urls, learner } => {
-                if urls_taken(&peer_urls, None) {
-                    return Some(Local::Failed(MembershipError::PeerUrlsExist));
-                }
-                let learners = members.iter().filter(|(_, _, l)| *l).count();
-                if learner && learners >= LEARNERS_MAX {
-                    return Some(Local::Failed(MembershipError::TooManyLearners));
-                }
-                // etcd's derivation with the log position where etcd puts the
-                // time: fresh, and the same on every attempt at this position.
-                let salt = format!("{}", metrics.last_log_index.unwrap_or(0));
-                let mut id = crate::member_id_for(&peer_urls, &salt);
-                while find(id).is_some() {
-                    id = id.wrapping_add(1).max(1);
-                }
-                added = Some(id);
-                let node = MemberNode {
-                    name: String::new(),
-                    peer_urls,
-                    client_urls: Vec::new(),
-                };
+        let plan = match plan_change(change, &facts) {
+            Ok(plan) => plan,
+            Err(error) => return Some(Local::Failed(error)),
+        };
+        let (changes, added, uncommittable) = match plan {
+            Plan::Add {
+                id,
+                node,
+                learner,
+                uncommittable,
+            } => {
                 let nodes = BTreeMap::from([(id, node)]);
-                let mut after = voters.clone();
-                after.push(id);
-                if !learner && !quorum_up(&after) {
-                    if grows_a_single_member(&voters, &after) {
-                        uncommittable = true;
-                    } else if refused(&after) {
-                        return Some(Local::Failed(MembershipError::NotEnoughStarted));
-                    }
-                }
-                if learner {
+                let changes = if learner {
                     ChangeMembers::AddNodes(nodes)
                 } else {
                     ChangeMembers::AddVoters(nodes)
-                }
-            }
-            MemberChange::Remove(id) => {
-                let Some((_, _, learner)) = find(id) else {
-                    return Some(Local::Failed(MembershipError::NotFound));
                 };
-                if *learner {
-                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-                } else {
-                    let after: Vec<u64> = voters.iter().copied().filter(|v| *v != id).collect();
-                    // The last voter cannot go, strict check or not.
-                    if after.is_empty() || refused(&after) {
-                        return Some(Local::Failed(MembershipError::NotEnoughStarted));
-                    }
-                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-                }
+                (changes, Some(id), uncommittable)
             }
-            MemberChange::Promote(id) => {
-                let Some((_, _, learner)) = find(id) else {
-                    return Some(Local::Failed(MembershipError::NotFound));
-                };
-                if !*learner {
-                    return Some(Local::Failed(MembershipError::NotLearner));
-                }
-                let last = metrics.last_log_index.unwrap_or(0);
-                let matched = metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id).cloned().flatten())
-                    .map_or(0, |l| l.index);
-                if matched * 10 < last * 9 {
-                    return Some(Local::Failed(MembershipError::LearnerNotReady));
-                }
-                let mut after = voters.clone();
-                after.push(id);
-                if refused(&after) {
-                    return Some(Local::Failed(MembershipError::NotEnoughStarted));
-                }
-                ChangeMembers::AddVoterIds(BTreeSet::from([id]))
-            }
-            MemberChange::Update(id, peer_urls) => {
-                let Some((_, node, _)) = find(id) else {
-                    return Some(Local::Failed(MembershipError::NotFound));
-                };
-                if urls_taken(&peer_urls, Some(id)) {
-                    return Some(Local::Failed(MembershipError::PeerUrlsExist));
-                }
-                let node = MemberNode {
-                    peer_urls,
-                    ..node.clone()
-                };
-                ChangeMembers::SetNodes(BTreeMap::from([(id, node)]))
-            }
+            Plan::RemoveLearner(id) => (
+                ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                None,
+                false,
+            ),
+            Plan::RemoveVoter(id) => (
+                ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+                None,
+                false,
+            ),
+            Plan::Promote(id) => (
+                ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+                None,
+                false,
+            ),
+            Plan::SetNode(id, node) => (
+                ChangeMembers::SetNodes(BTreeMap::from([(id, node)])),
+                None,
+                false,
+            ),
         };
         // Proposed only while the effective membership is the one decided on and
         // still lists this member: a leader that has just appended its own
@@ -581,75 +467,10 @@ impl Replica {
     }
 }
 
-/// etcd's strict reconfiguration rule: after a change, the voters that are up
-/// must still be a majority of the new voter set.
-pub(crate) fn keeps_quorum(up_after: usize, voters_after: usize) -> bool {
-    up_after > voters_after / 2
-}
-
-/// Whether the strict reconfiguration check refuses a change: only when it is
-/// on (`--strict-reconfig-check`, etcd's default) and the change does not keep a
-/// quorum of started voters. Off, the change is proposed; one that cannot commit
-/// without a voter that is down waits for it (and the caller may time out).
-pub(crate) fn refused_by_strict_check(strict: bool, keeps_quorum: bool) -> bool {
-    strict && !keeps_quorum
-}
-
-/// etcd's one exception to `keeps_quorum`, for adding a voter: a one-voter
-/// cluster may grow to two (1 started of 2), as when a cluster restored from a
-/// snapshot onto one member is grown again. The new voter is not up yet, so the
-/// cluster has no quorum until it starts.
-pub(crate) fn grows_a_single_member(voters_before: &[u64], voters_after: &[u64]) -> bool {
-    voters_before.len() == 1 && voters_after.len() == 2
-}
-
 fn membership_index(metrics: &openraft::RaftMetrics<crate::type_config::TypeConfig>) -> u64 {
     metrics
         .membership_config
         .log_id()
         .as_ref()
         .map_or(0, |l| l.index)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strict_reconfiguration_table() {
-        // (voters up after, voters after, keeps a quorum)
-        let cases = [
-            (1, 1, true),
-            (1, 2, false),
-            (2, 2, true),
-            (2, 3, true),
-            (1, 3, false),
-            (2, 4, false),
-            (3, 4, true),
-            (3, 5, true),
-            (2, 5, false),
-        ];
-        for (up, voters, keeps) in cases {
-            assert_eq!(keeps_quorum(up, voters), keeps, "{up} up of {voters}");
-        }
-        // (strict check on, keeps a quorum, refused)
-        let cases = [
-            (true, true, false),
-            (true, false, true),
-            (false, true, false),
-            (false, false, false),
-        ];
-        for (strict, keeps, refused) in cases {
-            assert_eq!(
-                refused_by_strict_check(strict, keeps),
-                refused,
-                "strict {strict}, keeps a quorum {keeps}"
-            );
-        }
-        // etcd's exception: one voter growing to two, and nothing else.
-        assert!(grows_a_single_member(&[1], &[1, 2]));
-        assert!(!grows_a_single_member(&[1, 2], &[1, 2, 3]));
-        assert!(!grows_a_single_member(&[1, 2], &[1]));
-        assert!(!grows_a_single_member(&[1], &[1]));
-    }
 }

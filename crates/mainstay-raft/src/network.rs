@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 
 use crate::peer_channel::PeerChannel;
 
-use crate::replica::Dial;
+use crate::peer_channel::Dial;
 
 use crate::codec::{decode_message, encode_message};
 use crate::type_config::{MemberNode, TypeConfig};

@@ -3,11 +3,15 @@
 //! it must not hang on an error's wording: tonic keeps a connect failure's type
 //! only inside the channel (its `Status` carries the text alone), so this layer
 //! looks there and hands the client a `NotSent` error in its place.
+//!
+//! `Dial` opens such channels: over TCP, or a Unix socket for `unix://` URLs.
 
 use std::error::Error;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tonic::body::Body;
 use tonic::transport::Channel;
@@ -125,4 +129,59 @@ mod tests {
         assert!(!not_sent(&status), "{status:?}");
         server.abort();
     }
+}
+
+/// Opens a lazily connected channel to a peer URL.
+pub type Dial = Arc<dyn Fn(&str) -> Result<tonic::transport::Channel, String> + Send + Sync>;
+
+/// Dials peers over the operating system's TCP, or its Unix sockets for
+/// etcd's `unix://path` peer URLs.
+pub fn tcp_dial() -> Dial {
+    Arc::new(|url: &str| {
+        let socket_path = url.strip_prefix("unix://");
+        // For a Unix socket the URI names only the HTTP/2 authority.
+        let uri = match socket_path {
+            Some(_) => "http://localhost".to_string(),
+            None => url.to_string(),
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| format!("bad peer URL {url}: {e}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        match socket_path {
+            Some(path) => unix_channel(&endpoint, std::path::PathBuf::from(path)),
+            None => Ok(endpoint.connect_lazy()),
+        }
+    })
+}
+
+/// A lazily connected channel to the Unix socket at `path`.
+#[cfg(unix)]
+fn unix_channel(
+    endpoint: &tonic::transport::Endpoint,
+    path: std::path::PathBuf,
+) -> Result<tonic::transport::Channel, String> {
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        })),
+    )
+}
+
+#[cfg(not(unix))]
+fn unix_channel(
+    _endpoint: &tonic::transport::Endpoint,
+    path: std::path::PathBuf,
+) -> Result<tonic::transport::Channel, String> {
+    Err(format!(
+        "unix://{}: Unix sockets need a Unix system",
+        path.display()
+    ))
 }

@@ -1,7 +1,7 @@
 //! Incoming peer traffic: the `RaftPeer` gRPC service handing messages to openraft.
 
 use futures::StreamExt;
-use mainstay_proto::peer::raft_peer_server::RaftPeer;
+use mainstay_proto::peer::raft_peer_server::{RaftPeer, RaftPeerServer};
 use mainstay_proto::peer::{
     ForwardRequest, ForwardResponse, ForwardWritesRequest, ForwardWritesResponse, MembersRequest,
     MembersResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
@@ -12,8 +12,9 @@ use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec::{decode_message, encode_message};
+use crate::forward::Forwarded;
 use crate::network::PEER_MESSAGE_BYTES_MAX;
-use crate::replica::{Forwarded, ReadIndexReply, Replica};
+use crate::replica::{ReadIndexReply, Replica};
 use crate::type_config::TypeConfig;
 
 /// Largest snapshot accepted from a leader.
@@ -32,6 +33,17 @@ fn reply<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
     decode_message(payload).map_err(Status::invalid_argument)
+}
+
+impl Replica {
+    /// The peer gRPC service to serve on the peer port.
+    pub fn peer_service(&self) -> RaftPeerServer<PeerService> {
+        RaftPeerServer::new(PeerService {
+            replica: self.clone(),
+        })
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    }
 }
 
 impl PeerService {

@@ -5,25 +5,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mainstay_mvcc::{Command, CommandResponse, KeySpace, MvccError};
-use mainstay_proto::peer::raft_peer_server::RaftPeerServer;
-use mainstay_proto::peer::{ForwardRequest, ForwardWritesRequest, ReadIndexRequest};
-
-use crate::write_batches::WriteReply;
+use mainstay_mvcc::{Command, KeySpace};
+use mainstay_proto::peer::{ForwardWritesRequest, ReadIndexRequest};
 use mainstay_storage::{Disk, LogStore, StateStore};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::{ChangeMembers, Config, ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::codec::{decode_message, encode_message};
 use crate::error::ReplicaError;
 use crate::log_store::RaftLog;
-use crate::network::{PEER_MESSAGE_BYTES_MAX, PeerNetwork, PeerPool};
-use crate::peer_service::PeerService;
+use crate::network::{PeerNetwork, PeerPool};
+use crate::peer_channel::Dial;
 use crate::state_machine::{AppliedEvents, StateMachine};
-use crate::type_config::{MemberNode, RaftHandle, Runtime};
+use crate::type_config::{MemberNode, Runtime, TypeConfig, WriteOutcome};
+use crate::write_batches::WriteReply;
+
+/// The Raft handle type.
+pub(crate) type RaftHandle = openraft::Raft<TypeConfig, StateMachine>;
 
 /// How to run one replica.
 #[derive(Clone)]
@@ -63,73 +64,6 @@ pub struct ReplicaConfig {
     pub strict_reconfig_check: bool,
 }
 
-/// Opens a lazily connected channel to a peer URL.
-pub type Dial = Arc<dyn Fn(&str) -> Result<tonic::transport::Channel, String> + Send + Sync>;
-
-/// Dials peers over the operating system's TCP, or its Unix sockets for
-/// etcd's `unix://path` peer URLs.
-pub fn tcp_dial() -> Dial {
-    Arc::new(|url: &str| {
-        let socket_path = url.strip_prefix("unix://");
-        // For a Unix socket the URI names only the HTTP/2 authority.
-        let uri = match socket_path {
-            Some(_) => "http://localhost".to_string(),
-            None => url.to_string(),
-        };
-        let endpoint = tonic::transport::Endpoint::from_shared(uri)
-            .map_err(|e| format!("bad peer URL {url}: {e}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
-        match socket_path {
-            Some(path) => unix_channel(&endpoint, std::path::PathBuf::from(path)),
-            None => Ok(endpoint.connect_lazy()),
-        }
-    })
-}
-
-/// A lazily connected channel to the Unix socket at `path`.
-#[cfg(unix)]
-fn unix_channel(
-    endpoint: &tonic::transport::Endpoint,
-    path: std::path::PathBuf,
-) -> Result<tonic::transport::Channel, String> {
-    Ok(
-        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        })),
-    )
-}
-
-#[cfg(not(unix))]
-fn unix_channel(
-    _endpoint: &tonic::transport::Endpoint,
-    path: std::path::PathBuf,
-) -> Result<tonic::transport::Channel, String> {
-    Err(format!(
-        "unix://{}: Unix sockets need a Unix system",
-        path.display()
-    ))
-}
-
-/// The outcome of an applied write.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriteOutcome {
-    /// The command's answer (an error changed nothing).
-    pub outcome: Result<CommandResponse, MvccError>,
-    /// Raft term of the entry.
-    pub raft_term: u64,
-    /// Raft log index of the entry: a member answers only once it has applied
-    /// this far itself, so one connection never sees its own write undone.
-    pub log_index: u64,
-}
-
 /// A point-in-time view of this member's Raft state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaStatus {
@@ -159,64 +93,12 @@ pub struct ReplicaStatus {
     pub purged_index: Option<u64>,
 }
 
-/// The reply to a `Forward` call.
-#[derive(Serialize, Deserialize)]
-pub(crate) enum ForwardReply {
-    Published,
-    Membership(Result<crate::membership::MemberChangeOutcome, crate::membership::MembershipError>),
-    /// The receiver is not the leader (nothing was proposed); the leader it knows.
-    NotLeader(Option<u64>),
-    Failed(ReplicaError),
-    /// Milliseconds left on a lease by the leader's clock (None: unknown lease).
-    LeaseRemaining(Option<u64>),
-}
-
-/// What a follower asks the leader to do on its behalf.
-#[derive(Serialize, Deserialize)]
-pub(crate) enum Forwarded {
-    /// Record a member's own description (its client URLs) in the membership.
-    PublishNode(u64, MemberNode),
-    /// Change the membership.
-    Membership(crate::membership::MemberChange),
-    /// How long a lease has left, by the leader's clock (a read: safe to retry).
-    LeaseRemaining(i64),
-}
-
 /// Read-index reply body.
 #[derive(Serialize, Deserialize)]
 pub(crate) enum ReadIndexReply {
     Index(u64),
     NotLeader(Option<u64>),
     Failed(ReplicaError),
-}
-
-/// etcd's member id for a member of a new cluster: the first 8 bytes
-/// (big-endian) of the SHA-1 of its peer URLs, sorted and concatenated, then
-/// the cluster token. Tools that precompute ids (and etcd's e2e tests) agree.
-pub fn member_id_for(peer_urls: &[String], cluster_token: &str) -> u64 {
-    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
-    urls.sort_unstable();
-    let mut bytes = urls.concat().into_bytes();
-    bytes.extend_from_slice(cluster_token.as_bytes());
-    // Zero means "no member" on the wire.
-    sha1_prefix(&bytes).max(1)
-}
-
-/// etcd's cluster id: the first 8 bytes of the SHA-1 of the sorted member ids,
-/// each as 8 big-endian bytes.
-pub fn cluster_id_for(member_ids: &[u64]) -> u64 {
-    let mut ids = member_ids.to_vec();
-    ids.sort_unstable();
-    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
-    sha1_prefix(&bytes)
-}
-
-/// SHA-1 is what etcd uses here, for identity, not for security.
-fn sha1_prefix(bytes: &[u8]) -> u64 {
-    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, bytes);
-    let mut prefix = [0u8; 8];
-    prefix.copy_from_slice(&digest.as_ref()[..8]);
-    u64::from_be_bytes(prefix)
 }
 
 pub(crate) struct Inner {
@@ -252,8 +134,6 @@ pub struct Replica {
 
 enum LocalWrite {
     Done(WriteOutcome),
-    /// A membership update was committed.
-    Published,
     NotLeader(Option<u64>),
     Failed(ReplicaError),
 }
@@ -494,15 +374,6 @@ impl Replica {
             .collect()
     }
 
-    /// The peer gRPC service to serve on the peer port.
-    pub fn peer_service(&self) -> RaftPeerServer<PeerService> {
-        RaftPeerServer::new(PeerService {
-            replica: self.clone(),
-        })
-        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
-    }
-
     /// Resolves when the Raft core stopped (shutdown or a fatal storage error),
     /// with the fatal error's text if there was one.
     /// A failed log write stops the member even when openraft was not waiting
@@ -576,7 +447,6 @@ impl Replica {
             match self.write_local(command.clone()).await {
                 LocalWrite::Done(outcome) => return Ok(outcome),
                 LocalWrite::Failed(error) => return Err(error),
-                LocalWrite::Published => unreachable!("write_local never publishes"),
                 LocalWrite::NotLeader(leader) => {
                     known_leader = leader.or(known_leader);
                     if let Some(leader) = leader.filter(|l| *l != self.member_id()) {
@@ -664,7 +534,7 @@ impl Replica {
         match self.write_local(command).await {
             LocalWrite::Done(outcome) => Ok(outcome),
             LocalWrite::Failed(error) => Err(error),
-            LocalWrite::NotLeader(_) | LocalWrite::Published => Err(ReplicaError::NoLeader),
+            LocalWrite::NotLeader(_) => Err(ReplicaError::NoLeader),
         }
     }
 
@@ -748,181 +618,12 @@ impl Replica {
                 LocalWrite::Done(outcome) => WriteReply::Done(outcome),
                 LocalWrite::NotLeader(leader) => WriteReply::NotLeader(leader),
                 LocalWrite::Failed(error) => WriteReply::Failed(error),
-                LocalWrite::Published => WriteReply::Failed(ReplicaError::Stopped),
             }
         });
         futures::future::join_all(writes).await
     }
 
-    /// Sends a request to the leader. `Err(Retry)` only when it surely was not sent.
-    pub(crate) async fn forward(
-        &self,
-        leader: u64,
-        request: &Forwarded,
-    ) -> Result<ForwardReply, Retry> {
-        let Some(node) = self.node(leader) else {
-            return Err(Retry);
-        };
-        let Ok(mut client) = self.inner.pool.client(&node) else {
-            return Err(Retry);
-        };
-        let Ok(bytes) = encode_message(request) else {
-            return Ok(ForwardReply::Failed(ReplicaError::Stopped));
-        };
-        let reply = tokio::time::timeout(
-            self.inner.request_timeout,
-            client.forward(ForwardRequest { command: bytes }),
-        )
-        .await;
-        match reply {
-            Err(_) => {
-                self.inner.pool.evict(&node);
-                Ok(ForwardReply::Failed(ReplicaError::Timeout))
-            }
-            Ok(Err(status)) if crate::peer_channel::not_sent(&status) => Err(Retry),
-            Ok(Err(_)) => Ok(ForwardReply::Failed(ReplicaError::Timeout)),
-            Ok(Ok(reply)) => Ok(decode_message(&reply.into_inner().result)
-                .unwrap_or(ForwardReply::Failed(ReplicaError::Timeout))),
-        }
-    }
-
-    /// Serves a forwarded request: act locally, never forward again.
-    pub(crate) async fn serve_forward(&self, request: Forwarded) -> ForwardReply {
-        let local = match request {
-            Forwarded::PublishNode(id, node) => self.publish_local(id, node).await,
-            Forwarded::Membership(change) => return self.serve_membership(change).await,
-            Forwarded::LeaseRemaining(id) => {
-                let status = self.status();
-                return if status.is_leader {
-                    ForwardReply::LeaseRemaining(
-                        self.lease_clock()
-                            .remaining(id)
-                            .map(|left| u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
-                    )
-                } else {
-                    ForwardReply::NotLeader(status.leader)
-                };
-            }
-        };
-        match local {
-            // Publishing never answers with a write.
-            LocalWrite::Done(_) => ForwardReply::Failed(ReplicaError::Stopped),
-            LocalWrite::Published => ForwardReply::Published,
-            LocalWrite::NotLeader(leader) => ForwardReply::NotLeader(leader),
-            LocalWrite::Failed(error) => ForwardReply::Failed(error),
-        }
-    }
-
-    /// Time left on a lease as the leader counts it (etcd asks its leader too):
-    /// a follower's own countdown starts when it applies a renew, later than the
-    /// leader's. None for a lease the leader does not know.
-    pub async fn lease_remaining(&self, id: i64) -> Result<Option<Duration>, ReplicaError> {
-        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
-        let mut known_leader = None;
-        loop {
-            let status = self.status();
-            if status.is_leader {
-                return Ok(self.lease_clock().remaining(id));
-            }
-            known_leader = status.leader.or(known_leader);
-            if let Some(leader) = status.leader.filter(|l| *l != self.member_id()) {
-                match self.forward(leader, &Forwarded::LeaseRemaining(id)).await {
-                    Ok(ForwardReply::LeaseRemaining(left)) => {
-                        return Ok(left.map(Duration::from_millis));
-                    }
-                    Ok(ForwardReply::Failed(error)) => return Err(error),
-                    Ok(_) | Err(Retry) => {}
-                }
-            }
-            retry_pause(deadline, known_leader).await?;
-        }
-    }
-
-    /// Records this member's description (client URLs) in the cluster
-    /// membership, through the leader. Idempotent; returns once it is applied
-    /// locally or the deadline passes.
-    pub async fn publish(&self, node: MemberNode) -> Result<(), ReplicaError> {
-        let id = self.member_id();
-        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
-        loop {
-            if self.node(id).as_ref() == Some(&node) {
-                return Ok(());
-            }
-            let status = self.status();
-            let attempt = if status.is_leader {
-                self.publish_local(id, node.clone()).await
-            } else {
-                LocalWrite::NotLeader(status.leader)
-            };
-            match attempt {
-                LocalWrite::Done(_) | LocalWrite::Published => {}
-                LocalWrite::Failed(error) => return Err(error),
-                LocalWrite::NotLeader(Some(leader)) if leader != id => {
-                    if let Ok(ForwardReply::Failed(error)) = self
-                        .forward(leader, &Forwarded::PublishNode(id, node.clone()))
-                        .await
-                    {
-                        return Err(error);
-                    }
-                }
-                LocalWrite::NotLeader(_) => {}
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ReplicaError::Timeout);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn publish_local(&self, id: u64, node: MemberNode) -> LocalWrite {
-        let serial = tokio::time::timeout(
-            self.inner.request_timeout,
-            self.inner.membership_lock.lock(),
-        );
-        let Ok(_serial) = serial.await else {
-            // Another change holds it: the publisher tries again.
-            return LocalWrite::NotLeader(None);
-        };
-        // SetNodes would add an unknown id as a learner: a member removed while it
-        // was still publishing must not come back that way.
-        let metrics = self.inner.raft.metrics().borrow_watched().clone();
-        let leading = metrics.current_leader == Some(self.member_id());
-        let listed = metrics
-            .membership_config
-            .membership()
-            .nodes()
-            .any(|(member, _)| *member == id);
-        if leading && !listed {
-            return LocalWrite::Failed(ReplicaError::Stopped);
-        }
-        let Some(guard) = self.membership_guard(&metrics) else {
-            return LocalWrite::NotLeader(None);
-        };
-        let change = ChangeMembers::SetNodes(BTreeMap::from([(id, node)]));
-        let proposed = self
-            .inner
-            .raft
-            .change_membership_if(change, true, [guard])
-            .await;
-        match proposed {
-            Ok(_) => LocalWrite::Published,
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                LocalWrite::NotLeader(forward.leader_id)
-            }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                LocalWrite::NotLeader(None)
-            }
-            Err(RaftError::APIError(error)) => {
-                // A change of an earlier term still in progress: the publisher
-                // tries again.
-                tracing::info!(%error, "publishing member attributes refused for now");
-                LocalWrite::NotLeader(None)
-            }
-            Err(RaftError::Fatal(_)) => LocalWrite::Failed(ReplicaError::Stopped),
-        }
-    }
-
-    fn node(&self, id: u64) -> Option<MemberNode> {
+    pub(crate) fn node(&self, id: u64) -> Option<MemberNode> {
         self.members()
             .into_iter()
             .find(|(member, _, _)| *member == id)
@@ -1039,33 +740,3 @@ pub(crate) async fn retry_pause(
 
 /// Marker: the forward surely did not reach the leader, so retrying is safe.
 pub(crate) struct Retry;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_derived_as_etcd_derives_them() {
-        // Facts read from etcd 3.4.23 started with --initial-cluster
-        // a=http://127.0.0.1:41380,b=http://127.0.0.1:41390,c=http://127.0.0.1:41400
-        // and --initial-cluster-token tok-1 (its "added member" log lines).
-        let url = |port: u16| vec![format!("http://127.0.0.1:{port}")];
-        let ids: Vec<u64> = [41380, 41390, 41400]
-            .into_iter()
-            .map(|port| member_id_for(&url(port), "tok-1"))
-            .collect();
-        assert_eq!(
-            ids,
-            vec![
-                0x29be_1ae5_193b_2e64,
-                0x0120_3b43_c093_7dd2,
-                0xe432_f568_f844_9f2e
-            ]
-        );
-        assert_eq!(cluster_id_for(&ids), 0x4347_2f52_c41a_0358);
-        // Several peer URLs are sorted first, so their order does not matter.
-        let two = ["http://b:2380".to_string(), "http://a:2380".to_string()];
-        let swapped = [two[1].clone(), two[0].clone()];
-        assert_eq!(member_id_for(&two, "t"), member_id_for(&swapped, "t"));
-    }
-}

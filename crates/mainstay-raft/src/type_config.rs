@@ -48,5 +48,14 @@ openraft::declare_raft_types!(
 pub type Runtime =
     openraft_rt::deterministic_rng::DeterministicRng<openraft_rt_tokio::TokioRuntime>;
 
-/// The Raft handle type.
-pub type RaftHandle = openraft::Raft<TypeConfig, crate::state_machine::StateMachine>;
+/// The outcome of an applied write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteOutcome {
+    /// The command's answer (an error changed nothing).
+    pub outcome: Result<CommandResponse, MvccError>,
+    /// Raft term of the entry.
+    pub raft_term: u64,
+    /// Raft log index of the entry: a member answers only once it has applied
+    /// this far itself, so one connection never sees its own write undone.
+    pub log_index: u64,
+}

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::error::ReplicaError;
-use crate::replica::WriteOutcome;
+use crate::type_config::WriteOutcome;
 
 /// Batches in flight from one member at most (the pipeline depth).
 pub(crate) const SENDERS_MAX: usize = 2;

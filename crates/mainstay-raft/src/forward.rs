@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode_message, encode_message};
 use crate::error::ReplicaError;
-use crate::replica::{Replica, Retry, retry_pause};
+use crate::replica::{Replica, Retry, Routed};
 use crate::type_config::MemberNode;
 
 /// The reply to a `Forward` call.
@@ -115,24 +115,27 @@ impl Replica {
     /// leader's. None for a lease the leader does not know.
     pub async fn lease_remaining(&self, id: i64) -> Result<Option<Duration>, ReplicaError> {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
-        let mut known_leader = None;
-        loop {
-            let status = self.status();
-            if status.is_leader {
-                return Ok(self.lease_clock().remaining(id));
-            }
-            known_leader = status.leader.or(known_leader);
-            if let Some(leader) = status.leader.filter(|l| *l != self.member_id()) {
+        self.route(
+            deadline,
+            || async {
+                let status = self.status();
+                if status.is_leader {
+                    Routed::Done(self.lease_clock().remaining(id))
+                } else {
+                    Routed::NotLeader(status.leader)
+                }
+            },
+            |leader| async move {
                 match self.forward(leader, &Forwarded::LeaseRemaining(id)).await {
                     Ok(ForwardReply::LeaseRemaining(left)) => {
-                        return Ok(left.map(Duration::from_millis));
+                        Routed::Done(left.map(Duration::from_millis))
                     }
-                    Ok(ForwardReply::Failed(error)) => return Err(error),
-                    Ok(_) | Err(Retry) => {}
+                    Ok(ForwardReply::Failed(error)) => Routed::Failed(error),
+                    Ok(_) | Err(Retry) => Routed::Again,
                 }
-            }
-            retry_pause(deadline, known_leader).await?;
-        }
+            },
+        )
+        .await
     }
 
     /// Records this member's description (client URLs) in the cluster
@@ -141,34 +144,38 @@ impl Replica {
     pub async fn publish(&self, node: MemberNode) -> Result<(), ReplicaError> {
         let id = self.member_id();
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
-        loop {
-            if self.node(id).as_ref() == Some(&node) {
-                return Ok(());
-            }
-            let status = self.status();
-            let attempt = if status.is_leader {
-                self.publish_local(id, node.clone()).await
-            } else {
-                Publishing::NotLeader(status.leader)
-            };
-            match attempt {
-                Publishing::Published => {}
-                Publishing::Failed(error) => return Err(error),
-                Publishing::NotLeader(Some(leader)) if leader != id => {
-                    if let Ok(ForwardReply::Failed(error)) = self
-                        .forward(leader, &Forwarded::PublishNode(id, node.clone()))
-                        .await
-                    {
-                        return Err(error);
+        self.route(
+            deadline,
+            || {
+                let node = node.clone();
+                async move {
+                    if self.node(id).as_ref() == Some(&node) {
+                        return Routed::Done(());
+                    }
+                    let status = self.status();
+                    if !status.is_leader {
+                        return Routed::NotLeader(status.leader);
+                    }
+                    match self.publish_local(id, node).await {
+                        // Done once applied here: the next attempt sees it.
+                        Publishing::Published => Routed::Again,
+                        Publishing::NotLeader(leader) => Routed::NotLeader(leader),
+                        Publishing::Failed(error) => Routed::Failed(error),
                     }
                 }
-                Publishing::NotLeader(_) => {}
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ReplicaError::Timeout);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            },
+            |leader| {
+                let request = Forwarded::PublishNode(id, node.clone());
+                async move {
+                    match self.forward(leader, &request).await {
+                        Ok(ForwardReply::Failed(error)) => Routed::Failed(error),
+                        // Published or not, the next local attempt looks.
+                        Ok(_) | Err(Retry) => Routed::Again,
+                    }
+                }
+            },
+        )
+        .await
     }
 
     async fn publish_local(&self, id: u64, node: MemberNode) -> Publishing {

@@ -15,7 +15,7 @@ use crate::forward::{ForwardReply, Forwarded};
 use crate::membership_rules::{
     Facts, MemberChange, MemberChangeOutcome, MembershipError, Plan, plan_change,
 };
-use crate::replica::{Replica, Retry, retry_pause};
+use crate::replica::{Replica, Retry, Routed};
 use crate::type_config::MemberNode;
 
 /// The cluster as one member sees it: what a joining member asks for.
@@ -73,30 +73,35 @@ impl Replica {
         change: MemberChange,
     ) -> Result<MemberChangeOutcome, MembershipError> {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
-        let mut known_leader = None;
-        let outcome = loop {
-            let leader = match self.change_members_local(change.clone(), deadline).await {
-                Local::Done(outcome) => break outcome,
-                Local::Failed(error) => return Err(error),
-                Local::NotLeader(leader) => leader,
-            };
-            known_leader = leader.or(known_leader);
-            if let Some(leader) = leader.filter(|l| *l != self.member_id()) {
-                match self
-                    .forward(leader, &Forwarded::Membership(change.clone()))
-                    .await
-                {
-                    Ok(ForwardReply::Membership(Ok(outcome))) => break outcome,
-                    Ok(ForwardReply::Membership(Err(error))) => return Err(error),
-                    Ok(ForwardReply::Failed(error)) => return Err(error.into()),
-                    Ok(ForwardReply::NotLeader(_)) | Err(Retry) => {}
-                    Ok(ForwardReply::Published | ForwardReply::LeaseRemaining(_)) => {
-                        return Err(ReplicaError::Stopped.into());
+        let outcome = self
+            .route(
+                deadline,
+                || {
+                    let change = change.clone();
+                    async move {
+                        match self.change_members_local(change, deadline).await {
+                            Local::Done(outcome) => Routed::Done(outcome),
+                            Local::Failed(error) => Routed::Failed(error),
+                            Local::NotLeader(leader) => Routed::NotLeader(leader),
+                        }
                     }
-                }
-            }
-            retry_pause(deadline, known_leader).await?;
-        };
+                },
+                |leader| {
+                    let request = Forwarded::Membership(change.clone());
+                    async move {
+                        match self.forward(leader, &request).await {
+                            Ok(ForwardReply::Membership(Ok(outcome))) => Routed::Done(outcome),
+                            Ok(ForwardReply::Membership(Err(error))) => Routed::Failed(error),
+                            Ok(ForwardReply::Failed(error)) => Routed::Failed(error.into()),
+                            Ok(ForwardReply::NotLeader(_)) | Err(Retry) => Routed::Again,
+                            Ok(ForwardReply::Published | ForwardReply::LeaseRemaining(_)) => {
+                                Routed::Failed(ReplicaError::Stopped.into())
+                            }
+                        }
+                    }
+                },
+            )
+            .await?;
         if outcome.committed {
             self.wait_index(outcome.index, deadline).await?;
         }

@@ -442,21 +442,66 @@ impl Replica {
     /// been proposed: an unknown outcome is reported as such.
     pub async fn write(&self, command: Command) -> Result<WriteOutcome, ReplicaError> {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        self.route(
+            deadline,
+            || {
+                let command = command.clone();
+                async move {
+                    match self.write_local(command).await {
+                        LocalWrite::Done(outcome) => Routed::Done(outcome),
+                        LocalWrite::Failed(error) => Routed::Failed(error),
+                        LocalWrite::NotLeader(leader) => Routed::NotLeader(leader),
+                    }
+                }
+            },
+            |leader| {
+                let command = command.clone();
+                async move {
+                    match self.forward_write(leader, command, deadline).await {
+                        WriteReply::Done(outcome) => {
+                            match self.wait_applied(outcome.log_index, deadline).await {
+                                Ok(()) => Routed::Done(outcome),
+                                Err(error) => Routed::Failed(error),
+                            }
+                        }
+                        WriteReply::Failed(error) => Routed::Failed(error),
+                        WriteReply::NotLeader(_) | WriteReply::Retry => Routed::Again,
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    /// Leader routing, the one retry loop of this crate (writes, read
+    /// indexes, membership changes, publishing, lease time left): try on this
+    /// member; when another member leads, ask it through `remote`; otherwise
+    /// pause and try again, until the deadline (`Timeout` if a leader was known
+    /// meanwhile, `NoLeader` if not).
+    pub(crate) async fn route<T, E, Local, Remote>(
+        &self,
+        deadline: tokio::time::Instant,
+        mut local: impl FnMut() -> Local,
+        mut remote: impl FnMut(u64) -> Remote,
+    ) -> Result<T, E>
+    where
+        E: From<ReplicaError>,
+        Local: Future<Output = Routed<T, E>>,
+        Remote: Future<Output = Routed<T, E>>,
+    {
         let mut known_leader = None;
         loop {
-            match self.write_local(command.clone()).await {
-                LocalWrite::Done(outcome) => return Ok(outcome),
-                LocalWrite::Failed(error) => return Err(error),
-                LocalWrite::NotLeader(leader) => {
+            match local().await {
+                Routed::Done(value) => return Ok(value),
+                Routed::Failed(error) => return Err(error),
+                Routed::Again => {}
+                Routed::NotLeader(leader) => {
                     known_leader = leader.or(known_leader);
                     if let Some(leader) = leader.filter(|l| *l != self.member_id()) {
-                        match self.forward_write(leader, command.clone(), deadline).await {
-                            WriteReply::Done(outcome) => {
-                                self.wait_applied(outcome.log_index, deadline).await?;
-                                return Ok(outcome);
-                            }
-                            WriteReply::Failed(error) => return Err(error),
-                            WriteReply::NotLeader(_) | WriteReply::Retry => {}
+                        match remote(leader).await {
+                            Routed::Done(value) => return Ok(value),
+                            Routed::Failed(error) => return Err(error),
+                            Routed::NotLeader(_) | Routed::Again => {}
                         }
                     }
                 }
@@ -658,24 +703,18 @@ impl Replica {
     /// One read index, taken now: the leader's own, or asked of the leader.
     async fn read_index_round(&self) -> Result<u64, ReplicaError> {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
-        let mut known_leader = None;
-        loop {
-            match self.read_index_local().await {
-                ReadIndexReply::Index(index) => return Ok(index),
-                ReadIndexReply::Failed(error) => return Err(error),
-                ReadIndexReply::NotLeader(leader) => {
-                    known_leader = leader.or(known_leader);
-                    if let Some(leader) = leader.filter(|l| *l != self.member_id()) {
-                        match self.remote_read_index(leader).await {
-                            Some(ReadIndexReply::Index(index)) => return Ok(index),
-                            Some(ReadIndexReply::Failed(error)) => return Err(error),
-                            _ => {}
-                        }
-                    }
-                }
-            }
-            retry_pause(deadline, known_leader).await?;
-        }
+        let routed = |reply: Option<ReadIndexReply>| match reply {
+            Some(ReadIndexReply::Index(index)) => Routed::Done(index),
+            Some(ReadIndexReply::Failed(error)) => Routed::Failed(error),
+            Some(ReadIndexReply::NotLeader(leader)) => Routed::NotLeader(leader),
+            None => Routed::Again,
+        };
+        self.route(
+            deadline,
+            || async { routed(Some(self.read_index_local().await)) },
+            |leader| async move { routed(self.remote_read_index(leader).await) },
+        )
+        .await
     }
 
     /// On the leader: confirms leadership with a quorum and returns the read index
@@ -740,3 +779,15 @@ pub(crate) async fn retry_pause(
 
 /// Marker: the forward surely did not reach the leader, so retrying is safe.
 pub(crate) struct Retry;
+
+/// One attempt's answer in `Replica::route`, from this member or the leader.
+pub(crate) enum Routed<T, E> {
+    /// Answered.
+    Done(T),
+    /// The one asked does not lead (nothing was done); the leader it knows.
+    NotLeader(Option<u64>),
+    /// Nothing done yet (or surely not sent): try again after a pause.
+    Again,
+    /// Failed; the error says whether the outcome is unknown.
+    Failed(E),
+}

@@ -123,7 +123,7 @@ impl ElectionService {
     async fn leader_of(&self, request: pb::LeaderRequest) -> Result<pb::LeaderResponse, Status> {
         self.api.barrier(false).await?;
         let prefix = recipe::queue_prefix(&request.name);
-        let (keys, revision) = recipe::read_queue(&self.api, &prefix);
+        let (keys, revision) = recipe::read_queue(&self.api, &prefix)?;
         let leader = recipe::first_created(&keys)
             .cloned()
             .ok_or_else(|| recipe_status(RecipeError::ElectionNoLeader))?;
@@ -151,7 +151,7 @@ impl ElectionService {
         let prefix = recipe::queue_prefix(&request.name);
         // Subscribe before reading: nothing applied in between is missed.
         let applied = self.api.replica.subscribe();
-        let (keys, revision) = recipe::read_queue(&self.api, &prefix);
+        let (keys, revision) = recipe::read_queue(&self.api, &prefix)?;
         let (observer, first) = Observer::start(recipe::first_created(&keys), revision);
         Ok(Observation {
             api: self.api.clone(),
@@ -313,14 +313,18 @@ impl Observation {
             let end = recipe::prefix_end(&self.prefix);
             let from = self.observer.next();
             let prefix = &self.prefix;
-            let (events, leader, revision) = self.api.replica.read(|space| {
+            let (read, revision) = self.api.replica.read(|space| {
                 let revision = space.revision();
-                let events = space.events(prefix, &end, from, revision);
-                let keys: Vec<KeyValue> = space.live_in_range(prefix, &end, revision).collect();
-                (events, recipe::first_created(&keys).cloned(), revision)
+                let read = space
+                    .events(prefix, &end, from, revision)
+                    .and_then(|events| {
+                        let keys: Vec<KeyValue> = space.live_in_range(prefix, &end, revision)?;
+                        Ok((events, recipe::first_created(&keys).cloned()))
+                    });
+                (read, revision)
             });
-            match events {
-                Ok(events) => {
+            match read {
+                Ok((events, leader)) => {
                     let answers = self.observer.advance(&events, leader.as_ref(), revision);
                     self.pending.extend(answers);
                 }

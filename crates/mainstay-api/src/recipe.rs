@@ -290,14 +290,14 @@ pub(crate) async fn propose_txn(api: &Api, txn: TxnRequest) -> Result<(TxnRespon
 }
 
 /// The live keys under `prefix` and the revision they were read at.
-pub(crate) fn read_queue(api: &Api, prefix: &[u8]) -> (Vec<KeyValue>, Revision) {
+pub(crate) fn read_queue(api: &Api, prefix: &[u8]) -> Result<(Vec<KeyValue>, Revision), Status> {
     let end = prefix_end(prefix);
     api.replica.read(|space| {
         let revision = space.revision();
-        (
-            space.live_in_range(prefix, &end, revision).collect(),
-            revision,
-        )
+        space
+            .live_in_range(prefix, &end, revision)
+            .map(|keys| (keys, revision))
+            .map_err(|error| mvcc_status(&error))
     })
 }
 
@@ -340,14 +340,14 @@ pub(crate) async fn wait_turn(
     // Subscribe before reading: nothing applied in between is missed.
     let mut applied = api.replica.subscribe();
     loop {
-        let (keys, revision) = read_queue(api, prefix);
+        let (keys, revision) = read_queue(api, prefix).map_err(Waited::Failed)?;
         match turn(&keys, key, create_revision, revision) {
             Turn::Gone => return Err(Waited::Gone),
             Turn::Front => {
                 // The local state says so; a read barrier makes it an answer
                 // as of now (the key may have been deleted on the leader since).
                 api.barrier(false).await.map_err(Waited::Failed)?;
-                let (keys, revision) = read_queue(api, prefix);
+                let (keys, revision) = read_queue(api, prefix).map_err(Waited::Failed)?;
                 match turn(&keys, key, create_revision, revision) {
                     Turn::Front => return Ok(revision),
                     Turn::Gone => return Err(Waited::Gone),

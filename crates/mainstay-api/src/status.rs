@@ -88,6 +88,13 @@ pub fn mvcc_status(error: &MvccError) -> Status {
         MvccError::LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
         MvccError::LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
         MvccError::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
+        // Not etcd's: this member's disk failed it (the member stops).
+        MvccError::ValueUnreadable(reason) => {
+            return Status::new(
+                Code::Internal,
+                format!("mainstay: cannot read a value from the state store: {reason}"),
+            );
+        }
     };
     Status::new(code, message)
 }

@@ -39,4 +39,8 @@ pub enum MvccError {
     /// A grant asked for more than `LEASE_TTL_MAX` seconds.
     #[error("too large lease TTL")]
     LeaseTtlTooLarge,
+    /// A value that left memory could not be read back from the state store
+    /// (I/O error or damage): the member stops.
+    #[error("mainstay: cannot read a value from the state store: {0}")]
+    ValueUnreadable(String),
 }

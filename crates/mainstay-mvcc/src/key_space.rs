@@ -2,13 +2,20 @@
 //! current revision and the compacted revision. Reads at any retained revision,
 //! writes through `Writer` (see `writer.rs`), compaction and a content hash.
 //!
-//! Everything is in memory and deterministic; `mainstay-storage` persists the
-//! `Change`s a write returns and rebuilds a `KeySpace` with `restore` on start-up.
+//! The index (every key's records: revisions, versions, leases) is in memory
+//! and deterministic; `mainstay-storage` persists the `Change`s a write returns
+//! and rebuilds a `KeySpace` with `restore` on start-up. A value is in memory
+//! (`Value::Inline`) from its write until the state store holds it durably;
+//! then it is dropped (`evict`) and read back from the store (`ValueStore`)
+//! when a read, an event or a compare needs it, so memory grows with keys and
+//! revisions, not with the size of values.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::ops::Bound;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::MvccError;
 use crate::types::{
@@ -23,10 +30,66 @@ pub struct Live {
     /// Puts since creation.
     pub version: i64,
     /// The value.
-    pub value: Vec<u8>,
+    pub value: Value,
     /// Attached lease, 0 for none.
     pub lease: i64,
 }
+
+/// A record's value: in memory, or only in the state store (under the
+/// record's key and revision). Encoded as the bytes themselves; a `Stored`
+/// value cannot be encoded (whoever encodes records reads them from the store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// The bytes.
+    Inline(Vec<u8>),
+    /// Durable in the state store; read through the keyspace's `ValueStore`.
+    Stored,
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Inline(bytes) => bytes.serialize(serializer),
+            Value::Stored => Err(serde::ser::Error::custom("a stored value is not in memory")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<u8>::deserialize(deserializer).map(Value::Inline)
+    }
+}
+
+/// Where values that left memory are read from (the state store).
+pub trait ValueStore: Send + Sync {
+    /// The value of `key`'s record at `revision`. An error means the store
+    /// cannot give it (I/O, damage): the member must stop.
+    fn value(&self, key: &[u8], revision: Revision) -> Result<Vec<u8>, String>;
+}
+
+/// A keyspace's value store, if it has one (compared equal always: it is
+/// where values live, not part of the state).
+#[derive(Clone, Default)]
+pub(crate) struct Values(Option<Arc<dyn ValueStore>>);
+
+impl fmt::Debug for Values {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Values(store)"
+        } else {
+            "Values(none)"
+        })
+    }
+}
+
+impl PartialEq for Values {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Values {}
 
 /// One step of a key's history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +157,8 @@ pub struct KeySpace {
     pub(crate) leases: BTreeMap<i64, LeaseRecord>,
     /// Per lease, the keys whose current incarnation is attached to it.
     pub(crate) lease_keys: BTreeMap<i64, BTreeSet<Vec<u8>>>,
+    /// Where evicted values are read from.
+    pub(crate) values: Values,
 }
 
 impl Default for KeySpace {
@@ -111,7 +176,87 @@ impl KeySpace {
             compacted: 0,
             leases: BTreeMap::new(),
             lease_keys: BTreeMap::new(),
+            values: Values::default(),
         }
+    }
+
+    /// Gives the keyspace the store its evicted values are read from.
+    pub fn set_value_store(&mut self, store: Arc<dyn ValueStore>) {
+        self.values = Values(Some(store));
+    }
+
+    /// Drops from memory the value of `key`'s record at `revision` (the store
+    /// now holds it durably). No-op if that record is gone or has no value.
+    pub fn evict(&mut self, key: &[u8], revision: Revision) {
+        let Some(history) = self.keys.get_mut(key) else {
+            return;
+        };
+        let Ok(at) = history.binary_search_by_key(&revision, |record| record.revision) else {
+            return;
+        };
+        if let Some(live) = history[at].live.as_mut() {
+            live.value = Value::Stored;
+        }
+    }
+
+    /// Drops every value from memory (the store holds all of them durably).
+    pub fn evict_all(&mut self) {
+        for live in self
+            .keys
+            .values_mut()
+            .flat_map(|history| history.iter_mut())
+            .filter_map(|record| record.live.as_mut())
+        {
+            live.value = Value::Stored;
+        }
+    }
+
+    /// A copy with every value in memory and no value store: keyspaces compare
+    /// by content this way.
+    pub fn materialized(&self) -> Result<KeySpace, MvccError> {
+        let mut copy = self.clone();
+        for (key, history) in copy.keys.iter_mut() {
+            for record in history.iter_mut() {
+                if let Some(live) = record.live.as_mut() {
+                    live.value = Value::Inline(self.value_of(key, record.revision, &live.value)?);
+                }
+            }
+        }
+        copy.values = Values::default();
+        Ok(copy)
+    }
+
+    /// The bytes of a record's value, from memory or the store.
+    pub(crate) fn value_of(
+        &self,
+        key: &[u8],
+        revision: Revision,
+        value: &Value,
+    ) -> Result<Vec<u8>, MvccError> {
+        match (value, &self.values.0) {
+            (Value::Inline(bytes), _) => Ok(bytes.clone()),
+            (Value::Stored, Some(store)) => store
+                .value(key, revision)
+                .map_err(MvccError::ValueUnreadable),
+            (Value::Stored, None) => Err(MvccError::ValueUnreadable(
+                "no value store for an evicted value".to_string(),
+            )),
+        }
+    }
+
+    /// A record as a `KeyValue` (None for a tombstone), its value read.
+    pub(crate) fn key_value(
+        &self,
+        key: &[u8],
+        record: &Record,
+    ) -> Result<Option<KeyValue>, MvccError> {
+        let Some(mut kv) = key_value_without_value(key, record) else {
+            return Ok(None);
+        };
+        if let Some(live) = &record.live {
+            kv.value = self.value_of(key, record.revision, &live.value)?;
+        }
+        Ok(Some(kv))
     }
 
     /// Rebuilds a keyspace from persisted records (any order), leases and revisions.
@@ -158,6 +303,7 @@ impl KeySpace {
             compacted,
             leases,
             lease_keys,
+            values: Values::default(),
         }
     }
 
@@ -280,10 +426,11 @@ impl KeySpace {
                 if record.revision > to {
                     break;
                 }
-                let prev_kv = position
-                    .checked_sub(1)
-                    .and_then(|before| to_key_value(k, &history[before]));
-                let event = match to_key_value(k, record) {
+                let prev_kv = match position.checked_sub(1) {
+                    Some(before) => self.key_value(k, &history[before])?,
+                    None => None,
+                };
+                let event = match self.key_value(k, record)? {
                     Some(kv) => Event {
                         kind: EventKind::Put,
                         kv,
@@ -308,22 +455,44 @@ impl KeySpace {
     }
 
     /// The key as of `revision`, if it was live then.
-    pub fn get(&self, key: &[u8], revision: Revision) -> Option<KeyValue> {
-        let history = self.keys.get(key)?;
-        record_at(history, revision).and_then(|record| to_key_value(key, record))
+    pub fn get(&self, key: &[u8], revision: Revision) -> Result<Option<KeyValue>, MvccError> {
+        let Some(history) = self.keys.get(key) else {
+            return Ok(None);
+        };
+        match record_at(history, revision) {
+            Some(record) => self.key_value(key, record),
+            None => Ok(None),
+        }
     }
 
-    /// Keys live at `revision` in `[key, range_end)` (etcd's range_end rules), in key order.
-    pub fn live_in_range<'a>(
+    /// Keys live at `revision` in `[key, range_end)` (etcd's range_end rules),
+    /// in key order, values read.
+    pub fn live_in_range(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        revision: Revision,
+    ) -> Result<Vec<KeyValue>, MvccError> {
+        self.live_records(key, range_end, revision)
+            .into_iter()
+            .filter_map(|(k, record)| self.key_value(k, record).transpose())
+            .collect()
+    }
+
+    /// The records live at `revision` in `[key, range_end)`, in key order.
+    fn live_records<'a>(
         &'a self,
         key: &'a [u8],
         range_end: &'a [u8],
         revision: Revision,
-    ) -> impl Iterator<Item = KeyValue> + 'a {
+    ) -> Vec<(&'a [u8], &'a Record)> {
         self.histories_in_range(key, range_end)
-            .filter_map(move |(k, history)| {
-                record_at(history, revision).and_then(|record| to_key_value(k, record))
+            .filter_map(|(k, history)| {
+                record_at(history, revision)
+                    .filter(|record| record.live.is_some())
+                    .map(|record| (k, record))
             })
+            .collect()
     }
 
     pub(crate) fn histories_in_range<'a>(
@@ -370,18 +539,25 @@ impl KeySpace {
         let sorted = !(request.sort_target == SortTarget::Key
             && matches!(request.sort_order, SortOrder::None | SortOrder::Ascend));
         let limit = usize::try_from(request.limit).unwrap_or(0);
-        let mut count: i64 = 0;
-        let mut kvs = Vec::new();
-        for kv in self.live_in_range(&request.key, &request.range_end, revision) {
-            count += 1;
-            if request.count_only {
-                continue;
-            }
-            if !filtered && !sorted && limit > 0 && kvs.len() > limit {
-                // The limit is pushed down: one extra key is enough to know `more`.
-                continue;
-            }
-            kvs.push(kv);
+        let mut records = self.live_records(&request.key, &request.range_end, revision);
+        let count = records.len() as i64;
+        if request.count_only {
+            records.clear();
+        }
+        if !filtered && !sorted && limit > 0 {
+            // The limit is pushed down: one extra key is enough to know `more`.
+            records.truncate(limit + 1);
+        }
+        // Values are read only when they are answered or sorted on.
+        let with_values = !request.keys_only || request.sort_target == SortTarget::Value;
+        let mut kvs = Vec::with_capacity(records.len());
+        for (key, record) in records {
+            let kv = if with_values {
+                self.key_value(key, record)?
+            } else {
+                key_value_without_value(key, record)
+            };
+            kvs.extend(kv);
         }
         if filtered {
             kvs.retain(|kv| passes_filters(request, kv));
@@ -463,12 +639,13 @@ impl KeySpace {
             match &record.live {
                 None => hasher.update(&[0]),
                 Some(live) => {
+                    let value = self.value_of(key, record.revision, &live.value)?;
                     hasher.update(&[1]);
                     hasher.update(&live.create_revision.to_be_bytes());
                     hasher.update(&live.version.to_be_bytes());
                     hasher.update(&live.lease.to_be_bytes());
-                    hasher.update(&(live.value.len() as u64).to_be_bytes());
-                    hasher.update(&live.value);
+                    hasher.update(&(value.len() as u64).to_be_bytes());
+                    hasher.update(&value);
                 }
             }
         }
@@ -482,14 +659,15 @@ pub(crate) fn record_at(history: &[Record], revision: Revision) -> Option<&Recor
     if at == 0 { None } else { history.get(at - 1) }
 }
 
-pub(crate) fn to_key_value(key: &[u8], record: &Record) -> Option<KeyValue> {
+/// A record as a `KeyValue` with an empty value (None for a tombstone).
+fn key_value_without_value(key: &[u8], record: &Record) -> Option<KeyValue> {
     let live = record.live.as_ref()?;
     Some(KeyValue {
         key: key.to_vec(),
         create_revision: live.create_revision,
         mod_revision: record.revision,
         version: live.version,
-        value: live.value.clone(),
+        value: Vec::new(),
         lease: live.lease,
     })
 }

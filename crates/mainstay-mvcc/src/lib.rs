@@ -17,7 +17,9 @@ mod tests;
 
 pub use command::{Applied, ApplyContext, Command, CommandResponse};
 pub use error::MvccError;
-pub use key_space::{Change, INITIAL_REVISION, KeySpace, LeaseRecord, Live, Record, in_range};
+pub use key_space::{
+    Change, INITIAL_REVISION, KeySpace, LeaseRecord, Live, Record, Value, ValueStore, in_range,
+};
 pub use types::*;
 pub use validate::validate_txn;
 pub use writer::txn_writes;

@@ -68,7 +68,7 @@ fn revisions_follow_etcd() {
     put(&mut space, "a", "1");
     put(&mut space, "a", "2");
     assert_eq!(space.revision(), 3);
-    let kv = space.get(b"a", 3).expect("live");
+    let kv = space.get(b"a", 3).expect("readable").expect("live");
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
     // A delete of nothing changes nothing.
     let applied = delete(&mut space, "zzz", "");
@@ -80,11 +80,14 @@ fn revisions_follow_etcd() {
     assert_eq!(applied.events.len(), 1);
     assert_eq!(applied.events[0].kind, EventKind::Delete);
     put(&mut space, "a", "3");
-    let kv = space.get(b"a", 5).expect("live");
+    let kv = space.get(b"a", 5).expect("readable").expect("live");
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
     // History stays readable.
-    assert_eq!(space.get(b"a", 3).expect("old").value, b"2");
-    assert!(space.get(b"a", 4).is_none());
+    assert_eq!(
+        space.get(b"a", 3).expect("readable").expect("old").value,
+        b"2"
+    );
+    assert!(space.get(b"a", 4).expect("readable").is_none());
 }
 
 #[test]
@@ -225,7 +228,14 @@ fn put_options() {
         panic!("put failed")
     };
     assert_eq!(response.prev_kv.expect("prev").value, b"keep");
-    assert_eq!(space.get(b"x", space.revision()).expect("x").value, b"keep");
+    assert_eq!(
+        space
+            .get(b"x", space.revision())
+            .expect("readable")
+            .expect("x")
+            .value,
+        b"keep"
+    );
     let both = PutRequest {
         value: b"v".to_vec(),
         ..ignore
@@ -322,7 +332,7 @@ fn txn_semantics() {
         ..Default::default()
     };
     space.apply(&Command::Txn(nested), &CTX);
-    assert!(space.get(b"n", 3).is_some());
+    assert!(space.get(b"n", 3).expect("readable").is_some());
     let failing = TxnRequest {
         success: vec![
             put_op("m", "1"),
@@ -642,9 +652,17 @@ fn leases_grant_attach_and_revoke_in_one_revision() {
     assert_eq!(applied.events[0].kind, EventKind::Delete);
     assert!(applied.changes.contains(&Change::LeaseRemove(5)));
     assert_eq!(space.lease(5), None);
-    assert!(space.get(b"k3", space.revision()).is_none());
     assert!(
-        space.get(b"k2", space.revision()).is_some(),
+        space
+            .get(b"k3", space.revision())
+            .expect("readable")
+            .is_none()
+    );
+    assert!(
+        space
+            .get(b"k2", space.revision())
+            .expect("readable")
+            .is_some(),
         "k2 was detached"
     );
     assert_eq!(
@@ -702,4 +720,123 @@ fn a_watch_from_the_compacted_revision_gets_all_of_its_events() {
             Err(MvccError::Compacted)
         );
     }
+}
+
+/// A value store over a copy of what was written, which can be made to fail.
+struct MapValues {
+    values: BTreeMap<(Vec<u8>, Revision), Vec<u8>>,
+    failing: std::sync::atomic::AtomicBool,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl ValueStore for MapValues {
+    fn value(&self, key: &[u8], revision: Revision) -> Result<Vec<u8>, String> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("disk on fire".to_string());
+        }
+        self.values
+            .get(&(key.to_vec(), revision))
+            .cloned()
+            .ok_or_else(|| "no such row".to_string())
+    }
+}
+
+#[test]
+fn evicted_values_are_read_from_the_store_and_a_failing_store_is_an_error() {
+    // Goal: after eviction every read, event, compare and hash gives the same
+    // answers as with values in memory, reading only the values it answers
+    // (none for count_only / keys_only); a store that cannot read is a
+    // `ValueUnreadable` error, never a wrong or empty value.
+    let mut space = KeySpace::new();
+    put(&mut space, "a", "1");
+    put(&mut space, "b", "2");
+    put(&mut space, "a", "3");
+    let before = space.clone();
+    let hash = space.hash(0).expect("hash");
+    let values: BTreeMap<(Vec<u8>, Revision), Vec<u8>> = space
+        .records()
+        .filter_map(|(key, record)| {
+            record.live.as_ref().map(|live| match &live.value {
+                Value::Inline(bytes) => ((key.to_vec(), record.revision), bytes.clone()),
+                Value::Stored => unreachable!("nothing evicted yet"),
+            })
+        })
+        .collect();
+    let store = std::sync::Arc::new(MapValues {
+        values,
+        failing: false.into(),
+        reads: 0.into(),
+    });
+    space.set_value_store(store.clone());
+    space.evict_all();
+    assert!(space.records().all(|(_, record)| {
+        record
+            .live
+            .as_ref()
+            .is_none_or(|live| live.value == Value::Stored)
+    }));
+    assert_eq!(space.materialized().expect("values"), before);
+    assert_eq!(space.hash(0).expect("hash"), hash);
+    assert_eq!(get_range(&space, "a", "c"), get_range(&before, "a", "c"));
+    assert_eq!(
+        space.events(b"a", b"c", 2, 4).expect("events"),
+        before.events(b"a", b"c", 2, 4).expect("events")
+    );
+    // Metadata-only answers read no value.
+    let reads = store.reads.load(std::sync::atomic::Ordering::Relaxed);
+    for request in [
+        RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"c".to_vec(),
+            count_only: true,
+            ..RangeRequest::default()
+        },
+        RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"c".to_vec(),
+            keys_only: true,
+            ..RangeRequest::default()
+        },
+    ] {
+        assert_eq!(space.range(&request), before.range(&request));
+    }
+    assert_eq!(
+        store.reads.load(std::sync::atomic::Ordering::Relaxed),
+        reads
+    );
+    // A put after eviction keeps the previous value in its event.
+    let mut written = space.clone();
+    let applied = put(&mut written, "a", "4");
+    assert_eq!(
+        applied.events[0]
+            .prev_kv
+            .as_ref()
+            .map(|kv| kv.value.clone()),
+        Some(b"3".to_vec())
+    );
+    // A failing store: errors, never a value.
+    store
+        .failing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(matches!(
+        space.get(b"a", space.revision()),
+        Err(MvccError::ValueUnreadable(_))
+    ));
+    assert!(matches!(
+        space.range(&RangeRequest {
+            key: b"a".to_vec(),
+            ..RangeRequest::default()
+        }),
+        Err(MvccError::ValueUnreadable(_))
+    ));
+    let revision = space.revision();
+    let applied = put(&mut space, "a", "5");
+    assert!(matches!(applied.result, Err(MvccError::ValueUnreadable(_))));
+    assert_eq!(
+        space.revision(),
+        revision,
+        "the failed write changed nothing"
+    );
 }

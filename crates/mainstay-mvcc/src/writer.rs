@@ -3,7 +3,7 @@
 //! something changed) or rolls back without a trace.
 
 use crate::error::MvccError;
-use crate::key_space::{Change, KeySpace, Live, Record, record_at, to_key_value};
+use crate::key_space::{Change, KeySpace, Live, Record, Value, record_at};
 use crate::types::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event,
     EventKind, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
@@ -38,7 +38,7 @@ impl<'a> Writer<'a> {
         }
         let keys = self.space.lease_keys(id);
         for key in &keys {
-            let previous = self.latest(key);
+            let previous = self.latest(key)?;
             self.append(key, None);
             self.events.push(Event {
                 kind: EventKind::Delete,
@@ -116,9 +116,14 @@ impl<'a> Writer<'a> {
         self.touched.push(key.to_vec());
     }
 
-    fn latest(&self, key: &[u8]) -> Option<KeyValue> {
-        let history = self.space.keys.get(key)?;
-        record_at(history, self.pending).and_then(|record| to_key_value(key, record))
+    fn latest(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
+        let Some(history) = self.space.keys.get(key) else {
+            return Ok(None);
+        };
+        match record_at(history, self.pending) {
+            Some(record) => self.space.key_value(key, record),
+            None => Ok(None),
+        }
     }
 
     pub(crate) fn range(&self, request: &RangeRequest) -> Result<RangeResponse, MvccError> {
@@ -135,7 +140,7 @@ impl<'a> Writer<'a> {
         if request.ignore_lease && request.lease != 0 {
             return Err(MvccError::LeaseProvided);
         }
-        let previous = self.latest(&request.key);
+        let previous = self.latest(&request.key)?;
         if (request.ignore_value || request.ignore_lease) && previous.is_none() {
             return Err(MvccError::KeyNotFound);
         }
@@ -150,23 +155,27 @@ impl<'a> Writer<'a> {
             (Some(previous), true) => previous.value.clone(),
             _ => request.value.clone(),
         };
-        let live = Live {
-            create_revision: previous
-                .as_ref()
-                .map_or(self.pending, |p| p.create_revision),
-            version: previous.as_ref().map_or(1, |p| p.version + 1),
-            value,
-            lease,
-        };
-        self.append(&request.key, Some(live.clone()));
+        let create_revision = previous
+            .as_ref()
+            .map_or(self.pending, |p| p.create_revision);
+        let version = previous.as_ref().map_or(1, |p| p.version + 1);
         let kv = KeyValue {
             key: request.key.clone(),
-            create_revision: live.create_revision,
+            create_revision,
             mod_revision: self.pending,
-            version: live.version,
-            value: live.value,
-            lease: live.lease,
+            version,
+            value: value.clone(),
+            lease,
         };
+        self.append(
+            &request.key,
+            Some(Live {
+                create_revision,
+                version,
+                value: Value::Inline(value),
+                lease,
+            }),
+        );
         self.events.push(Event {
             kind: EventKind::Put,
             kv,
@@ -186,10 +195,9 @@ impl<'a> Writer<'a> {
         if request.key.is_empty() {
             return Err(MvccError::EmptyKey);
         }
-        let doomed: Vec<KeyValue> = self
-            .space
-            .live_in_range(&request.key, &request.range_end, self.pending)
-            .collect();
+        let doomed: Vec<KeyValue> =
+            self.space
+                .live_in_range(&request.key, &request.range_end, self.pending)?;
         for previous in &doomed {
             self.append(&previous.key, None);
             let kv = KeyValue {
@@ -259,11 +267,9 @@ fn evaluate_compare(
         return Err(MvccError::EmptyKey);
     }
     let kvs: Vec<KeyValue> = if compare.range_end.is_empty() {
-        space.get(&compare.key, revision).into_iter().collect()
+        space.get(&compare.key, revision)?.into_iter().collect()
     } else {
-        space
-            .live_in_range(&compare.key, &compare.range_end, revision)
-            .collect()
+        space.live_in_range(&compare.key, &compare.range_end, revision)?
     };
     if kvs.is_empty() {
         // A missing key compares as all zeros, except that a VALUE compare is false.

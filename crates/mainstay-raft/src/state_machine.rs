@@ -86,7 +86,11 @@ const PENDING_BYTES_MAX: usize = 64 << 20;
 fn change_bytes(change: &mainstay_mvcc::Change) -> usize {
     match change {
         mainstay_mvcc::Change::Append { key, record } => {
-            64 + key.len() + record.live.as_ref().map_or(0, |live| live.value.len())
+            let value = match record.live.as_ref().map(|live| &live.value) {
+                Some(mainstay_mvcc::Value::Inline(bytes)) => bytes.len(),
+                Some(mainstay_mvcc::Value::Stored) | None => 0,
+            };
+            64 + key.len() + value
         }
         mainstay_mvcc::Change::Remove { key, .. } => 32 + key.len(),
         mainstay_mvcc::Change::LeasePut(_) | mainstay_mvcc::Change::LeaseRemove(_) => 32,
@@ -110,13 +114,14 @@ struct Durable {
 
 impl Durable {
     /// Buffers one applied batch (`meta` is the state after it) and commits
-    /// the buffer durably when it is due (see the module docs).
+    /// the buffer durably when it is due (see the module docs); returns the
+    /// changes that became durable (none if not due).
     fn apply(
         &mut self,
         changes: Vec<mainstay_mvcc::Change>,
         meta: StateMeta,
         entries: u64,
-    ) -> Result<(), io::Error> {
+    ) -> Result<Vec<mainstay_mvcc::Change>, io::Error> {
         self.pending_bytes += changes.iter().map(change_bytes).sum::<usize>();
         self.pending.extend(changes);
         self.meta = meta;
@@ -125,22 +130,22 @@ impl Durable {
             || self.pending_bytes >= PENDING_BYTES_MAX
             || self.last_durable.elapsed() >= DURABLE_EVERY
         {
-            self.make_durable()?;
+            return self.make_durable();
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
-    /// Commits every buffered change and the current metadata, fsynced.
-    fn make_durable(&mut self) -> Result<(), io::Error> {
+    /// Commits every buffered change and the current metadata, fsynced;
+    /// returns the changes committed (their values may now leave memory).
+    fn make_durable(&mut self) -> Result<Vec<mainstay_mvcc::Change>, io::Error> {
         if let Err(error) = self.store.commit(&self.pending, &self.meta, true) {
             tracing::error!(%error, "state commit failed; stopping the member");
             return Err(to_io(error));
         }
-        self.pending.clear();
         self.pending_bytes = 0;
         self.last_durable = tokio::time::Instant::now();
         self.entries_since_durable = 0;
-        Ok(())
+        Ok(std::mem::take(&mut self.pending))
     }
 }
 
@@ -244,10 +249,29 @@ impl StateMachine {
         (applied, key_space.revision(), hash)
     }
 
+    /// Drops from memory the values the store now holds durably. Lock order:
+    /// `durable`, then `key_space` (a caller may hold the first).
+    fn evict(&self, committed: &[mainstay_mvcc::Change]) {
+        if committed.is_empty() {
+            return;
+        }
+        let mut key_space = self
+            .shared
+            .key_space
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        for change in committed {
+            if let mainstay_mvcc::Change::Append { key, record } = change {
+                key_space.evict(key, record.revision);
+            }
+        }
+    }
+
     /// Makes the state durable: it is now the snapshot (see the module docs).
     fn build(&self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
         let mut durable = self.durable();
-        durable.make_durable()?;
+        let committed = durable.make_durable()?;
+        self.evict(&committed);
         let meta = SnapshotMetaOf::<TypeConfig> {
             last_log_id: durable.meta.applied.as_ref().map(log_id_from_record),
             last_membership: decode_stored_membership(&durable.meta.membership)
@@ -337,6 +361,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             log_index: entry.log_id.index,
                         };
                         let applied = key_space.apply(&command, &context);
+                        if let Err(MvccError::ValueUnreadable(reason)) = &applied.result {
+                            // Not an answer: this member's disk failed it. Stop
+                            // before anything of this batch is released.
+                            tracing::error!(%reason, "state store unreadable; stopping the member");
+                            return Err(io::Error::other(reason.clone()));
+                        }
                         lease_touches(&command, &applied.result, &mut touches);
                         changes.extend(applied.changes);
                         if !applied.events.is_empty() {
@@ -361,7 +391,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta.compacted = key_space.compacted_revision();
         }
         {
-            self.durable().apply(changes, meta, entries)?;
+            let committed = self.durable().apply(changes, meta, entries)?;
+            self.evict(&committed);
         }
         // Countdowns restart when the grant or renew is durable and applied.
         self.shared.leases.touch(&touches);

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mainstay_mvcc::{Change, KeySpace, LeaseRecord, Record, Revision};
+use mainstay_mvcc::{Change, KeySpace, LeaseRecord, Live, Record, Revision, Value, ValueStore};
 use redb::{Builder, Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -99,8 +99,9 @@ impl SnapshotData {
 /// The redb-backed state store. See the module docs.
 pub struct StateStore {
     /// None once the engine panicked: it is left undropped (its drop would
-    /// write to the damaged file, and panics again).
-    db: Option<Database>,
+    /// write to the damaged file, and panics again). Shared with the value
+    /// readers (`values`).
+    db: Option<Arc<Database>>,
     file: Arc<dyn DiskFile>,
     path: PathBuf,
     poisoned: bool,
@@ -207,13 +208,14 @@ impl StateStore {
                     .create_with_backend(RedbBackend(file.clone()))
                     .map_err(|e| corrupt_db(&path, e))?;
                 let store = StateStore {
-                    db: Some(db),
+                    db: Some(Arc::new(db)),
                     file: file.clone(),
                     path: path.clone(),
                     poisoned: false,
                 };
                 store.upgrade()?;
-                let (key_space, meta) = store.load()?;
+                let (mut key_space, meta) = store.load()?;
+                key_space.set_value_store(store.values()?);
                 Ok((store, key_space, meta))
             },
         ));
@@ -226,8 +228,18 @@ impl StateStore {
         })
     }
 
+    /// The keyspace as stored, values left on disk.
     fn load(&self) -> Result<(KeySpace, StateMeta), StorageError> {
-        self.reader()?.load()
+        self.reader()?.load(false)
+    }
+
+    /// Reads values back for a keyspace whose values left memory.
+    pub fn values(&self) -> Result<Arc<dyn ValueStore>, StorageError> {
+        let db = self.db.clone().ok_or(StorageError::Poisoned)?;
+        Ok(Arc::new(StoredValues {
+            db,
+            path: self.path.clone(),
+        }))
     }
 
     /// Brings the file to `STATE_FORMAT`: a new file gets the version; format
@@ -420,7 +432,7 @@ impl StateStore {
     }
 
     fn db(&self) -> Result<&Database, StorageError> {
-        self.db.as_ref().ok_or(StorageError::Poisoned)
+        self.db.as_deref().ok_or(StorageError::Poisoned)
     }
 
     /// A consistent copy of the committed state (the Raft adapter reads
@@ -430,7 +442,8 @@ impl StateStore {
         self.reader()?.snapshot()
     }
 
-    /// Replaces the whole state with a snapshot's, durably, and returns the new keyspace.
+    /// Replaces the whole state with a snapshot's, durably, and returns the new
+    /// keyspace (its values left in the store).
     pub fn install(&mut self, data: &SnapshotData) -> Result<KeySpace, StorageError> {
         if self.poisoned {
             return Err(StorageError::Poisoned);
@@ -472,12 +485,22 @@ impl StateStore {
             self.poisoned = true;
         }
         result?;
-        Ok(KeySpace::restore(
-            data.records.iter().cloned(),
+        // The store holds every value durably now: none stays in memory.
+        let records = data.records.iter().map(|(key, record)| {
+            let mut record = record.clone();
+            if let Some(live) = record.live.as_mut() {
+                live.value = Value::Stored;
+            }
+            (key.clone(), record)
+        });
+        let mut key_space = KeySpace::restore(
+            records,
             data.leases.iter().copied(),
             data.meta.revision,
             data.meta.compacted,
-        ))
+        );
+        key_space.set_value_store(self.values()?);
+        Ok(key_space)
     }
 
     /// Size of the database file in bytes (0 if it cannot be read).
@@ -502,6 +525,53 @@ fn corrupt(path: &Path, reason: &'static str) -> StorageError {
     }
 }
 
+/// Reads a value back from the history table (`ValueStore`): one read
+/// transaction per value, on the database the store writes.
+struct StoredValues {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl StoredValues {
+    fn read(&self, key: &[u8], revision: Revision) -> Result<Vec<u8>, StorageError> {
+        let read = self
+            .db
+            .begin_read()
+            .map_err(|e| read_error(&self.path, e.into()))?;
+        let table = read
+            .open_table(HISTORY)
+            .map_err(|e| read_error(&self.path, e.into()))?;
+        let row = history_key(key, revision);
+        let sealed = table
+            .get(row.as_slice())
+            .map_err(|e| read_error(&self.path, e.into()))?
+            .ok_or_else(|| corrupt(&self.path, "history row missing for a stored value"))?;
+        let value = unseal(&row, sealed.value())
+            .ok_or_else(|| corrupt(&self.path, "history row checksum mismatch"))?;
+        let live: Option<Live> = postcard::from_bytes(value)
+            .map_err(|_| corrupt(&self.path, "undecodable history record"))?;
+        match live.map(|live| live.value) {
+            Some(Value::Inline(bytes)) => Ok(bytes),
+            _ => Err(corrupt(&self.path, "history row without the value")),
+        }
+    }
+}
+
+impl ValueStore for StoredValues {
+    fn value(&self, key: &[u8], revision: Revision) -> Result<Vec<u8>, String> {
+        // redb may panic on damaged pages: that is corruption, not a crash.
+        let read =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read(key, revision)));
+        match read {
+            Ok(result) => result.map_err(|error| error.to_string()),
+            Err(_) => Err(format!(
+                "corrupt data in {}: the database engine panicked on damaged pages",
+                self.path.display()
+            )),
+        }
+    }
+}
+
 /// One consistent read of the state store (see `StateStore::reader`).
 pub struct StateReader {
     read: redb::ReadTransaction,
@@ -517,8 +587,9 @@ impl StateReader {
         corrupt(&self.path, reason)
     }
 
-    /// The keyspace and metadata as of this read.
-    pub fn load(&self) -> Result<(KeySpace, StateMeta), StorageError> {
+    /// The keyspace and metadata as of this read; with `values`, every value
+    /// in memory, else every value left in the store (`Value::Stored`).
+    pub fn load(&self, values: bool) -> Result<(KeySpace, StateMeta), StorageError> {
         let read = &self.read;
         let meta = match read.open_table(META) {
             Ok(table) => match table.get(META_KEY).map_err(|e| self.read_error(e.into()))? {
@@ -542,8 +613,11 @@ impl StateReader {
                         .ok_or_else(|| self.corrupt("history row checksum mismatch"))?;
                     let (key, revision) = split_history_key(key.value())
                         .ok_or_else(|| self.corrupt("malformed history key"))?;
-                    let live = postcard::from_bytes(value)
+                    let mut live: Option<Live> = postcard::from_bytes(value)
                         .map_err(|_| self.corrupt("undecodable history record"))?;
+                    if !values && let Some(live) = live.as_mut() {
+                        live.value = Value::Stored;
+                    }
                     records.push((key, Record { revision, live }));
                 }
             }
@@ -574,7 +648,7 @@ impl StateReader {
 
     /// A consistent copy of the state as of this read, for a snapshot.
     pub fn snapshot(&self) -> Result<SnapshotData, StorageError> {
-        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load()));
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load(true)));
         let (key_space, meta) = loaded.unwrap_or_else(|_| {
             Err(StorageError::Corrupt {
                 path: self.path.display().to_string(),
@@ -665,7 +739,7 @@ mod format_tests {
         }
         for _ in 0..2 {
             let (store, loaded, _) = StateStore::open(&os(), dir.path(), 1 << 20).expect("open");
-            assert_eq!(loaded, space);
+            assert_eq!(loaded.materialized().expect("values"), space);
             let read = store.db().expect("db").begin_read().expect("read");
             assert!(
                 matches!(

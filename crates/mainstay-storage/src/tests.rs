@@ -168,13 +168,13 @@ fn state_store_commits_and_reloads() {
     {
         let (mut store, loaded, loaded_meta) =
             StateStore::open(&os(), dir.path(), 1 << 20).expect("open");
-        assert_eq!(loaded, KeySpace::new());
+        assert_eq!(loaded.materialized().expect("values"), KeySpace::new());
         assert_eq!(loaded_meta, StateMeta::default());
         store.commit(&changes, &meta, true).expect("commit");
     }
     let (store, loaded, loaded_meta) =
         StateStore::open(&os(), dir.path(), 1 << 20).expect("reopen");
-    assert_eq!(loaded, space);
+    assert_eq!(loaded.materialized().expect("values"), space);
     assert_eq!(loaded_meta, meta);
     let snapshot = store.snapshot().expect("snapshot");
     let decoded = SnapshotData::decode(&snapshot.encode().expect("encode")).expect("decode");
@@ -185,11 +185,11 @@ fn state_store_commits_and_reloads() {
     let other = tempfile::tempdir().expect("tempdir");
     let (mut fresh, _, _) = StateStore::open(&os(), other.path(), 1 << 20).expect("open");
     let installed = fresh.install(&decoded).expect("install");
-    assert_eq!(installed, space);
+    assert_eq!(installed.materialized().expect("values"), space);
     drop(fresh);
     let (_, reloaded, reloaded_meta) =
         StateStore::open(&os(), other.path(), 1 << 20).expect("reopen");
-    assert_eq!(reloaded, space);
+    assert_eq!(reloaded.materialized().expect("values"), space);
     assert_eq!(reloaded_meta, meta);
 }
 
@@ -545,14 +545,21 @@ fn leases_persist_with_their_keys_and_travel_in_snapshots() {
     }
     mem.crash(dir, &mut |_| 0);
     let (mut store, loaded, _) = StateStore::open(&disk, dir, 1 << 20).expect("reopen");
-    assert_eq!(loaded, space);
+    assert_eq!(loaded.materialized().expect("values"), space);
     assert_eq!(loaded.lease_keys(77), vec![b"held".to_vec()]);
     let snapshot = store.snapshot().expect("snapshot");
     assert_eq!(snapshot.leases.len(), 1);
     let other = Path::new("/other");
     let (mut fresh, _, _) = StateStore::open(&disk, other, 1 << 20).expect("open");
     let decoded = SnapshotData::decode(&snapshot.encode().expect("encode")).expect("decode");
-    assert_eq!(fresh.install(&decoded).expect("install"), space);
+    assert_eq!(
+        fresh
+            .install(&decoded)
+            .expect("install")
+            .materialized()
+            .expect("values"),
+        space
+    );
 
     let revoke = space.apply(
         &Command::LeaseRevoke(LeaseRevokeRequest { id: 77 }),
@@ -564,7 +571,12 @@ fn leases_persist_with_their_keys_and_travel_in_snapshots() {
     drop(store);
     mem.crash(dir, &mut |_| 0);
     let (_, loaded, _) = StateStore::open(&disk, dir, 1 << 20).expect("reopen");
-    assert_eq!(loaded, space);
+    assert_eq!(loaded.materialized().expect("values"), space);
     assert_eq!(loaded.lease(77), None);
-    assert!(loaded.get(b"held", loaded.revision()).is_none());
+    assert!(
+        loaded
+            .get(b"held", loaded.revision())
+            .expect("readable")
+            .is_none()
+    );
 }

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
-use mainstay_mvcc::{Event, EventKind, KeySpace, MvccError, Revision};
+use mainstay_mvcc::{Event, EventKind, KeySpace, KeyValue, MvccError, Revision};
 use mainstay_proto::etcdserverpb as pb;
 use mainstay_proto::etcdserverpb::watch_server::Watch;
 use mainstay_proto::mvccpb;
@@ -101,7 +101,9 @@ impl Watcher {
         kind_ok && mainstay_mvcc::in_range(&event.kv.key, &self.key, &self.range_end)
     }
 
-    fn to_wire(&self, event: &Event) -> mvccpb::Event {
+    /// The event as sent; `prev_kv` is what `WatchStream::prev_kv` found
+    /// (sent only to a watcher that asked for it).
+    fn to_wire(&self, event: &Event, prev_kv: Option<KeyValue>) -> mvccpb::Event {
         mvccpb::Event {
             r#type: match event.kind {
                 EventKind::Put => mvccpb::event::EventType::Put as i32,
@@ -109,7 +111,7 @@ impl Watcher {
             },
             kv: Some(key_value(event.kv.clone())),
             prev_kv: if self.prev_kv {
-                event.prev_kv.clone().map(key_value)
+                prev_kv.map(key_value)
             } else {
                 None
             },
@@ -149,6 +151,25 @@ impl WatchStream {
             .map_err(|_| Ended::Gone)
     }
 
+    /// An event's previous key-value. One whose value left memory before the
+    /// event was applied is read back now, at its revision, as etcd reads a
+    /// previous key-value when it sends an event; if that revision was
+    /// compacted meanwhile (or cannot be read) it is left out, as etcd does.
+    fn prev_kv(&self, event: &Event) -> Option<KeyValue> {
+        let prev = event.prev_kv.as_ref()?;
+        if !event.prev_value_stored {
+            return Some(prev.clone());
+        }
+        match self
+            .api
+            .replica
+            .read(|space| space.get(&prev.key, prev.mod_revision))
+        {
+            Ok(Some(kv)) if kv.mod_revision == prev.mod_revision => Some(kv),
+            _ => None,
+        }
+    }
+
     /// Sends `events` (all of one watcher, revision-ordered) in replies that
     /// never split a revision, unless the watcher asked for fragments and one
     /// revision alone exceeds the reply size limit.
@@ -169,7 +190,12 @@ impl WatchStream {
                 batches.push((current_revision, std::mem::take(&mut current)));
             }
             current_revision = *revision;
-            current.push(watcher.to_wire(event));
+            let prev_kv = if watcher.prev_kv {
+                self.prev_kv(event)
+            } else {
+                None
+            };
+            current.push(watcher.to_wire(event, prev_kv));
         }
         if !current.is_empty() {
             batches.push((current_revision, current));

@@ -244,6 +244,41 @@ impl KeySpace {
         }
     }
 
+    /// A record as a `KeyValue` (None for a tombstone). Its value is read
+    /// only with `with_value`; else a value no longer in memory is left empty
+    /// and the flag says so.
+    pub(crate) fn key_value_lazy(
+        &self,
+        key: &[u8],
+        record: &Record,
+        with_value: bool,
+    ) -> Result<Option<(KeyValue, bool)>, MvccError> {
+        let (Some(mut kv), Some(live)) = (key_value_without_value(key, record), &record.live)
+        else {
+            return Ok(None);
+        };
+        match (&live.value, with_value) {
+            (Value::Inline(bytes), _) => kv.value = bytes.clone(),
+            (Value::Stored, true) => kv.value = self.value_of(key, record.revision, &live.value)?,
+            (Value::Stored, false) => return Ok(Some((kv, true))),
+        }
+        Ok(Some((kv, false)))
+    }
+
+    /// Like `live_in_range`, values read only `with_values` (see `key_value_lazy`).
+    pub(crate) fn live_in_range_lazy(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        revision: Revision,
+        with_values: bool,
+    ) -> Result<Vec<(KeyValue, bool)>, MvccError> {
+        self.live_records(key, range_end, revision)
+            .into_iter()
+            .filter_map(|(k, record)| self.key_value_lazy(k, record, with_values).transpose())
+            .collect()
+    }
+
     /// A record as a `KeyValue` (None for a tombstone), its value read.
     pub(crate) fn key_value(
         &self,
@@ -435,6 +470,7 @@ impl KeySpace {
                         kind: EventKind::Put,
                         kv,
                         prev_kv,
+                        prev_value_stored: false,
                     },
                     None => Event {
                         kind: EventKind::Delete,
@@ -444,6 +480,7 @@ impl KeySpace {
                             ..KeyValue::default()
                         },
                         prev_kv,
+                        prev_value_stored: false,
                     },
                 };
                 events.push((record.revision, event));

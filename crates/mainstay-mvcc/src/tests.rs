@@ -806,16 +806,42 @@ fn evicted_values_are_read_from_the_store_and_a_failing_store_is_an_error() {
         store.reads.load(std::sync::atomic::Ordering::Relaxed),
         reads
     );
-    // A put after eviction keeps the previous value in its event.
+    // A put after eviction leaves the previous value unread in its event
+    // (the sender reads it for a watcher that asks), but reads it when the
+    // request asks for prev_kv.
     let mut written = space.clone();
+    let reads = store.reads.load(std::sync::atomic::Ordering::Relaxed);
     let applied = put(&mut written, "a", "4");
     assert_eq!(
-        applied.events[0]
-            .prev_kv
-            .as_ref()
-            .map(|kv| kv.value.clone()),
+        store.reads.load(std::sync::atomic::Ordering::Relaxed),
+        reads
+    );
+    let event = &applied.events[0];
+    assert!(event.prev_value_stored);
+    let prev = event.prev_kv.as_ref().expect("previous");
+    assert_eq!((prev.mod_revision, prev.value.is_empty()), (4, true));
+    assert_eq!(
+        written
+            .get(&prev.key, prev.mod_revision)
+            .expect("readable")
+            .map(|kv| kv.value),
         Some(b"3".to_vec())
     );
+    let applied = written.apply(
+        &Command::Put(PutRequest {
+            key: b"a".to_vec(),
+            value: b"6".to_vec(),
+            prev_kv: true,
+            ..PutRequest::default()
+        }),
+        &CTX,
+    );
+    match applied.result {
+        Ok(CommandResponse::Put(response)) => {
+            assert_eq!(response.prev_kv.map(|kv| kv.value), Some(b"4".to_vec()));
+        }
+        other => panic!("put: {other:?}"),
+    }
     // A failing store: errors, never a value.
     store
         .failing
@@ -831,8 +857,17 @@ fn evicted_values_are_read_from_the_store_and_a_failing_store_is_an_error() {
         }),
         Err(MvccError::ValueUnreadable(_))
     ));
+    // A write that needs the previous value (prev_kv) fails and changes nothing.
     let revision = space.revision();
-    let applied = put(&mut space, "a", "5");
+    let applied = space.apply(
+        &Command::Put(PutRequest {
+            key: b"a".to_vec(),
+            value: b"5".to_vec(),
+            prev_kv: true,
+            ..PutRequest::default()
+        }),
+        &CTX,
+    );
     assert!(matches!(applied.result, Err(MvccError::ValueUnreadable(_))));
     assert_eq!(
         space.revision(),

@@ -42,6 +42,11 @@ pub struct Event {
     pub kv: KeyValue,
     /// The key before the change, if it existed.
     pub prev_kv: Option<KeyValue>,
+    /// `prev_kv`'s value was not read (it had left memory): its value is
+    /// empty here and lives in the store at `prev_kv.mod_revision`. Whoever
+    /// sends the event to a watcher that asked for it reads it then, as etcd
+    /// reads a previous key-value when it sends an event.
+    pub prev_value_stored: bool,
 }
 
 /// Sort direction of a range.

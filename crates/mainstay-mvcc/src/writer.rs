@@ -38,7 +38,7 @@ impl<'a> Writer<'a> {
         }
         let keys = self.space.lease_keys(id);
         for key in &keys {
-            let previous = self.latest(key)?;
+            let previous = self.latest(key, false)?;
             self.append(key, None);
             self.events.push(Event {
                 kind: EventKind::Delete,
@@ -47,7 +47,8 @@ impl<'a> Writer<'a> {
                     mod_revision: self.pending,
                     ..KeyValue::default()
                 },
-                prev_kv: previous,
+                prev_value_stored: previous.as_ref().is_some_and(|(_, stored)| *stored),
+                prev_kv: previous.map(|(kv, _)| kv),
             });
         }
         Ok(keys.len() as i64)
@@ -116,12 +117,15 @@ impl<'a> Writer<'a> {
         self.touched.push(key.to_vec());
     }
 
-    fn latest(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
+    /// The key's current state; its value read only `with_value` (see
+    /// `KeySpace::key_value_lazy`): events carry a stored previous value
+    /// unread, and whoever sends them reads it if a watcher asks.
+    fn latest(&self, key: &[u8], with_value: bool) -> Result<Option<(KeyValue, bool)>, MvccError> {
         let Some(history) = self.space.keys.get(key) else {
             return Ok(None);
         };
         match record_at(history, self.pending) {
-            Some(record) => self.space.key_value(key, record),
+            Some(record) => self.space.key_value_lazy(key, record, with_value),
             None => Ok(None),
         }
     }
@@ -140,7 +144,9 @@ impl<'a> Writer<'a> {
         if request.ignore_lease && request.lease != 0 {
             return Err(MvccError::LeaseProvided);
         }
-        let previous = self.latest(&request.key)?;
+        let previous = self.latest(&request.key, request.prev_kv || request.ignore_value)?;
+        let prev_value_stored = previous.as_ref().is_some_and(|(_, stored)| *stored);
+        let previous = previous.map(|(kv, _)| kv);
         if (request.ignore_value || request.ignore_lease) && previous.is_none() {
             return Err(MvccError::KeyNotFound);
         }
@@ -180,6 +186,7 @@ impl<'a> Writer<'a> {
             kind: EventKind::Put,
             kv,
             prev_kv: previous.clone(),
+            prev_value_stored,
         });
         let prev_kv = if request.prev_kv { previous } else { None };
         Ok(PutResponse {
@@ -195,10 +202,13 @@ impl<'a> Writer<'a> {
         if request.key.is_empty() {
             return Err(MvccError::EmptyKey);
         }
-        let doomed: Vec<KeyValue> =
-            self.space
-                .live_in_range(&request.key, &request.range_end, self.pending)?;
-        for previous in &doomed {
+        let doomed = self.space.live_in_range_lazy(
+            &request.key,
+            &request.range_end,
+            self.pending,
+            request.prev_kv,
+        )?;
+        for (previous, stored) in &doomed {
             self.append(&previous.key, None);
             let kv = KeyValue {
                 key: previous.key.clone(),
@@ -209,10 +219,15 @@ impl<'a> Writer<'a> {
                 kind: EventKind::Delete,
                 kv,
                 prev_kv: Some(previous.clone()),
+                prev_value_stored: *stored,
             });
         }
         let deleted = doomed.len() as i64;
-        let prev_kvs = if request.prev_kv { doomed } else { Vec::new() };
+        let prev_kvs = if request.prev_kv {
+            doomed.into_iter().map(|(kv, _)| kv).collect()
+        } else {
+            Vec::new()
+        };
         Ok(DeleteRangeResponse {
             revision: 0,
             deleted,

@@ -23,6 +23,7 @@ fn put(kv: &KeyValue) -> (Revision, Event) {
             kind: EventKind::Put,
             kv: kv.clone(),
             prev_kv: None,
+            prev_value_stored: false,
         },
     )
 }
@@ -38,6 +39,7 @@ fn delete(key: &str, revision: Revision) -> (Revision, Event) {
                 ..KeyValue::default()
             },
             prev_kv: None,
+            prev_value_stored: false,
         },
     )
 }

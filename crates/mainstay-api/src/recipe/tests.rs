@@ -233,6 +233,7 @@ fn touches_only_keys_under_the_prefix() {
         kind: EventKind::Delete,
         kv: kv(key, 0),
         prev_kv: None,
+        prev_value_stored: false,
     };
     assert!(touches(&[event("x"), event("job/1")], b"job/"));
     assert!(!touches(

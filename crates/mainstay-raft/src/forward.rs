@@ -1,7 +1,7 @@
-//! Requests a follower hands to its leader on the unary `Forward` call: a
-//! member publishing its own attributes, a membership change (served in
-//! `membership`), a lease's time left by the leader's clock. Client writes
-//! travel on `ForwardWrites` instead (`write_batches`).
+//! Requests a follower hands to its leader, one peer call each with its own
+//! reply type: `Publish` (a member's own client URLs), `ChangeMembers`
+//! (served in `membership`), `LeaseTimeLeft` (by the leader's clock). Client
+//! writes travel on `ForwardWrites` instead (`write_batches`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,39 +10,77 @@ use mainstay_proto::peer::ForwardRequest;
 use openraft::ChangeMembers;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode_message, encode_message};
 use crate::error::ReplicaError;
+use crate::membership_rules::{MemberChangeOutcome, MembershipError};
 use crate::replica::{Replica, Retry, Routed};
 use crate::type_config::MemberNode;
 
-/// The reply to a `Forward` call.
+/// The calls a follower makes to its leader (besides client writes).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum LeaderCall {
+    /// Request `(member id, MemberNode)`, reply `PublishReply`.
+    Publish,
+    /// Request `MemberChange`, reply `MembershipReply`.
+    ChangeMembers,
+    /// Request a lease id, reply `LeaseTimeLeftReply`.
+    LeaseTimeLeft,
+}
+
+/// A reply type of a `LeaderCall`: what a failed call reads as.
+pub(crate) trait LeaderReply: Serialize + DeserializeOwned {
+    /// The call failed (timeout, bad reply): the outcome is unknown.
+    fn failed(error: ReplicaError) -> Self;
+}
+
+/// The reply to `Publish`.
 #[derive(Serialize, Deserialize)]
-pub(crate) enum ForwardReply {
+pub(crate) enum PublishReply {
+    /// The membership update was committed.
     Published,
-    Membership(
-        Result<
-            crate::membership_rules::MemberChangeOutcome,
-            crate::membership_rules::MembershipError,
-        >,
-    ),
     /// The receiver is not the leader (nothing was proposed); the leader it knows.
     NotLeader(Option<u64>),
     Failed(ReplicaError),
-    /// Milliseconds left on a lease by the leader's clock (None: unknown lease).
-    LeaseRemaining(Option<u64>),
 }
 
-/// What a follower asks the leader to do on its behalf.
+impl LeaderReply for PublishReply {
+    fn failed(error: ReplicaError) -> Self {
+        PublishReply::Failed(error)
+    }
+}
+
+/// The reply to `ChangeMembers`.
 #[derive(Serialize, Deserialize)]
-pub(crate) enum Forwarded {
-    /// Record a member's own description (its client URLs) in the membership.
-    PublishNode(u64, MemberNode),
-    /// Change the membership.
-    Membership(crate::membership_rules::MemberChange),
-    /// How long a lease has left, by the leader's clock (a read: safe to retry).
-    LeaseRemaining(i64),
+pub(crate) enum MembershipReply {
+    /// Done or refused by the leader.
+    Changed(Result<MemberChangeOutcome, MembershipError>),
+    /// The receiver is not the leader (nothing was proposed); the leader it knows.
+    NotLeader(Option<u64>),
+}
+
+impl LeaderReply for MembershipReply {
+    fn failed(error: ReplicaError) -> Self {
+        MembershipReply::Changed(Err(error.into()))
+    }
+}
+
+/// The reply to `LeaseTimeLeft`.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum LeaseTimeLeftReply {
+    /// Milliseconds left by the leader's clock (None: unknown lease).
+    Left(Option<u64>),
+    /// The receiver is not the leader; the leader it knows.
+    NotLeader(Option<u64>),
+    Failed(ReplicaError),
+}
+
+impl LeaderReply for LeaseTimeLeftReply {
+    fn failed(error: ReplicaError) -> Self {
+        LeaseTimeLeftReply::Failed(error)
+    }
 }
 
 /// What publishing on the leader did.
@@ -54,59 +92,62 @@ enum Publishing {
 }
 
 impl Replica {
-    /// Sends a request to the leader. `Err(Retry)` only when it surely was not sent.
-    pub(crate) async fn forward(
+    /// Makes `call` on the leader. `Err(Retry)` only when it surely was not sent.
+    pub(crate) async fn ask_leader<Q: Serialize, P: LeaderReply>(
         &self,
         leader: u64,
-        request: &Forwarded,
-    ) -> Result<ForwardReply, Retry> {
+        call: LeaderCall,
+        request: &Q,
+    ) -> Result<P, Retry> {
         let Some(node) = self.node(leader) else {
             return Err(Retry);
         };
         let Ok(mut client) = self.inner.pool.client(&node) else {
             return Err(Retry);
         };
-        let Ok(bytes) = encode_message(request) else {
-            return Ok(ForwardReply::Failed(ReplicaError::Stopped));
+        let Ok(command) = encode_message(request) else {
+            return Ok(P::failed(ReplicaError::Stopped));
         };
-        let reply = tokio::time::timeout(
-            self.inner.request_timeout,
-            client.forward(ForwardRequest { command: bytes }),
-        )
-        .await;
-        match reply {
+        let request = ForwardRequest { command };
+        let sent = async {
+            match call {
+                LeaderCall::Publish => client.publish(request).await,
+                LeaderCall::ChangeMembers => client.change_members(request).await,
+                LeaderCall::LeaseTimeLeft => client.lease_time_left(request).await,
+            }
+        };
+        match tokio::time::timeout(self.inner.request_timeout, sent).await {
             Err(_) => {
                 self.inner.pool.evict(&node);
-                Ok(ForwardReply::Failed(ReplicaError::Timeout))
+                Ok(P::failed(ReplicaError::Timeout))
             }
             Ok(Err(status)) if crate::peer_channel::not_sent(&status) => Err(Retry),
-            Ok(Err(_)) => Ok(ForwardReply::Failed(ReplicaError::Timeout)),
+            Ok(Err(_)) => Ok(P::failed(ReplicaError::Timeout)),
             Ok(Ok(reply)) => Ok(decode_message(&reply.into_inner().result)
-                .unwrap_or(ForwardReply::Failed(ReplicaError::Timeout))),
+                .unwrap_or(P::failed(ReplicaError::Timeout))),
         }
     }
 
-    /// Serves a forwarded request: act locally, never forward again.
-    pub(crate) async fn serve_forward(&self, request: Forwarded) -> ForwardReply {
-        match request {
-            Forwarded::PublishNode(id, node) => match self.publish_local(id, node).await {
-                Publishing::Published => ForwardReply::Published,
-                Publishing::NotLeader(leader) => ForwardReply::NotLeader(leader),
-                Publishing::Failed(error) => ForwardReply::Failed(error),
-            },
-            Forwarded::Membership(change) => self.serve_membership(change).await,
-            Forwarded::LeaseRemaining(id) => {
-                let status = self.status();
-                if status.is_leader {
-                    ForwardReply::LeaseRemaining(
-                        self.lease_clock()
-                            .remaining(id)
-                            .map(|left| u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
-                    )
-                } else {
-                    ForwardReply::NotLeader(status.leader)
-                }
-            }
+    /// Serves `Publish` on the leader: act locally, never forward again.
+    pub(crate) async fn serve_publish(&self, id: u64, node: MemberNode) -> PublishReply {
+        match self.publish_local(id, node).await {
+            Publishing::Published => PublishReply::Published,
+            Publishing::NotLeader(leader) => PublishReply::NotLeader(leader),
+            Publishing::Failed(error) => PublishReply::Failed(error),
+        }
+    }
+
+    /// Serves `LeaseTimeLeft` on the leader, by its clock.
+    pub(crate) fn serve_lease_time_left(&self, id: i64) -> LeaseTimeLeftReply {
+        let status = self.status();
+        if status.is_leader {
+            LeaseTimeLeftReply::Left(
+                self.lease_clock()
+                    .remaining(id)
+                    .map(|left| u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
+            )
+        } else {
+            LeaseTimeLeftReply::NotLeader(status.leader)
         }
     }
 
@@ -126,12 +167,15 @@ impl Replica {
                 }
             },
             |leader| async move {
-                match self.forward(leader, &Forwarded::LeaseRemaining(id)).await {
-                    Ok(ForwardReply::LeaseRemaining(left)) => {
+                match self
+                    .ask_leader(leader, LeaderCall::LeaseTimeLeft, &id)
+                    .await
+                {
+                    Ok(LeaseTimeLeftReply::Left(left)) => {
                         Routed::Done(left.map(Duration::from_millis))
                     }
-                    Ok(ForwardReply::Failed(error)) => Routed::Failed(error),
-                    Ok(_) | Err(Retry) => Routed::Again,
+                    Ok(LeaseTimeLeftReply::Failed(error)) => Routed::Failed(error),
+                    Ok(LeaseTimeLeftReply::NotLeader(_)) | Err(Retry) => Routed::Again,
                 }
             },
         )
@@ -165,12 +209,14 @@ impl Replica {
                 }
             },
             |leader| {
-                let request = Forwarded::PublishNode(id, node.clone());
+                let request = (id, node.clone());
                 async move {
-                    match self.forward(leader, &request).await {
-                        Ok(ForwardReply::Failed(error)) => Routed::Failed(error),
+                    match self.ask_leader(leader, LeaderCall::Publish, &request).await {
+                        Ok(PublishReply::Failed(error)) => Routed::Failed(error),
                         // Published or not, the next local attempt looks.
-                        Ok(_) | Err(Retry) => Routed::Again,
+                        Ok(PublishReply::Published | PublishReply::NotLeader(_)) | Err(Retry) => {
+                            Routed::Again
+                        }
                     }
                 }
             },

@@ -11,7 +11,7 @@ use openraft::{ChangeMembers, Precondition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ReplicaError;
-use crate::forward::{ForwardReply, Forwarded};
+use crate::forward::{LeaderCall, MembershipReply};
 use crate::membership_rules::{
     Facts, MemberChange, MemberChangeOutcome, MembershipError, Plan, plan_change,
 };
@@ -87,16 +87,15 @@ impl Replica {
                     }
                 },
                 |leader| {
-                    let request = Forwarded::Membership(change.clone());
+                    let request = change.clone();
                     async move {
-                        match self.forward(leader, &request).await {
-                            Ok(ForwardReply::Membership(Ok(outcome))) => Routed::Done(outcome),
-                            Ok(ForwardReply::Membership(Err(error))) => Routed::Failed(error),
-                            Ok(ForwardReply::Failed(error)) => Routed::Failed(error.into()),
-                            Ok(ForwardReply::NotLeader(_)) | Err(Retry) => Routed::Again,
-                            Ok(ForwardReply::Published | ForwardReply::LeaseRemaining(_)) => {
-                                Routed::Failed(ReplicaError::Stopped.into())
-                            }
+                        match self
+                            .ask_leader(leader, LeaderCall::ChangeMembers, &request)
+                            .await
+                        {
+                            Ok(MembershipReply::Changed(Ok(outcome))) => Routed::Done(outcome),
+                            Ok(MembershipReply::Changed(Err(error))) => Routed::Failed(error),
+                            Ok(MembershipReply::NotLeader(_)) | Err(Retry) => Routed::Again,
                         }
                     }
                 },
@@ -109,13 +108,13 @@ impl Replica {
     }
 
     /// Serves a forwarded membership change: act locally, never forward again.
-    pub(crate) async fn serve_membership(&self, change: MemberChange) -> ForwardReply {
+    pub(crate) async fn serve_membership(&self, change: MemberChange) -> MembershipReply {
         // Half the forwarder's own wait, so the answer reaches it in time.
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout / 2;
         match self.change_members_local(change, deadline).await {
-            Local::Done(outcome) => ForwardReply::Membership(Ok(outcome)),
-            Local::Failed(error) => ForwardReply::Membership(Err(error)),
-            Local::NotLeader(leader) => ForwardReply::NotLeader(leader),
+            Local::Done(outcome) => MembershipReply::Changed(Ok(outcome)),
+            Local::Failed(error) => MembershipReply::Changed(Err(error)),
+            Local::NotLeader(leader) => MembershipReply::NotLeader(leader),
         }
     }
 

@@ -12,10 +12,10 @@ use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec::{decode_message, encode_message};
-use crate::forward::Forwarded;
+use crate::membership_rules::MemberChange;
 use crate::network::PEER_MESSAGE_BYTES_MAX;
 use crate::replica::{ReadIndexReply, Replica};
-use crate::type_config::TypeConfig;
+use crate::type_config::{MemberNode, TypeConfig};
 
 /// Largest snapshot accepted from a leader.
 const SNAPSHOT_BYTES_MAX: usize = 16 << 30;
@@ -28,6 +28,12 @@ pub struct PeerService {
 fn reply<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
     encode_message(value)
         .map(|payload| Response::new(RaftPayload { payload, to: 0 }))
+        .map_err(Status::internal)
+}
+
+fn forward_reply<T: Serialize>(value: &T) -> Result<Response<ForwardResponse>, Status> {
+    encode_message(value)
+        .map(|result| Response::new(ForwardResponse { result }))
         .map_err(Status::internal)
 }
 
@@ -154,17 +160,28 @@ impl RaftPeer for PeerService {
         reply(&result)
     }
 
-    async fn forward(
+    async fn publish(
         &self,
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardResponse>, Status> {
-        let forwarded: Forwarded = decode(&request.into_inner().command)?;
-        let outcome = self.replica.serve_forward(forwarded).await;
-        let result = encode_message(&outcome).map_err(Status::internal)?;
-        Ok(Response::new(ForwardResponse {
-            result,
-            error: Vec::new(),
-        }))
+        let (id, node): (u64, MemberNode) = decode(&request.into_inner().command)?;
+        forward_reply(&self.replica.serve_publish(id, node).await)
+    }
+
+    async fn change_members(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        let change: MemberChange = decode(&request.into_inner().command)?;
+        forward_reply(&self.replica.serve_membership(change).await)
+    }
+
+    async fn lease_time_left(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        let id: i64 = decode(&request.into_inner().command)?;
+        forward_reply(&self.replica.serve_lease_time_left(id))
     }
 
     async fn forward_writes(

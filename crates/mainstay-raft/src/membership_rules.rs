@@ -378,15 +378,18 @@ mod tests {
         let caught_up: BTreeMap<u64, u64> = [(4, 95)].into();
         let behind: BTreeMap<u64, u64> = [(4, 80)].into();
         type Expect = Result<&'static str, MembershipError>;
-        let cases: Vec<(
-            &str,
-            &[(u64, MemberNode, bool)],
-            &BTreeSet<u64>,
+        type Members<'a> = &'a [(u64, MemberNode, bool)];
+        /// (case, members, up, strict check, matched, change, expected plan)
+        type Case<'a> = (
+            &'a str,
+            Members<'a>,
+            &'a BTreeSet<u64>,
             bool,
-            &BTreeMap<u64, u64>,
+            &'a BTreeMap<u64, u64>,
             MemberChange,
             Expect,
-        )> = vec![
+        );
+        let cases: Vec<Case<'_>> = vec![
             (
                 "add a voter, all up",
                 &three,

@@ -85,52 +85,6 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use mainstay_proto::peer::ReadIndexRequest;
-    use mainstay_proto::peer::raft_peer_client::RaftPeerClient;
-
-    /// A ReadIndex call through a `PeerChannel` to `address`, which must fail.
-    async fn read_index_at(address: std::net::SocketAddr) -> tonic::Status {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .expect("endpoint")
-            .connect_lazy();
-        RaftPeerClient::new(PeerChannel::new(channel))
-            .read_index(ReadIndexRequest {})
-            .await
-            .expect_err("no answer can come")
-    }
-
-    #[tokio::test]
-    async fn a_refused_connection_is_not_sent_and_a_reset_one_is_unknown() {
-        // A port nobody listens on: the connection is refused, nothing is sent.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let address = listener.local_addr().expect("address");
-        drop(listener);
-        let status = read_index_at(address).await;
-        assert!(not_sent(&status), "{status:?}");
-
-        // A server that accepts and then drops the connection: the request may
-        // have been read, so it is not marked as unsent.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        let server = tokio::spawn(async move {
-            for _ in 0..4 {
-                if let Ok((mut socket, _)) = listener.accept().await {
-                    let mut buffer = [0u8; 4096];
-                    let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buffer).await;
-                }
-            }
-        });
-        let status = read_index_at(address).await;
-        assert!(!not_sent(&status), "{status:?}");
-        server.abort();
-    }
-}
-
 /// Opens a lazily connected channel to a peer URL.
 pub type Dial = Arc<dyn Fn(&str) -> Result<tonic::transport::Channel, String> + Send + Sync>;
 
@@ -184,4 +138,50 @@ fn unix_channel(
         "unix://{}: Unix sockets need a Unix system",
         path.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mainstay_proto::peer::ReadIndexRequest;
+    use mainstay_proto::peer::raft_peer_client::RaftPeerClient;
+
+    /// A ReadIndex call through a `PeerChannel` to `address`, which must fail.
+    async fn read_index_at(address: std::net::SocketAddr) -> tonic::Status {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .expect("endpoint")
+            .connect_lazy();
+        RaftPeerClient::new(PeerChannel::new(channel))
+            .read_index(ReadIndexRequest {})
+            .await
+            .expect_err("no answer can come")
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_not_sent_and_a_reset_one_is_unknown() {
+        // A port nobody listens on: the connection is refused, nothing is sent.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        drop(listener);
+        let status = read_index_at(address).await;
+        assert!(not_sent(&status), "{status:?}");
+
+        // A server that accepts and then drops the connection: the request may
+        // have been read, so it is not marked as unsent.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            for _ in 0..4 {
+                if let Ok((mut socket, _)) = listener.accept().await {
+                    let mut buffer = [0u8; 4096];
+                    let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buffer).await;
+                }
+            }
+        });
+        let status = read_index_at(address).await;
+        assert!(!not_sent(&status), "{status:?}");
+        server.abort();
+    }
 }

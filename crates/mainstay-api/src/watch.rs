@@ -90,6 +90,9 @@ struct Watcher {
     next: Revision,
     /// When this watcher last sent anything (for progress notifications).
     last_sent: Instant,
+    /// Held while the watcher wants prev_kv: applied events then carry
+    /// previous values (see `Replica::want_prev_values`).
+    _prev_values: Option<mainstay_raft::PrevValues>,
 }
 
 impl Watcher {
@@ -275,6 +278,9 @@ impl WatchStream {
     }
 
     async fn create(&mut self, request: pb::WatchCreateRequest) -> Result<(), Ended> {
+        // Before the revision is read: every later revision is applied with
+        // previous values; up to it, this watcher reads history.
+        let prev_values = request.prev_kv.then(|| self.api.replica.want_prev_values());
         let current = self.api.replica.read(|space| space.revision());
         let refuse = |reason: &str| pb::WatchResponse {
             header: self.header(current),
@@ -320,6 +326,15 @@ impl WatchStream {
                 request.start_revision
             },
             last_sent: Instant::now(),
+            _prev_values: prev_values,
+        };
+        // A prev_kv watcher takes from history everything applied before its
+        // guard (the broadcast may still hold such revisions, applied without
+        // previous values); others take history up to what this stream handled.
+        let history_to = if watcher.prev_kv {
+            current.max(self.processed)
+        } else {
+            self.processed
         };
         self.watchers.insert(id, watcher);
         self.send(pb::WatchResponse {
@@ -329,9 +344,9 @@ impl WatchStream {
             ..Default::default()
         })
         .await?;
-        // Past revisions up to what this stream has handled come from history;
-        // later ones arrive live.
-        self.catch_up(id, self.processed).await
+        // Past revisions up to `history_to` come from history; later ones
+        // arrive live.
+        self.catch_up(id, history_to).await
     }
 
     async fn cancel(&mut self, id: i64) -> Result<(), Ended> {

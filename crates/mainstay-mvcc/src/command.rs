@@ -79,6 +79,10 @@ pub enum CommandResponse {
 pub struct ApplyContext {
     /// The Raft log index of the entry (the same on every replica).
     pub log_index: u64,
+    /// Read previous values that left memory into the events (a watcher on
+    /// this replica wants prev_kv). Changes no answer and no state, only
+    /// whether an event's `prev_kv` carries its value (`prev_value_stored`).
+    pub prev_values: bool,
 }
 
 /// A lease id derived from the log index, so every replica picks the same one.
@@ -143,7 +147,7 @@ impl KeySpace {
             _ => {}
         }
         let revision_before = self.revision;
-        let mut writer = Writer::new(self);
+        let mut writer = Writer::new(self, context.prev_values);
         let outcome = match command {
             Command::Put(put) => writer.put(put).map(CommandResponse::Put),
             Command::DeleteRange(delete) => writer

@@ -8,7 +8,10 @@ use proptest::prelude::*;
 use crate::*;
 
 /// The context of an entry at an arbitrary log index (only lease ids depend on it).
-const CTX: ApplyContext = ApplyContext { log_index: 7 };
+const CTX: ApplyContext = ApplyContext {
+    log_index: 7,
+    prev_values: false,
+};
 
 /// A keyspace rebuilt from what storage would persist of `space`.
 fn restored(space: &KeySpace) -> KeySpace {
@@ -580,7 +583,16 @@ proptest! {
 
 fn grant(space: &mut KeySpace, id: i64, ttl: i64, log_index: u64) -> Result<i64, MvccError> {
     let command = Command::LeaseGrant(LeaseGrantRequest { id, ttl });
-    match space.apply(&command, &ApplyContext { log_index }).result? {
+    match space
+        .apply(
+            &command,
+            &ApplyContext {
+                log_index,
+                prev_values: false,
+            },
+        )
+        .result?
+    {
         CommandResponse::LeaseGrant(response) => Ok(response.id),
         other => panic!("unexpected {other:?}"),
     }

@@ -17,16 +17,19 @@ pub(crate) struct Writer<'a> {
     /// Keys that got a record at `pending`, in write order.
     touched: Vec<Vec<u8>>,
     events: Vec<Event>,
+    /// Events carry previous values read back from the store (`ApplyContext`).
+    prev_values: bool,
 }
 
 impl<'a> Writer<'a> {
-    pub(crate) fn new(space: &'a mut KeySpace) -> Self {
+    pub(crate) fn new(space: &'a mut KeySpace, prev_values: bool) -> Self {
         let pending = space.revision + 1;
         Writer {
             space,
             pending,
             touched: Vec::new(),
             events: Vec::new(),
+            prev_values,
         }
     }
 
@@ -38,7 +41,7 @@ impl<'a> Writer<'a> {
         }
         let keys = self.space.lease_keys(id);
         for key in &keys {
-            let previous = self.latest(key, false)?;
+            let previous = self.latest(key, self.prev_values)?;
             self.append(key, None);
             self.events.push(Event {
                 kind: EventKind::Delete,
@@ -144,7 +147,10 @@ impl<'a> Writer<'a> {
         if request.ignore_lease && request.lease != 0 {
             return Err(MvccError::LeaseProvided);
         }
-        let previous = self.latest(&request.key, request.prev_kv || request.ignore_value)?;
+        let previous = self.latest(
+            &request.key,
+            request.prev_kv || request.ignore_value || self.prev_values,
+        )?;
         let prev_value_stored = previous.as_ref().is_some_and(|(_, stored)| *stored);
         let previous = previous.map(|(kv, _)| kv);
         if (request.ignore_value || request.ignore_lease) && previous.is_none() {
@@ -206,7 +212,7 @@ impl<'a> Writer<'a> {
             &request.key,
             &request.range_end,
             self.pending,
-            request.prev_kv,
+            request.prev_kv || self.prev_values,
         )?;
         for (previous, stored) in &doomed {
             self.append(&previous.key, None);

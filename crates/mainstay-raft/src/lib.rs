@@ -32,5 +32,5 @@ pub use membership_rules::{
 };
 pub use peer_channel::{Dial, tcp_dial};
 pub use replica::{Replica, ReplicaConfig, ReplicaStatus};
-pub use state_machine::AppliedEvents;
+pub use state_machine::{AppliedEvents, PrevValues};
 pub use type_config::{MemberNode, WriteOutcome};

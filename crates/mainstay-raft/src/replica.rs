@@ -309,6 +309,13 @@ impl Replica {
         Duration::from_millis(self.inner.config.election_timeout_ms)
     }
 
+    /// While the guard lives, applied events carry previous values that left
+    /// memory (a watcher wants prev_kv). Take it before reading the revision
+    /// the watcher starts from.
+    pub fn want_prev_values(&self) -> crate::state_machine::PrevValues {
+        self.inner.state.want_prev_values()
+    }
+
     /// Durable applied events.
     pub fn subscribe(&self) -> broadcast::Receiver<AppliedEvents> {
         self.inner.state.subscribe()

@@ -149,8 +149,33 @@ impl Durable {
     }
 }
 
+/// How many watchers on this member want prev_kv: while any does, events
+/// carry previous values read back from the store (`ApplyContext`). A watcher
+/// holds a `PrevValues` guard from before it reads the revision it starts
+/// from, so every later revision it gets live carries them; earlier ones it
+/// gets from history, which reads them itself.
+#[derive(Debug, Default)]
+pub(crate) struct PrevValuesWanted(std::sync::atomic::AtomicUsize);
+
+impl PrevValuesWanted {
+    fn wanted(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+}
+
+/// Held by a watcher that wants prev_kv; see `PrevValuesWanted`.
+#[derive(Debug)]
+pub struct PrevValues(Arc<PrevValuesWanted>);
+
+impl Drop for PrevValues {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 struct Shared {
     key_space: RwLock<KeySpace>,
+    prev_values: Arc<PrevValuesWanted>,
     applied: crate::applied::AppliedIndex,
     durable: Mutex<Durable>,
     events: broadcast::Sender<AppliedEvents>,
@@ -172,6 +197,15 @@ fn to_io(error: mainstay_storage::StorageError) -> io::Error {
 const EVENTS_BUFFERED_MAX: usize = 4096;
 
 impl StateMachine {
+    /// A guard under which applied events carry previous values.
+    pub(crate) fn want_prev_values(&self) -> PrevValues {
+        self.shared
+            .prev_values
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        PrevValues(self.shared.prev_values.clone())
+    }
+
     /// Wraps an opened state store and the keyspace it loaded.
     pub fn new(store: StateStore, key_space: KeySpace, meta: StateMeta) -> Self {
         let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
@@ -184,6 +218,7 @@ impl StateMachine {
                     meta.applied.as_ref().map_or(0, |id| id.index),
                 ),
                 key_space: RwLock::new(key_space),
+                prev_values: Arc::default(),
                 durable: Mutex::new(Durable {
                     store,
                     meta,
@@ -357,8 +392,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let outcome = match entry.payload {
                     EntryPayload::Blank => None,
                     EntryPayload::Normal(command) => {
+                        // Read under the keyspace lock: a watcher that takes a
+                        // guard before reading the revision gets every later
+                        // revision's previous values (see `PrevValues`).
                         let context = ApplyContext {
                             log_index: entry.log_id.index,
+                            prev_values: self.shared.prev_values.wanted(),
                         };
                         let applied = key_space.apply(&command, &context);
                         if let Err(MvccError::ValueUnreadable(reason)) = &applied.result {

@@ -521,7 +521,10 @@ fn leases_persist_with_their_keys_and_travel_in_snapshots() {
     let disk: Arc<dyn Disk> = Arc::new(mem.clone());
     let dir = Path::new("/m");
     let mut space = KeySpace::new();
-    let context = ApplyContext { log_index: 3 };
+    let context = ApplyContext {
+        log_index: 3,
+        prev_values: false,
+    };
     let mut changes = space
         .apply(
             &Command::LeaseGrant(LeaseGrantRequest { id: 77, ttl: 30 }),

@@ -19,7 +19,9 @@ fn assert_passes(seed: u64, options: &SimOptions) -> u64 {
 }
 
 /// Seeds that once found a bug (see docs/simulation.md); they must keep passing.
-const REGRESSION_SEEDS: [u64; 13] = [5, 86, 96, 114, 185, 225, 271, 274, 336, 393, 418, 453, 466];
+const REGRESSION_SEEDS: [u64; 14] = [
+    5, 86, 96, 114, 185, 225, 271, 274, 336, 393, 418, 447, 453, 466,
+];
 
 #[test]
 fn smoke_seeds_pass() {

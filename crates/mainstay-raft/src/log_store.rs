@@ -18,6 +18,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mainstay_storage::{LogJob, LogStore, LogWriter};
@@ -40,7 +41,8 @@ const JOBS_PER_WRITE_MAX: usize = 1024;
 
 /// Who is told when a job is on disk.
 enum Waiter {
-    Append(IOFlushed<TypeConfig>),
+    /// An append; the index of its last entry.
+    Append(IOFlushed<TypeConfig>, u64),
     Vote(oneshot::Sender<Result<(), io::Error>>),
     Nobody,
 }
@@ -58,6 +60,11 @@ pub struct RaftLog {
     store: Arc<Mutex<LogStore>>,
     jobs: mpsc::Sender<Queued>,
     failure: watch::Receiver<Option<String>>,
+    /// The highest index acknowledged on disk (append callbacks fired Ok),
+    /// lowered by truncations: what a crash must not take back.
+    acknowledged: Arc<AtomicU64>,
+    /// The log's last index when it was opened (0 if empty).
+    opened_last: u64,
 }
 
 impl RaftLog {
@@ -67,12 +74,33 @@ impl RaftLog {
     pub fn new(store: LogStore, skip_fsync: bool) -> Self {
         let (jobs, queue) = mpsc::channel(JOBS_QUEUED_MAX);
         let (failed, failure) = watch::channel(None);
-        start_writer(store.writer(), queue, failed, skip_fsync);
+        let opened_last = store.last_index().unwrap_or(0);
+        let acknowledged = Arc::new(AtomicU64::new(opened_last));
+        start_writer(
+            store.writer(),
+            queue,
+            failed,
+            acknowledged.clone(),
+            skip_fsync,
+        );
         RaftLog {
             store: Arc::new(Mutex::new(store)),
             jobs,
             failure,
+            acknowledged,
+            opened_last,
         }
+    }
+
+    /// The highest log index this member acknowledged as on disk (and did
+    /// not truncate since): the simulator checks a restart keeps it.
+    pub fn acknowledged(&self) -> u64 {
+        self.acknowledged.load(Ordering::Acquire)
+    }
+
+    /// The log's last index when this process opened it.
+    pub fn opened_last(&self) -> u64 {
+        self.opened_last
     }
 
     /// The write or fsync error that stopped the writer, once there is one.
@@ -111,6 +139,7 @@ fn start_writer(
     writer: Arc<Mutex<LogWriter>>,
     mut queue: mpsc::Receiver<Queued>,
     failed: watch::Sender<Option<String>>,
+    acknowledged: Arc<AtomicU64>,
     skip_fsync: bool,
 ) {
     let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
@@ -127,7 +156,7 @@ fn start_writer(
                             Err(_) => break,
                         }
                     }
-                    if !write_batch(&writer, &mut batch, &failed, skip_fsync) {
+                    if !write_batch(&writer, &mut batch, &failed, &acknowledged, skip_fsync) {
                         break;
                     }
                 }
@@ -140,7 +169,7 @@ fn start_writer(
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while queue.recv_many(&mut batch, JOBS_PER_WRITE_MAX).await > 0 {
-                if !write_batch(&writer, &mut batch, &failed, skip_fsync) {
+                if !write_batch(&writer, &mut batch, &failed, &acknowledged, skip_fsync) {
                     break;
                 }
             }
@@ -157,6 +186,7 @@ fn write_batch(
     writer: &Mutex<LogWriter>,
     batch: &mut Vec<Queued>,
     failed: &watch::Sender<Option<String>>,
+    acknowledged: &AtomicU64,
     skip_fsync: bool,
 ) -> bool {
     let needs_sync = batch.iter().any(|queued| queued.sync);
@@ -181,7 +211,12 @@ fn write_batch(
             Err(error) => Err(io::Error::other(error.to_string())),
         };
         match waiter {
-            Waiter::Append(callback) => callback.io_completed(outcome),
+            Waiter::Append(callback, last) => {
+                if outcome.is_ok() {
+                    acknowledged.fetch_max(last, Ordering::AcqRel);
+                }
+                callback.io_completed(outcome)
+            }
             Waiter::Vote(answer) => {
                 // The caller may be gone (openraft stopping): nothing to tell.
                 let _ = answer.send(outcome);
@@ -277,9 +312,10 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
             .into_iter()
             .map(|entry| entry_to_stored(&entry))
             .collect();
+        let last = stored.last().map_or(0, |entry| entry.log_id.index);
         let staged = self.lock().stage_append(stored).map_err(to_io);
         match staged {
-            Ok(job) => self.queue(job, true, Waiter::Append(callback)).await,
+            Ok(job) => self.queue(job, true, Waiter::Append(callback, last)).await,
             Err(error) => {
                 tracing::error!(%error, "raft log append failed; stopping the member");
                 callback.io_completed(Err(io::Error::other(error.to_string())));
@@ -293,6 +329,9 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         last_log_id: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
+        // Entries from `from` on are no longer promised to survive.
+        self.acknowledged
+            .fetch_min(from.saturating_sub(1), Ordering::AcqRel);
         let job = self.lock().stage_truncate(from).map_err(to_io)?;
         self.queue(job, false, Waiter::Nobody).await
     }

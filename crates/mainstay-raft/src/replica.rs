@@ -364,6 +364,14 @@ impl Replica {
         (committed, applied)
     }
 
+    /// The highest log index this member acknowledged as on disk and did not
+    /// truncate since; and its log's last index when this process opened it.
+    /// A crash must never leave the second below the first's value before it
+    /// (the simulator checks; `--break-log-fsync` breaks it).
+    pub fn log_promises(&self) -> (u64, u64) {
+        (self.inner.log.acknowledged(), self.inner.log.opened_last())
+    }
+
     /// The applied index and the keyspace hash at it, read together (for
     /// cross-replica comparison).
     pub fn applied_hash(&self) -> (u64, i64, u32) {

@@ -406,6 +406,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         disk_failed: BTreeMap::new(),
         isolated_leader: None,
         removed_at: BTreeMap::new(),
+        log_promises: BTreeMap::new(),
         log: Vec::new(),
         counts: FaultCounts::default(),
         violations: Vec::new(),
@@ -642,6 +643,10 @@ struct FaultState {
     /// When the operator saw each removal answered (it waits a little for the
     /// member to stop by itself before stopping it).
     removed_at: BTreeMap<String, Duration>,
+    /// Crashed member → (its member id, the highest log index it had
+    /// acknowledged on disk): its next start must find its log at least that
+    /// long (checked once, when the member is back on the same data).
+    log_promises: BTreeMap<String, (u64, u64)>,
     /// Operator actions, for the fault log.
     log: Vec<String>,
     counts: FaultCounts,
@@ -682,7 +687,11 @@ impl FaultState {
         // its tasks are dropped (redb flushes on close) may land.
         self.disk.power_off(&data_dir(a));
         // Drop our handle: the member's storage must close with it.
-        lock(&self.replicas).remove(a);
+        if let Some(replica) = lock(&self.replicas).remove(a) {
+            let (acknowledged, _) = replica.log_promises();
+            self.log_promises
+                .insert(a.to_string(), (replica.member_id(), acknowledged));
+        }
         sim.crash(a);
         let rng = &mut self.rng;
         let report = self.disk.crash(&data_dir(a), &mut |n| rng.below(n));
@@ -799,10 +808,37 @@ impl FaultState {
         }
     }
 
-    /// Per step: drives replacements and watches disk failures.
+    /// Per step: drives replacements, watches disk failures and checks that
+    /// restarted members kept what they acknowledged.
     fn tick(&mut self, sim: &mut turmoil::Sim<'_>, step: u64) {
         self.drive_replacements(sim);
         self.watch_disk_failures(step);
+        self.check_log_promises();
+    }
+
+    /// Durability of the Raft log itself: a member that acknowledged log
+    /// entries on disk has them after a crash (an honest disk keeps every
+    /// fsynced write). Judged once per crash, when the member is back on the
+    /// same data (a replaced member comes back under another id: not judged).
+    fn check_log_promises(&mut self) {
+        let names: Vec<String> = self.log_promises.keys().cloned().collect();
+        for name in names {
+            let Some(replica) = lock(&self.replicas).get(&name).cloned() else {
+                continue;
+            };
+            let Some((member, acknowledged)) = self.log_promises.remove(&name) else {
+                continue;
+            };
+            if replica.member_id() != member {
+                continue;
+            }
+            let (_, opened_last) = replica.log_promises();
+            if opened_last < acknowledged {
+                self.violations.push(format!(
+                    "durability: {name} acknowledged its raft log up to index {acknowledged} on disk, but after a crash its log ended at {opened_last}"
+                ));
+            }
+        }
     }
 
     /// Whether a replacement of `a` is in a stage where its host must stay down.

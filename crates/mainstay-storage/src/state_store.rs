@@ -572,6 +572,9 @@ impl ValueStore for StoredValues {
     }
 }
 
+/// What one read of the store holds: metadata, records, leases.
+type Parts = (StateMeta, Vec<(Vec<u8>, Record)>, Vec<LeaseRecord>);
+
 /// One consistent read of the state store (see `StateStore::reader`).
 pub struct StateReader {
     read: redb::ReadTransaction,
@@ -590,6 +593,14 @@ impl StateReader {
     /// The keyspace and metadata as of this read; with `values`, every value
     /// in memory, else every value left in the store (`Value::Stored`).
     pub fn load(&self, values: bool) -> Result<(KeySpace, StateMeta), StorageError> {
+        let (meta, records, leases) = self.parts(values)?;
+        let key_space = KeySpace::restore(records, leases, meta.revision, meta.compacted);
+        Ok((key_space, meta))
+    }
+
+    /// The metadata, every record (in the table's order: revision, then key)
+    /// and every lease, as of this read.
+    fn parts(&self, values: bool) -> Result<Parts, StorageError> {
         let read = &self.read;
         let meta = match read.open_table(META) {
             Ok(table) => match table.get(META_KEY).map_err(|e| self.read_error(e.into()))? {
@@ -642,29 +653,27 @@ impl StateReader {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(error) => return Err(self.read_error(error.into())),
         }
-        let key_space = KeySpace::restore(records, leases, meta.revision, meta.compacted);
-        Ok((key_space, meta))
+        Ok((meta, records, leases))
     }
 
-    /// A consistent copy of the state as of this read, for a snapshot.
+    /// A consistent copy of the state as of this read, for a snapshot: the
+    /// records as read (one copy of the values, no keyspace built), in key
+    /// then revision order.
     pub fn snapshot(&self) -> Result<SnapshotData, StorageError> {
-        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load(true)));
-        let (key_space, meta) = loaded.unwrap_or_else(|_| {
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.parts(true)));
+        let (meta, mut records, leases) = read.unwrap_or_else(|_| {
             Err(StorageError::Corrupt {
                 path: self.path.display().to_string(),
                 at: "reading a snapshot".to_string(),
                 reason: "the database engine panicked on damaged pages",
             })
         })?;
-        let records = key_space
-            .records()
-            .map(|(k, r)| (k.to_vec(), r.clone()))
-            .collect();
+        records.sort_by(|(a, x), (b, y)| a.cmp(b).then(x.revision.cmp(&y.revision)));
         Ok(SnapshotData {
             format: SNAPSHOT_FORMAT,
             meta,
             records,
-            leases: key_space.leases().collect(),
+            leases,
         })
     }
 }

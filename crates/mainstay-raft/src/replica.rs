@@ -735,12 +735,17 @@ impl Replica {
     /// On the leader: confirms leadership with a quorum and returns the read index
     /// (after applying up to it locally).
     pub(crate) async fn read_index_local(&self) -> ReadIndexReply {
-        match self
-            .inner
-            .raft
-            .ensure_linearizable(ReadPolicy::ReadIndex)
-            .await
-        {
+        // Bounded: a round that never ends would hold every later read of
+        // this member (they share rounds), and a restarted member's catch-up.
+        let confirmed = tokio::time::timeout(
+            self.inner.request_timeout,
+            self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await;
+        let Ok(confirmed) = confirmed else {
+            return ReadIndexReply::NotLeader(None);
+        };
+        match confirmed {
             Ok(read_log_id) => ReadIndexReply::Index(read_log_id.index()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
                 ReadIndexReply::NotLeader(forward.leader_id)

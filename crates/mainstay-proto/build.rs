@@ -17,6 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(files, [&root])?;
     tonic_prost_build::configure()
+        // Forwarded commands stay shared bytes from the follower's encoder to
+        // the leader's log (mainstay-raft's `Proposal`).
+        .bytes(".mainstay.peer.ForwardWritesRequest.commands")
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;

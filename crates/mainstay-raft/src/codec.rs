@@ -11,14 +11,27 @@ use openraft::vote::leader_id_std::CommittedLeaderId;
 use openraft::{EntryPayload, LogId, Membership, StoredMembership, Vote};
 use serde::{Deserialize, Serialize};
 
+use crate::proposal::{COMMAND_TAG, Proposal};
 use crate::type_config::{MemberNode, TypeConfig};
 
-/// The payload of a log entry as stored on disk.
+/// The payload of a log entry as stored on disk. A command's payload is the
+/// `Proposal`'s bytes as they are (tag 1, then the command): this enum encodes
+/// and decodes the other two kinds.
 #[derive(Serialize, Deserialize)]
 enum PersistedPayload {
     Blank,
     Command(Command),
     Membership(MembershipRecord),
+}
+
+/// The stored form of a command through `PersistedPayload` (what `Proposal`
+/// must equal, byte for byte).
+#[cfg(test)]
+pub(crate) fn encode_command_payload(command: &Command) -> bytes::Bytes {
+    let payload = PersistedPayload::Command(command.clone());
+    postcard::to_allocvec(&payload)
+        .expect("our own payload types always encode")
+        .into()
 }
 
 /// A membership as stored on disk: joint configs and node descriptions.
@@ -128,26 +141,44 @@ pub fn decode_stored_membership(bytes: &[u8]) -> Result<StoredMembershipOf<TypeC
 pub fn entry_to_stored(entry: &EntryOf<TypeConfig>) -> StoredEntry {
     let payload = match &entry.payload {
         EntryPayload::Blank => PersistedPayload::Blank,
-        EntryPayload::Normal(command) => PersistedPayload::Command(command.clone()),
+        EntryPayload::Normal(proposal) => {
+            return StoredEntry {
+                log_id: log_id_to_record(&entry.log_id),
+                payload: proposal.stored(),
+            };
+        }
         EntryPayload::Membership(membership) => {
             PersistedPayload::Membership(membership_to_record(membership))
         }
     };
     StoredEntry {
         log_id: log_id_to_record(&entry.log_id),
-        payload: postcard::to_allocvec(&payload).expect("our own payload types always encode"),
+        payload: postcard::to_allocvec(&payload)
+            .expect("our own payload types always encode")
+            .into(),
     }
 }
 
 /// Rebuilds an openraft entry from its stored form.
+/// A command's bytes are shared, not decoded: the state machine decodes them
+/// when it applies the entry.
 pub fn entry_from_stored(stored: &StoredEntry) -> Result<EntryOf<TypeConfig>, String> {
-    let payload: PersistedPayload = postcard::from_bytes(&stored.payload)
-        .map_err(|e| format!("undecodable log entry {}: {e}", stored.log_id.index))?;
-    let payload = match payload {
-        PersistedPayload::Blank => EntryPayload::Blank,
-        PersistedPayload::Command(command) => EntryPayload::Normal(command),
-        PersistedPayload::Membership(record) => {
-            EntryPayload::Membership(membership_from_record(&record)?)
+    let payload = if stored.payload.first() == Some(&COMMAND_TAG) {
+        EntryPayload::Normal(Proposal::from_stored(stored.payload.clone()))
+    } else {
+        let payload: PersistedPayload = postcard::from_bytes(&stored.payload)
+            .map_err(|e| format!("undecodable log entry {}: {e}", stored.log_id.index))?;
+        match payload {
+            PersistedPayload::Blank => EntryPayload::Blank,
+            PersistedPayload::Command(_) => {
+                return Err(format!(
+                    "log entry {}: a command without its one-byte tag",
+                    stored.log_id.index
+                ));
+            }
+            PersistedPayload::Membership(record) => {
+                EntryPayload::Membership(membership_from_record(&record)?)
+            }
         }
     };
     Ok(openraft::Entry {

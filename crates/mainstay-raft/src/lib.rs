@@ -17,6 +17,7 @@ mod membership_rules;
 mod network;
 mod peer_channel;
 mod peer_service;
+mod proposal;
 mod read_rounds;
 mod replica;
 mod state_machine;
@@ -31,6 +32,7 @@ pub use membership_rules::{
     LEARNERS_MAX, MemberChange, MemberChangeOutcome, MembershipError, cluster_id_for, member_id_for,
 };
 pub use peer_channel::{Dial, tcp_dial};
+pub use proposal::Proposal;
 pub use replica::{Replica, ReplicaConfig, ReplicaStatus};
 pub use state_machine::{AppliedEvents, PrevValues};
 pub use type_config::{MemberNode, WriteOutcome};

@@ -6,7 +6,8 @@ use mainstay_proto::peer::{
     ForwardRequest, ForwardResponse, ForwardWritesRequest, ForwardWritesResponse, MembersRequest,
     MembersResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
-use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::EntryPayload;
+use openraft::alias::{EntryOf, SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
@@ -14,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::codec::{decode_message, encode_message};
 use crate::membership_rules::MemberChange;
 use crate::network::PEER_MESSAGE_BYTES_MAX;
+use crate::proposal::Proposal;
 use crate::replica::{ReadIndexReply, Replica};
 use crate::type_config::{MemberNode, TypeConfig};
 
@@ -39,6 +41,19 @@ fn forward_reply<T: Serialize>(value: &T) -> Result<Response<ForwardResponse>, S
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
     decode_message(payload).map_err(Status::invalid_argument)
+}
+
+/// Refuses entries whose commands do not decode, before any reaches the log:
+/// a peer's garbage changes nothing.
+fn check_entries(entries: &[EntryOf<TypeConfig>]) -> Result<(), Status> {
+    for entry in entries {
+        if let EntryPayload::Normal(proposal) = &entry.payload {
+            proposal.check().map_err(|error| {
+                Status::invalid_argument(format!("log entry {}: {error}", entry.log_id.index))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 impl Replica {
@@ -82,6 +97,7 @@ impl RaftPeer for PeerService {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
+        check_entries(&rpc.entries)?;
         let result = self
             .replica
             .inner
@@ -194,9 +210,13 @@ impl RaftPeer for PeerService {
         }
         let commands = request
             .commands
-            .iter()
-            .map(|bytes| decode::<mainstay_mvcc::Command>(bytes))
-            .collect::<Result<Vec<_>, _>>()?;
+            .into_iter()
+            .map(|bytes| {
+                let proposal = Proposal::from_stored(bytes);
+                proposal.check().map_err(Status::invalid_argument)?;
+                Ok(proposal)
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
         let replies = self.replica.serve_forward_writes(commands).await;
         let replies = replies
             .iter()

@@ -14,11 +14,12 @@ use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::codec::{decode_message, encode_message};
+use crate::codec::decode_message;
 use crate::error::ReplicaError;
 use crate::log_store::RaftLog;
 use crate::network::{PeerNetwork, PeerPool};
 use crate::peer_channel::Dial;
+use crate::proposal::Proposal;
 use crate::state_machine::{AppliedEvents, StateMachine};
 use crate::type_config::{MemberNode, Runtime, TypeConfig, WriteOutcome};
 use crate::write_batches::WriteReply;
@@ -457,6 +458,8 @@ impl Replica {
     /// been proposed: an unknown outcome is reported as such.
     pub async fn write(&self, command: Command) -> Result<WriteOutcome, ReplicaError> {
         let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        // Encoded once: every member, the log and the network share these bytes.
+        let command = Proposal::encode(&command);
         self.route(
             deadline,
             || {
@@ -557,10 +560,11 @@ impl Replica {
         }
     }
 
-    async fn write_local(&self, command: Command) -> LocalWrite {
-        let _renewing = match command {
-            Command::LeaseRenew(_) => Some(self.inner.lease_gate.read().await),
-            _ => None,
+    async fn write_local(&self, command: Proposal) -> LocalWrite {
+        let _renewing = if command.is_lease_renew() {
+            Some(self.inner.lease_gate.read().await)
+        } else {
+            None
         };
         match self.inner.raft.client_write(command).await {
             Ok(response) => match response.data.outcome {
@@ -591,6 +595,7 @@ impl Replica {
         &self,
         command: Command,
     ) -> Result<WriteOutcome, ReplicaError> {
+        let command = Proposal::encode(&command);
         match self.write_local(command).await {
             LocalWrite::Done(outcome) => Ok(outcome),
             LocalWrite::Failed(error) => Err(error),
@@ -603,7 +608,7 @@ impl Replica {
     async fn forward_write(
         &self,
         leader: u64,
-        command: Command,
+        command: Proposal,
         deadline: tokio::time::Instant,
     ) -> WriteReply {
         let (answered, start) = self.inner.write_batches.join(leader, command);
@@ -639,13 +644,7 @@ impl Replica {
         let Ok(mut client) = self.inner.pool.client(&node) else {
             return all(WriteReply::Retry);
         };
-        let mut commands = Vec::with_capacity(batch.len());
-        for write in batch {
-            match encode_message(&write.command) {
-                Ok(bytes) => commands.push(bytes),
-                Err(_) => return all(WriteReply::Failed(ReplicaError::Stopped)),
-            }
-        }
+        let commands = batch.iter().map(|write| write.command.stored()).collect();
         let reply = tokio::time::timeout(
             self.inner.request_timeout,
             client.forward_writes(ForwardWritesRequest { commands }),
@@ -672,7 +671,7 @@ impl Replica {
 
     /// Serves a batch of forwarded writes: proposes them all at once, locally
     /// only (never forwarded again), and answers each.
-    pub(crate) async fn serve_forward_writes(&self, commands: Vec<Command>) -> Vec<WriteReply> {
+    pub(crate) async fn serve_forward_writes(&self, commands: Vec<Proposal>) -> Vec<WriteReply> {
         let writes = commands.into_iter().map(|command| async move {
             match self.write_local(command).await {
                 LocalWrite::Done(outcome) => WriteReply::Done(outcome),

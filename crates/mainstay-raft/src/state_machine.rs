@@ -373,6 +373,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = batch.last().map(|(entry, _)| entry.log_id.index) else {
             return Ok(());
         };
+        // Decoded before the keyspace lock is taken. Undecodable bytes in a
+        // committed entry are this member's corruption (peers' entries are
+        // checked on arrival): stop, apply nothing of the batch.
+        let mut commands = Vec::with_capacity(batch.len());
+        for (entry, _) in &batch {
+            if let EntryPayload::Normal(proposal) = &entry.payload {
+                let command = proposal.decode().map_err(|reason| {
+                    tracing::error!(index = entry.log_id.index, %reason, "undecodable committed entry; stopping the member");
+                    io::Error::other(format!("log entry {}: {reason}", entry.log_id.index))
+                })?;
+                commands.push(command);
+            }
+        }
+        let mut commands = commands.into_iter();
         let mut meta = self.durable().meta.clone();
         let mut changes = Vec::new();
         let mut published = Vec::new();
@@ -391,7 +405,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 let outcome = match entry.payload {
                     EntryPayload::Blank => None,
-                    EntryPayload::Normal(command) => {
+                    EntryPayload::Normal(_) => {
+                        let command = commands
+                            .next()
+                            .expect("one decoded command per normal entry");
                         // Read under the keyspace lock: a watcher that takes a
                         // guard before reading the revision gets every later
                         // revision's previous values (see `PrevValues`).

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use mainstay_mvcc::{Command, CommandResponse, MvccError};
+use mainstay_mvcc::{CommandResponse, MvccError};
 use serde::{Deserialize, Serialize};
 
 /// What a member advertises: its name and URLs. Stored in the Raft membership.
@@ -32,7 +32,7 @@ pub struct ApplyResult {
 openraft::declare_raft_types!(
     /// Mainstay's Raft types.
     pub TypeConfig:
-        D = Command,
+        D = crate::proposal::Proposal,
         R = ApplyResult,
         NodeId = u64,
         Node = MemberNode,

@@ -11,11 +11,11 @@
 
 use std::sync::Mutex;
 
-use mainstay_mvcc::Command;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::error::ReplicaError;
+use crate::proposal::Proposal;
 use crate::type_config::WriteOutcome;
 
 /// Batches in flight from one member at most (the pipeline depth).
@@ -39,7 +39,7 @@ pub(crate) enum WriteReply {
 /// A queued write and where its answer goes.
 pub(crate) struct Queued {
     pub(crate) leader: u64,
-    pub(crate) command: Command,
+    pub(crate) command: Proposal,
     pub(crate) answer: oneshot::Sender<WriteReply>,
 }
 
@@ -66,7 +66,7 @@ impl WriteBatches {
     pub(crate) fn join(
         &self,
         leader: u64,
-        command: Command,
+        command: Proposal,
     ) -> (oneshot::Receiver<WriteReply>, bool) {
         let (answer, answered) = oneshot::channel();
         let mut queue = self.lock();
@@ -124,20 +124,20 @@ pub(crate) fn answer(batch: Vec<Queued>, replies: Vec<WriteReply>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mainstay_mvcc::PutRequest;
+    use mainstay_mvcc::{Command, PutRequest};
 
-    fn put(key: &str) -> Command {
-        Command::Put(PutRequest {
+    fn put(key: &str) -> Proposal {
+        Proposal::encode(&Command::Put(PutRequest {
             key: key.as_bytes().to_vec(),
             ..PutRequest::default()
-        })
+        }))
     }
 
     fn keys(batch: &[Queued]) -> Vec<Vec<u8>> {
         batch
             .iter()
-            .map(|write| match &write.command {
-                Command::Put(put) => put.key.clone(),
+            .map(|write| match write.command.decode() {
+                Ok(Command::Put(put)) => put.key,
                 _ => Vec::new(),
             })
             .collect()

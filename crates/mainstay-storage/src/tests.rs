@@ -69,13 +69,13 @@ fn torn_tail_is_truncated() {
     // Goal: a half-written last record (crash mid-append) is cut off and the
     // store opens with everything before it.
     let dir = tempfile::tempdir().expect("tempdir");
-    {
+    let length = {
         let (mut log, _) = LogStore::open(&os(), dir.path()).expect("open");
         log.append(vec![entry(1, 1), entry(2, 1)]).expect("append");
         log.append(vec![entry(3, 1)]).expect("append");
-    }
+        log.file_bytes()
+    };
     let path = dir.path().join("raft.log");
-    let length = std::fs::metadata(&path).expect("meta").len();
     OpenOptions::new()
         .write(true)
         .open(&path)
@@ -94,23 +94,86 @@ fn torn_tail_is_truncated() {
 }
 
 #[test]
-fn garbage_appended_is_a_torn_tail() {
-    // Goal: trailing garbage with no valid record after it counts as torn.
+fn zeros_after_the_last_record_are_free_space() {
+    // Goal: the log keeps zeros written ahead of its end (preallocation); they
+    // are no torn write, and appends go into them, surviving a reopen.
     let dir = tempfile::tempdir().expect("tempdir");
-    {
+    let length = {
         let (mut log, _) = LogStore::open(&os(), dir.path()).expect("open");
         log.append(vec![entry(1, 1)]).expect("append");
-    }
+        log.file_bytes()
+    };
     let path = dir.path().join("raft.log");
+    let file_length = std::fs::metadata(&path).expect("meta").len();
+    assert!(file_length > length, "zeros written ahead");
     OpenOptions::new()
         .append(true)
         .open(&path)
         .expect("open")
         .write_all(&[0; 100])
         .expect("w");
-    let (log, report) = LogStore::open(&os(), dir.path()).expect("reopen");
-    assert_eq!(report.torn_bytes, 100);
+    let (mut log, report) = LogStore::open(&os(), dir.path()).expect("reopen");
+    assert_eq!(report.torn_bytes, 0);
     assert_eq!(log.last_index(), Some(1));
+    log.append(vec![entry(2, 1)]).expect("append");
+    drop(log);
+    assert_eq!(
+        std::fs::metadata(&path).expect("meta").len(),
+        file_length + 100,
+        "the append went into the zeros"
+    );
+    let (log, report) = LogStore::open(&os(), dir.path()).expect("reopen");
+    assert_eq!(report.torn_bytes, 0);
+    assert_eq!(log.entries(1, 3), vec![entry(1, 1), entry(2, 1)]);
+}
+
+#[test]
+fn every_torn_prefix_of_the_last_record_is_cut() {
+    // Goal: a crash that landed only part of the last record in the zeros ahead
+    // of the end (any prefix, down to its first byte) is a torn write: cut with
+    // a report, everything before it kept, the log writable again.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (start, end) = {
+        let (mut log, _) = LogStore::open(&os(), dir.path()).expect("open");
+        log.append(vec![entry(1, 1), entry(2, 1)]).expect("append");
+        let start = log.file_bytes();
+        log.append(vec![entry(3, 1)]).expect("append");
+        (start, log.file_bytes())
+    };
+    let path = dir.path().join("raft.log");
+    let whole = std::fs::read(&path).expect("read");
+    for landed in 0..end - start {
+        let mut bytes = whole.clone();
+        bytes[(start + landed) as usize..end as usize].fill(0);
+        std::fs::write(&path, &bytes).expect("write");
+        let (mut log, report) = LogStore::open(&os(), dir.path()).expect("a tear opens");
+        assert_eq!(report.torn_bytes > 0, landed > 0, "landed {landed}");
+        assert_eq!(log.last_index(), Some(2), "landed {landed}");
+        log.append(vec![entry(3, 2)]).expect("append");
+        drop(log);
+        let (log, _) = LogStore::open(&os(), dir.path()).expect("reopen");
+        assert_eq!(log.last_log_id(), Some(entry(3, 2).log_id));
+    }
+}
+
+#[test]
+fn records_without_a_trailer_are_still_read() {
+    // Goal: a log written before records had a trailer opens unchanged, and
+    // appends after it (with trailers) survive a reopen next to it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = crate::log_store::untrailed_entries_record(&[entry(1, 1), entry(2, 1)]);
+    std::fs::write(dir.path().join("raft.log"), &old).expect("write");
+    let (mut log, report) = LogStore::open(&os(), dir.path()).expect("open");
+    assert_eq!(report.torn_bytes, 0);
+    assert_eq!(log.entries(1, 3), vec![entry(1, 1), entry(2, 1)]);
+    log.append(vec![entry(3, 1)]).expect("append");
+    drop(log);
+    let (log, report) = LogStore::open(&os(), dir.path()).expect("reopen");
+    assert_eq!(report.torn_bytes, 0);
+    assert_eq!(
+        log.entries(1, 4),
+        (1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -389,7 +452,10 @@ fn every_flipped_bit_in_the_log_is_refused() {
     let length = log.file_bytes();
     drop(log);
     let path = dir.join("raft.log");
-    for offset in 0..length {
+    // Every record byte, the zeros just after them (where a torn write would
+    // start) and some further into the free space.
+    let offsets = (0..length + 64).chain([length + 1000, length + 50_000]);
+    for offset in offsets {
         for bit in [0u64, 7] {
             let mut choices = vec![offset, bit].into_iter();
             mem.flip_bit(&path, &mut |_| choices.next().unwrap_or(0));

@@ -18,6 +18,7 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::peer_channel::PeerChannel;
@@ -94,6 +95,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             node: node.clone(),
             pool: self.pool.clone(),
+            append: None,
         }
     }
 }
@@ -103,6 +105,26 @@ pub struct PeerConnection {
     target: u64,
     node: MemberNode,
     pool: PeerPool,
+    /// The open `AppendStream`, between calls (taken out during one, so a call
+    /// abandoned halfway drops it rather than leave a reply unread).
+    append: Option<AppendStream>,
+}
+
+/// One `AppendStream` to a peer: a request in, exactly one reply out, in order.
+struct AppendStream {
+    requests: mpsc::Sender<RaftPayload>,
+    replies: tonic::Streaming<RaftPayload>,
+}
+
+/// A failed peer call's status as openraft's error: Unavailable (the peer is
+/// down or unreachable) makes openraft back off instead of retrying at once.
+fn status_error(target: u64, status: &tonic::Status) -> RPCError<TypeConfig> {
+    let text = format!("peer {target}: {}", status.message());
+    if status.code() == tonic::Code::Unavailable {
+        unreachable(text)
+    } else {
+        network_error(text)
+    }
 }
 
 fn network_error(message: impl std::fmt::Display) -> RPCError<TypeConfig> {
@@ -116,6 +138,45 @@ fn unreachable(message: String) -> RPCError<TypeConfig> {
 }
 
 impl PeerConnection {
+    /// Sends one AppendEntries message on the open stream (opening one first
+    /// if needed) and reads its reply. Any failure drops the stream: the next
+    /// call opens a new one.
+    async fn append_exchange(
+        &mut self,
+        payload: RaftPayload,
+    ) -> Result<RaftPayload, RPCError<TypeConfig>> {
+        let mut stream = match self.append.take() {
+            Some(stream) => stream,
+            None => {
+                let (requests, outgoing) = mpsc::channel(1);
+                let replies = self
+                    .client()?
+                    .append_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+                    .await
+                    .map_err(|status| status_error(self.target, &status))?
+                    .into_inner();
+                AppendStream { requests, replies }
+            }
+        };
+        if stream.requests.send(payload).await.is_err() {
+            return Err(unreachable(format!(
+                "peer {}: append stream closed",
+                self.target
+            )));
+        }
+        match stream.replies.message().await {
+            Ok(Some(reply)) => {
+                self.append = Some(stream);
+                Ok(reply)
+            }
+            Ok(None) => Err(unreachable(format!(
+                "peer {}: append stream ended",
+                self.target
+            ))),
+            Err(status) => Err(status_error(self.target, &status)),
+        }
+    }
+
     fn client(&self) -> Result<RaftPeerClient<PeerChannel>, RPCError<TypeConfig>> {
         self.pool
             .client(&self.node)
@@ -149,14 +210,7 @@ impl PeerConnection {
                 self.pool.evict(&self.node);
                 unreachable(format!("peer {} timed out", self.target))
             })?
-            .map_err(|status| {
-                let text = format!("peer {}: {}", self.target, status.message());
-                if status.code() == tonic::Code::Unavailable {
-                    unreachable(text)
-                } else {
-                    network_error(text)
-                }
-            })?;
+            .map_err(|status| status_error(self.target, &status))?;
         let decoded: Result<Resp, String> =
             decode_message(&reply.into_inner().payload).map_err(network_error)?;
         decoded.map_err(|remote| RPCError::Unreachable(Unreachable::from_string(remote)))
@@ -171,10 +225,21 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, &option, |mut c, p| async move {
-            c.append_entries(p).await
-        })
-        .await
+        let payload = RaftPayload {
+            payload: encode_message(&rpc).map_err(network_error)?,
+            to: self.target,
+        };
+        let reply = tokio::time::timeout(option.hard_ttl(), self.append_exchange(payload))
+            .await
+            .map_err(|_| {
+                // The connection may be half-open (the peer died without a
+                // reset): the next call dials afresh (the stream was dropped).
+                self.pool.evict(&self.node);
+                unreachable(format!("peer {} timed out", self.target))
+            })??;
+        let decoded: Result<AppendEntriesResponse<TypeConfig>, String> =
+            decode_message(&reply.payload).map_err(network_error)?;
+        decoded.map_err(|remote| RPCError::Unreachable(Unreachable::from_string(remote)))
     }
 
     async fn vote(

@@ -67,16 +67,21 @@ impl Replica {
     }
 }
 
+/// Refuses a message addressed to another member id (see `RaftPayload.to`).
+fn addressed_to(replica: &Replica, to: u64) -> Result<(), Status> {
+    let me = replica.member_id();
+    if to != 0 && to != me {
+        return Err(Status::failed_precondition(format!(
+            "message for member {to:x} reached member {me:x}"
+        )));
+    }
+    Ok(())
+}
+
 impl PeerService {
     /// Refuses a message addressed to another member id (see `RaftPayload.to`).
     fn addressed_to_me(&self, to: u64) -> Result<(), Status> {
-        let me = self.replica.member_id();
-        if to != 0 && to != me {
-            return Err(Status::failed_precondition(format!(
-                "message for member {to:x} reached member {me:x}"
-            )));
-        }
-        Ok(())
+        addressed_to(&self.replica, to)
     }
 
     /// Checks the address and decodes the payload.
@@ -90,27 +95,58 @@ impl PeerService {
     }
 }
 
+/// One AppendEntries message of an `AppendStream`: its reply, or the status
+/// that ends the stream (a message for another member, undecodable bytes).
+async fn serve_append(replica: &Replica, request: RaftPayload) -> Result<RaftPayload, Status> {
+    addressed_to(replica, request.to)?;
+    let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.payload)?;
+    check_entries(&rpc.entries)?;
+    let result = replica
+        .inner
+        .raft
+        .append_entries(rpc)
+        .await
+        .map_err(|e| e.to_string());
+    if matches!(&result, Ok(response) if !matches!(response, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+    {
+        // A leader this member accepts just reached it.
+        replica.note_leader_contact();
+    }
+    encode_message(&result)
+        .map(|payload| RaftPayload { payload, to: 0 })
+        .map_err(Status::internal)
+}
+
+/// The replies of an `AppendStream`, one per request message, in order; ends
+/// when the sender closes its side, or after the first refused message.
+type AppendReplies =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
-    async fn append_entries(
+    type AppendStreamStream = AppendReplies;
+
+    async fn append_stream(
         &self,
-        request: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = self.open(request)?;
-        check_entries(&rpc.entries)?;
-        let result = self
-            .replica
-            .inner
-            .raft
-            .append_entries(rpc)
-            .await
-            .map_err(|e| e.to_string());
-        if matches!(&result, Ok(response) if !matches!(response, openraft::raft::AppendEntriesResponse::HigherVote(_)))
-        {
-            // A leader this member accepts just reached it.
-            self.replica.note_leader_contact();
-        }
-        reply(&result)
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<AppendReplies>, Status> {
+        let requests = request.into_inner();
+        let replica = self.replica.clone();
+        // Messages are served one after another, as openraft sends them.
+        let replies = futures::stream::unfold(Some((requests, replica)), |state| async move {
+            let (mut requests, replica) = state?;
+            // The stream ends with the member: it must neither keep a
+            // stopped member's stores open nor hold up a graceful stop.
+            let request = tokio::select! {
+                message = requests.message() => message.ok()??,
+                _ = replica.stopped() => return None,
+            };
+            match serve_append(&replica, request).await {
+                Ok(reply) => Some((Ok(reply), Some((requests, replica)))),
+                Err(status) => Some((Err(status), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

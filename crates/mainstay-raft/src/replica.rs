@@ -186,6 +186,11 @@ impl Replica {
             // restored at once could serve a state older than what it answered
             // before the crash (the simulator found this, seed 94).
             enable_leader_restore: Some(false),
+            // Replicate an entry as soon as its log write is queued, while the
+            // leader's own fsync runs (etcd sends while it writes). openraft's
+            // default waits for the end of its loop iteration, which in traces
+            // of one client's puts came after the leader's fsync had returned.
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         }
         .validate()

@@ -244,7 +244,9 @@ impl TestCluster {
     pub async fn status(&self, i: usize) -> Option<StatusResponse> {
         let url = format!("http://127.0.0.1:{}", self.members[i].client_port);
         let mut client = MaintenanceClient::connect(url).await.ok()?;
-        Some(client.status(StatusRequest {}).await.ok()?.into_inner())
+        // A member that is starting has its port bound but serves nothing yet.
+        let status = tokio::time::timeout(ANSWER_WITHIN, client.status(StatusRequest {}));
+        Some(status.await.ok()?.ok()?.into_inner())
     }
 
     /// Waits until some running member reports itself leader; returns its position.
@@ -276,7 +278,10 @@ impl TestCluster {
             value: value.into(),
             ..Default::default()
         };
-        let response = kv.put(request).await.expect("put").into_inner();
+        let response = answer(i, "put", kv.put(request))
+            .await
+            .expect("put")
+            .into_inner();
         response.header.expect("header").revision
     }
 
@@ -287,7 +292,10 @@ impl TestCluster {
             serializable,
             ..Default::default()
         };
-        let response = kv.range(request).await.expect("range").into_inner();
+        let response = answer(i, "range", kv.range(request))
+            .await
+            .expect("range")
+            .into_inner();
         response.kvs.into_iter().next().map(|kv| kv.value)
     }
 
@@ -308,5 +316,16 @@ impl TestCluster {
                 let _ = self.stop_member(i).await;
             }
         }
+    }
+}
+
+/// How long a test waits for a member to answer one request: a member that
+/// never serves (its port is bound before it does) fails the test, not hang it.
+const ANSWER_WITHIN: Duration = Duration::from_secs(20);
+
+async fn answer<T>(i: usize, what: &str, call: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(ANSWER_WITHIN, call).await {
+        Ok(answer) => answer,
+        Err(_) => panic!("member {i} did not answer a {what} within {ANSWER_WITHIN:?}"),
     }
 }

@@ -23,6 +23,7 @@ mod replica;
 mod state_machine;
 mod type_config;
 mod write_batches;
+mod write_streams;
 
 pub use error::ReplicaError;
 pub use lease::LeaseClock;

@@ -117,6 +117,38 @@ async fn serve_append(replica: &Replica, request: RaftPayload) -> Result<RaftPay
         .map_err(Status::internal)
 }
 
+/// One batch of a `ForwardWriteStream`: the leader proposes every write and
+/// answers each; a malformed batch ends the stream.
+async fn serve_forward_batch(
+    replica: &Replica,
+    request: ForwardWritesRequest,
+) -> Result<ForwardWritesResponse, Status> {
+    if request.commands.len() > crate::write_batches::BATCH_WRITES_MAX {
+        return Err(Status::invalid_argument("too many writes in one batch"));
+    }
+    let commands = request
+        .commands
+        .into_iter()
+        .map(|bytes| {
+            let proposal = Proposal::from_stored(bytes);
+            proposal.check().map_err(Status::invalid_argument)?;
+            Ok(proposal)
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    let replies = replica.serve_forward_writes(commands).await;
+    let replies = replies
+        .iter()
+        .map(encode_message)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Status::internal)?;
+    Ok(ForwardWritesResponse { replies })
+}
+
+/// The replies of a `ForwardWriteStream`, one per batch, in order.
+type ForwardReplies = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<ForwardWritesResponse, Status>> + Send + 'static>,
+>;
+
 /// The replies of an `AppendStream`, one per request message, in order; ends
 /// when the sender closes its side, or after the first refused message.
 type AppendReplies =
@@ -236,30 +268,28 @@ impl RaftPeer for PeerService {
         forward_reply(&self.replica.serve_lease_time_left(id))
     }
 
-    async fn forward_writes(
+    type ForwardWriteStreamStream = ForwardReplies;
+
+    async fn forward_write_stream(
         &self,
-        request: Request<ForwardWritesRequest>,
-    ) -> Result<Response<ForwardWritesResponse>, Status> {
-        let request = request.into_inner();
-        if request.commands.len() > crate::write_batches::BATCH_WRITES_MAX {
-            return Err(Status::invalid_argument("too many writes in one batch"));
-        }
-        let commands = request
-            .commands
-            .into_iter()
-            .map(|bytes| {
-                let proposal = Proposal::from_stored(bytes);
-                proposal.check().map_err(Status::invalid_argument)?;
-                Ok(proposal)
-            })
-            .collect::<Result<Vec<_>, Status>>()?;
-        let replies = self.replica.serve_forward_writes(commands).await;
-        let replies = replies
-            .iter()
-            .map(encode_message)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Status::internal)?;
-        Ok(Response::new(ForwardWritesResponse { replies }))
+        request: Request<Streaming<ForwardWritesRequest>>,
+    ) -> Result<Response<ForwardReplies>, Status> {
+        let requests = request.into_inner();
+        let replica = self.replica.clone();
+        // Batches are served one after another; a follower runs one stream
+        // per batch sender.
+        let replies = futures::stream::unfold(Some((requests, replica)), |state| async move {
+            let (mut requests, replica) = state?;
+            let request = tokio::select! {
+                message = requests.message() => message.ok()??,
+                _ = replica.stopped() => return None,
+            };
+            match serve_forward_batch(&replica, request).await {
+                Ok(reply) => Some((Ok(reply), Some((requests, replica)))),
+                Err(status) => Some((Err(status), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn members(

@@ -123,6 +123,8 @@ pub(crate) struct Inner {
     read_rounds: crate::read_rounds::ReadRounds,
     /// Client writes waiting to be forwarded to the leader in a batch.
     write_batches: crate::write_batches::WriteBatches,
+    /// Streams to the leader that forwarded writes travel on.
+    write_streams: crate::write_streams::WriteStreams,
     /// Set once this process has caught up with the leader (`catch_up`).
     serving: std::sync::atomic::AtomicBool,
 }
@@ -225,6 +227,7 @@ impl Replica {
                 leader_contact: std::sync::Mutex::new(None),
                 read_rounds: crate::read_rounds::ReadRounds::default(),
                 write_batches: crate::write_batches::WriteBatches::default(),
+                write_streams: crate::write_streams::WriteStreams::default(),
                 serving: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -635,8 +638,9 @@ impl Replica {
         }
     }
 
-    /// One `ForwardWrites` call: a reply per write, in order. `Retry` only
-    /// when the batch surely was not sent.
+    /// One batch on a `ForwardWriteStream` to the leader (`WriteStreams`):
+    /// a reply per write, in order. `Retry` only when the batch surely was
+    /// not sent.
     async fn send_writes(
         &self,
         leader: u64,
@@ -646,31 +650,63 @@ impl Replica {
         let Some(node) = self.node(leader) else {
             return all(WriteReply::Retry);
         };
-        let Ok(mut client) = self.inner.pool.client(&node) else {
-            return all(WriteReply::Retry);
+        let mut stream = match self.inner.write_streams.take(leader) {
+            Some(stream) => stream,
+            None => {
+                let Ok(mut client) = self.inner.pool.client(&node) else {
+                    return all(WriteReply::Retry);
+                };
+                let (requests, outgoing) = tokio::sync::mpsc::channel(1);
+                let opened = tokio::time::timeout(
+                    self.inner.request_timeout,
+                    client.forward_write_stream(tokio_stream::wrappers::ReceiverStream::new(
+                        outgoing,
+                    )),
+                )
+                .await;
+                match opened {
+                    Ok(Ok(replies)) => crate::write_streams::WriteStream {
+                        requests,
+                        replies: replies.into_inner(),
+                    },
+                    // Nothing of the batch left this member.
+                    Ok(Err(_)) => return all(WriteReply::Retry),
+                    Err(_) => {
+                        self.inner.pool.evict(&node);
+                        return all(WriteReply::Retry);
+                    }
+                }
+            }
         };
         let commands = batch.iter().map(|write| write.command.stored()).collect();
-        let reply = tokio::time::timeout(
-            self.inner.request_timeout,
-            client.forward_writes(ForwardWritesRequest { commands }),
-        )
-        .await;
+        if stream
+            .requests
+            .send(ForwardWritesRequest { commands })
+            .await
+            .is_err()
+        {
+            // The stream ended before the batch was handed to it.
+            return all(WriteReply::Retry);
+        }
+        let reply =
+            tokio::time::timeout(self.inner.request_timeout, stream.replies.message()).await;
         match reply {
             Err(_) => {
                 // Possibly a half-open connection: dial afresh next time.
                 self.inner.pool.evict(&node);
                 all(WriteReply::Failed(ReplicaError::Timeout))
             }
-            Ok(Err(status)) if crate::peer_channel::not_sent(&status) => all(WriteReply::Retry),
-            Ok(Err(_)) => all(WriteReply::Failed(ReplicaError::Timeout)),
-            Ok(Ok(reply)) => reply
-                .into_inner()
-                .replies
-                .iter()
-                .map(|bytes| {
-                    decode_message(bytes).unwrap_or(WriteReply::Failed(ReplicaError::Timeout))
-                })
-                .collect(),
+            Ok(Err(_) | Ok(None)) => all(WriteReply::Failed(ReplicaError::Timeout)),
+            Ok(Ok(Some(reply))) => {
+                self.inner.write_streams.give_back(leader, stream);
+                reply
+                    .replies
+                    .iter()
+                    .map(|bytes| {
+                        decode_message(bytes).unwrap_or(WriteReply::Failed(ReplicaError::Timeout))
+                    })
+                    .collect()
+            }
         }
     }
 

@@ -144,15 +144,51 @@ async fn serve_forward_batch(
     Ok(ForwardWritesResponse { replies })
 }
 
-/// The replies of a `ForwardWriteStream`, one per batch, in order.
-type ForwardReplies = std::pin::Pin<
-    Box<dyn futures::Stream<Item = Result<ForwardWritesResponse, Status>> + Send + 'static>,
->;
+/// The replies of a request stream, one per request message, in order; ends
+/// when the sender closes its side, when the member stops, or after the first
+/// refused message (its status).
+type Replies<T> =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// The replies of an `AppendStream`, one per request message, in order; ends
-/// when the sender closes its side, or after the first refused message.
-type AppendReplies =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+/// The replies of a `ForwardWriteStream`, one per batch.
+type ForwardReplies = Replies<ForwardWritesResponse>;
+
+/// Serves a request stream's messages one after another with `serve`. The
+/// stream ends with the member: it must neither keep a stopped member's
+/// stores open nor hold up a graceful stop.
+fn serve_in_order<Req, Rep, Serve, Served>(
+    requests: Streaming<Req>,
+    replica: Replica,
+    serve: Serve,
+) -> Replies<Rep>
+where
+    Req: Send + 'static,
+    Rep: Send + 'static,
+    Serve: Fn(Replica, Req) -> Served + Send + Sync + 'static,
+    Served: std::future::Future<Output = Result<Rep, Status>> + Send,
+{
+    let serve = std::sync::Arc::new(serve);
+    Box::pin(futures::stream::unfold(
+        Some((requests, replica)),
+        move |state| {
+            let serve = serve.clone();
+            async move {
+                let (mut requests, replica) = state?;
+                let request = tokio::select! {
+                    message = requests.message() => message.ok()??,
+                    _ = replica.stopped() => return None,
+                };
+                match serve(replica.clone(), request).await {
+                    Ok(reply) => Some((Ok(reply), Some((requests, replica)))),
+                    Err(status) => Some((Err(status), None)),
+                }
+            }
+        },
+    ))
+}
+
+/// The replies of an `AppendStream`, one per AppendEntries message.
+type AppendReplies = Replies<RaftPayload>;
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
@@ -162,23 +198,12 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<AppendReplies>, Status> {
-        let requests = request.into_inner();
-        let replica = self.replica.clone();
         // Messages are served one after another, as openraft sends them.
-        let replies = futures::stream::unfold(Some((requests, replica)), |state| async move {
-            let (mut requests, replica) = state?;
-            // The stream ends with the member: it must neither keep a
-            // stopped member's stores open nor hold up a graceful stop.
-            let request = tokio::select! {
-                message = requests.message() => message.ok()??,
-                _ = replica.stopped() => return None,
-            };
-            match serve_append(&replica, request).await {
-                Ok(reply) => Some((Ok(reply), Some((requests, replica)))),
-                Err(status) => Some((Err(status), None)),
-            }
-        });
-        Ok(Response::new(Box::pin(replies)))
+        Ok(Response::new(serve_in_order(
+            request.into_inner(),
+            self.replica.clone(),
+            |replica, request| async move { serve_append(&replica, request).await },
+        )))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -274,22 +299,13 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<Streaming<ForwardWritesRequest>>,
     ) -> Result<Response<ForwardReplies>, Status> {
-        let requests = request.into_inner();
-        let replica = self.replica.clone();
         // Batches are served one after another; a follower runs one stream
         // per batch sender.
-        let replies = futures::stream::unfold(Some((requests, replica)), |state| async move {
-            let (mut requests, replica) = state?;
-            let request = tokio::select! {
-                message = requests.message() => message.ok()??,
-                _ = replica.stopped() => return None,
-            };
-            match serve_forward_batch(&replica, request).await {
-                Ok(reply) => Some((Ok(reply), Some((requests, replica)))),
-                Err(status) => Some((Err(status), None)),
-            }
-        });
-        Ok(Response::new(Box::pin(replies)))
+        Ok(Response::new(serve_in_order(
+            request.into_inner(),
+            self.replica.clone(),
+            |replica, request| async move { serve_forward_batch(&replica, request).await },
+        )))
     }
 
     async fn members(

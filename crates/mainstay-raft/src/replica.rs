@@ -157,7 +157,8 @@ impl Replica {
             StateStore::open(&config.disk, &config.data_dir, config.state_cache_bytes)
                 .map_err(|e| format!("open state store: {e}"))?;
         let log = RaftLog::new(log_store, config.unsafe_skip_log_fsync);
-        let state = StateMachine::new(state_store, key_space, meta);
+        let state = StateMachine::new(state_store, key_space, meta)
+            .map_err(|e| format!("open state store: {e}"))?;
         let raft_config = Config {
             cluster_name: "mainstay".to_string(),
             heartbeat_interval: config.heartbeat_ms,
@@ -409,11 +410,15 @@ impl Replica {
         // full metrics say why.
         let mut server = self.inner.raft.server_metrics();
         let mut failure = self.inner.log.failure();
+        let mut state_failure = self.inner.state.failure();
         let core_stopped = async { while server.changed().await.is_ok() {} };
         tokio::select! {
             () = core_stopped => {}
             Ok(failed) = failure.wait_for(Option::is_some) => {
                 return Some(format!("raft log write failed: {}", failed.as_deref().unwrap_or("")));
+            }
+            Ok(failed) = state_failure.wait_for(Option::is_some) => {
+                return Some(format!("state commit failed: {}", failed.as_deref().unwrap_or("")));
             }
         }
         match &self.inner.raft.metrics().borrow_watched().running_state {
@@ -449,6 +454,7 @@ impl Replica {
         if let Err(error) = self.inner.raft.shutdown().await {
             tracing::warn!(%error, "raft shutdown");
         }
+        self.inner.state.settle().await;
     }
 
     /// Asks the leader to hand over to `target` and waits briefly for it.

@@ -18,6 +18,13 @@
 //! the last state commit up to the saved committed id. Before a snapshot the
 //! state is flushed, because the log behind a snapshot may be purged.
 //!
+//! A due commit runs beside apply (a blocking-pool thread; a task on the
+//! simulator's single thread), so no apply waits for the store's fsync. It
+//! holds the store's lock: at most one runs, commits land in apply order, and
+//! a snapshot build or install first waits for it. Apply waits for it only
+//! when the buffer is over `PENDING_BYTES_MAX`. Its values leave memory when
+//! it is durable; a failed commit stops the member (`failure`).
+//!
 //! Building a snapshot copies nothing: the durable state store *is* the
 //! snapshot, so a build only fsyncs it and records its log id (openraft then
 //! purges the log behind it). The bytes are encoded from one consistent read of
@@ -29,11 +36,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
 use mainstay_mvcc::{ApplyContext, Command, CommandResponse, Event, KeySpace, MvccError, Revision};
-use mainstay_storage::{SnapshotData, StateMeta, StateStore};
+use mainstay_storage::{SnapshotData, StateMeta, StateReads, StateStore};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::codec::{
     decode_stored_membership, encode_stored_membership, log_id_from_record, log_id_to_record,
@@ -98,54 +105,47 @@ fn change_bytes(change: &mainstay_mvcc::Change) -> usize {
 }
 
 struct Durable {
-    store: StateStore,
     meta: StateMeta,
     /// Whether a snapshot was built or installed since the member started
     /// (before that openraft is told there is none, and builds one at start-up
     /// if the log was purged).
     snapshot_built: bool,
-    /// Applied changes not yet in the store, in apply order, and their bytes.
+    /// Applied changes not yet handed to a commit, in apply order, and their
+    /// bytes.
     pending: Vec<mainstay_mvcc::Change>,
     pending_bytes: usize,
-    /// When the state was last committed, and entries applied since.
+    /// When a commit last started, and entries applied since.
     last_durable: tokio::time::Instant,
     entries_since_durable: u64,
 }
 
 impl Durable {
-    /// Buffers one applied batch (`meta` is the state after it) and commits
-    /// the buffer durably when it is due (see the module docs); returns the
-    /// changes that became durable (none if not due).
-    fn apply(
-        &mut self,
-        changes: Vec<mainstay_mvcc::Change>,
-        meta: StateMeta,
-        entries: u64,
-    ) -> Result<Vec<mainstay_mvcc::Change>, io::Error> {
+    /// Buffers one applied batch (`meta` is the state after it).
+    fn buffer(&mut self, changes: Vec<mainstay_mvcc::Change>, meta: StateMeta, entries: u64) {
         self.pending_bytes += changes.iter().map(change_bytes).sum::<usize>();
         self.pending.extend(changes);
         self.meta = meta;
         self.entries_since_durable += entries;
-        if self.entries_since_durable >= DURABLE_ENTRIES_MAX
-            || self.pending_bytes >= PENDING_BYTES_MAX
-            || self.last_durable.elapsed() >= DURABLE_EVERY
-        {
-            return self.make_durable();
-        }
-        Ok(Vec::new())
     }
 
-    /// Commits every buffered change and the current metadata, fsynced;
-    /// returns the changes committed (their values may now leave memory).
-    fn make_durable(&mut self) -> Result<Vec<mainstay_mvcc::Change>, io::Error> {
-        if let Err(error) = self.store.commit(&self.pending, &self.meta, true) {
-            tracing::error!(%error, "state commit failed; stopping the member");
-            return Err(to_io(error));
-        }
+    /// Whether the buffer is due for a commit (see the module docs).
+    fn due(&self) -> bool {
+        self.entries_since_durable >= DURABLE_ENTRIES_MAX
+            || self.pending_bytes >= PENDING_BYTES_MAX
+            || self.last_durable.elapsed() >= DURABLE_EVERY
+    }
+
+    /// Whether apply must wait for the running commit before buffering more.
+    fn full(&self) -> bool {
+        self.pending_bytes >= PENDING_BYTES_MAX
+    }
+
+    /// Takes the buffer and the current metadata for a commit.
+    fn take(&mut self) -> (Vec<mainstay_mvcc::Change>, StateMeta) {
         self.pending_bytes = 0;
         self.last_durable = tokio::time::Instant::now();
         self.entries_since_durable = 0;
-        Ok(std::mem::take(&mut self.pending))
+        (std::mem::take(&mut self.pending), self.meta.clone())
     }
 }
 
@@ -178,6 +178,12 @@ struct Shared {
     prev_values: Arc<PrevValuesWanted>,
     applied: crate::applied::AppliedIndex,
     durable: Mutex<Durable>,
+    /// The store's writer, held by a running commit (see the module docs).
+    store: Arc<tokio::sync::Mutex<StateStore>>,
+    /// Reads of the committed state, beside the writer.
+    reads: StateReads,
+    /// The error of a failed state commit: the member stops.
+    failure: watch::Sender<Option<String>>,
     events: broadcast::Sender<AppliedEvents>,
     leases: LeaseClock,
 }
@@ -207,11 +213,15 @@ impl StateMachine {
     }
 
     /// Wraps an opened state store and the keyspace it loaded.
-    pub fn new(store: StateStore, key_space: KeySpace, meta: StateMeta) -> Self {
+    pub fn new(
+        store: StateStore,
+        key_space: KeySpace,
+        meta: StateMeta,
+    ) -> Result<Self, mainstay_storage::StorageError> {
         let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
         let leases = LeaseClock::default();
         leases.reconcile(&key_space);
-        StateMachine {
+        Ok(StateMachine {
             shared: Arc::new(Shared {
                 leases,
                 applied: crate::applied::AppliedIndex::new(
@@ -219,8 +229,10 @@ impl StateMachine {
                 ),
                 key_space: RwLock::new(key_space),
                 prev_values: Arc::default(),
+                reads: store.reads()?,
+                store: Arc::new(tokio::sync::Mutex::new(store)),
+                failure: watch::Sender::new(None),
                 durable: Mutex::new(Durable {
-                    store,
                     meta,
                     snapshot_built: false,
                     pending: Vec::new(),
@@ -230,7 +242,18 @@ impl StateMachine {
                 }),
                 events,
             }),
-        }
+        })
+    }
+
+    /// The error of the state commit that failed, once there is one.
+    pub(crate) fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.shared.failure.subscribe()
+    }
+
+    /// Waits until no state commit is running (at shutdown: the store's file
+    /// is closed only after it).
+    pub(crate) async fn settle(&self) {
+        drop(self.shared.store.lock().await);
     }
 
     /// Runs `read` against the applied keyspace.
@@ -267,7 +290,7 @@ impl StateMachine {
 
     /// Size of the state database file.
     pub fn db_bytes(&self) -> u64 {
-        self.durable().store.file_bytes()
+        self.shared.reads.file_bytes()
     }
 
     /// Applied index, revision and keyspace hash, consistent with each other.
@@ -284,35 +307,101 @@ impl StateMachine {
         (applied, key_space.revision(), hash)
     }
 
+    /// Starts a commit of the buffer if one is due and none is running;
+    /// waits for the running one first if the buffer is full.
+    async fn commit_if_due(&self) {
+        loop {
+            {
+                let mut durable = self.durable();
+                if !durable.due() {
+                    return;
+                }
+                match self.shared.store.clone().try_lock_owned() {
+                    Ok(store) => {
+                        let (changes, meta) = durable.take();
+                        self.start_commit(store, changes, meta);
+                        return;
+                    }
+                    Err(_) if !durable.full() => return,
+                    Err(_) => {}
+                }
+            }
+            self.settle().await;
+        }
+    }
+
+    /// Runs one commit beside apply (see the module docs).
+    fn start_commit(
+        &self,
+        mut store: tokio::sync::OwnedMutexGuard<StateStore>,
+        changes: Vec<mainstay_mvcc::Change>,
+        meta: StateMeta,
+    ) {
+        let shared = self.shared.clone();
+        let commit = move || {
+            match store.commit(&changes, &meta, true) {
+                Ok(()) => shared.evict(&changes),
+                Err(error) => {
+                    tracing::error!(%error, "state commit failed; stopping the member");
+                    shared.failure.send_replace(Some(error.to_string()));
+                }
+            }
+            drop(store);
+        };
+        let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+        if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
+            drop(tokio::task::spawn_blocking(commit));
+        } else {
+            drop(tokio::spawn(async move { commit() }));
+        }
+    }
+
+    /// Commits the whole buffer now, after any running commit (before a
+    /// snapshot: the log behind it may be purged); returns the metadata it
+    /// made durable.
+    async fn make_durable(&self) -> Result<StateMeta, io::Error> {
+        let mut store = self.shared.store.lock().await;
+        if let Some(reason) = self.shared.failure.borrow().clone() {
+            return Err(io::Error::other(reason));
+        }
+        let (changes, meta) = self.durable().take();
+        if let Err(error) = store.commit(&changes, &meta, true) {
+            tracing::error!(%error, "state commit failed; stopping the member");
+            self.shared.failure.send_replace(Some(error.to_string()));
+            return Err(to_io(error));
+        }
+        self.shared.evict(&changes);
+        Ok(meta)
+    }
+}
+
+impl Shared {
     /// Drops from memory the values the store now holds durably. Lock order:
     /// `durable`, then `key_space` (a caller may hold the first).
     fn evict(&self, committed: &[mainstay_mvcc::Change]) {
         if committed.is_empty() {
             return;
         }
-        let mut key_space = self
-            .shared
-            .key_space
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut key_space = self.key_space.write().unwrap_or_else(|p| p.into_inner());
         for change in committed {
             if let mainstay_mvcc::Change::Append { key, record } = change {
                 key_space.evict(key, record.revision);
             }
         }
     }
+}
 
+impl StateMachine {
     /// Makes the state durable: it is now the snapshot (see the module docs).
-    fn build(&self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
-        let mut durable = self.durable();
-        let committed = durable.make_durable()?;
-        self.evict(&committed);
+    async fn build(&self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
+        // The log id is the one made durable: apply may go on meanwhile.
+        let durable = self.make_durable().await?;
         let meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id: durable.meta.applied.as_ref().map(log_id_from_record),
-            last_membership: decode_stored_membership(&durable.meta.membership)
+            last_log_id: durable.applied.as_ref().map(log_id_from_record),
+            last_membership: decode_stored_membership(&durable.membership)
                 .map_err(io::Error::other)?,
         };
-        durable.snapshot_built = true;
+        self.durable().snapshot_built = true;
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
             meta,
             snapshot: Vec::new(),
@@ -323,7 +412,7 @@ impl StateMachine {
     fn encode_snapshot(&self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
         // A read transaction: apply goes on meanwhile (redb readers do not
         // block its writer); the durable lock is held only to open it.
-        let read = self.durable().store.reader().map_err(to_io)?;
+        let read = self.shared.reads.reader().map_err(to_io)?;
         let data = read.snapshot().map_err(to_io)?;
         let bytes = data.encode().map_err(to_io)?;
         let meta = SnapshotMetaOf::<TypeConfig> {
@@ -342,7 +431,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
-        self.build()
+        self.build().await
     }
 }
 
@@ -373,6 +462,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = batch.last().map(|(entry, _)| entry.log_id.index) else {
             return Ok(());
         };
+        if let Some(reason) = self.shared.failure.borrow().clone() {
+            return Err(io::Error::other(reason));
+        }
         // Decoded before the keyspace lock is taken. Undecodable bytes in a
         // committed entry are this member's corruption (peers' entries are
         // checked on arrival): stop, apply nothing of the batch.
@@ -446,10 +538,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta.revision = key_space.revision();
             meta.compacted = key_space.compacted_revision();
         }
-        {
-            let committed = self.durable().apply(changes, meta, entries)?;
-            self.evict(&committed);
-        }
+        self.durable().buffer(changes, meta, entries);
+        self.commit_if_due().await;
         // Countdowns restart when the grant or renew is durable and applied.
         self.shared.leases.touch(&touches);
         for events in published {
@@ -481,8 +571,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 "snapshot data does not match its metadata",
             ));
         }
+        // After any running commit: it must not land on the installed state.
+        let mut store = self.shared.store.lock().await;
+        let key_space = store.install(&data).map_err(to_io)?;
         let mut durable = self.durable();
-        let key_space = durable.store.install(&data).map_err(to_io)?;
         self.shared.leases.reconcile(&key_space);
         *self
             .shared
@@ -509,5 +601,127 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         }
         Ok(Some(self.encode_snapshot()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use mainstay_mvcc::PutRequest;
+    use mainstay_storage::{Disk, MemDisk};
+    use openraft::alias::EntryOf;
+    use openraft::storage::RaftStateMachine;
+    use openraft::{Entry, EntryPayload, RaftSnapshotBuilder};
+
+    use super::*;
+    use crate::codec::log_id_from_record;
+    use crate::proposal::Proposal;
+
+    fn open(disk: &MemDisk, dir: &Path) -> StateMachine {
+        let disk: Arc<dyn Disk> = Arc::new(disk.clone());
+        let (store, key_space, meta) = StateStore::open(&disk, dir, 1 << 20).expect("open");
+        StateMachine::new(store, key_space, meta).expect("state machine")
+    }
+
+    fn put(index: u64) -> EntryOf<TypeConfig> {
+        let command = Command::Put(PutRequest {
+            key: format!("k{index}").into_bytes(),
+            value: vec![7; 16],
+            ..Default::default()
+        });
+        Entry {
+            log_id: log_id_from_record(&mainstay_storage::LogIdRecord {
+                term: 1,
+                node_id: 1,
+                index,
+            }),
+            payload: EntryPayload::Normal(Proposal::encode(&command)),
+        }
+    }
+
+    async fn apply(state: &mut StateMachine, indexes: std::ops::RangeInclusive<u64>) {
+        let entries: Vec<Result<_, io::Error>> = indexes.map(|i| Ok((put(i), None))).collect();
+        state
+            .apply(futures::stream::iter(entries))
+            .await
+            .expect("apply");
+    }
+
+    /// The index of the last entry the store holds durably.
+    fn stored_applied(state: &StateMachine) -> Option<u64> {
+        let read = state.shared.reads.reader().expect("reader");
+        let (_, meta) = read.load(false).expect("load");
+        meta.applied.map(|id| id.index)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_goes_on_while_a_commit_runs_and_commits_land_in_order() {
+        let disk = MemDisk::new();
+        let dir = Path::new("/m0");
+        let mut state = open(&disk, dir);
+        apply(&mut state, 1..=2).await;
+        assert_eq!(stored_applied(&state), None, "not due yet: buffered");
+
+        // A commit is running (it holds the store): a due apply still goes on.
+        let running = state.shared.store.clone().lock_owned().await;
+        tokio::time::advance(DURABLE_EVERY * 2).await;
+        apply(&mut state, 3..=4).await;
+        assert_eq!(state.read(|keys| keys.revision()), 5);
+        assert_eq!(stored_applied(&state), None);
+        drop(running);
+
+        // The next due apply commits everything buffered, in order.
+        tokio::time::advance(DURABLE_EVERY * 2).await;
+        apply(&mut state, 5..=5).await;
+        state.settle().await;
+        assert_eq!(stored_applied(&state), Some(5));
+        let read = state.shared.reads.reader().expect("reader");
+        let (keys, meta) = read.load(true).expect("load");
+        assert_eq!(meta.revision, 6);
+        assert_eq!(keys.revision(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_build_waits_for_the_running_commit_and_is_durable() {
+        let disk = MemDisk::new();
+        let dir = Path::new("/m0");
+        let mut state = open(&disk, dir);
+        tokio::time::advance(DURABLE_EVERY * 2).await;
+        apply(&mut state, 1..=3).await;
+        apply(&mut state, 4..=6).await;
+        let snapshot = state.build_snapshot().await.expect("build");
+        assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(6));
+        assert_eq!(stored_applied(&state), Some(6));
+
+        // What a restart finds: the state as of the snapshot, no log needed.
+        disk.power_off(dir);
+        drop(state);
+        let reopened = open(&disk, dir);
+        assert_eq!(reopened.read(|keys| keys.revision()), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_state_commit_stops_the_member() {
+        let disk = MemDisk::new();
+        let dir = Path::new("/m0");
+        let mut state = open(&disk, dir);
+        let mut failure = state.failure();
+        disk.fail_syncs_under(dir);
+        tokio::time::advance(DURABLE_EVERY * 2).await;
+        apply(&mut state, 1..=1).await;
+        let failed = failure
+            .wait_for(Option::is_some)
+            .await
+            .expect("failure reported")
+            .clone();
+        assert!(failed.is_some());
+        let entries: Vec<Result<_, io::Error>> = vec![Ok((put(2), None))];
+        let next = state.apply(futures::stream::iter(entries)).await;
+        assert!(
+            next.is_err(),
+            "apply after a failed commit must stop the member"
+        );
+        assert!(state.build_snapshot().await.is_err());
     }
 }

@@ -323,12 +323,15 @@ impl StateStore {
     /// One consistent read of the committed state (redb readers do not block
     /// its writer: applying goes on while a snapshot is read).
     pub fn reader(&self) -> Result<StateReader, StorageError> {
-        let read = self
-            .db()?
-            .begin_read()
-            .map_err(|e| read_error(&self.path, e.into()))?;
-        Ok(StateReader {
-            read,
+        self.reads()?.reader()
+    }
+
+    /// Reads of the committed state that need no access to the store itself,
+    /// so they go on while a commit holds it.
+    pub fn reads(&self) -> Result<StateReads, StorageError> {
+        Ok(StateReads {
+            db: self.db.clone().ok_or(StorageError::Poisoned)?,
+            file: self.file.clone(),
             path: self.path.clone(),
         })
     }
@@ -501,6 +504,42 @@ impl StateStore {
         );
         key_space.set_value_store(self.values()?);
         Ok(key_space)
+    }
+
+    /// Size of the database file in bytes (0 if it cannot be read).
+    pub fn file_bytes(&self) -> u64 {
+        self.file.byte_len().unwrap_or(0)
+    }
+}
+
+/// Reads of the committed state beside the store (`StateStore::reads`);
+/// clones share the database.
+#[derive(Clone)]
+pub struct StateReads {
+    db: Arc<Database>,
+    file: Arc<dyn DiskFile>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for StateReads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateReads")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl StateReads {
+    /// One consistent read of the committed state.
+    pub fn reader(&self) -> Result<StateReader, StorageError> {
+        let read = self
+            .db
+            .begin_read()
+            .map_err(|e| read_error(&self.path, e.into()))?;
+        Ok(StateReader {
+            read,
+            path: self.path.clone(),
+        })
     }
 
     /// Size of the database file in bytes (0 if it cannot be read).

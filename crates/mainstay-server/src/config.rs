@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
+use crate::tls::{TlsFiles, TlsOptions, TlsVersion};
+
 pub use etcd_flags::EtcdFlags;
 use etcd_flags::{ETCD_FLAGS, EtcdFlag, Handling, Kind, Origin, Verdict, env_name, judge};
 use file::{FileValue, Format};
@@ -130,6 +132,37 @@ pub struct ServeArgs {
     #[arg(long, env = "MAINSTAY_SOCKET_REUSE_PORT", num_args = 0..=1,
           default_missing_value = "true", value_parser = bool_flag)]
     pub socket_reuse_port: Option<bool>,
+    /// The client certificate chain (PEM) served on `https://` client URLs.
+    #[arg(long, env = "MAINSTAY_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `--cert-file`.
+    #[arg(long, env = "MAINSTAY_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign client certificates.
+    #[arg(long, env = "MAINSTAY_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by `--trusted-ca-file`.
+    #[arg(long, env = "MAINSTAY_CLIENT_CERT_AUTH", num_args = 0..=1,
+          default_missing_value = "true", value_parser = bool_flag)]
+    pub client_cert_auth: Option<bool>,
+    /// Revoked client certificates (PEM certificate revocation lists).
+    #[arg(long, env = "MAINSTAY_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
+    /// Without `--cert-file`, serve `https://` client URLs with a self-signed
+    /// certificate kept in the data directory.
+    #[arg(long, env = "MAINSTAY_AUTO_TLS", num_args = 0..=1,
+          default_missing_value = "true", value_parser = bool_flag)]
+    pub auto_tls: Option<bool>,
+    /// TLS 1.2 cipher suites, comma-separated Go names (default: all that
+    /// Mainstay offers: ECDHE with AES-GCM or ChaCha20-Poly1305).
+    #[arg(long, env = "MAINSTAY_CIPHER_SUITES")]
+    pub cipher_suites: Option<String>,
+    /// Oldest TLS version accepted: TLS1.2 (default) or TLS1.3.
+    #[arg(long, env = "MAINSTAY_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<String>,
+    /// Newest TLS version accepted: TLS1.2 or TLS1.3 (default).
+    #[arg(long, env = "MAINSTAY_TLS_MAX_VERSION")]
+    pub tls_max_version: Option<String>,
     /// Log level: debug, info, warn or error (MAINSTAY_LOG, a tracing filter,
     /// overrides it).
     #[arg(long, env = "MAINSTAY_LOG_LEVEL")]
@@ -165,6 +198,16 @@ pub enum ClusterState {
     New,
     /// The cluster exists; this member must already be part of it.
     Existing,
+}
+
+/// One listen URL: where, and whether connections speak TLS (`https://`,
+/// `unixs://`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    /// Where.
+    pub address: ListenAddress,
+    /// With TLS.
+    pub tls: bool,
 }
 
 /// Where a listener listens: etcd's `http://IP:port` or `unix://path` URLs.
@@ -217,7 +260,7 @@ pub struct Config {
     /// Data directory.
     pub data_dir: PathBuf,
     /// Client listen addresses.
-    pub listen_client: Vec<ListenAddress>,
+    pub listen_client: Vec<Listen>,
     /// Advertised client URLs.
     pub advertise_client_urls: Vec<String>,
     /// Peer listen addresses.
@@ -262,6 +305,10 @@ pub struct Config {
     /// etcd's `--experimental-initial-corrupt-check`: stored until the check
     /// between members exists.
     pub initial_corrupt_check: bool,
+    /// Certificates for the `https://` client listeners.
+    pub client_tls: TlsFiles,
+    /// Cipher suites and versions of every TLS listener.
+    pub tls_options: TlsOptions,
     /// The least severe level logged (unless MAINSTAY_LOG says otherwise).
     pub log_level: tracing::Level,
     /// Where logs go.
@@ -299,7 +346,10 @@ impl Default for Config {
         Config {
             name: defaults::NAME.to_string(),
             data_dir: PathBuf::from(format!("{}.mainstay", defaults::NAME)),
-            listen_client: vec![ListenAddress::Tcp(client)],
+            listen_client: vec![Listen {
+                address: ListenAddress::Tcp(client),
+                tls: false,
+            }],
             advertise_client_urls: vec![defaults::CLIENT_URL.to_string()],
             listen_peer: vec![ListenAddress::Tcp(peer)],
             advertise_peer_urls: vec![defaults::PEER_URL.to_string()],
@@ -323,6 +373,8 @@ impl Default for Config {
             grpc_keepalive_interval: Some(defaults::GRPC_KEEPALIVE_INTERVAL),
             grpc_keepalive_timeout: defaults::GRPC_KEEPALIVE_TIMEOUT,
             socket_reuse_port: false,
+            client_tls: TlsFiles::default(),
+            tls_options: TlsOptions::default(),
             initial_corrupt_check: false,
             log_level: tracing::Level::INFO,
             log_output: LogOutput::Stderr,
@@ -386,11 +438,15 @@ fn split_list(value: &str) -> Vec<String> {
 
 /// Parses a listen URL: `http://IP:port` (or `http://localhost:port`) or
 /// `unix://path` (etcd's form: everything after `unix://` is the path, so
-/// `unix:///run/etcd.sock` is absolute and `unix://etcd.sock` relative);
-/// `setting` names the flag.
-pub fn parse_url(url: &str, setting: &str) -> anyhow::Result<ListenAddress> {
+/// `unix:///run/etcd.sock` is absolute and `unix://etcd.sock` relative), or
+/// their TLS forms `https://` and `unixs://`; `setting` names the flag.
+pub fn parse_url(url: &str, setting: &str) -> anyhow::Result<Listen> {
+    let tls = url.starts_with("https://") || url.starts_with("unixs://");
     if let Some(path) = unix_path(url, setting)? {
-        return Ok(ListenAddress::Unix(path));
+        return Ok(Listen {
+            address: ListenAddress::Unix(path),
+            tls,
+        });
     }
     let authority = http_authority(url, setting)?;
     let authority = if let Some(port) = authority.strip_prefix("localhost:") {
@@ -398,10 +454,11 @@ pub fn parse_url(url: &str, setting: &str) -> anyhow::Result<ListenAddress> {
     } else {
         authority.to_string()
     };
-    authority
+    let address = authority
         .parse::<SocketAddr>()
         .map(ListenAddress::Tcp)
-        .with_context(|| format!("--{setting}: {url:?} must be http://IP:port or unix://path"))
+        .with_context(|| format!("--{setting}: {url:?} must be http://IP:port or unix://path"))?;
+    Ok(Listen { address, tls })
 }
 
 /// Checks an advertised URL (peers and clients dial it, so a host name is
@@ -421,12 +478,12 @@ fn check_advertised_url(url: &str, setting: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The path of a `unix://` URL; `None` for any other scheme.
+/// The path of a `unix://` or `unixs://` URL; `None` for any other scheme.
 fn unix_path(url: &str, setting: &str) -> anyhow::Result<Option<PathBuf>> {
-    if url.starts_with("unixs://") {
-        bail!("--{setting}: {url:?}: TLS is not supported yet; use unix://");
-    }
-    let Some(path) = url.strip_prefix("unix://") else {
+    let Some(path) = url
+        .strip_prefix("unix://")
+        .or_else(|| url.strip_prefix("unixs://"))
+    else {
         return Ok(None);
     };
     if path.is_empty() {
@@ -435,15 +492,25 @@ fn unix_path(url: &str, setting: &str) -> anyhow::Result<Option<PathBuf>> {
     Ok(Some(PathBuf::from(path)))
 }
 
-/// The `host:port` of an `http://` URL.
+/// The `host:port` of an `http://` or `https://` URL.
 fn http_authority<'a>(url: &'a str, setting: &str) -> anyhow::Result<&'a str> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        if url.starts_with("https://") {
-            bail!("--{setting}: {url:?}: TLS is not supported yet; use http://");
-        }
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
         bail!("--{setting}: {url:?} is not a URL of the form http://host:port or unix://path");
     };
     Ok(rest.trim_end_matches('/'))
+}
+
+/// Refuses TLS forms of peer URLs: peer TLS does not exist yet.
+fn plain_peer_url(url: &str, setting: &str) -> anyhow::Result<()> {
+    if url.starts_with("https://") || url.starts_with("unixs://") {
+        bail!(
+            "--{setting}: {url:?}: TLS between members is not supported yet; use http:// or unix://"
+        );
+    }
+    Ok(())
 }
 
 fn positive(value: u64, setting: &str) -> anyhow::Result<u64> {
@@ -587,6 +654,15 @@ impl ServeArgs {
                 self.experimental_initial_corrupt_check = Some(raw.bool()?);
             }
             "socket-reuse-port" => self.socket_reuse_port = Some(raw.bool()?),
+            "cert-file" => self.cert_file = Some(PathBuf::from(raw.text())),
+            "key-file" => self.key_file = Some(PathBuf::from(raw.text())),
+            "trusted-ca-file" => self.trusted_ca_file = Some(PathBuf::from(raw.text())),
+            "client-cert-auth" => self.client_cert_auth = Some(raw.bool()?),
+            "client-crl-file" => self.client_crl_file = Some(PathBuf::from(raw.text())),
+            "auto-tls" => self.auto_tls = Some(raw.bool()?),
+            "cipher-suites" => self.cipher_suites = Some(raw.text()),
+            "tls-min-version" => self.tls_min_version = Some(raw.text()),
+            "tls-max-version" => self.tls_max_version = Some(raw.text()),
             "log-level" => self.log_level = Some(raw.text()),
             "debug" => self.debug = Some(raw.bool()?),
             "log-outputs" | "log-output" => self.log_outputs = Some(raw.text()),
@@ -632,6 +708,15 @@ impl ServeArgs {
             strict_reconfig_check,
             experimental_initial_corrupt_check,
             socket_reuse_port,
+            cert_file,
+            key_file,
+            trusted_ca_file,
+            client_cert_auth,
+            client_crl_file,
+            auto_tls,
+            cipher_suites,
+            tls_min_version,
+            tls_max_version,
             log_level,
             debug,
             log_outputs,
@@ -669,6 +754,15 @@ impl ServeArgs {
                 .experimental_initial_corrupt_check
                 .or(experimental_initial_corrupt_check),
             socket_reuse_port: self.socket_reuse_port.or(socket_reuse_port),
+            cert_file: self.cert_file.or(cert_file),
+            key_file: self.key_file.or(key_file),
+            trusted_ca_file: self.trusted_ca_file.or(trusted_ca_file),
+            client_cert_auth: self.client_cert_auth.or(client_cert_auth),
+            client_crl_file: self.client_crl_file.or(client_crl_file),
+            auto_tls: self.auto_tls.or(auto_tls),
+            cipher_suites: self.cipher_suites.or(cipher_suites),
+            tls_min_version: self.tls_min_version.or(tls_min_version),
+            tls_max_version: self.tls_max_version.or(tls_max_version),
             log_level: self.log_level.or(log_level),
             debug: self.debug.or(debug),
             log_outputs: self.log_outputs.or(log_outputs),
@@ -831,14 +925,53 @@ impl ServeArgs {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let listen_peer = listen_peer_urls
             .iter()
-            .map(|u| parse_url(u, "listen-peer-urls"))
+            .map(|u| {
+                plain_peer_url(u, "listen-peer-urls")?;
+                parse_url(u, "listen-peer-urls").map(|listen| listen.address)
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         for url in &advertise_client_urls {
             check_advertised_url(url, "advertise-client-urls")?;
         }
         for url in &advertise_peer_urls {
+            plain_peer_url(url, "initial-advertise-peer-urls")?;
             check_advertised_url(url, "initial-advertise-peer-urls")?;
         }
+        for url in initial_cluster.values() {
+            plain_peer_url(url, "initial-cluster")?;
+        }
+        // An empty path (etcd's YAML `cert-file:`) asks for nothing.
+        let path = |path: Option<PathBuf>| path.filter(|path| !path.as_os_str().is_empty());
+        let client_tls = TlsFiles {
+            cert_file: path(self.cert_file),
+            key_file: path(self.key_file),
+            trusted_ca_file: path(self.trusted_ca_file),
+            client_cert_auth: self.client_cert_auth.unwrap_or(false),
+            crl_file: path(self.client_crl_file),
+            auto_tls: self.auto_tls.unwrap_or(false),
+        };
+        client_tls.check("")?;
+        let tls_listeners = listen_client.iter().filter(|listen| listen.tls).count();
+        if tls_listeners > 0 && !client_tls.has_certificate() {
+            bail!(
+                "--listen-client-urls has https:// or unixs:// URLs: give --cert-file and --key-file (or --auto-tls)"
+            );
+        }
+        if tls_listeners == 0 && client_tls.any() {
+            warnings.push(Warning {
+                setting: "--cert-file".to_string(),
+                message: "client TLS settings are given but every --listen-client-urls URL is http:// or unix://: they are not used".to_string(),
+            });
+        }
+        let version = |text: Option<String>, setting: &str, default: TlsVersion| match text {
+            Some(text) if !text.trim().is_empty() => TlsVersion::parse(&text, setting),
+            _ => Ok(default),
+        };
+        let tls_options = TlsOptions::new(
+            &split_list(&self.cipher_suites.unwrap_or_default()),
+            version(self.tls_min_version, "tls-min-version", TlsVersion::Tls12)?,
+            version(self.tls_max_version, "tls-max-version", TlsVersion::Tls13)?,
+        )?;
         if let Some(own) = initial_cluster.get(&name)
             && !advertise_peer_urls.contains(own)
         {
@@ -875,6 +1008,8 @@ impl ServeArgs {
             grpc_keepalive_interval,
             grpc_keepalive_timeout,
             socket_reuse_port: self.socket_reuse_port.unwrap_or(false),
+            client_tls,
+            tls_options,
             initial_corrupt_check,
             log_level,
             log_output,

@@ -15,7 +15,22 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// One accepted connection.
-pub struct Conn(pub Box<dyn Io>);
+pub struct Conn {
+    /// The bytes.
+    pub io: Box<dyn Io>,
+    /// Who is at the other end, for log lines (`IP:port`, or `unix socket`).
+    pub remote: String,
+}
+
+impl Conn {
+    /// Wraps a stream.
+    pub fn new(io: impl Io, remote: String) -> Conn {
+        Conn {
+            io: Box::new(io),
+            remote,
+        }
+    }
+}
 
 impl Connected for Conn {
     type ConnectInfo = ();
@@ -28,7 +43,7 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().0).poll_read(cx, buf)
+        Pin::new(&mut *self.get_mut().io).poll_read(cx, buf)
     }
 }
 
@@ -38,13 +53,13 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.get_mut().0).poll_write(cx, buf)
+        Pin::new(&mut *self.get_mut().io).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut *self.get_mut().io).poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut *self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -54,10 +69,10 @@ pub type Incoming = Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>>;
 /// Accepts from a real TCP listener (with TCP_NODELAY).
 pub fn tcp_incoming(listener: TcpListener) -> Incoming {
     Box::pin(futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| {
+        let accepted = listener.accept().await.map(|(stream, remote)| {
             // Latency matters more than packet count for Raft and small requests.
             let _ = stream.set_nodelay(true);
-            Conn(Box::new(stream))
+            Conn::new(stream, remote.to_string())
         });
         Some((accepted, listener))
     }))
@@ -70,7 +85,7 @@ pub fn unix_incoming(listener: tokio::net::UnixListener) -> Incoming {
         let accepted = listener
             .accept()
             .await
-            .map(|(stream, _)| Conn(Box::new(stream)));
+            .map(|(stream, _)| Conn::new(stream, "unix socket".to_string()));
         Some((accepted, listener))
     }))
 }

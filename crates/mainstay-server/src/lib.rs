@@ -7,6 +7,7 @@ mod dev;
 mod io;
 mod listen;
 mod run;
+mod tls;
 
 pub use config::{
     ClusterState, Config, EtcdFlags, ListenAddress, LogOutput, ServeArgs, Warning, defaults,

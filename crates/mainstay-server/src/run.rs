@@ -27,6 +27,7 @@ use futures::TryStreamExt;
 use crate::authority::AuthorityFix;
 use crate::io::{Conn, Incoming};
 use crate::listen::{client_grpc_server, listen};
+use crate::tls::{ServerTls, tls_incoming};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -36,7 +37,25 @@ use crate::config::{ClusterState, Config};
 /// request's `:authority` (etcdctl 3.4 sends the endpoint URL there), h2 would
 /// reset the request.
 fn fix_authority(incoming: Incoming) -> Incoming {
-    Box::pin(incoming.map_ok(|conn| Conn(Box::new(AuthorityFix::new(conn)))))
+    Box::pin(incoming.map_ok(|conn| {
+        let remote = conn.remote.clone();
+        Conn::new(AuthorityFix::new(conn), remote)
+    }))
+}
+
+/// The host of an `http(s)://host:port` URL (for a self-signed certificate's
+/// names).
+fn url_host(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split('/').next()?;
+    let host = match authority.rsplit_once(':') {
+        Some((host, _)) => host,
+        None => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 /// gRPC accepts this much more than `--max-request-bytes` so the API can answer
@@ -46,7 +65,8 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// Where connections come from for one member (tests bind port 0 first, then
 /// learn the ports; the simulator supplies simulated ones).
 pub struct Listeners {
-    /// Client connections.
+    /// Client connections, one stream per `Config::listen_client` entry in its
+    /// order (an `https://` entry's connections get the TLS handshake here).
     pub client: Vec<Incoming>,
     /// Peer connections.
     pub peer: Vec<Incoming>,
@@ -106,7 +126,7 @@ impl Env {
 /// Binds the configured listen addresses.
 pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
     let mut client = Vec::new();
-    for address in &config.listen_client {
+    for address in config.listen_client.iter().map(|listen| &listen.address) {
         let listener = listen(address, config.socket_reuse_port)
             .await
             .with_context(|| format!("listen for clients on {address}"))?;
@@ -227,6 +247,32 @@ async fn serve_member(
             )
         })
         .collect();
+    // Certificates first: a bad file stops the member before it does anything.
+    let client_tls = if config.listen_client.iter().any(|listen| listen.tls) {
+        let hosts: Vec<String> = config
+            .listen_client
+            .iter()
+            .filter_map(|listen| match &listen.address {
+                crate::config::ListenAddress::Tcp(address) => Some(address.ip().to_string()),
+                crate::config::ListenAddress::Unix(_) => None,
+            })
+            .chain(
+                config
+                    .advertise_client_urls
+                    .iter()
+                    .filter_map(|url| url_host(url)),
+            )
+            .collect();
+        Some(ServerTls::new(
+            &config.client_tls,
+            &config.tls_options,
+            "client",
+            &config.data_dir.join("fixtures").join("client"),
+            &hosts,
+        )?)
+    } else {
+        None
+    };
     let ids: Vec<u64> = members.keys().copied().collect();
     let own_id = members
         .iter()
@@ -391,7 +437,16 @@ async fn serve_member(
         limit: grpc_bytes_max as u64,
     };
     let mut client_servers = Vec::new();
-    for incoming in listeners.client {
+    let tls_flags = config.listen_client.iter().map(|listen| listen.tls);
+    for (incoming, tls) in listeners
+        .client
+        .into_iter()
+        .zip(tls_flags.chain(std::iter::repeat(false)))
+    {
+        let incoming = match (&client_tls, tls) {
+            (Some(client_tls), true) => tls_incoming(incoming, client_tls.clone()),
+            _ => incoming,
+        };
         let incoming = fix_authority(incoming);
         let kv = KvServer::new(KvService::new(api.clone()))
             .max_decoding_message_size(grpc_bytes_max)

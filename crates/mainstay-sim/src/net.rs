@@ -49,7 +49,7 @@ pub async fn incoming(port: u16) -> std::io::Result<Incoming> {
             let accepted = listener
                 .accept()
                 .await
-                .map(|(stream, _)| Conn(Box::new(stream)));
+                .map(|(stream, remote)| Conn::new(stream, remote.to_string()));
             Some((accepted, listener))
         },
     )))

@@ -301,8 +301,8 @@ impl clap::Args for EtcdFlags {
     }
 }
 
-const TLS: &str = "TLS is not supported yet";
-const TLS_TUNING: &str = "TLS is not supported yet, so there is nothing to tune";
+const TLS: &str = "TLS between members is not supported yet";
+const TLS_TUNING: &str = "TLS between members is not supported yet, so there is nothing to tune";
 const NO_HTTP: &str = "Mainstay serves no HTTP endpoints yet (only gRPC), so this has no effect";
 const V2: &str = "Mainstay serves only the v3 API";
 const V2_PROXY: &str = "only the v2 proxy (--proxy) uses it, and Mainstay does not run one";
@@ -392,15 +392,15 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("proxy-write-timeout", Both, Uint, Ignored(V2_PROXY)),
     flag("proxy-read-timeout", Both, Uint, Ignored(V2_PROXY)),
     // Security.
-    flag("cert-file", Both, Text, refused(Inert::Empty, TLS)),
-    flag("key-file", Both, Text, refused(Inert::Empty, TLS)),
-    flag("client-cert-file", Only35, Text, refused(Inert::Empty, TLS)),
-    flag("client-key-file", Only35, Text, refused(Inert::Empty, TLS)),
-    flag("client-cert-auth", Both, Bool, refused(Inert::False, TLS)),
-    flag("client-crl-file", Both, Text, refused(Inert::Empty, TLS)),
-    flag("client-cert-allowed-hostname", Both, Text, refused(Inert::Empty, TLS)),
-    flag("trusted-ca-file", Both, Text, refused(Inert::Empty, TLS)),
-    flag("auto-tls", Both, Bool, refused(Inert::False, TLS)),
+    flag("cert-file", Both, Text, Implemented("PEM certificate chain served on https:// and unixs:// client URLs; re-read when the file changes")),
+    flag("key-file", Both, Text, Implemented("PEM private key of --cert-file")),
+    flag("client-cert-file", Only35, Text, Ignored("the member makes no client connections of its own (no gRPC gateway)")),
+    flag("client-key-file", Only35, Text, Ignored("the member makes no client connections of its own (no gRPC gateway)")),
+    flag("client-cert-auth", Both, Bool, Implemented("clients must present a certificate signed by --trusted-ca-file (refused at the handshake otherwise)")),
+    flag("client-crl-file", Both, Text, Implemented("PEM revocation lists; a revoked client certificate is refused at the handshake")),
+    flag("client-cert-allowed-hostname", Both, Text, refused(Inert::Empty, "restricting client certificates to a host name is not supported yet")),
+    flag("trusted-ca-file", Both, Text, Implemented("PEM CA certificates that sign client certificates")),
+    flag("auto-tls", Both, Bool, Implemented("without --cert-file, a self-signed certificate kept in <data-dir>/fixtures/client")),
     flag("peer-cert-file", Both, Text, refused(Inert::Empty, TLS)),
     flag("peer-key-file", Both, Text, refused(Inert::Empty, TLS)),
     flag("peer-client-cert-file", Only35, Text, refused(Inert::Empty, TLS)),
@@ -408,14 +408,14 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("peer-client-cert-auth", Both, Bool, refused(Inert::False, TLS)),
     flag("peer-trusted-ca-file", Both, Text, refused(Inert::Empty, TLS)),
     flag("peer-auto-tls", Both, Bool, refused(Inert::False, TLS)),
-    flag("self-signed-cert-validity", Only35, Uint, Ignored(TLS_TUNING)),
+    flag("self-signed-cert-validity", Only35, Uint, Ignored("self-signed certificates (--auto-tls) are valid for one year")),
     flag("peer-crl-file", Both, Text, refused(Inert::Empty, TLS)),
     flag("peer-cert-allowed-cn", Both, Text, refused(Inert::Empty, TLS)),
     flag("peer-cert-allowed-hostname", Both, Text, refused(Inert::Empty, TLS)),
-    flag("cipher-suites", Both, Text, Ignored(TLS_TUNING)),
+    flag("cipher-suites", Both, Text, Implemented("TLS 1.2 suites by their Go names; ECDHE with AES-GCM or ChaCha20-Poly1305 only (others are refused)")),
     flag("experimental-peer-skip-client-san-verification", Both, Bool, Ignored(TLS_TUNING)),
-    flag("tls-min-version", Only35, Choice(&["TLS1.2", "TLS1.3"]), Ignored(TLS_TUNING)),
-    flag("tls-max-version", Only35, Choice(&["", "TLS1.2", "TLS1.3"]), Ignored(TLS_TUNING)),
+    flag("tls-min-version", Only35, Choice(&["TLS1.2", "TLS1.3"]), Implemented("TLS1.2 (default) or TLS1.3")),
+    flag("tls-max-version", Only35, Choice(&["", "TLS1.2", "TLS1.3"]), Implemented("TLS1.2 or TLS1.3 (default: the newest)")),
     flag("cors", Both, Text, Ignored(NO_HTTP)),
     flag("host-whitelist", Both, Text, Ignored(NO_HTTP)),
     // Logging.
@@ -487,5 +487,8 @@ pub(crate) static FILE_ONLY_KEYS: &[EtcdFlag] = &[flag(
     "client-transport-security.allowed-cn",
     Releases::FileOnly,
     Text,
-    refused(Inert::Empty, TLS),
+    refused(
+        Inert::Empty,
+        "restricting client certificates to a common name is not supported yet",
+    ),
 )];

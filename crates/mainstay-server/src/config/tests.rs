@@ -223,17 +223,21 @@ fn judging_flags_mainstay_does_not_act_on() {
         ("proxy", "off", "ignore"),
         ("proxy", "on", "refuse"),
         ("proxy", "readonly", "refuse"),
-        ("cert-file", "", "ignore"),
-        ("cert-file", "/etc/etcd/server.crt", "refuse"),
-        ("client-cert-auth", "false", "ignore"),
-        ("client-cert-auth", "true", "refuse"),
+        ("cert-file", "/etc/etcd/server.crt", "implemented"),
+        ("client-cert-auth", "true", "implemented"),
+        ("peer-cert-file", "", "ignore"),
+        ("peer-cert-file", "/etc/etcd/peer.crt", "refuse"),
+        ("peer-client-cert-auth", "false", "ignore"),
+        ("peer-client-cert-auth", "true", "refuse"),
         ("peer-auto-tls", "1", "refuse"),
         ("client-transport-security.allowed-cn", "etcd", "refuse"),
-        ("tls-min-version", "TLS1.2", "ignore"),
+        ("client-cert-allowed-hostname", "example.com", "refuse"),
+        ("client-cert-file", "/etc/etcd/client.crt", "ignore"),
+        ("tls-min-version", "TLS1.2", "implemented"),
         (
             "cipher-suites",
             "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-            "ignore",
+            "implemented",
         ),
         ("wal-dir", "/var/lib/etcd/wal", "refuse"),
         ("wal-dir", "", "ignore"),
@@ -328,11 +332,27 @@ fn values_as_etcd_writes_them() {
 
 #[test]
 fn listen_and_advertised_urls() {
-    // Goal: etcd's URL forms for listening (IPs, localhost, unix://) and for
-    // advertising (host names too); TLS schemes refused.
-    // (url, listen address, advertised URL accepted)
-    let tcp = |s: &str| Some(ListenAddress::Tcp(s.parse().expect("address")));
-    let unix = |s: &str| Some(ListenAddress::Unix(PathBuf::from(s)));
+    // Goal: etcd's URL forms for listening (IPs, localhost, unix://, and the
+    // TLS forms https:// and unixs://) and for advertising (host names too).
+    // (url, listen address and TLS, advertised URL accepted)
+    let tcp = |s: &str| {
+        Some(Listen {
+            address: ListenAddress::Tcp(s.parse().expect("address")),
+            tls: false,
+        })
+    };
+    let unix = |s: &str| {
+        Some(Listen {
+            address: ListenAddress::Unix(PathBuf::from(s)),
+            tls: false,
+        })
+    };
+    let tls = |listen: Option<Listen>| {
+        listen.map(|listen| Listen {
+            tls: true,
+            ..listen
+        })
+    };
     let cases = [
         ("http://127.0.0.1:2379", tcp("127.0.0.1:2379"), true),
         ("http://localhost:2379", tcp("127.0.0.1:2379"), true),
@@ -347,8 +367,9 @@ fn listen_and_advertised_urls() {
         ("unix://localhost:2379", unix("localhost:2379"), true),
         ("http://etcd-0.etcd:2380", None, true),
         ("http://etcd-0.etcd", None, false),
-        ("https://127.0.0.1:2379", None, false),
-        ("unixs:///run/etcd.sock", None, false),
+        ("https://127.0.0.1:2379", tls(tcp("127.0.0.1:2379")), true),
+        ("https://etcd-0.etcd:2379", None, true),
+        ("unixs:///run/etcd.sock", tls(unix("/run/etcd.sock")), true),
         ("unix://", None, false),
         ("127.0.0.1:2379", None, false),
     ];
@@ -362,9 +383,12 @@ fn listen_and_advertised_urls() {
     }
     let message = format!(
         "{:#}",
-        parse_url("https://127.0.0.1:1", "cert").unwrap_err()
+        plain_peer_url("https://127.0.0.1:1", "listen-peer-urls").unwrap_err()
     );
-    assert!(message.contains("TLS is not supported yet"), "{message}");
+    assert!(
+        message.contains("TLS between members is not supported yet"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -411,10 +435,10 @@ fn log_levels_outputs_and_filters() {
 fn a_refused_flag_stops_resolution_naming_it() {
     // Method: refused values from the command line, the environment and a YAML
     // file; each error names the flag (and where the value came from).
-    let message = error(&["--cert-file", "/etc/etcd/server.crt"], &[]);
+    let message = error(&["--peer-cert-file", "/etc/etcd/peer.crt"], &[]);
     assert_eq!(
         message,
-        "--cert-file=\"/etc/etcd/server.crt\": TLS is not supported yet"
+        "--peer-cert-file=\"/etc/etcd/peer.crt\": TLS between members is not supported yet"
     );
     let message = error(&["--enable-v2"], &[]);
     assert_eq!(message, "--enable-v2=true: Mainstay serves only the v3 API");
@@ -511,7 +535,11 @@ fn implemented_flags_reach_the_config() {
     assert_eq!(config.log_level, tracing::Level::WARN);
     assert_eq!(config.log_output, LogOutput::Stdout);
     assert_eq!(
-        config.listen_client,
+        config
+            .listen_client
+            .iter()
+            .map(|listen| listen.address.clone())
+            .collect::<Vec<_>>(),
         vec![
             ListenAddress::Unix(PathBuf::from("/tmp/m.sock")),
             ListenAddress::Tcp("127.0.0.1:2379".parse().expect("address")),
@@ -600,8 +628,6 @@ auto-compaction-retention: \"1\"
     for expected in [
         "--enable-v2=false (from enable-v2 in the config file) is ignored",
         "--proxy=off (from proxy in the config file) is ignored",
-        "--client-cert-auth=false (from client-transport-security.client-cert-auth in the config file) is ignored",
-        "--auto-tls=false (from client-transport-security.auto-tls in the config file) is ignored",
         "--auto-compaction-mode=periodic (from auto-compaction-mode in the config file) is ignored",
         "--auto-compaction-retention=\"1\" (from auto-compaction-retention in the config file) is ignored",
     ] {
@@ -610,7 +636,8 @@ auto-compaction-retention: \"1\"
             "{expected:?} not in {warnings:#?}"
         );
     }
-    assert_eq!(warnings.len(), 6, "{warnings:#?}");
+    // The empty and false client TLS settings ask for nothing: no warning.
+    assert_eq!(warnings.len(), 4, "{warnings:#?}");
 }
 
 #[test]
@@ -822,5 +849,91 @@ fn the_state_cache_is_sized_by_flag_or_env_with_a_floor() {
     assert!(
         error.to_string().contains("must be at least 1048576"),
         "{error}"
+    );
+}
+
+#[test]
+fn client_tls_settings_as_etcd_takes_them() {
+    // Goal: https:// client URLs need a certificate; the TLS flags reach the
+    // config; contradictory or useless combinations are refused or warned.
+    let https = ["--listen-client-urls", "https://127.0.0.1:2379"];
+    let message = error(&https, &[]);
+    assert!(
+        message.contains("give --cert-file and --key-file"),
+        "{message}"
+    );
+    let config = resolve(
+        &[
+            https[0],
+            https[1],
+            "--cert-file",
+            "/etc/m/c.pem",
+            "--key-file",
+            "/etc/m/k.pem",
+            "--trusted-ca-file",
+            "/etc/m/ca.pem",
+            "--client-cert-auth",
+            "--client-crl-file",
+            "/etc/m/crl.pem",
+            "--cipher-suites",
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+            "--tls-max-version",
+            "TLS1.2",
+        ],
+        &[],
+    )
+    .expect("resolves");
+    assert!(config.listen_client[0].tls);
+    assert_eq!(
+        config.client_tls.cert_file,
+        Some(PathBuf::from("/etc/m/c.pem"))
+    );
+    assert!(config.client_tls.client_cert_auth);
+    assert_eq!(
+        config.client_tls.crl_file,
+        Some(PathBuf::from("/etc/m/crl.pem"))
+    );
+    assert_eq!(config.tls_options.cipher_suites.len(), 2);
+    assert_eq!(
+        config.tls_options.max_version,
+        crate::tls::TlsVersion::Tls12
+    );
+    // From etcd's environment variables, with --auto-tls.
+    let config = resolve(
+        &[],
+        &[
+            ("ETCD_LISTEN_CLIENT_URLS", "https://127.0.0.1:2379"),
+            ("ETCD_AUTO_TLS", "true"),
+        ],
+    )
+    .expect("resolves");
+    assert!(config.client_tls.auto_tls);
+    for (argv, expected) in [
+        (
+            vec!["--cert-file", "/etc/m/c.pem"],
+            "--cert-file and --key-file must be given together",
+        ),
+        (
+            vec!["--auto-tls", "--client-cert-auth"],
+            "--client-cert-auth needs --trusted-ca-file",
+        ),
+        (
+            vec!["--auto-tls", "--tls-min-version", "TLS1.1"],
+            "TLS1.1 is not supported",
+        ),
+        (
+            vec!["--auto-tls", "--cipher-suites", "TLS_RSA_WITH_RC4_128_SHA"],
+            "TLS_RSA_WITH_RC4_128_SHA is not supported",
+        ),
+    ] {
+        let argv: Vec<&str> = https.iter().copied().chain(argv).collect();
+        let message = error(&argv, &[]);
+        assert!(message.contains(expected), "{argv:?}: {message}");
+    }
+    // Certificates without any TLS listener: started, with a warning.
+    let warned = warnings_of(&["--cert-file", "/etc/m/c.pem", "--key-file", "/etc/m/k.pem"]);
+    assert!(
+        warned.iter().any(|w| w.contains("they are not used")),
+        "{warned:?}"
     );
 }

@@ -63,6 +63,17 @@ async fn free_port() -> u16 {
 
 impl TestCluster {
     pub async fn start(size: usize, options: Options) -> TestCluster {
+        let mut cluster = TestCluster::prepare(size, options).await;
+        for i in 0..size {
+            cluster.start_member(i).await;
+        }
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    /// A cluster's members with their settings, none started (a test changes
+    /// settings first, then calls `start_member`).
+    pub async fn prepare(size: usize, options: Options) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
         let mut ports = Vec::new();
@@ -100,16 +111,11 @@ impl TestCluster {
                 task: None,
             });
         }
-        let mut cluster = TestCluster {
+        TestCluster {
             members,
             _dir: dir,
             root,
-        };
-        for i in 0..size {
-            cluster.start_member(i).await;
         }
-        cluster.wait_for_leader().await;
-        cluster
     }
 
     pub async fn start_member(&mut self, i: usize) {

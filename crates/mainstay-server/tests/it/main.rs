@@ -1,6 +1,6 @@
 //! In-process clusters over real gRPC on loopback: replication, forwarding,
 //! linearizable reads, leader loss, restarts, snapshot catch-up, damaged logs,
-//! etcd's error contract, and the Lock and Election services.
+//! etcd's error contract, the Lock and Election services, and client TLS.
 
 mod authority;
 mod cluster;
@@ -10,4 +10,5 @@ mod harness;
 mod lease;
 mod lock;
 mod storage;
+mod tls;
 mod watch;

@@ -42,14 +42,26 @@ fn refused_flags_fail_fast_with_one_line_naming_them() {
     let yaml = write(
         &dir,
         "etcd.conf.yml",
-        "name: infra1\nclient-transport-security:\n  cert-file: /etc/etcd/server.crt\n  key-file: /etc/etcd/server.key\n",
+        "name: infra1\npeer-transport-security:\n  cert-file: /etc/etcd/peer.crt\n  key-file: /etc/etcd/peer.key\n",
     );
     // (args, environment, what the line must hold)
-    let cases: [RefusalCase; 9] = [
+    let cases: [RefusalCase; 10] = [
         (
             &["--cert-file", "/etc/etcd/server.crt"],
             &[],
-            "--cert-file=\"/etc/etcd/server.crt\": TLS is not supported yet",
+            "--cert-file and --key-file must be given together",
+        ),
+        (
+            &[
+                "--listen-client-urls",
+                "https://127.0.0.1:1",
+                "--cert-file",
+                "/nonexistent/server.crt",
+                "--key-file",
+                "/nonexistent/server.key",
+            ],
+            &[],
+            "client TLS: read the certificate (--cert-file): /nonexistent/server.crt",
         ),
         (
             &["--peer-client-cert-auth"],
@@ -72,12 +84,12 @@ fn refused_flags_fail_fast_with_one_line_naming_them() {
         (
             &["--config-file", &yaml],
             &[],
-            "--cert-file=\"/etc/etcd/server.crt\" (from client-transport-security.cert-file in the config file): TLS",
+            "--peer-cert-file=\"/etc/etcd/peer.crt\" (from peer-transport-security.cert-file in the config file): TLS between members",
         ),
         (
             &["--listen-client-urls", "https://127.0.0.1:2379"],
             &[],
-            "--listen-client-urls: \"https://127.0.0.1:2379\": TLS is not supported yet",
+            "--listen-client-urls has https:// or unixs:// URLs: give --cert-file and --key-file",
         ),
     ];
     for (args, env, expected) in cases {
@@ -97,7 +109,7 @@ fn warned_flags_start_and_the_warnings_name_them() {
         &dir,
         "etcd.conf.yml",
         &format!(
-            "name: solo\nlisten-client-urls: http://127.0.0.1:{client}\nlisten-peer-urls: http://127.0.0.1:{peer}\nmax-wals: 5\nenable-pprof: true\nclient-transport-security:\n  client-cert-auth: false\n"
+            "name: solo\nlisten-client-urls: http://127.0.0.1:{client}\nlisten-peer-urls: http://127.0.0.1:{peer}\nmax-wals: 5\nenable-pprof: true\npeer-transport-security:\n  client-cert-auth: false\n"
         ),
     );
     let data_dir = dir.path().join("data");
@@ -137,7 +149,7 @@ fn warned_flags_start_and_the_warnings_name_them() {
         "--auto-compaction-retention=\"1\" (from ETCD_AUTO_COMPACTION_RETENTION)",
         "--max-wals=5 (from max-wals in the config file)",
         "--enable-pprof=true (from enable-pprof in the config file)",
-        "--client-cert-auth=false (from client-transport-security.client-cert-auth in the config file)",
+        "--peer-client-cert-auth=false (from peer-transport-security.client-cert-auth in the config file)",
     ] {
         assert!(
             seen.iter()

@@ -395,6 +395,37 @@ check "a removed member stops by itself" "yes" "$STOPPED"
 check "member list after remove" "3" "$(ctl --endpoints="$ALL" member list | grep -c 'started')"
 check "the cluster still writes" "OK" "$(ctl --endpoints="$ALL" put after-remove yes)"
 
+# --- client TLS: certificates from `mainstay certs`, one member over https ---
+CERTS="$WORK/certs"
+check_contains "mainstay certs" "wrote $CERTS/client-root.pem" \
+  "$("$BIN" certs --dir "$CERTS" --member t1=127.0.0.1,localhost --client root 2>&1)"
+NAMES[4]=t1
+CLIENT[4]=$((BASE + 40))
+PEER[4]=$((BASE + 41))
+TLS_EP="https://127.0.0.1:${CLIENT[4]}"
+"$BIN" serve --name t1 --data-dir "$WORK/t1" \
+  --listen-client-urls "$TLS_EP" --advertise-client-urls "$TLS_EP" \
+  --listen-peer-urls "http://127.0.0.1:${PEER[4]}" \
+  --initial-advertise-peer-urls "http://127.0.0.1:${PEER[4]}" \
+  --initial-cluster "t1=http://127.0.0.1:${PEER[4]}" \
+  --cert-file "$CERTS/t1.pem" --key-file "$CERTS/t1-key.pem" \
+  --trusted-ca-file "$CERTS/ca.pem" --client-cert-auth >>"$WORK/t1.log" 2>&1 &
+PIDS[4]=$!
+TLS_CTL=(--endpoints="$TLS_EP" --cacert="$CERTS/ca.pem" --cert="$CERTS/client-root.pem" --key="$CERTS/client-root-key.pem")
+TLS_PUT=""
+for _ in $(seq 1 100); do
+  if [ "$(ctl "${TLS_CTL[@]}" put tls yes)" == "OK" ]; then TLS_PUT=yes; break; fi
+  sleep 0.1
+done
+check "put over TLS with a client certificate" "yes" "$TLS_PUT"
+check "get over TLS" "yes" "$(ctl "${TLS_CTL[@]}" get tls --print-value-only)"
+check_contains "endpoint status over TLS" "$TLS_EP" "$(ctl "${TLS_CTL[@]}" endpoint status)"
+check "no client certificate is refused" "refused" \
+  "$(ctl --endpoints="$TLS_EP" --cacert="$CERTS/ca.pem" get tls >/dev/null && echo served || echo refused)"
+check "plain text to the TLS port is refused" "refused" \
+  "$(ctl --endpoints="http://127.0.0.1:${CLIENT[4]}" get tls >/dev/null && echo served || echo refused)"
+check_contains "the refusal is logged with the reason" "TLS handshake failed" "$(cat "$WORK/t1.log")"
+
 echo
 echo "etcdctl: $PASSED passed, $FAILED failed"
 [ "$FAILED" == 0 ]

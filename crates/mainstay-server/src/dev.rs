@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::certs::CertMember;
 use crate::config::ServeArgs;
 use crate::run::run;
 
@@ -33,19 +34,54 @@ pub fn dev_member_args(data_root: &Path, position: usize) -> ServeArgs {
     }
 }
 
-/// Runs the dev cluster until `shutdown` resolves; returns the first member error.
+/// Dev member `position` serving clients over TLS with the certificates in
+/// `certs` (made by `mainstay certs`): client certificates required.
+pub fn dev_member_args_tls(data_root: &Path, certs: &Path, position: usize) -> ServeArgs {
+    let plain = dev_member_args(data_root, position);
+    let name = plain.name.clone().unwrap_or_default();
+    let (client, _) = DEV_PORTS[position];
+    ServeArgs {
+        listen_client_urls: Some(format!("https://127.0.0.1:{client}")),
+        advertise_client_urls: Some(format!("https://127.0.0.1:{client}")),
+        cert_file: Some(certs.join(format!("{name}.pem"))),
+        key_file: Some(certs.join(format!("{name}-key.pem"))),
+        trusted_ca_file: Some(certs.join("ca.pem")),
+        client_cert_auth: Some(true),
+        ..plain
+    }
+}
+
+/// Runs the dev cluster until `shutdown` resolves; returns the first member
+/// error. With `tls`, clients are served over TLS with certificates made (once)
+/// under `<data_root>/certs`.
 pub async fn run_dev(
     data_root: PathBuf,
+    tls: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_root)
         .with_context(|| format!("create {}", data_root.display()))?;
+    let certs = data_root.join("certs");
+    if tls {
+        let members: Vec<CertMember> = (1..=DEV_PORTS.len())
+            .map(|i| CertMember {
+                name: format!("m{i}"),
+                hosts: vec!["127.0.0.1".to_string(), "localhost".to_string()],
+            })
+            .collect();
+        crate::certs::make(&certs, &members, &["root".to_string()], 365)?;
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut members = tokio::task::JoinSet::new();
     let mut endpoints = Vec::new();
     for position in 0..DEV_PORTS.len() {
         // The dev cluster is fixed: no MAINSTAY_* or ETCD_* variable changes it.
-        let config = dev_member_args(&data_root, position).resolve_with_env(&Default::default())?;
+        let args = if tls {
+            dev_member_args_tls(&data_root, &certs, position)
+        } else {
+            dev_member_args(&data_root, position)
+        };
+        let config = args.resolve_with_env(&Default::default())?;
         endpoints.push(config.advertise_client_urls.join(","));
         println!(
             "member {} client {} peer {} data {}",
@@ -62,8 +98,19 @@ pub async fn run_dev(
             run(config, signal).await
         });
     }
+    let tls_flags = if tls {
+        let file = |name: &str| certs.join(name).display().to_string();
+        format!(
+            " --cacert={} --cert={} --key={}",
+            file("ca.pem"),
+            file("client-root.pem"),
+            file("client-root-key.pem")
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "\nReady to use:\n  etcdctl --endpoints={} put hello world\n",
+        "\nReady to use:\n  etcdctl --endpoints={}{tls_flags} put hello world\n",
         endpoints.join(",")
     );
     let mut result = Ok(());

@@ -2,6 +2,7 @@
 //! three-member local dev cluster. Binaries stay thin; tests call `run` directly.
 
 mod authority;
+mod certs;
 mod config;
 mod dev;
 mod io;
@@ -9,11 +10,12 @@ mod listen;
 mod run;
 mod tls;
 
+pub use certs::{CertMember, Made, make as make_certs};
 pub use config::{
     ClusterState, Config, EtcdFlags, ListenAddress, LogOutput, ServeArgs, Warning, defaults,
     parse_url,
 };
-pub use dev::{DEV_PORTS, dev_member_args, run_dev};
+pub use dev::{DEV_PORTS, dev_member_args, dev_member_args_tls, run_dev};
 pub use io::{Conn, Incoming, Io, tcp_incoming};
 pub use listen::{client_grpc_server, listen};
 pub use mainstay_raft::Replica;

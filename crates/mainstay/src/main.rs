@@ -1,11 +1,12 @@
-//! `mainstay`: `serve` runs one member, `dev` runs a local three-member cluster.
+//! `mainstay`: `serve` runs one member, `dev` runs a local three-member
+//! cluster, `certs` makes the certificates for TLS.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mainstay_server::{LogOutput, ServeArgs};
+use mainstay_server::{CertMember, LogOutput, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc instead of glibc's malloc (docs/performance.md has the
@@ -28,7 +29,7 @@ enum Command {
     #[command(
         after_help = "Every etcd 3.4 and 3.5 server flag is accepted: the ones Mainstay does not \
                       act on are named in a warning at start, the ones asking for what it does \
-                      not do (TLS, v2, --wal-dir, discovery, ...) stop it; docs/compat.md lists \
+                      not do (peer TLS, v2, --wal-dir, discovery, ...) stop it; docs/compat.md lists \
                       them all. Each flag can also be set by MAINSTAY_<FLAG>, by etcd's \
                       ETCD_<FLAG> (below MAINSTAY_*) and by --config-file (below both)."
     )]
@@ -38,6 +39,28 @@ enum Command {
         /// Where the three members keep their data.
         #[arg(long, default_value = "./mainstay-data", env = "MAINSTAY_DEV_DATA_DIR")]
         data_dir: PathBuf,
+        /// Serve clients over TLS, client certificates required (a CA and
+        /// certificates are made once under <data-dir>/certs).
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Make a certificate authority and certificates for members and clients
+    /// (existing files are kept: run again to add members or clients).
+    Certs {
+        /// Folder for the files.
+        #[arg(long, default_value = "./mainstay-certs")]
+        dir: PathBuf,
+        /// A member and the host names or addresses it is reached by:
+        /// name=host[,host...]; repeat for each member.
+        #[arg(long = "member", value_parser = CertMember::parse)]
+        members: Vec<CertMember>,
+        /// A client certificate, by its common name (the user name once auth
+        /// is on); repeat for more [default: root].
+        #[arg(long = "client")]
+        clients: Vec<String>,
+        /// Days the certificates are valid (the CA ten times as long).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
 }
 
@@ -106,6 +129,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// `mainstay certs`: makes the files and says how to use them.
+fn certs(dir: &Path, members: &[CertMember], clients: &[String], days: u32) -> anyhow::Result<()> {
+    let made = mainstay_server::make_certs(dir, members, clients, days)?;
+    for path in &made.written {
+        println!("wrote {}", path.display());
+    }
+    for path in &made.kept {
+        println!("kept  {}", path.display());
+    }
+    let file = |name: &str| dir.join(name).display().to_string();
+    for member in members {
+        println!(
+            "\n{}: mainstay serve --name {} --cert-file {} --key-file {} --trusted-ca-file {} --client-cert-auth --listen-client-urls https://{}:2379 ...",
+            member.name,
+            member.name,
+            file(&format!("{}.pem", member.name)),
+            file(&format!("{}-key.pem", member.name)),
+            file("ca.pem"),
+            member.hosts.first().map_or("HOST", String::as_str),
+        );
+    }
+    for client in clients {
+        println!(
+            "\n{client}: etcdctl --cacert {} --cert {} --key {} --endpoints https://HOST:2379 ...",
+            file("ca.pem"),
+            file(&format!("client-{client}.pem")),
+            file(&format!("client-{client}-key.pem")),
+        );
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
@@ -131,9 +186,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             mainstay_server::run(config, shutdown_signal()).await
         }
-        Command::Dev { data_dir } => {
+        Command::Dev { data_dir, tls } => {
             init_logging("info,openraft=warn", LogOutput::Stderr);
-            mainstay_server::run_dev(data_dir, shutdown_signal()).await
+            mainstay_server::run_dev(data_dir, tls, shutdown_signal()).await
+        }
+        Command::Certs {
+            dir,
+            members,
+            mut clients,
+            days,
+        } => {
+            if clients.is_empty() {
+                clients.push("root".to_string());
+            }
+            certs(&dir, &members, &clients, days)
         }
     }
 }

@@ -32,7 +32,7 @@ pub use membership::{ClusterView, fetch_cluster_view};
 pub use membership_rules::{
     LEARNERS_MAX, MemberChange, MemberChangeOutcome, MembershipError, cluster_id_for, member_id_for,
 };
-pub use peer_channel::{Dial, tcp_dial};
+pub use peer_channel::{Dial, peer_endpoint, tcp_dial};
 pub use proposal::Proposal;
 pub use replica::{Replica, ReplicaConfig, ReplicaStatus};
 pub use state_machine::{AppliedEvents, PrevValues};

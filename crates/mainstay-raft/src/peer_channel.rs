@@ -98,17 +98,23 @@ pub fn tcp_dial() -> Dial {
             Some(_) => "http://localhost".to_string(),
             None => url.to_string(),
         };
-        let endpoint = tonic::transport::Endpoint::from_shared(uri)
-            .map_err(|e| format!("bad peer URL {url}: {e}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
+        let endpoint = peer_endpoint(url, uri)?;
         match socket_path {
             Some(path) => unix_channel(&endpoint, std::path::PathBuf::from(path)),
             None => Ok(endpoint.connect_lazy()),
         }
     })
+}
+
+/// The endpoint (timeouts, keep-alive) every peer channel uses; `uri` is
+/// what the channel is built for (the peer URL, or a stand-in for a socket).
+pub fn peer_endpoint(url: &str, uri: String) -> Result<tonic::transport::Endpoint, String> {
+    Ok(tonic::transport::Endpoint::from_shared(uri)
+        .map_err(|e| format!("bad peer URL {url}: {e}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5)))
 }
 
 /// A lazily connected channel to the Unix socket at `path`.

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
+use crate::peer_tls::AllowedPeer;
 use crate::tls::{TlsFiles, TlsOptions, TlsVersion};
 
 pub use etcd_flags::EtcdFlags;
@@ -163,6 +164,34 @@ pub struct ServeArgs {
     /// Newest TLS version accepted: TLS1.2 or TLS1.3 (default).
     #[arg(long, env = "MAINSTAY_TLS_MAX_VERSION")]
     pub tls_max_version: Option<String>,
+    /// This member's certificate chain (PEM) for peer traffic, served on
+    /// `https://` peer URLs and presented when dialing peers.
+    #[arg(long, env = "MAINSTAY_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of `--peer-cert-file`.
+    #[arg(long, env = "MAINSTAY_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the members' peer certificates.
+    #[arg(long, env = "MAINSTAY_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require peers to present a certificate signed by `--peer-trusted-ca-file`.
+    #[arg(long, env = "MAINSTAY_PEER_CLIENT_CERT_AUTH", num_args = 0..=1,
+          default_missing_value = "true", value_parser = bool_flag)]
+    pub peer_client_cert_auth: Option<bool>,
+    /// Revoked peer certificates (PEM certificate revocation lists).
+    #[arg(long, env = "MAINSTAY_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
+    /// Without `--peer-cert-file`, a self-signed peer certificate kept in the
+    /// data directory (peers' certificates are then not checked, as in etcd).
+    #[arg(long, env = "MAINSTAY_PEER_AUTO_TLS", num_args = 0..=1,
+          default_missing_value = "true", value_parser = bool_flag)]
+    pub peer_auto_tls: Option<bool>,
+    /// The common name a peer's certificate must have.
+    #[arg(long, env = "MAINSTAY_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// A host name or address a peer's certificate must name.
+    #[arg(long, env = "MAINSTAY_PEER_CERT_ALLOWED_HOSTNAME")]
+    pub peer_cert_allowed_hostname: Option<String>,
     /// Log level: debug, info, warn or error (MAINSTAY_LOG, a tracing filter,
     /// overrides it).
     #[arg(long, env = "MAINSTAY_LOG_LEVEL")]
@@ -264,7 +293,7 @@ pub struct Config {
     /// Advertised client URLs.
     pub advertise_client_urls: Vec<String>,
     /// Peer listen addresses.
-    pub listen_peer: Vec<ListenAddress>,
+    pub listen_peer: Vec<Listen>,
     /// Advertised peer URLs.
     pub advertise_peer_urls: Vec<String>,
     /// name → peer URL, for every initial member.
@@ -307,6 +336,10 @@ pub struct Config {
     pub initial_corrupt_check: bool,
     /// Certificates for the `https://` client listeners.
     pub client_tls: TlsFiles,
+    /// Certificates for peer traffic (`https://` peer URLs).
+    pub peer_tls: TlsFiles,
+    /// Names a peer's certificate must carry.
+    pub peer_allowed: AllowedPeer,
     /// Cipher suites and versions of every TLS listener.
     pub tls_options: TlsOptions,
     /// The least severe level logged (unless MAINSTAY_LOG says otherwise).
@@ -351,7 +384,10 @@ impl Default for Config {
                 tls: false,
             }],
             advertise_client_urls: vec![defaults::CLIENT_URL.to_string()],
-            listen_peer: vec![ListenAddress::Tcp(peer)],
+            listen_peer: vec![Listen {
+                address: ListenAddress::Tcp(peer),
+                tls: false,
+            }],
             advertise_peer_urls: vec![defaults::PEER_URL.to_string()],
             initial_cluster: BTreeMap::from([(
                 defaults::NAME.to_string(),
@@ -374,6 +410,8 @@ impl Default for Config {
             grpc_keepalive_timeout: defaults::GRPC_KEEPALIVE_TIMEOUT,
             socket_reuse_port: false,
             client_tls: TlsFiles::default(),
+            peer_tls: TlsFiles::default(),
+            peer_allowed: AllowedPeer::default(),
             tls_options: TlsOptions::default(),
             initial_corrupt_check: false,
             log_level: tracing::Level::INFO,
@@ -503,12 +541,10 @@ fn http_authority<'a>(url: &'a str, setting: &str) -> anyhow::Result<&'a str> {
     Ok(rest.trim_end_matches('/'))
 }
 
-/// Refuses TLS forms of peer URLs: peer TLS does not exist yet.
-fn plain_peer_url(url: &str, setting: &str) -> anyhow::Result<()> {
-    if url.starts_with("https://") || url.starts_with("unixs://") {
-        bail!(
-            "--{setting}: {url:?}: TLS between members is not supported yet; use http:// or unix://"
-        );
+/// Peers are dialed over TLS at `https://` URLs; `unixs://` is not dialed.
+fn tls_peer_dial_url(url: &str, setting: &str) -> anyhow::Result<()> {
+    if url.starts_with("unixs://") {
+        bail!("--{setting}: {url:?}: members dial unix:// peer URLs only, not unixs://");
     }
     Ok(())
 }
@@ -663,6 +699,14 @@ impl ServeArgs {
             "cipher-suites" => self.cipher_suites = Some(raw.text()),
             "tls-min-version" => self.tls_min_version = Some(raw.text()),
             "tls-max-version" => self.tls_max_version = Some(raw.text()),
+            "peer-cert-file" => self.peer_cert_file = Some(PathBuf::from(raw.text())),
+            "peer-key-file" => self.peer_key_file = Some(PathBuf::from(raw.text())),
+            "peer-trusted-ca-file" => self.peer_trusted_ca_file = Some(PathBuf::from(raw.text())),
+            "peer-client-cert-auth" => self.peer_client_cert_auth = Some(raw.bool()?),
+            "peer-crl-file" => self.peer_crl_file = Some(PathBuf::from(raw.text())),
+            "peer-auto-tls" => self.peer_auto_tls = Some(raw.bool()?),
+            "peer-cert-allowed-cn" => self.peer_cert_allowed_cn = Some(raw.text()),
+            "peer-cert-allowed-hostname" => self.peer_cert_allowed_hostname = Some(raw.text()),
             "log-level" => self.log_level = Some(raw.text()),
             "debug" => self.debug = Some(raw.bool()?),
             "log-outputs" | "log-output" => self.log_outputs = Some(raw.text()),
@@ -717,6 +761,14 @@ impl ServeArgs {
             cipher_suites,
             tls_min_version,
             tls_max_version,
+            peer_cert_file,
+            peer_key_file,
+            peer_trusted_ca_file,
+            peer_client_cert_auth,
+            peer_crl_file,
+            peer_auto_tls,
+            peer_cert_allowed_cn,
+            peer_cert_allowed_hostname,
             log_level,
             debug,
             log_outputs,
@@ -763,6 +815,16 @@ impl ServeArgs {
             cipher_suites: self.cipher_suites.or(cipher_suites),
             tls_min_version: self.tls_min_version.or(tls_min_version),
             tls_max_version: self.tls_max_version.or(tls_max_version),
+            peer_cert_file: self.peer_cert_file.or(peer_cert_file),
+            peer_key_file: self.peer_key_file.or(peer_key_file),
+            peer_trusted_ca_file: self.peer_trusted_ca_file.or(peer_trusted_ca_file),
+            peer_client_cert_auth: self.peer_client_cert_auth.or(peer_client_cert_auth),
+            peer_crl_file: self.peer_crl_file.or(peer_crl_file),
+            peer_auto_tls: self.peer_auto_tls.or(peer_auto_tls),
+            peer_cert_allowed_cn: self.peer_cert_allowed_cn.or(peer_cert_allowed_cn),
+            peer_cert_allowed_hostname: self
+                .peer_cert_allowed_hostname
+                .or(peer_cert_allowed_hostname),
             log_level: self.log_level.or(log_level),
             debug: self.debug.or(debug),
             log_outputs: self.log_outputs.or(log_outputs),
@@ -925,20 +987,17 @@ impl ServeArgs {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let listen_peer = listen_peer_urls
             .iter()
-            .map(|u| {
-                plain_peer_url(u, "listen-peer-urls")?;
-                parse_url(u, "listen-peer-urls").map(|listen| listen.address)
-            })
+            .map(|u| parse_url(u, "listen-peer-urls"))
             .collect::<anyhow::Result<Vec<_>>>()?;
         for url in &advertise_client_urls {
             check_advertised_url(url, "advertise-client-urls")?;
         }
         for url in &advertise_peer_urls {
-            plain_peer_url(url, "initial-advertise-peer-urls")?;
+            tls_peer_dial_url(url, "initial-advertise-peer-urls")?;
             check_advertised_url(url, "initial-advertise-peer-urls")?;
         }
         for url in initial_cluster.values() {
-            plain_peer_url(url, "initial-cluster")?;
+            tls_peer_dial_url(url, "initial-cluster")?;
         }
         // An empty path (etcd's YAML `cert-file:`) asks for nothing.
         let path = |path: Option<PathBuf>| path.filter(|path| !path.as_os_str().is_empty());
@@ -951,6 +1010,60 @@ impl ServeArgs {
             auto_tls: self.auto_tls.unwrap_or(false),
         };
         client_tls.check("")?;
+        let peer_tls = TlsFiles {
+            cert_file: path(self.peer_cert_file),
+            key_file: path(self.peer_key_file),
+            trusted_ca_file: path(self.peer_trusted_ca_file),
+            client_cert_auth: self.peer_client_cert_auth.unwrap_or(false),
+            crl_file: path(self.peer_crl_file),
+            auto_tls: self.peer_auto_tls.unwrap_or(false),
+        };
+        peer_tls.check("peer-")?;
+        let peer_allowed = AllowedPeer {
+            cn: self.peer_cert_allowed_cn.filter(|cn| !cn.is_empty()),
+            hostname: self
+                .peer_cert_allowed_hostname
+                .filter(|host| !host.is_empty()),
+        };
+        let peer_tls_used = listen_peer.iter().any(|listen| listen.tls)
+            || advertise_peer_urls
+                .iter()
+                .any(|url| url.starts_with("https://"))
+            || initial_cluster
+                .values()
+                .any(|url| url.starts_with("https://"));
+        if listen_peer.iter().any(|listen| listen.tls) && !peer_tls.has_certificate() {
+            bail!(
+                "--listen-peer-urls has https:// or unixs:// URLs: give --peer-cert-file and --peer-key-file (or --peer-auto-tls)"
+            );
+        }
+        if initial_cluster
+            .values()
+            .any(|url| url.starts_with("https://"))
+            && peer_tls.trusted_ca_file.is_none()
+            && !peer_tls.auto_tls
+        {
+            bail!(
+                "--initial-cluster has https:// peer URLs: give --peer-trusted-ca-file to check the peers' certificates (or --peer-auto-tls)"
+            );
+        }
+        if peer_allowed.any() && !peer_tls.client_cert_auth {
+            bail!(
+                "--peer-cert-allowed-cn and --peer-cert-allowed-hostname need --peer-client-cert-auth"
+            );
+        }
+        if !peer_tls_used && (peer_tls.any() || peer_allowed.any()) {
+            warnings.push(Warning {
+                setting: "--peer-cert-file".to_string(),
+                message: "peer TLS settings are given but every peer URL is http:// or unix://: they are not used".to_string(),
+            });
+        }
+        if peer_tls_used && peer_tls.auto_tls && peer_tls.trusted_ca_file.is_none() {
+            warnings.push(Warning {
+                setting: "--peer-auto-tls".to_string(),
+                message: "--peer-auto-tls: peers' certificates are not checked (as in etcd); give --peer-trusted-ca-file and real certificates to check them".to_string(),
+            });
+        }
         let tls_listeners = listen_client.iter().filter(|listen| listen.tls).count();
         if tls_listeners > 0 && !client_tls.has_certificate() {
             bail!(
@@ -1009,6 +1122,8 @@ impl ServeArgs {
             grpc_keepalive_timeout,
             socket_reuse_port: self.socket_reuse_port.unwrap_or(false),
             client_tls,
+            peer_tls,
+            peer_allowed,
             tls_options,
             initial_corrupt_check,
             log_level,

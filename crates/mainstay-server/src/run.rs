@@ -27,7 +27,8 @@ use futures::TryStreamExt;
 use crate::authority::AuthorityFix;
 use crate::io::{Conn, Incoming};
 use crate::listen::{client_grpc_server, listen};
-use crate::tls::{ServerTls, tls_incoming};
+use crate::peer_tls::{AllowedPeer, peer_dial};
+use crate::tls::{ServerTls, resolve_auto, tls_incoming};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -41,6 +42,19 @@ fn fix_authority(incoming: Incoming) -> Incoming {
         let remote = conn.remote.clone();
         Conn::new(AuthorityFix::new(conn), remote)
     }))
+}
+
+/// Names for a self-signed certificate: the listen addresses' IPs and the
+/// advertised URLs' hosts.
+fn tls_hosts(listen: &[crate::config::Listen], advertised: &[String]) -> Vec<String> {
+    listen
+        .iter()
+        .filter_map(|listen| match &listen.address {
+            crate::config::ListenAddress::Tcp(address) => Some(address.ip().to_string()),
+            crate::config::ListenAddress::Unix(_) => None,
+        })
+        .chain(advertised.iter().filter_map(|url| url_host(url)))
+        .collect()
 }
 
 /// The host of an `http(s)://host:port` URL (for a self-signed certificate's
@@ -133,7 +147,7 @@ pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
         client.push(listener);
     }
     let mut peer = Vec::new();
-    for address in &config.listen_peer {
+    for address in config.listen_peer.iter().map(|listen| &listen.address) {
         let listener = listen(address, config.socket_reuse_port)
             .await
             .with_context(|| format!("listen for peers on {address}"))?;
@@ -249,29 +263,45 @@ async fn serve_member(
         .collect();
     // Certificates first: a bad file stops the member before it does anything.
     let client_tls = if config.listen_client.iter().any(|listen| listen.tls) {
-        let hosts: Vec<String> = config
-            .listen_client
-            .iter()
-            .filter_map(|listen| match &listen.address {
-                crate::config::ListenAddress::Tcp(address) => Some(address.ip().to_string()),
-                crate::config::ListenAddress::Unix(_) => None,
-            })
-            .chain(
-                config
-                    .advertise_client_urls
-                    .iter()
-                    .filter_map(|url| url_host(url)),
-            )
-            .collect();
-        Some(ServerTls::new(
+        let hosts = tls_hosts(&config.listen_client, &config.advertise_client_urls);
+        let files = resolve_auto(
             &config.client_tls,
-            &config.tls_options,
             "client",
             &config.data_dir.join("fixtures").join("client"),
             &hosts,
+        )?;
+        Some(ServerTls::new(
+            &files,
+            &config.tls_options,
+            "client",
+            AllowedPeer::default(),
         )?)
     } else {
         None
+    };
+    let peer_tls_used = config.listen_peer.iter().any(|listen| listen.tls)
+        || config
+            .advertise_peer_urls
+            .iter()
+            .chain(config.initial_cluster.values())
+            .any(|url| url.starts_with("https://"));
+    let (peer_tls, dial) = if peer_tls_used {
+        let hosts = tls_hosts(&config.listen_peer, &config.advertise_peer_urls);
+        let files = resolve_auto(
+            &config.peer_tls,
+            "peer",
+            &config.data_dir.join("fixtures").join("peer"),
+            &hosts,
+        )?;
+        let server = ServerTls::new(
+            &files,
+            &config.tls_options,
+            "peer",
+            config.peer_allowed.clone(),
+        )?;
+        (Some(server), peer_dial(&files, &config.tls_options)?)
+    } else {
+        (None, env.dial.clone())
     };
     let ids: Vec<u64> = members.keys().copied().collect();
     let own_id = members
@@ -292,7 +322,7 @@ async fn serve_member(
                     member_id: own_id,
                     cluster_id: cluster_id_for(&ids),
                 },
-                ClusterState::Existing => join(&config, &env.dial).await?,
+                ClusterState::Existing => join(&config, &dial).await?,
             };
             identity
                 .save(&env.disk, &config.data_dir)
@@ -317,7 +347,7 @@ async fn serve_member(
         state_cache_bytes: config.state_cache_bytes,
         snapshot_catchup_entries: config.snapshot_catchup_entries,
         seed: env.seed,
-        dial: env.dial.clone(),
+        dial: dial.clone(),
         disk: env.disk.clone(),
         unsafe_answer_before_local_apply: env.safety_breaks.answer_before_local_apply,
         unsafe_skip_log_fsync: env.safety_breaks.skip_log_fsync,
@@ -342,7 +372,16 @@ async fn serve_member(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let mut servers = tokio::task::JoinSet::new();
-    for incoming in listeners.peer {
+    let peer_tls_flags = config.listen_peer.iter().map(|listen| listen.tls);
+    for (incoming, tls) in listeners
+        .peer
+        .into_iter()
+        .zip(peer_tls_flags.chain(std::iter::repeat(false)))
+    {
+        let incoming = match (&peer_tls, tls) {
+            (Some(peer_tls), true) => tls_incoming(incoming, peer_tls.clone()),
+            _ => incoming,
+        };
         let incoming = fix_authority(incoming);
         let service = replica.peer_service();
         let signal = stopped(stop_rx.clone());

@@ -24,6 +24,7 @@ use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::io::{Conn, Incoming};
+use crate::peer_tls::AllowedPeer;
 
 /// A TLS protocol version etcd's `--tls-min-version`/`--tls-max-version` name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -237,8 +238,8 @@ const READY_MAX: usize = 64;
 /// How long a self-signed certificate (`--auto-tls`) is valid (etcd's default).
 const SELF_SIGNED_DAYS: i64 = 365;
 
-/// The files a server configuration was built from, as last seen.
-type Stamp = Vec<Option<(SystemTime, u64)>>;
+/// The files a configuration was built from, as last seen.
+pub(crate) type Stamp = Vec<Option<(SystemTime, u64)>>;
 
 /// A listener's TLS server configuration, rebuilt when its files change.
 pub struct ServerTls {
@@ -246,6 +247,8 @@ pub struct ServerTls {
     options: TlsOptions,
     /// What the listener is, for log lines ("client", "peer").
     label: &'static str,
+    /// Names a connecting peer's certificate must carry (peer listeners).
+    allowed: AllowedPeer,
     current: Mutex<(Stamp, Arc<ServerConfig>)>,
 }
 
@@ -260,34 +263,20 @@ impl std::fmt::Debug for ServerTls {
 
 impl ServerTls {
     /// Builds the configuration once (a bad file stops the member here, with
-    /// the reason). With `--auto-tls` and no certificate, a self-signed one
-    /// for `hosts` is made (or reused) under `auto_dir`, as etcd does under
-    /// `<data-dir>/fixtures/`.
+    /// the reason); `files` has its certificate resolved (`resolve_auto`).
     pub fn new(
         files: &TlsFiles,
         options: &TlsOptions,
         label: &'static str,
-        auto_dir: &Path,
-        hosts: &[String],
+        allowed: AllowedPeer,
     ) -> anyhow::Result<Arc<ServerTls>> {
-        let mut files = files.clone();
-        if files.cert_file.is_none() {
-            if !files.auto_tls {
-                bail!(
-                    "{label} TLS needs a certificate: give --cert-file and --key-file, or --auto-tls"
-                );
-            }
-            let (cert, key) = self_signed(auto_dir, hosts)
-                .with_context(|| format!("make a self-signed {label} certificate"))?;
-            files.cert_file = Some(cert);
-            files.key_file = Some(key);
-        }
-        let stamp = stamp(&files);
-        let config = build(&files, options).with_context(|| format!("{label} TLS"))?;
+        let stamp = stamp(files);
+        let config = build(files, options).with_context(|| format!("{label} TLS"))?;
         Ok(Arc::new(ServerTls {
-            files,
+            files: files.clone(),
             options: options.clone(),
             label,
+            allowed,
             current: Mutex::new((stamp, Arc::new(config))),
         }))
     }
@@ -324,7 +313,29 @@ impl ServerTls {
     }
 }
 
-fn stamp(files: &TlsFiles) -> Stamp {
+/// `files` with a certificate: with `--auto-tls` and none given, a
+/// self-signed one for `hosts` is made (or reused) under `auto_dir`, as etcd
+/// does under `<data-dir>/fixtures/`.
+pub fn resolve_auto(
+    files: &TlsFiles,
+    label: &str,
+    auto_dir: &Path,
+    hosts: &[String],
+) -> anyhow::Result<TlsFiles> {
+    let mut files = files.clone();
+    if files.cert_file.is_none() {
+        if !files.auto_tls {
+            bail!("{label} TLS needs a certificate and key (or automatic TLS)");
+        }
+        let (cert, key) = self_signed(auto_dir, hosts)
+            .with_context(|| format!("make a self-signed {label} certificate"))?;
+        files.cert_file = Some(cert);
+        files.key_file = Some(key);
+    }
+    Ok(files)
+}
+
+pub(crate) fn stamp(files: &TlsFiles) -> Stamp {
     [
         &files.cert_file,
         &files.key_file,
@@ -339,7 +350,7 @@ fn stamp(files: &TlsFiles) -> Stamp {
     .collect()
 }
 
-fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))
@@ -348,6 +359,32 @@ fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'sta
         bail!("read {what}: {} holds no PEM certificate", path.display());
     }
     Ok(certs)
+}
+
+/// ring with the chosen TLS 1.2 suites (TLS 1.3's always).
+pub(crate) fn provider(options: &TlsOptions) -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !options.cipher_suites.is_empty() {
+        let tls13 = provider
+            .cipher_suites
+            .iter()
+            .copied()
+            .filter(|suite| suite.tls13().is_some());
+        provider.cipher_suites = tls13.chain(options.cipher_suites.iter().copied()).collect();
+    }
+    provider
+}
+
+/// The protocol versions between the options' bounds.
+pub(crate) fn versions(options: &TlsOptions) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    [
+        (TlsVersion::Tls12, &rustls::version::TLS12),
+        (TlsVersion::Tls13, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(version, _)| (options.min_version..=options.max_version).contains(version))
+    .map(|(_, version)| version)
+    .collect()
 }
 
 /// A rustls server configuration from the files and options.
@@ -359,26 +396,9 @@ fn build(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<ServerConfig>
     let key = PrivateKeyDer::from_pem_file(key_file)
         .map_err(|error| anyhow::anyhow!("{}: {error}", key_file.display()))
         .context("read the private key (--key-file)")?;
-    let mut provider = rustls::crypto::ring::default_provider();
-    if !options.cipher_suites.is_empty() {
-        let tls13 = provider
-            .cipher_suites
-            .iter()
-            .copied()
-            .filter(|suite| suite.tls13().is_some());
-        provider.cipher_suites = tls13.chain(options.cipher_suites.iter().copied()).collect();
-    }
-    let provider = Arc::new(provider);
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
-        (TlsVersion::Tls12, &rustls::version::TLS12),
-        (TlsVersion::Tls13, &rustls::version::TLS13),
-    ]
-    .into_iter()
-    .filter(|(version, _)| (options.min_version..=options.max_version).contains(version))
-    .map(|(_, version)| version)
-    .collect();
+    let provider = Arc::new(provider(options));
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)
+        .with_protocol_versions(&versions(options))
         .context("TLS versions")?;
     let builder = if files.client_cert_auth {
         let Some(ca_file) = &files.trusted_ca_file else {
@@ -484,6 +504,7 @@ pub fn tls_incoming(mut incoming: Incoming, tls: Arc<ServerTls>) -> Incoming {
             };
             let config = tls.config();
             let label = tls.label;
+            let allowed = tls.allowed.clone();
             let ready = ready.clone();
             tokio::spawn(async move {
                 let remote = conn.remote.clone();
@@ -492,6 +513,21 @@ pub fn tls_incoming(mut incoming: Incoming, tls: Arc<ServerTls>) -> Incoming {
                 drop(permit);
                 match outcome {
                     Ok(Ok(stream)) => {
+                        if allowed.any() {
+                            let leaf = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first());
+                            let verdict = match leaf {
+                                Some(leaf) => allowed.check(leaf),
+                                None => Err("no certificate presented".to_string()),
+                            };
+                            if let Err(reason) = verdict {
+                                tracing::warn!(listener = label, %remote, %reason, "refused a connection: certificate names not allowed");
+                                return;
+                            }
+                        }
                         // The server may be gone meanwhile: nothing to hand over.
                         let _ = ready.send(Ok(Conn::new(stream, remote))).await;
                     }

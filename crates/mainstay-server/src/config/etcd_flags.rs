@@ -301,8 +301,6 @@ impl clap::Args for EtcdFlags {
     }
 }
 
-const TLS: &str = "TLS between members is not supported yet";
-const TLS_TUNING: &str = "TLS between members is not supported yet, so there is nothing to tune";
 const NO_HTTP: &str = "Mainstay serves no HTTP endpoints yet (only gRPC), so this has no effect";
 const V2: &str = "Mainstay serves only the v3 API";
 const V2_PROXY: &str = "only the v2 proxy (--proxy) uses it, and Mainstay does not run one";
@@ -401,19 +399,19 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("client-cert-allowed-hostname", Both, Text, refused(Inert::Empty, "restricting client certificates to a host name is not supported yet")),
     flag("trusted-ca-file", Both, Text, Implemented("PEM CA certificates that sign client certificates")),
     flag("auto-tls", Both, Bool, Implemented("without --cert-file, a self-signed certificate kept in <data-dir>/fixtures/client")),
-    flag("peer-cert-file", Both, Text, refused(Inert::Empty, TLS)),
-    flag("peer-key-file", Both, Text, refused(Inert::Empty, TLS)),
-    flag("peer-client-cert-file", Only35, Text, refused(Inert::Empty, TLS)),
-    flag("peer-client-key-file", Only35, Text, refused(Inert::Empty, TLS)),
-    flag("peer-client-cert-auth", Both, Bool, refused(Inert::False, TLS)),
-    flag("peer-trusted-ca-file", Both, Text, refused(Inert::Empty, TLS)),
-    flag("peer-auto-tls", Both, Bool, refused(Inert::False, TLS)),
+    flag("peer-cert-file", Both, Text, Implemented("PEM certificate chain served on https:// peer URLs and presented when dialing peers; re-read when the file changes")),
+    flag("peer-key-file", Both, Text, Implemented("PEM private key of --peer-cert-file")),
+    flag("peer-client-cert-file", Only35, Text, refused(Inert::Empty, "a separate certificate for dialing peers is not supported: --peer-cert-file serves both directions")),
+    flag("peer-client-key-file", Only35, Text, refused(Inert::Empty, "a separate certificate for dialing peers is not supported: --peer-cert-file serves both directions")),
+    flag("peer-client-cert-auth", Both, Bool, Implemented("peers must present a certificate signed by --peer-trusted-ca-file")),
+    flag("peer-trusted-ca-file", Both, Text, Implemented("PEM CA certificates that sign peer certificates; dialed peers are checked against it and their URL's host")),
+    flag("peer-auto-tls", Both, Bool, Implemented("without --peer-cert-file, a self-signed certificate kept in <data-dir>/fixtures/peer; peers' certificates are then not checked (as in etcd), with a warning")),
     flag("self-signed-cert-validity", Only35, Uint, Ignored("self-signed certificates (--auto-tls) are valid for one year")),
-    flag("peer-crl-file", Both, Text, refused(Inert::Empty, TLS)),
-    flag("peer-cert-allowed-cn", Both, Text, refused(Inert::Empty, TLS)),
-    flag("peer-cert-allowed-hostname", Both, Text, refused(Inert::Empty, TLS)),
+    flag("peer-crl-file", Both, Text, Implemented("PEM revocation lists; a revoked peer certificate is refused at the handshake")),
+    flag("peer-cert-allowed-cn", Both, Text, Implemented("the common name a peer's certificate must have (needs --peer-client-cert-auth)")),
+    flag("peer-cert-allowed-hostname", Both, Text, Implemented("a DNS name or IP address a peer's certificate must name (needs --peer-client-cert-auth)")),
     flag("cipher-suites", Both, Text, Implemented("TLS 1.2 suites by their Go names; ECDHE with AES-GCM or ChaCha20-Poly1305 only (others are refused)")),
-    flag("experimental-peer-skip-client-san-verification", Both, Bool, Ignored(TLS_TUNING)),
+    flag("experimental-peer-skip-client-san-verification", Both, Bool, Ignored("Mainstay does not match a peer's certificate against its address; restrict peers with --peer-cert-allowed-cn or --peer-cert-allowed-hostname")),
     flag("tls-min-version", Only35, Choice(&["TLS1.2", "TLS1.3"]), Implemented("TLS1.2 (default) or TLS1.3")),
     flag("tls-max-version", Only35, Choice(&["", "TLS1.2", "TLS1.3"]), Implemented("TLS1.2 or TLS1.3 (default: the newest)")),
     flag("cors", Both, Text, Ignored(NO_HTTP)),

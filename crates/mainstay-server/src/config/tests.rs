@@ -225,11 +225,14 @@ fn judging_flags_mainstay_does_not_act_on() {
         ("proxy", "readonly", "refuse"),
         ("cert-file", "/etc/etcd/server.crt", "implemented"),
         ("client-cert-auth", "true", "implemented"),
-        ("peer-cert-file", "", "ignore"),
-        ("peer-cert-file", "/etc/etcd/peer.crt", "refuse"),
-        ("peer-client-cert-auth", "false", "ignore"),
-        ("peer-client-cert-auth", "true", "refuse"),
-        ("peer-auto-tls", "1", "refuse"),
+        ("peer-cert-file", "/etc/etcd/peer.crt", "implemented"),
+        ("peer-client-cert-auth", "true", "implemented"),
+        ("peer-client-cert-file", "", "ignore"),
+        (
+            "peer-client-cert-file",
+            "/etc/etcd/peer-client.crt",
+            "refuse",
+        ),
         ("client-transport-security.allowed-cn", "etcd", "refuse"),
         ("client-cert-allowed-hostname", "example.com", "refuse"),
         ("client-cert-file", "/etc/etcd/client.crt", "ignore"),
@@ -383,12 +386,9 @@ fn listen_and_advertised_urls() {
     }
     let message = format!(
         "{:#}",
-        plain_peer_url("https://127.0.0.1:1", "listen-peer-urls").unwrap_err()
+        tls_peer_dial_url("unixs:///run/peer.sock", "initial-cluster").unwrap_err()
     );
-    assert!(
-        message.contains("TLS between members is not supported yet"),
-        "{message}"
-    );
+    assert!(message.contains("not unixs://"), "{message}");
 }
 
 #[test]
@@ -435,10 +435,10 @@ fn log_levels_outputs_and_filters() {
 fn a_refused_flag_stops_resolution_naming_it() {
     // Method: refused values from the command line, the environment and a YAML
     // file; each error names the flag (and where the value came from).
-    let message = error(&["--peer-cert-file", "/etc/etcd/peer.crt"], &[]);
+    let message = error(&["--peer-client-cert-file", "/etc/etcd/pc.crt"], &[]);
     assert_eq!(
         message,
-        "--peer-cert-file=\"/etc/etcd/peer.crt\": TLS between members is not supported yet"
+        "--peer-client-cert-file=\"/etc/etcd/pc.crt\": a separate certificate for dialing peers is not supported: --peer-cert-file serves both directions"
     );
     let message = error(&["--enable-v2"], &[]);
     assert_eq!(message, "--enable-v2=true: Mainstay serves only the v3 API");
@@ -452,12 +452,12 @@ fn a_refused_flag_stops_resolution_naming_it() {
     assert!(message.starts_with("--force-new-cluster=true"), "{message}");
     let (_dir, path) = file(
         "etcd.conf.yml",
-        "name: infra1\npeer-transport-security:\n  cert-file: /etc/etcd/peer.crt\n",
+        "name: infra1\npeer-transport-security:\n  client-cert-file: /etc/etcd/pc.crt\n",
     );
     let message = error(&["--config-file", &path], &[]);
     assert!(
         message.starts_with(
-            "--peer-cert-file=\"/etc/etcd/peer.crt\" (from peer-transport-security.cert-file in the config file)"
+            "--peer-client-cert-file=\"/etc/etcd/pc.crt\" (from peer-transport-security.client-cert-file in the config file)"
         ),
         "{message}"
     );
@@ -932,6 +932,84 @@ fn client_tls_settings_as_etcd_takes_them() {
     }
     // Certificates without any TLS listener: started, with a warning.
     let warned = warnings_of(&["--cert-file", "/etc/m/c.pem", "--key-file", "/etc/m/k.pem"]);
+    assert!(
+        warned.iter().any(|w| w.contains("they are not used")),
+        "{warned:?}"
+    );
+}
+
+#[test]
+fn peer_tls_settings_as_etcd_takes_them() {
+    // Goal: https:// peer URLs need certificates and a CA to check peers by;
+    // name rules need client certificates; unused settings are warned about.
+    let peer = [
+        "--listen-peer-urls",
+        "https://127.0.0.1:2380",
+        "--initial-cluster",
+        "default=https://127.0.0.1:2380",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        peer.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    let files = [
+        "--peer-cert-file",
+        "/etc/m/p.pem",
+        "--peer-key-file",
+        "/etc/m/pk.pem",
+        "--peer-trusted-ca-file",
+        "/etc/m/ca.pem",
+    ];
+    let config = resolve(
+        &with(&[
+            files[0],
+            files[1],
+            files[2],
+            files[3],
+            files[4],
+            files[5],
+            "--peer-client-cert-auth",
+            "--peer-cert-allowed-cn",
+            "peer",
+        ]),
+        &[],
+    )
+    .expect("resolves");
+    assert!(config.listen_peer[0].tls);
+    assert!(config.peer_tls.client_cert_auth);
+    assert_eq!(config.peer_allowed.cn.as_deref(), Some("peer"));
+    for (argv, expected) in [
+        (with(&[]), "give --peer-cert-file and --peer-key-file"),
+        (
+            with(&[files[0], files[1], files[2], files[3]]),
+            "give --peer-trusted-ca-file",
+        ),
+        (
+            with(&[
+                files[0],
+                files[1],
+                files[2],
+                files[3],
+                files[4],
+                files[5],
+                "--peer-cert-allowed-hostname",
+                "n1.example.com",
+            ]),
+            "need --peer-client-cert-auth",
+        ),
+        (
+            with(&["--peer-auto-tls", "--peer-client-cert-auth"]),
+            "--peer-client-cert-auth needs --peer-trusted-ca-file",
+        ),
+    ] {
+        let message = error(&argv, &[]);
+        assert!(message.contains(expected), "{argv:?}: {message}");
+    }
+    let warned = warnings_of(&with(&["--peer-auto-tls"]));
+    assert!(
+        warned.iter().any(|w| w.contains("not checked")),
+        "{warned:?}"
+    );
+    let warned = warnings_of(&files[..4]);
     assert!(
         warned.iter().any(|w| w.contains("they are not used")),
         "{warned:?}"

@@ -1,6 +1,6 @@
 //! In-process clusters over real gRPC on loopback: replication, forwarding,
 //! linearizable reads, leader loss, restarts, snapshot catch-up, damaged logs,
-//! etcd's error contract, the Lock and Election services, and client TLS.
+//! etcd's error contract, the Lock and Election services, and TLS for clients and peers.
 
 mod authority;
 mod cluster;
@@ -9,6 +9,7 @@ mod errors;
 mod harness;
 mod lease;
 mod lock;
+mod peer_tls;
 mod storage;
 mod tls;
 mod watch;

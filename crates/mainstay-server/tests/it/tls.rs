@@ -23,12 +23,12 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use crate::harness::{Options, TestCluster};
 
 /// A certificate authority for the test.
-struct Ca {
+pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub pem: String,
 }
 
-fn ca(name: &str) -> Ca {
+pub fn ca(name: &str) -> Ca {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, name);
@@ -46,29 +46,35 @@ fn ca(name: &str) -> Ca {
 }
 
 /// A certificate and key (PEM) signed by `ca`.
-struct Leaf {
-    cert: String,
-    key: String,
+pub struct Leaf {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Clone, Copy)]
-enum Usage {
+pub enum Usage {
     Server,
     Client,
+    /// Both: a member serves and dials its peers with one certificate.
+    Peer,
 }
 
-fn leaf(ca: &Ca, cn: &str, serial: u64, usage: Usage, expired: bool) -> Leaf {
+pub fn leaf(ca: &Ca, cn: &str, serial: u64, usage: Usage, expired: bool) -> Leaf {
     let names = match usage {
-        Usage::Server => vec!["localhost".to_string(), "127.0.0.1".to_string()],
+        Usage::Server | Usage::Peer => vec!["localhost".to_string(), "127.0.0.1".to_string()],
         Usage::Client => Vec::new(),
     };
     let mut params = CertificateParams::new(names).expect("params");
     params.distinguished_name.push(DnType::CommonName, cn);
     params.serial_number = Some(SerialNumber::from(serial));
-    params.extended_key_usages = vec![match usage {
-        Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
-        Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
-    }];
+    params.extended_key_usages = match usage {
+        Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Usage::Peer => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    };
     let now = OffsetDateTime::now_utc();
     if expired {
         params.not_before = now - time::Duration::days(30);
@@ -110,7 +116,7 @@ fn revocation_list(ca: &Ca, serials: &[u64]) -> String {
         .expect("crl pem")
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write");
     path
@@ -178,32 +184,66 @@ async fn wait_served(port: u16, client: &Client<'_>) {
 /// A raw TLS 1.2-only handshake with a valid client certificate: whether it
 /// completes.
 async fn tls12_handshake(port: u16, ca: &Ca, identity: &Leaf) -> Result<(), String> {
+    raw_handshake(port, ca, Some(identity), &[&rustls::version::TLS12]).await
+}
+
+/// A raw TLS handshake to `port` (trusting `ca`, presenting `identity` if
+/// any) followed by one read: `Ok` only if the server kept the connection
+/// (a refused client certificate is answered with an alert after the
+/// handshake in TLS 1.3).
+pub async fn raw_handshake(
+    port: u16,
+    ca: &Ca,
+    identity: Option<&Leaf>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<(), String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).expect("ca"))
         .expect("root");
-    let chain = vec![CertificateDer::from_pem_slice(identity.cert.as_bytes()).expect("cert")];
-    let key = PrivateKeyDer::from_pem_slice(identity.key.as_bytes()).expect("key");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
+    .with_protocol_versions(versions)
     .expect("versions")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .expect("client auth");
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(identity) => {
+            let chain =
+                vec![CertificateDer::from_pem_slice(identity.cert.as_bytes()).expect("cert")];
+            let key = PrivateKeyDer::from_pem_slice(identity.key.as_bytes()).expect("key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = ServerName::try_from("localhost").expect("name");
-    tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
         .await
         .map_err(|_| "timed out".to_string())?
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    // An HTTP/2 preface and empty SETTINGS: an accepted client gets the
+    // server's SETTINGS back, a refused one an alert or a closed connection.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    stream.write_all(&hello).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(Ok(_)) => Err("closed".to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer".to_string()),
+    }
 }
 
 #[tokio::test]

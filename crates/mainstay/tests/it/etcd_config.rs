@@ -42,7 +42,7 @@ fn refused_flags_fail_fast_with_one_line_naming_them() {
     let yaml = write(
         &dir,
         "etcd.conf.yml",
-        "name: infra1\npeer-transport-security:\n  cert-file: /etc/etcd/peer.crt\n  key-file: /etc/etcd/peer.key\n",
+        "name: infra1\npeer-transport-security:\n  client-cert-file: /etc/etcd/pc.crt\n  client-key-file: /etc/etcd/pc.key\n",
     );
     // (args, environment, what the line must hold)
     let cases: [RefusalCase; 10] = [
@@ -66,7 +66,7 @@ fn refused_flags_fail_fast_with_one_line_naming_them() {
         (
             &["--peer-client-cert-auth"],
             &[],
-            "--peer-client-cert-auth=true: TLS",
+            "--peer-client-cert-auth needs --peer-trusted-ca-file",
         ),
         (&["--enable-v2=true"], &[], "--enable-v2=true: "),
         (&["--proxy", "on"], &[], "--proxy=on: "),
@@ -84,7 +84,7 @@ fn refused_flags_fail_fast_with_one_line_naming_them() {
         (
             &["--config-file", &yaml],
             &[],
-            "--peer-cert-file=\"/etc/etcd/peer.crt\" (from peer-transport-security.cert-file in the config file): TLS between members",
+            "--peer-client-cert-file=\"/etc/etcd/pc.crt\" (from peer-transport-security.client-cert-file in the config file): a separate certificate",
         ),
         (
             &["--listen-client-urls", "https://127.0.0.1:2379"],
@@ -109,7 +109,7 @@ fn warned_flags_start_and_the_warnings_name_them() {
         &dir,
         "etcd.conf.yml",
         &format!(
-            "name: solo\nlisten-client-urls: http://127.0.0.1:{client}\nlisten-peer-urls: http://127.0.0.1:{peer}\nmax-wals: 5\nenable-pprof: true\npeer-transport-security:\n  client-cert-auth: false\n"
+            "name: solo\nlisten-client-urls: http://127.0.0.1:{client}\nlisten-peer-urls: http://127.0.0.1:{peer}\nmax-wals: 5\nenable-pprof: true\npeer-transport-security:\n  client-cert-file: \"\"\n"
         ),
     );
     let data_dir = dir.path().join("data");
@@ -149,7 +149,7 @@ fn warned_flags_start_and_the_warnings_name_them() {
         "--auto-compaction-retention=\"1\" (from ETCD_AUTO_COMPACTION_RETENTION)",
         "--max-wals=5 (from max-wals in the config file)",
         "--enable-pprof=true (from enable-pprof in the config file)",
-        "--peer-client-cert-auth=false (from peer-transport-security.client-cert-auth in the config file)",
+        "--peer-client-cert-file (empty) (from peer-transport-security.client-cert-file in the config file)",
     ] {
         assert!(
             seen.iter()

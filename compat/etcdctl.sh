@@ -8,10 +8,12 @@
 set -euo pipefail
 
 BIN=${1:-target/release/mainstay}
-if ! command -v etcdctl >/dev/null 2>&1; then
-  echo "etcdctl not found: install the Debian package etcd-client" >&2
-  exit 1
-fi
+for tool in etcdctl openssl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "$tool not found: install the Debian packages etcd-client and openssl" >&2
+    exit 1
+  fi
+done
 if [ ! -x "$BIN" ]; then
   echo "mainstay binary not found at $BIN" >&2
   exit 1
@@ -425,6 +427,17 @@ check "no client certificate is refused" "refused" \
 check "plain text to the TLS port is refused" "refused" \
   "$(ctl --endpoints="http://127.0.0.1:${CLIENT[4]}" get tls >/dev/null && echo served || echo refused)"
 check_contains "the refusal is logged with the reason" "TLS handshake failed" "$(cat "$WORK/t1.log")"
+# openssl as a client that offers one old or current protocol version
+# (SECLEVEL=0 lets it offer TLS 1.1 at all): the member ends a TLS 1.1
+# handshake with an alert (no cipher agreed) and completes TLS 1.2 and 1.3.
+ossl() {
+  openssl s_client -connect "127.0.0.1:${CLIENT[4]}" -CAfile "$CERTS/ca.pem" \
+    -cert "$CERTS/client-root.pem" -key "$CERTS/client-root-key.pem" "$@" </dev/null 2>&1 || true
+}
+check_contains "TLS 1.1 is refused" "Cipher is (NONE)" \
+  "$(ossl -tls1_1 -cipher 'DEFAULT:@SECLEVEL=0')"
+check_contains "TLS 1.2 is served" "New, TLSv1.2, Cipher is ECDHE" "$(ossl -tls1_2)"
+check_contains "TLS 1.3 is served" "New, TLSv1.3, Cipher is TLS_" "$(ossl -tls1_3)"
 
 echo
 echo "etcdctl: $PASSED passed, $FAILED failed"

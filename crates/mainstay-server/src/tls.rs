@@ -387,6 +387,26 @@ pub(crate) fn versions(options: &TlsOptions) -> Vec<&'static rustls::SupportedPr
     .collect()
 }
 
+/// The revocation lists in `path`: PEM (any number) or one DER list, as Go
+/// reads them (etcd's own test fixtures are DER). A file with none is refused:
+/// an empty list would revoke nothing without a word.
+pub(crate) fn read_crls(path: &Path) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("read the revocation list {}", path.display()))?;
+    let crls = if bytes.windows(11).any(|window| window == b"-----BEGIN ") {
+        CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))
+            .context("read the revocation list")?
+    } else {
+        vec![CertificateRevocationListDer::from(bytes)]
+    };
+    if crls.is_empty() {
+        bail!("{} holds no revocation list", path.display());
+    }
+    Ok(crls)
+}
+
 /// A rustls server configuration from the files and options.
 fn build(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<ServerConfig> {
     let (Some(cert_file), Some(key_file)) = (&files.cert_file, &files.key_file) else {
@@ -412,11 +432,7 @@ fn build(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<ServerConfig>
         }
         let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
         if let Some(crl_file) = &files.crl_file {
-            let crls = CertificateRevocationListDer::pem_file_iter(crl_file)
-                .and_then(|crls| crls.collect::<Result<Vec<_>, _>>())
-                .map_err(|error| anyhow::anyhow!("{}: {error}", crl_file.display()))
-                .context("read the revocation list (--client-crl-file)")?;
-            verifier = verifier.with_crls(crls);
+            verifier = verifier.with_crls(read_crls(crl_file)?);
         }
         builder.with_client_cert_verifier(verifier.build().context("client certificate checks")?)
     } else {
@@ -635,6 +651,56 @@ mod tests {
                 ok,
                 "{text}"
             );
+        }
+    }
+
+    #[test]
+    fn revocation_lists_in_pem_or_der() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let issuer = rcgen::Issuer::new(params, key);
+        let now = time::OffsetDateTime::now_utc();
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .expect("crl");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pem = crl.pem().expect("pem");
+        let der = crl.der().to_vec();
+        let cases: [(&str, Vec<u8>, Result<usize, &str>); 4] = [
+            ("two.pem", format!("{pem}{pem}").into_bytes(), Ok(2)),
+            ("one.der", der.clone(), Ok(1)),
+            (
+                "bad.pem",
+                b"-----BEGIN X509 CRL-----\nnot base64!\n-----END X509 CRL-----\n".to_vec(),
+                Err("read the revocation list"),
+            ),
+            (
+                "cert.pem",
+                b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec(),
+                Err("holds no revocation list"),
+            ),
+        ];
+        for (name, bytes, expected) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).expect("write");
+            match (read_crls(&path), expected) {
+                (Ok(crls), Ok(count)) => {
+                    assert_eq!(crls.len(), count, "{name}");
+                    assert_eq!(crls[0].as_ref(), der.as_slice(), "{name}");
+                }
+                (Err(got), Err(want)) => {
+                    assert!(format!("{got:#}").contains(want), "{name}: {got:#}")
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
         }
     }
 

@@ -223,9 +223,12 @@ fn leaf(
 mod tests {
     use super::*;
 
+    /// A member's text and its name and hosts, or what the error says.
+    type MemberCase<'a> = (&'a str, Result<(&'a str, &'a [&'a str]), &'a str>);
+
     #[test]
     fn member_and_name_forms() {
-        let table: &[(&str, Result<(&str, &[&str]), &str>)] = &[
+        let table: &[MemberCase] = &[
             ("n1=10.0.0.1", Ok(("n1", &["10.0.0.1"]))),
             (
                 "n2=10.0.0.2, n2.example.com",

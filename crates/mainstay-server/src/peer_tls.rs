@@ -1,6 +1,7 @@
 //! TLS between members (etcd's `--peer-*` flags): the dialing side, and the
-//! name rules a serving member applies to the certificate a peer presents
-//! (`--peer-cert-allowed-cn`, `--peer-cert-allowed-hostname`).
+//! name rules a serving member applies, inside the handshake, to the
+//! certificate a peer presents (`--peer-cert-allowed-cn`,
+//! `--peer-cert-allowed-hostname`).
 //!
 //! A member dials `https://` peer URLs over TLS, presenting its own peer
 //! certificate (as etcd does: one certificate for both directions) and
@@ -18,7 +19,11 @@ use mainstay_raft::{Dial, peer_endpoint, tcp_dial};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, SignatureScheme,
+};
 
 use crate::tls::{Stamp, TlsFiles, TlsOptions, read_certs, stamp, versions};
 
@@ -85,6 +90,81 @@ impl AllowedPeer {
             }
         }
         Ok(())
+    }
+}
+
+/// A client-certificate verifier that also applies `AllowedPeer`: a peer
+/// whose certificate is good but misnamed is refused inside the handshake,
+/// with a `bad_certificate` alert (as etcd), and the reason reaches the log
+/// line of the refusing side.
+#[derive(Debug)]
+pub(crate) struct NamedPeers {
+    pub(crate) inner: Arc<dyn ClientCertVerifier>,
+    pub(crate) allowed: AllowedPeer,
+}
+
+/// The reason a peer's certificate names were refused.
+#[derive(Debug)]
+struct NotAllowed(String);
+
+impl std::fmt::Display for NotAllowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotAllowed {}
+
+impl ClientCertVerifier for NamedPeers {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.allowed.check(end_entity).map_err(|reason| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                NotAllowed(reason),
+            ))))
+        })?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

@@ -24,7 +24,7 @@ use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::io::{Conn, Incoming};
-use crate::peer_tls::AllowedPeer;
+use crate::peer_tls::{AllowedPeer, NamedPeers};
 
 /// A TLS protocol version etcd's `--tls-min-version`/`--tls-max-version` name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -271,7 +271,7 @@ impl ServerTls {
         allowed: AllowedPeer,
     ) -> anyhow::Result<Arc<ServerTls>> {
         let stamp = stamp(files);
-        let config = build(files, options).with_context(|| format!("{label} TLS"))?;
+        let config = build(files, options, &allowed).with_context(|| format!("{label} TLS"))?;
         Ok(Arc::new(ServerTls {
             files: files.clone(),
             options: options.clone(),
@@ -290,7 +290,7 @@ impl ServerTls {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if current.0 != now {
-            match build(&self.files, &self.options) {
+            match build(&self.files, &self.options, &self.allowed) {
                 Ok(config) => {
                     tracing::info!(
                         listener = self.label,
@@ -408,7 +408,11 @@ pub(crate) fn read_crls(path: &Path) -> anyhow::Result<Vec<CertificateRevocation
 }
 
 /// A rustls server configuration from the files and options.
-fn build(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<ServerConfig> {
+fn build(
+    files: &TlsFiles,
+    options: &TlsOptions,
+    allowed: &AllowedPeer,
+) -> anyhow::Result<ServerConfig> {
     let (Some(cert_file), Some(key_file)) = (&files.cert_file, &files.key_file) else {
         bail!("no certificate and key");
     };
@@ -434,7 +438,16 @@ fn build(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<ServerConfig>
         if let Some(crl_file) = &files.crl_file {
             verifier = verifier.with_crls(read_crls(crl_file)?);
         }
-        builder.with_client_cert_verifier(verifier.build().context("client certificate checks")?)
+        let verifier = verifier.build().context("client certificate checks")?;
+        let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = if allowed.any() {
+            Arc::new(NamedPeers {
+                inner: verifier,
+                allowed: allowed.clone(),
+            })
+        } else {
+            verifier
+        };
+        builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()
     };
@@ -520,7 +533,6 @@ pub fn tls_incoming(mut incoming: Incoming, tls: Arc<ServerTls>) -> Incoming {
             };
             let config = tls.config();
             let label = tls.label;
-            let allowed = tls.allowed.clone();
             let ready = ready.clone();
             tokio::spawn(async move {
                 let remote = conn.remote.clone();
@@ -529,21 +541,6 @@ pub fn tls_incoming(mut incoming: Incoming, tls: Arc<ServerTls>) -> Incoming {
                 drop(permit);
                 match outcome {
                     Ok(Ok(stream)) => {
-                        if allowed.any() {
-                            let leaf = stream
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|chain| chain.first());
-                            let verdict = match leaf {
-                                Some(leaf) => allowed.check(leaf),
-                                None => Err("no certificate presented".to_string()),
-                            };
-                            if let Err(reason) = verdict {
-                                tracing::warn!(listener = label, %remote, %reason, "refused a connection: certificate names not allowed");
-                                return;
-                            }
-                        }
                         // The server may be gone meanwhile: nothing to hand over.
                         let _ = ready.send(Ok(Conn::new(stream, remote))).await;
                     }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
-use crate::peer_tls::AllowedPeer;
+use crate::peer_names::AllowedPeer;
 use crate::tls::{TlsFiles, TlsOptions, TlsVersion};
 
 pub use etcd_flags::EtcdFlags;

@@ -7,6 +7,7 @@ mod config;
 mod dev;
 mod io;
 mod listen;
+mod peer_names;
 mod peer_tls;
 mod run;
 mod tls;

@@ -1,7 +1,5 @@
-//! TLS between members (etcd's `--peer-*` flags): the dialing side, and the
-//! name rules a serving member applies, inside the handshake, to the
-//! certificate a peer presents (`--peer-cert-allowed-cn`,
-//! `--peer-cert-allowed-hostname`).
+//! TLS between members (etcd's `--peer-*` flags): the dialing side (the
+//! serving side is `tls`, with the name rules of `peer_names`).
 //!
 //! A member dials `https://` peer URLs over TLS, presenting its own peer
 //! certificate (as etcd does: one certificate for both directions) and
@@ -10,7 +8,6 @@
 //! checked, as in etcd; the member warns at start. The files are looked at on
 //! every new connection, as on the serving side.
 
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,169 +16,12 @@ use mainstay_raft::{Dial, peer_endpoint, tcp_dial};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    RootCertStore, SignatureScheme,
-};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::tls::{Stamp, TlsFiles, TlsOptions, read_certs, stamp, versions};
 
 /// How long a peer connection may take to connect and finish its handshake.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Names a peer's certificate must carry (either rule, when given).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AllowedPeer {
-    /// `--peer-cert-allowed-cn`: the subject's common name.
-    pub cn: Option<String>,
-    /// `--peer-cert-allowed-hostname`: a DNS name or IP address among the
-    /// certificate's subject alternative names.
-    pub hostname: Option<String>,
-}
-
-impl AllowedPeer {
-    /// Whether any rule is set.
-    pub fn any(&self) -> bool {
-        self.cn.is_some() || self.hostname.is_some()
-    }
-
-    /// Checks a peer's leaf certificate (DER); the reason if refused.
-    pub fn check(&self, leaf: &[u8]) -> Result<(), String> {
-        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-        let (_, cert) = X509Certificate::from_der(leaf)
-            .map_err(|error| format!("unreadable peer certificate: {error}"))?;
-        if let Some(allowed) = &self.cn {
-            let names: Vec<&str> = cert
-                .subject()
-                .iter_common_name()
-                .filter_map(|cn| cn.as_str().ok())
-                .collect();
-            if !names.contains(&allowed.as_str()) {
-                return Err(format!(
-                    "peer certificate common name {names:?} is not the allowed {allowed:?} (--peer-cert-allowed-cn)"
-                ));
-            }
-        }
-        if let Some(allowed) = &self.hostname {
-            let mut names = Vec::new();
-            if let Ok(Some(san)) = cert.subject_alternative_name() {
-                for name in &san.value.general_names {
-                    match name {
-                        GeneralName::DNSName(dns) => names.push(dns.to_string()),
-                        GeneralName::IPAddress(bytes) => {
-                            let ip = match bytes.len() {
-                                4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
-                                16 => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
-                                _ => None,
-                            };
-                            if let Some(ip) = ip {
-                                names.push(ip.to_string());
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            if !names.iter().any(|name| host_matches(name, allowed)) {
-                return Err(format!(
-                    "peer certificate names {names:?} do not include the allowed {allowed:?} (--peer-cert-allowed-hostname)"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A client-certificate verifier that also applies `AllowedPeer`: a peer
-/// whose certificate is good but misnamed is refused inside the handshake,
-/// with a `bad_certificate` alert (as etcd), and the reason reaches the log
-/// line of the refusing side.
-#[derive(Debug)]
-pub(crate) struct NamedPeers {
-    pub(crate) inner: Arc<dyn ClientCertVerifier>,
-    pub(crate) allowed: AllowedPeer,
-}
-
-/// The reason a peer's certificate names were refused.
-#[derive(Debug)]
-struct NotAllowed(String);
-
-impl std::fmt::Display for NotAllowed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NotAllowed {}
-
-impl ClientCertVerifier for NamedPeers {
-    fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        self.allowed.check(end_entity).map_err(|reason| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
-                NotAllowed(reason),
-            ))))
-        })?;
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// Whether a certificate name (`*.example.com` allowed as the leftmost
-/// label) matches `host`, as TLS host name checks do.
-fn host_matches(name: &str, host: &str) -> bool {
-    let (name, host) = (name.to_ascii_lowercase(), host.to_ascii_lowercase());
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return name.parse::<IpAddr>().is_ok_and(|name| name == ip);
-    }
-    match name.strip_prefix("*.") {
-        Some(suffix) => host
-            .split_once('.')
-            .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
-        None => name == host,
-    }
-}
 
 /// The dialing side's TLS configuration, rebuilt when its files change.
 struct DialTls {
@@ -354,59 +194,4 @@ pub fn peer_dial(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<Dial>
             })),
         )
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_names_as_tls_matches_them() {
-        for (name, host, matches) in [
-            ("n1.example.com", "n1.example.com", true),
-            ("N1.Example.com", "n1.example.COM", true),
-            ("*.example.com", "n1.example.com", true),
-            ("*.example.com", "example.com", false),
-            ("*.example.com", "a.n1.example.com", false),
-            ("n1.example.com", "n2.example.com", false),
-            ("10.0.0.1", "10.0.0.1", true),
-            ("10.0.0.1", "10.0.0.2", false),
-            ("::1", "0:0:0:0:0:0:0:1", true),
-            ("*.example.com", "10.0.0.1", false),
-        ] {
-            assert_eq!(host_matches(name, host), matches, "{name} vs {host}");
-        }
-    }
-
-    #[test]
-    fn allowed_names_on_a_peer_certificate() {
-        let mut params = rcgen::CertificateParams::new(vec![
-            "n1.example.com".to_string(),
-            "10.0.0.1".to_string(),
-        ])
-        .expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "n1");
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.self_signed(&key).expect("cert");
-        let der = cert.der().to_vec();
-        let rule = |cn: Option<&str>, hostname: Option<&str>| AllowedPeer {
-            cn: cn.map(String::from),
-            hostname: hostname.map(String::from),
-        };
-        for (allowed, ok) in [
-            (rule(None, None), true),
-            (rule(Some("n1"), None), true),
-            (rule(Some("n2"), None), false),
-            (rule(None, Some("n1.example.com")), true),
-            (rule(None, Some("10.0.0.1")), true),
-            (rule(None, Some("n2.example.com")), false),
-            (rule(Some("n1"), Some("10.0.0.1")), true),
-            (rule(Some("n1"), Some("10.0.0.2")), false),
-        ] {
-            assert_eq!(allowed.check(&der).is_ok(), ok, "{allowed:?}");
-        }
-        assert!(rule(Some("n1"), None).check(b"garbage").is_err());
-    }
 }

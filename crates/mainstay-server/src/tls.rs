@@ -24,7 +24,7 @@ use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::io::{Conn, Incoming};
-use crate::peer_tls::{AllowedPeer, NamedPeers};
+use crate::peer_names::{AllowedPeer, NamedPeers};
 
 /// A TLS protocol version etcd's `--tls-min-version`/`--tls-max-version` name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -339,13 +339,8 @@ impl StateMachine {
     ) {
         let shared = self.shared.clone();
         let commit = move || {
-            match store.commit(&changes, &meta, true) {
-                Ok(()) => shared.evict(&changes),
-                Err(error) => {
-                    tracing::error!(%error, "state commit failed; stopping the member");
-                    shared.failure.send_replace(Some(error.to_string()));
-                }
-            }
+            // A failure is published in `failure`: the member stops.
+            let _ = shared.commit(&mut store, &changes, &meta);
             drop(store);
         };
         let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
@@ -365,17 +360,29 @@ impl StateMachine {
             return Err(io::Error::other(reason));
         }
         let (changes, meta) = self.durable().take();
-        if let Err(error) = store.commit(&changes, &meta, true) {
-            tracing::error!(%error, "state commit failed; stopping the member");
-            self.shared.failure.send_replace(Some(error.to_string()));
-            return Err(to_io(error));
-        }
-        self.shared.evict(&changes);
+        self.shared.commit(&mut store, &changes, &meta)?;
         Ok(meta)
     }
 }
 
 impl Shared {
+    /// Commits `changes` and `meta` durably, then drops their values from
+    /// memory; a failure is published in `failure` (the member stops).
+    fn commit(
+        &self,
+        store: &mut StateStore,
+        changes: &[mainstay_mvcc::Change],
+        meta: &StateMeta,
+    ) -> Result<(), io::Error> {
+        if let Err(error) = store.commit(changes, meta, true) {
+            tracing::error!(%error, "state commit failed; stopping the member");
+            self.failure.send_replace(Some(error.to_string()));
+            return Err(to_io(error));
+        }
+        self.evict(changes);
+        Ok(())
+    }
+
     /// Drops from memory the values the store now holds durably. Lock order:
     /// `durable`, then `key_space` (a caller may hold the first).
     fn evict(&self, committed: &[mainstay_mvcc::Change]) {

@@ -8,7 +8,7 @@
 //! checked, as in etcd; the member warns at start. The files are looked at on
 //! every new connection, as on the serving side.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -18,40 +18,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::tls::{Stamp, TlsFiles, TlsOptions, read_certs, stamp, versions};
+use crate::tls::{Reloading, TlsFiles, TlsOptions, read_certs, versions};
 
 /// How long a peer connection may take to connect and finish its handshake.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The dialing side's TLS configuration, rebuilt when its files change.
-struct DialTls {
-    files: TlsFiles,
-    options: TlsOptions,
-    current: Mutex<(Stamp, Arc<ClientConfig>)>,
-}
-
-impl DialTls {
-    fn config(&self) -> Arc<ClientConfig> {
-        let now = stamp(&self.files);
-        let mut current = self
-            .current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if current.0 != now {
-            match client_config(&self.files, &self.options) {
-                Ok(config) => *current = (now, Arc::new(config)),
-                Err(error) => {
-                    tracing::warn!(
-                        error = format!("{error:#}"),
-                        "peer TLS files changed but cannot be used; dialing with the previous ones"
-                    );
-                    current.0 = now;
-                }
-            }
-        }
-        current.1.clone()
-    }
-}
 
 /// A rustls client configuration for dialing peers.
 fn client_config(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<ClientConfig> {
@@ -143,12 +113,10 @@ impl ServerCertVerifier for AnyServer {
 /// Dials `https://` peer URLs over TLS and the rest as `tcp_dial` does.
 /// `files` has its certificate resolved (`--peer-auto-tls` made already).
 pub fn peer_dial(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<Dial> {
-    let config = client_config(files, options).context("peer TLS")?;
-    let tls = Arc::new(DialTls {
-        files: files.clone(),
-        options: options.clone(),
-        current: Mutex::new((stamp(files), Arc::new(config))),
-    });
+    let tls = Arc::new(Reloading::new(files, "peer dialing", |files| {
+        client_config(files, options)
+    })?);
+    let options = options.clone();
     let plain = tcp_dial();
     Ok(Arc::new(move |url: &str| {
         let Some(rest) = url.strip_prefix("https://") else {
@@ -168,10 +136,11 @@ pub fn peer_dial(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<Dial>
         // TLS is the connector's: tonic must see a plain URI (it refuses
         // https:// without its own TLS).
         let endpoint = peer_endpoint(url, format!("http://{authority}"))?;
-        let tls = tls.clone();
+        let (tls, options) = (tls.clone(), options.clone());
         Ok(
             endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
-                let (authority, name, config) = (authority.clone(), name.clone(), tls.config());
+                let config = tls.get(|files| client_config(files, &options));
+                let (authority, name) = (authority.clone(), name.clone());
                 async move {
                     let connect = async {
                         let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;

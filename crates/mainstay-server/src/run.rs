@@ -73,6 +73,24 @@ fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_string())
 }
 
+/// What the servers take from listeners, in `listen`'s order: a TLS listener's
+/// connections after their handshake, then every one through `AuthorityFix`.
+fn accepted(
+    incomings: Vec<Incoming>,
+    listen: &[crate::config::Listen],
+    tls: Option<&Arc<ServerTls>>,
+) -> Vec<Incoming> {
+    let flags = listen.iter().map(|listen| listen.tls);
+    incomings
+        .into_iter()
+        .zip(flags.chain(std::iter::repeat(false)))
+        .map(|(incoming, with_tls)| match (tls, with_tls) {
+            (Some(tls), true) => fix_authority(tls_incoming(incoming, tls.clone())),
+            _ => fix_authority(incoming),
+        })
+        .collect()
+}
+
 /// gRPC accepts this much more than `--max-request-bytes` so the API can answer
 /// "request is too large" itself (etcd does the same).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -373,17 +391,7 @@ async fn serve_member(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let mut servers = tokio::task::JoinSet::new();
-    let peer_tls_flags = config.listen_peer.iter().map(|listen| listen.tls);
-    for (incoming, tls) in listeners
-        .peer
-        .into_iter()
-        .zip(peer_tls_flags.chain(std::iter::repeat(false)))
-    {
-        let incoming = match (&peer_tls, tls) {
-            (Some(peer_tls), true) => tls_incoming(incoming, peer_tls.clone()),
-            _ => incoming,
-        };
-        let incoming = fix_authority(incoming);
+    for incoming in accepted(listeners.peer, &config.listen_peer, peer_tls.as_ref()) {
         let service = replica.peer_service();
         let signal = stopped(stop_rx.clone());
         servers.spawn(async move {
@@ -477,17 +485,7 @@ async fn serve_member(
         limit: grpc_bytes_max as u64,
     };
     let mut client_servers = Vec::new();
-    let tls_flags = config.listen_client.iter().map(|listen| listen.tls);
-    for (incoming, tls) in listeners
-        .client
-        .into_iter()
-        .zip(tls_flags.chain(std::iter::repeat(false)))
-    {
-        let incoming = match (&client_tls, tls) {
-            (Some(client_tls), true) => tls_incoming(incoming, client_tls.clone()),
-            _ => incoming,
-        };
-        let incoming = fix_authority(incoming);
+    for incoming in accepted(listeners.client, &config.listen_client, client_tls.as_ref()) {
         let kv = KvServer::new(KvService::new(api.clone()))
             .max_decoding_message_size(grpc_bytes_max)
             .max_encoding_message_size(usize::MAX);

@@ -239,24 +239,76 @@ const READY_MAX: usize = 64;
 const SELF_SIGNED_DAYS: i64 = 365;
 
 /// The files a configuration was built from, as last seen.
-pub(crate) type Stamp = Vec<Option<(SystemTime, u64)>>;
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
+/// A TLS configuration built from files, rebuilt when one of them changed
+/// (looked at on every call); when the rebuild fails, the last good one is
+/// kept, with a warning, and not retried until the files change again.
+pub(crate) struct Reloading<T> {
+    files: TlsFiles,
+    /// Whose files, for log lines ("client", "peer", "peer dialing").
+    label: &'static str,
+    current: Mutex<(Stamp, Arc<T>)>,
+}
+
+impl<T> Reloading<T> {
+    /// Builds the first configuration (an error here is the caller's to report).
+    pub(crate) fn new(
+        files: &TlsFiles,
+        label: &'static str,
+        build: impl FnOnce(&TlsFiles) -> anyhow::Result<T>,
+    ) -> anyhow::Result<Reloading<T>> {
+        let seen = stamp(files);
+        let first = build(files).with_context(|| format!("{label} TLS"))?;
+        Ok(Reloading {
+            files: files.clone(),
+            label,
+            current: Mutex::new((seen, Arc::new(first))),
+        })
+    }
+
+    /// The current configuration, rebuilt with `build` first if a file changed.
+    pub(crate) fn get(&self, build: impl FnOnce(&TlsFiles) -> anyhow::Result<T>) -> Arc<T> {
+        let now = stamp(&self.files);
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.0 != now {
+            match build(&self.files) {
+                Ok(config) => {
+                    tracing::info!(files = self.label, "TLS files changed; using the new ones");
+                    *current = (now, Arc::new(config));
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        files = self.label,
+                        error = format!("{error:#}"),
+                        "TLS files changed but cannot be used; keeping the previous ones"
+                    );
+                    current.0 = now;
+                }
+            }
+        }
+        current.1.clone()
+    }
+}
 
 /// A listener's TLS server configuration, rebuilt when its files change.
 pub struct ServerTls {
-    files: TlsFiles,
     options: TlsOptions,
     /// What the listener is, for log lines ("client", "peer").
     label: &'static str,
     /// Names a connecting peer's certificate must carry (peer listeners).
     allowed: AllowedPeer,
-    current: Mutex<(Stamp, Arc<ServerConfig>)>,
+    config: Reloading<ServerConfig>,
 }
 
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerTls")
             .field("label", &self.label)
-            .field("files", &self.files)
+            .field("files", &self.config.files)
             .finish()
     }
 }
@@ -270,46 +322,20 @@ impl ServerTls {
         label: &'static str,
         allowed: AllowedPeer,
     ) -> anyhow::Result<Arc<ServerTls>> {
-        let stamp = stamp(files);
-        let config = build(files, options, &allowed).with_context(|| format!("{label} TLS"))?;
+        let config = Reloading::new(files, label, |files| build(files, options, &allowed))?;
         Ok(Arc::new(ServerTls {
-            files: files.clone(),
             options: options.clone(),
             label,
             allowed,
-            current: Mutex::new((stamp, Arc::new(config))),
+            config,
         }))
     }
 
     /// The configuration for a new connection: rebuilt first if a file
     /// changed since the last build; the last good one if the rebuild fails.
     pub fn config(&self) -> Arc<ServerConfig> {
-        let now = stamp(&self.files);
-        let mut current = self
-            .current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if current.0 != now {
-            match build(&self.files, &self.options, &self.allowed) {
-                Ok(config) => {
-                    tracing::info!(
-                        listener = self.label,
-                        "TLS files changed; serving the new ones"
-                    );
-                    *current = (now, Arc::new(config));
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        listener = self.label,
-                        error = format!("{error:#}"),
-                        "TLS files changed but cannot be used; serving the previous ones"
-                    );
-                    // Not retried on every connection until the files change again.
-                    current.0 = now;
-                }
-            }
-        }
-        current.1.clone()
+        self.config
+            .get(|files| build(files, &self.options, &self.allowed))
     }
 }
 
@@ -335,7 +361,7 @@ pub fn resolve_auto(
     Ok(files)
 }
 
-pub(crate) fn stamp(files: &TlsFiles) -> Stamp {
+fn stamp(files: &TlsFiles) -> Stamp {
     [
         &files.cert_file,
         &files.key_file,

@@ -71,6 +71,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
+        self.api.permit_admin(&caller)?;
         let request = request.into_inner();
         if !valid_peer_urls(&request.peer_ur_ls) {
             return Err(api_status(ApiError::InvalidMemberUrls));
@@ -99,6 +101,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
+        self.api.permit_admin(&caller)?;
         let id = request.into_inner().id;
         let members = self.change(MemberChange::Remove(id)).await?;
         Ok(Response::new(pb::MemberRemoveResponse {
@@ -111,6 +115,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
+        self.api.permit_admin(&caller)?;
         let request = request.into_inner();
         if !valid_peer_urls(&request.peer_ur_ls) {
             return Err(api_status(ApiError::InvalidMemberUrls));
@@ -128,6 +134,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
+        self.api.permit_user(&caller)?;
         if request.into_inner().linearizable {
             self.api
                 .replica
@@ -145,6 +153,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
+        self.api.permit_admin(&caller)?;
         let id = request.into_inner().id;
         let members = self.change(MemberChange::Promote(id)).await?;
         Ok(Response::new(pb::MemberPromoteResponse {

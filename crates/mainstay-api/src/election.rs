@@ -10,6 +10,7 @@
 //! `Observer` (plain decisions over the keyspace's history) pulled by the
 //! response stream itself, so it ends when the client goes away.
 
+use mainstay_auth::Caller;
 use std::collections::VecDeque;
 use std::pin::Pin;
 
@@ -45,17 +46,19 @@ impl ElectionService {
 
     async fn campaign_for(
         &self,
+        caller: &Caller,
         request: pb::CampaignRequest,
     ) -> Result<pb::CampaignResponse, Status> {
         self.api.check_size(&request)?;
-        let lease = recipe::session_lease(&self.api, request.lease).await?;
         let prefix = recipe::queue_prefix(&request.name);
+        recipe::permit_queue(&self.api, caller, &prefix, true)?;
+        let lease = recipe::session_lease(&self.api, caller, request.lease).await?;
         let key = recipe::queue_key(&prefix, lease);
         let txn = recipe::campaign_txn(&key, &request.value, lease);
-        let (response, term) = recipe::propose_txn(&self.api, txn).await?;
+        let (response, term) = recipe::propose_txn(&self.api, caller, txn).await?;
         let placed = recipe::placed(&response)
             .ok_or_else(|| unexpected(&CommandResponse::Txn(response.clone())))?;
-        let withdrawal = Withdrawal::new(&self.api, &key, placed.create_revision);
+        let withdrawal = Withdrawal::new(&self.api, caller, &key, placed.create_revision);
         // The lease already campaigns here: a new value is proclaimed (etcd).
         if placed
             .existing
@@ -63,7 +66,7 @@ impl ElectionService {
             .is_some_and(|existing| existing.value != request.value)
         {
             let txn = recipe::proclaim_txn(&key, placed.create_revision, &request.value, lease);
-            let (proclaimed, _) = recipe::propose_txn(&self.api, txn).await?;
+            let (proclaimed, _) = recipe::propose_txn(&self.api, caller, txn).await?;
             if !proclaimed.succeeded {
                 withdrawal.disarm();
                 return Err(recipe_status(RecipeError::ElectionNotLeader));
@@ -102,6 +105,7 @@ impl ElectionService {
 
     async fn proclaim_as(
         &self,
+        caller: &Caller,
         request: pb::ProclaimRequest,
     ) -> Result<pb::ProclaimResponse, Status> {
         self.api.check_size(&request)?;
@@ -109,9 +113,10 @@ impl ElectionService {
             .leader
             .ok_or_else(|| recipe_status(RecipeError::MissingLeaderKey))?;
         // etcd's server opens a session with the given lease: 0 grants one.
-        let lease = recipe::session_lease(&self.api, leader.lease).await?;
+        recipe::permit_queue(&self.api, caller, &recipe::queue_prefix(&leader.name), true)?;
+        let lease = recipe::session_lease(&self.api, caller, leader.lease).await?;
         let txn = recipe::proclaim_txn(&leader.key, leader.rev, &request.value, lease);
-        let (response, term) = recipe::propose_txn(&self.api, txn).await?;
+        let (response, term) = recipe::propose_txn(&self.api, caller, txn).await?;
         if !response.succeeded {
             return Err(recipe_status(RecipeError::ElectionNotLeader));
         }
@@ -120,9 +125,14 @@ impl ElectionService {
         })
     }
 
-    async fn leader_of(&self, request: pb::LeaderRequest) -> Result<pb::LeaderResponse, Status> {
+    async fn leader_of(
+        &self,
+        caller: &Caller,
+        request: pb::LeaderRequest,
+    ) -> Result<pb::LeaderResponse, Status> {
         self.api.barrier(false).await?;
         let prefix = recipe::queue_prefix(&request.name);
+        recipe::permit_queue(&self.api, caller, &prefix, false)?;
         let (keys, revision) = recipe::read_queue(&self.api, &prefix)?;
         let leader = recipe::first_created(&keys)
             .cloned()
@@ -133,22 +143,31 @@ impl ElectionService {
         })
     }
 
-    async fn resign_as(&self, request: pb::ResignRequest) -> Result<pb::ResignResponse, Status> {
+    async fn resign_as(
+        &self,
+        caller: &Caller,
+        request: pb::ResignRequest,
+    ) -> Result<pb::ResignResponse, Status> {
         self.api.check_size(&request)?;
         let leader = request
             .leader
             .ok_or_else(|| recipe_status(RecipeError::MissingLeaderKey))?;
         // Not leading (any more) is no error: the txn then changes nothing.
         let txn = recipe::withdraw_txn(&leader.key, leader.rev);
-        let (response, term) = recipe::propose_txn(&self.api, txn).await?;
+        let (response, term) = recipe::propose_txn(&self.api, caller, txn).await?;
         Ok(pb::ResignResponse {
             header: self.api.headers().header(response.revision, term),
         })
     }
 
-    async fn observation(&self, request: pb::LeaderRequest) -> Result<Observation, Status> {
+    async fn observation(
+        &self,
+        caller: &Caller,
+        request: pb::LeaderRequest,
+    ) -> Result<Observation, Status> {
         self.api.barrier(false).await?;
         let prefix = recipe::queue_prefix(&request.name);
+        recipe::permit_queue(&self.api, caller, &prefix, false)?;
         // Subscribe before reading: nothing applied in between is missed.
         let applied = self.api.replica.subscribe();
         let (keys, revision) = recipe::read_queue(&self.api, &prefix)?;
@@ -346,30 +365,39 @@ impl Election for ElectionService {
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
-        self.campaign_for(request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(as_recipe_status)
+        self.campaign_for(
+            &self.api.caller(&request).await.map_err(as_recipe_status)?,
+            request.into_inner(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(as_recipe_status)
     }
 
     async fn proclaim(
         &self,
         request: Request<pb::ProclaimRequest>,
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
-        self.proclaim_as(request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(as_recipe_status)
+        self.proclaim_as(
+            &self.api.caller(&request).await.map_err(as_recipe_status)?,
+            request.into_inner(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(as_recipe_status)
     }
 
     async fn leader(
         &self,
         request: Request<pb::LeaderRequest>,
     ) -> Result<Response<pb::LeaderResponse>, Status> {
-        self.leader_of(request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(as_recipe_status)
+        self.leader_of(
+            &self.api.caller(&request).await.map_err(as_recipe_status)?,
+            request.into_inner(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(as_recipe_status)
     }
 
     type ObserveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaderResponse, Status>> + Send>>;
@@ -378,8 +406,9 @@ impl Election for ElectionService {
         &self,
         request: Request<pb::LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        let caller = self.api.caller(&request).await.map_err(as_recipe_status)?;
         let observation = self
-            .observation(request.into_inner())
+            .observation(&caller, request.into_inner())
             .await
             .map_err(as_recipe_status)?;
         let answers = futures::stream::unfold(observation, |mut observation| async move {
@@ -393,9 +422,12 @@ impl Election for ElectionService {
         &self,
         request: Request<pb::ResignRequest>,
     ) -> Result<Response<pb::ResignResponse>, Status> {
-        self.resign_as(request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(as_recipe_status)
+        self.resign_as(
+            &self.api.caller(&request).await.map_err(as_recipe_status)?,
+            request.into_inner(),
+        )
+        .await
+        .map(Response::new)
+        .map_err(as_recipe_status)
     }
 }

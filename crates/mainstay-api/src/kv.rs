@@ -1,6 +1,6 @@
 //! `etcdserverpb.KV`: Range, Put, DeleteRange, Txn, Compact.
 
-use mainstay_mvcc::{Command, CommandResponse, txn_writes, validate_txn};
+use mainstay_mvcc::{Command, CommandResponse, MvccError, txn_writes, validate_txn};
 use mainstay_proto::etcdserverpb as pb;
 use mainstay_proto::etcdserverpb::kv_server::Kv;
 use tonic::{Request, Response, Status};
@@ -36,6 +36,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
         let request = request.into_inner();
         self.api.check_size(&request)?;
         let request = convert::range_request(request)?;
@@ -47,7 +48,12 @@ impl Kv for KvService {
         let response = self
             .api
             .replica
-            .read(|space| space.range(&request))
+            .read(|space| {
+                space
+                    .authorize_range(&caller, &request)
+                    .map_err(MvccError::Auth)?;
+                space.range(&request)
+            })
             .map_err(|e| mvcc_status(&e))?;
         Ok(Response::new(
             self.api.headers().range_response(response, term),
@@ -58,13 +64,14 @@ impl Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
         let request = request.into_inner();
         self.api.check_size(&request)?;
         let request = convert::put_request(request);
         if request.key.is_empty() {
             return Err(mvcc_status(&mainstay_mvcc::MvccError::EmptyKey));
         }
-        match self.api.propose(Command::Put(request)).await? {
+        match self.api.propose(&caller, Command::Put(request)).await? {
             (CommandResponse::Put(response), term) => Ok(Response::new(
                 self.api.headers().put_response(response, term),
             )),
@@ -76,13 +83,18 @@ impl Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
         let request = request.into_inner();
         self.api.check_size(&request)?;
         let request = convert::delete_request(request);
         if request.key.is_empty() {
             return Err(mvcc_status(&mainstay_mvcc::MvccError::EmptyKey));
         }
-        match self.api.propose(Command::DeleteRange(request)).await? {
+        match self
+            .api
+            .propose(&caller, Command::DeleteRange(request))
+            .await?
+        {
             (CommandResponse::DeleteRange(response), term) => Ok(Response::new(
                 self.api.headers().delete_response(response, term),
             )),
@@ -94,6 +106,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
         let request = request.into_inner();
         self.api.check_size(&request)?;
         let request = convert::txn_request(request)?;
@@ -105,13 +118,18 @@ impl Kv for KvService {
             let response = self
                 .api
                 .replica
-                .read(|space| space.read_only_txn(&request))
+                .read(|space| {
+                    space
+                        .authorize_txn(&caller, &request)
+                        .map_err(MvccError::Auth)?;
+                    space.read_only_txn(&request)
+                })
                 .map_err(|e| mvcc_status(&e))?;
             return Ok(Response::new(
                 self.api.headers().txn_response(response, term),
             ));
         }
-        match self.api.propose(Command::Txn(request)).await? {
+        match self.api.propose(&caller, Command::Txn(request)).await? {
             (CommandResponse::Txn(response), term) => Ok(Response::new(
                 self.api.headers().txn_response(response, term),
             )),
@@ -123,12 +141,13 @@ impl Kv for KvService {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
         let request = request.into_inner();
         let command = Command::Compact(mainstay_mvcc::CompactionRequest {
             revision: request.revision,
             physical: request.physical,
         });
-        match self.api.propose(command).await? {
+        match self.api.propose(&caller, command).await? {
             (CommandResponse::Compact(response), term) => {
                 Ok(Response::new(pb::CompactionResponse {
                     header: self.api.headers().header(response.revision, term),

@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::Api;
+use crate::identity::Credentials;
 use crate::status::{ApiError, api_status, replica_status, unexpected};
 
 /// Keep-alives folded into one Raft entry, at most.
@@ -137,8 +138,9 @@ impl Renewer {
 
 /// Renews `ids` in one entry; per id its granted TTL, 0 for an unknown lease.
 async fn renew(api: &Api, ids: Vec<i64>) -> Result<(Vec<i64>, i64, u64), Status> {
-    let (response, term) = api
-        .propose(Command::LeaseRenew(LeaseRenewRequest { ids }))
+    // Bare: each id was checked when the stream received it.
+    let (response, term, _) = api
+        .propose_bare(Command::LeaseRenew(LeaseRenewRequest { ids }))
         .await?;
     match response {
         CommandResponse::LeaseRenew(renewed) => Ok((renewed.ttls, renewed.revision, term)),
@@ -150,6 +152,7 @@ async fn renew(api: &Api, ids: Vec<i64>) -> Result<(Vec<i64>, i64, u64), Status>
 /// already waiting to the renewer, answers each request in order.
 async fn keep_alive(
     api: Api,
+    credentials: Credentials,
     renewer: Renewer,
     mut inbound: Streaming<pb::LeaseKeepAliveRequest>,
     replies: mpsc::Sender<Result<pb::LeaseKeepAliveResponse, Status>>,
@@ -169,6 +172,20 @@ async fn keep_alive(
                 Some(Ok(Some(request))) => ids.push(request.id),
                 _ => break,
             }
+        }
+        // A user renews only leases whose keys they may write (etcd 3.5's
+        // `checkLeaseRenew`); a refusal ends the stream, as in etcd.
+        let permitted = match api.resolve(&credentials).await {
+            Ok(caller) => ids.iter().try_for_each(|id| {
+                api.permit(|space| {
+                    space.authorize_lease_keys(&caller, *id, mainstay_auth::PermissionKind::Write)
+                })
+            }),
+            Err(status) => Err(status),
+        };
+        if let Err(status) = permitted {
+            let _ = replies.send(Err(status)).await;
+            return;
         }
         let mut pending = Vec::with_capacity(ids.len());
         for id in &ids {
@@ -207,16 +224,20 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
         let request = request.into_inner();
         // etcd raises a short TTL to its minimum (1.5 election timeouts) so a
         // lease cannot expire during a normal leader change.
         let ttl = request.ttl.max(self.api.limits.lease_ttl_min);
         let (response, term) = self
             .api
-            .propose(Command::LeaseGrant(LeaseGrantRequest {
-                id: request.id,
-                ttl,
-            }))
+            .propose(
+                &caller,
+                Command::LeaseGrant(LeaseGrantRequest {
+                    id: request.id,
+                    ttl,
+                }),
+            )
             .await?;
         match response {
             CommandResponse::LeaseGrant(granted) => Ok(Response::new(pb::LeaseGrantResponse {
@@ -233,10 +254,11 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
         let id = request.into_inner().id;
         let (response, term) = self
             .api
-            .propose(Command::LeaseRevoke(LeaseRevokeRequest { id }))
+            .propose(&caller, Command::LeaseRevoke(LeaseRevokeRequest { id }))
             .await?;
         match response {
             CommandResponse::LeaseRevoke(revoked) => Ok(Response::new(pb::LeaseRevokeResponse {
@@ -253,10 +275,12 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let credentials = Credentials::of(&request);
         let inbound = request.into_inner();
         let (replies, outbound) = mpsc::channel(KEEPALIVE_REPLIES_BUFFERED);
         tokio::spawn(keep_alive(
             self.api.clone(),
+            credentials,
             self.renewer.clone(),
             inbound,
             replies,
@@ -268,8 +292,17 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
         let request = request.into_inner();
         self.api.barrier(false).await?;
+        // Key names only to whoever may read every one (CVE-2023-32082).
+        self.api.permit(|space| {
+            if request.keys {
+                space.authorize_lease_keys(&caller, request.id, mainstay_auth::PermissionKind::Read)
+            } else {
+                space.auth().check_user(&caller)
+            }
+        })?;
         let (lease, keys, revision) = self.api.replica.read(|space| {
             let lease = space.lease(request.id);
             let keys = match (lease, request.keys) {
@@ -314,9 +347,17 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _: Request<pb::LeaseLeasesRequest>,
+        request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
         self.api.barrier(false).await?;
+        // Lease ids only to whoever may read every leased key (etcd 3.5).
+        self.api.permit(|space| {
+            space.leases().try_for_each(|lease| {
+                space.authorize_lease_keys(&caller, lease.id, mainstay_auth::PermissionKind::Read)
+            })?;
+            space.auth().check_user(&caller)
+        })?;
         let (leases, revision) = self.api.replica.read(|space| {
             let leases = space
                 .leases()

@@ -5,9 +5,12 @@
 //! every internal error leaves through one table (`status`).
 
 mod admission;
+mod auth;
 mod cluster;
 mod convert;
 mod election;
+mod identity;
+mod jwt;
 mod kv;
 mod lease;
 mod lock;
@@ -20,16 +23,19 @@ mod watch;
 use mainstay_raft::Replica;
 
 pub use admission::{APPLY_BACKLOG_MAX, Admission, PROPOSALS_IN_FLIGHT_MAX};
+pub use auth::AuthService;
 pub use cluster::ClusterService;
 pub use election::ElectionService;
+pub use identity::{AuthOptions, ClientIdentity, HASHING_MAX, SharedAuth, TokenKind};
+pub use jwt::{JwtKeys, JwtOptions};
 pub use kv::KvService;
 pub use lease::LeaseService;
 pub use lock::LockService;
 pub use maintenance::{ETCD_VERSION, MaintenanceService};
 pub use size_limit::{MessageSizeLimit, message_too_large};
 pub use status::{
-    ApiError, RecipeError, api_status, as_recipe_status, membership_status, mvcc_status,
-    recipe_status, replica_status,
+    ApiError, RecipeError, api_status, as_recipe_status, auth_status, membership_status,
+    mvcc_status, recipe_status, replica_status,
 };
 pub use watch::{WATCHERS_PER_STREAM_MAX, WatchService, stream_lags_total};
 
@@ -73,6 +79,8 @@ pub struct Api {
     pub limits: Limits,
     /// Write admission (apply backlog, proposals in flight).
     pub admission: Admission,
+    /// Auth settings and login state.
+    pub auth: SharedAuth,
     /// SIMULATOR SELF-TEST ONLY: serve "linearizable" reads without the read
     /// barrier, a deliberate safety bug the simulator must catch. Never set in
     /// production (`Env::production` leaves it off and no flag reaches it).
@@ -115,11 +123,57 @@ impl Api {
             .map_err(|e| replica_status(&e))
     }
 
-    /// Proposes a write through admission and Raft; its answer and term.
+    /// Proposes a client's write through admission and Raft, as `caller`:
+    /// refused here at once if the caller may not run it, and checked again
+    /// by every member when it applies (`KeySpace::authorize`). Its answer
+    /// and term.
     async fn propose(
         &self,
+        caller: &mainstay_auth::Caller,
         command: mainstay_mvcc::Command,
     ) -> Result<(mainstay_mvcc::CommandResponse, u64), tonic::Status> {
+        let (response, term, _) = self.propose_indexed(caller, command).await?;
+        Ok((response, term))
+    }
+
+    /// As `propose`, with the entry's log index too.
+    async fn propose_indexed(
+        &self,
+        caller: &mainstay_auth::Caller,
+        command: mainstay_mvcc::Command,
+    ) -> Result<(mainstay_mvcc::CommandResponse, u64, u64), tonic::Status> {
+        self.permit(|space| space.authorize(caller, &command))?;
+        let command = mainstay_mvcc::Command::Authorized {
+            caller: caller.clone(),
+            command: Box::new(command),
+        };
+        self.propose_bare(command).await
+    }
+
+    /// Proposes a command without a caller (keep-alives, checked by whoever
+    /// calls this); its answer, term and log index.
+    async fn propose_bare(
+        &self,
+        command: mainstay_mvcc::Command,
+    ) -> Result<(mainstay_mvcc::CommandResponse, u64, u64), tonic::Status> {
+        let (outcome, term, index) = self.propose_typed(command).await?;
+        let response = outcome.map_err(|e| mvcc_status(&e))?;
+        Ok((response, term, index))
+    }
+
+    /// Proposes a command; the command's own answer (typed, to decide on),
+    /// term and log index, or why it was not applied.
+    async fn propose_typed(
+        &self,
+        command: mainstay_mvcc::Command,
+    ) -> Result<
+        (
+            Result<mainstay_mvcc::CommandResponse, mainstay_mvcc::MvccError>,
+            u64,
+            u64,
+        ),
+        tonic::Status,
+    > {
         let (committed, applied) = self.replica.commit_and_apply_indexes();
         let _permit = self
             .admission
@@ -130,8 +184,7 @@ impl Api {
             .write(command)
             .await
             .map_err(|e| replica_status(&e))?;
-        let response = outcome.outcome.map_err(|e| mvcc_status(&e))?;
-        Ok((response, outcome.raft_term))
+        Ok((outcome.outcome, outcome.raft_term, outcome.log_index))
     }
 
     fn headers(&self) -> convert::HeaderFactory {

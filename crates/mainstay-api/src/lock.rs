@@ -7,6 +7,7 @@
 //! The answer's key exists for as long as the caller holds the lock. Unlock
 //! deletes that key.
 
+use mainstay_auth::Caller;
 use mainstay_mvcc::{Command, CommandResponse, DeleteRangeRequest, MvccError};
 use mainstay_proto::v3lockpb as pb;
 use mainstay_proto::v3lockpb::lock_server::Lock;
@@ -28,13 +29,18 @@ impl LockService {
         LockService { api }
     }
 
-    async fn acquire(&self, request: pb::LockRequest) -> Result<pb::LockResponse, Status> {
+    async fn acquire(
+        &self,
+        caller: &Caller,
+        request: pb::LockRequest,
+    ) -> Result<pb::LockResponse, Status> {
         self.api.check_size(&request)?;
-        let lease = recipe::session_lease(&self.api, request.lease).await?;
         let prefix = recipe::queue_prefix(&request.name);
+        recipe::permit_queue(&self.api, caller, &prefix, true)?;
+        let lease = recipe::session_lease(&self.api, caller, request.lease).await?;
         let key = recipe::queue_key(&prefix, lease);
         let (response, term) =
-            recipe::propose_txn(&self.api, recipe::lock_txn(&key, lease, &prefix)).await?;
+            recipe::propose_txn(&self.api, caller, recipe::lock_txn(&key, lease, &prefix)).await?;
         let placed = recipe::placed(&response)
             .ok_or_else(|| unexpected(&CommandResponse::Txn(response.clone())))?;
         // Uncontended, or this lease already holds the lock: one round trip.
@@ -45,7 +51,7 @@ impl LockService {
                 key,
             });
         }
-        let withdrawal = Withdrawal::new(&self.api, &key, placed.create_revision);
+        let withdrawal = Withdrawal::new(&self.api, caller, &key, placed.create_revision);
         match recipe::wait_turn(&self.api, &prefix, &key, placed.create_revision).await {
             Ok(revision) => {
                 withdrawal.disarm();
@@ -63,7 +69,11 @@ impl LockService {
         }
     }
 
-    async fn release(&self, request: pb::UnlockRequest) -> Result<pb::UnlockResponse, Status> {
+    async fn release(
+        &self,
+        caller: &Caller,
+        request: pb::UnlockRequest,
+    ) -> Result<pb::UnlockResponse, Status> {
         self.api.check_size(&request)?;
         if request.key.is_empty() {
             return Err(mvcc_status(&MvccError::EmptyKey));
@@ -72,7 +82,11 @@ impl LockService {
             key: request.key,
             ..DeleteRangeRequest::default()
         };
-        match self.api.propose(Command::DeleteRange(delete)).await? {
+        match self
+            .api
+            .propose(caller, Command::DeleteRange(delete))
+            .await?
+        {
             (CommandResponse::DeleteRange(deleted), term) => Ok(pb::UnlockResponse {
                 header: self.api.headers().header(deleted.revision, term),
             }),
@@ -87,7 +101,8 @@ impl Lock for LockService {
         &self,
         request: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
-        self.acquire(request.into_inner())
+        let caller = self.api.caller(&request).await.map_err(as_recipe_status)?;
+        self.acquire(&caller, request.into_inner())
             .await
             .map(Response::new)
             .map_err(as_recipe_status)
@@ -97,7 +112,8 @@ impl Lock for LockService {
         &self,
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
-        self.release(request.into_inner())
+        let caller = self.api.caller(&request).await.map_err(as_recipe_status)?;
+        self.release(&caller, request.into_inner())
             .await
             .map(Response::new)
             .map_err(as_recipe_status)

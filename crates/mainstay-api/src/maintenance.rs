@@ -39,6 +39,8 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
+        self.api.permit_user(&caller)?;
         match pb::alarm_request::AlarmAction::try_from(request.into_inner().action) {
             // No alarm can be raised yet (NOSPACE/CORRUPT detection is its own issue), so
             // the list is truthfully empty.
@@ -52,8 +54,10 @@ impl Maintenance for MaintenanceService {
 
     async fn status(
         &self,
-        _: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
+        self.api.permit_user(&caller)?;
         let status = self.api.replica.status();
         let mut errors = Vec::new();
         if status.leader.is_none() {
@@ -82,15 +86,19 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
+        self.api.permit_admin(&caller)?;
         Err(not_yet("defragment"))
     }
 
     async fn hash(
         &self,
-        _: Request<pb::HashRequest>,
+        request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
+        self.api.permit_admin(&caller)?;
         let hash = self
             .api
             .replica
@@ -106,6 +114,8 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
+        self.api.permit_admin(&caller)?;
         let revision = request.into_inner().revision;
         let (hash, compacted, at) = self
             .api
@@ -127,8 +137,10 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let caller = self.api.caller(&request).await?;
+        self.api.permit_admin(&caller)?;
         Err(not_yet("snapshot"))
     }
 
@@ -136,6 +148,8 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
+        self.api.permit_admin(&caller)?;
         let target = request.into_inner().target_id;
         let status = self.api.replica.status();
         if !status.is_leader {
@@ -168,8 +182,10 @@ impl Maintenance for MaintenanceService {
 
     async fn downgrade(
         &self,
-        _: Request<pb::DowngradeRequest>,
+        request: Request<pb::DowngradeRequest>,
     ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        let caller = self.api.caller(&request).await?;
+        self.api.permit_admin(&caller)?;
         Err(not_yet("downgrade"))
     }
 }

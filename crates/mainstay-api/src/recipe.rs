@@ -17,6 +17,7 @@
 //! revoked) stops waiting at once and fails, instead of "acquiring" a lock it no
 //! longer has a key for.
 
+use mainstay_auth::Caller;
 use std::time::Duration;
 
 use mainstay_mvcc::{
@@ -265,7 +266,7 @@ pub(crate) fn placed(response: &TxnResponse) -> Option<Placed> {
 /// The caller's lease: the one it named, or for lease 0 a new lease with
 /// etcd's session TTL (what etcd's servers do; the key then outlives the
 /// caller by up to that TTL, as in etcd).
-pub(crate) async fn session_lease(api: &Api, lease: i64) -> Result<i64, Status> {
+pub(crate) async fn session_lease(api: &Api, caller: &Caller, lease: i64) -> Result<i64, Status> {
     if lease != 0 {
         return Ok(lease);
     }
@@ -273,7 +274,7 @@ pub(crate) async fn session_lease(api: &Api, lease: i64) -> Result<i64, Status> 
         id: 0,
         ttl: SESSION_TTL_SECONDS.max(api.limits.lease_ttl_min),
     };
-    match api.propose(Command::LeaseGrant(grant)).await? {
+    match api.propose(caller, Command::LeaseGrant(grant)).await? {
         (CommandResponse::LeaseGrant(granted), _) => Ok(granted.id),
         (other, _) => Err(unexpected(&other)),
     }
@@ -281,12 +282,35 @@ pub(crate) async fn session_lease(api: &Api, lease: i64) -> Result<i64, Status> 
 
 /// Proposes a txn built here, checked like a client's (a client-given key may
 /// be empty).
-pub(crate) async fn propose_txn(api: &Api, txn: TxnRequest) -> Result<(TxnResponse, u64), Status> {
+pub(crate) async fn propose_txn(
+    api: &Api,
+    caller: &Caller,
+    txn: TxnRequest,
+) -> Result<(TxnResponse, u64), Status> {
     validate_txn(&txn, api.limits.txn_ops_max).map_err(|e| mvcc_status(&e))?;
-    match api.propose(Command::Txn(txn)).await? {
+    match api.propose(caller, Command::Txn(txn)).await? {
         (CommandResponse::Txn(response), term) => Ok((response, term)),
         (other, _) => Err(unexpected(&other)),
     }
+}
+
+/// Refuses a caller who may not read (and, with `write`, write) every key
+/// under `prefix`: the recipes read, write and watch their queue there.
+pub(crate) fn permit_queue(
+    api: &Api,
+    caller: &Caller,
+    prefix: &[u8],
+    write: bool,
+) -> Result<(), Status> {
+    let end = prefix_end(prefix);
+    api.permit(|space| {
+        let auth = space.auth();
+        auth.check_op(caller, prefix, &end, mainstay_auth::PermissionKind::Read)?;
+        if write {
+            auth.check_op(caller, prefix, &end, mainstay_auth::PermissionKind::Write)?;
+        }
+        Ok(())
+    })
 }
 
 /// The live keys under `prefix` and the revision they were read at.
@@ -366,14 +390,14 @@ pub(crate) async fn wait_turn(
 /// cancelled it while it waited. The delete runs in a short task of its own
 /// (the RPC's future is gone), bounded by `WITHDRAWAL_TIMEOUT`.
 pub(crate) struct Withdrawal {
-    armed: Option<(Api, Vec<u8>, Revision)>,
+    armed: Option<(Api, Caller, Vec<u8>, Revision)>,
 }
 
 impl Withdrawal {
     /// Arms a withdrawal of `key`'s incarnation created at `create_revision`.
-    pub(crate) fn new(api: &Api, key: &[u8], create_revision: Revision) -> Self {
+    pub(crate) fn new(api: &Api, caller: &Caller, key: &[u8], create_revision: Revision) -> Self {
         Withdrawal {
-            armed: Some((api.clone(), key.to_vec(), create_revision)),
+            armed: Some((api.clone(), caller.clone(), key.to_vec(), create_revision)),
         }
     }
 
@@ -385,7 +409,7 @@ impl Withdrawal {
 
 impl Drop for Withdrawal {
     fn drop(&mut self) {
-        let Some((api, key, create_revision)) = self.armed.take() else {
+        let Some((api, caller, key, create_revision)) = self.armed.take() else {
             return;
         };
         // Without a runtime (the process is going down) the lease removes the key.
@@ -394,7 +418,7 @@ impl Drop for Withdrawal {
         };
         runtime.spawn(async move {
             let txn = withdraw_txn(&key, create_revision);
-            match tokio::time::timeout(WITHDRAWAL_TIMEOUT, propose_txn(&api, txn)).await {
+            match tokio::time::timeout(WITHDRAWAL_TIMEOUT, propose_txn(&api, &caller, txn)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(status)) => {
                     tracing::info!(%status, "withdrawing an abandoned waiter's key failed; its lease will remove it");

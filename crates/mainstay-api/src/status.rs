@@ -1,6 +1,7 @@
 //! The ONE table from internal errors to etcd's gRPC status: code and exact
 //! message, because clients match on the text (etcd `rpctypes/error.go`).
 
+use mainstay_auth::AuthError;
 use mainstay_mvcc::MvccError;
 use mainstay_raft::{MembershipError, ReplicaError};
 use tonic::{Code, Status};
@@ -88,6 +89,7 @@ pub fn mvcc_status(error: &MvccError) -> Status {
         MvccError::LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
         MvccError::LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
         MvccError::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
+        MvccError::Auth(error) => return auth_status(*error),
         // Not etcd's: this member's disk failed it (the member stops).
         MvccError::ValueUnreadable(reason) => {
             return Status::new(
@@ -95,6 +97,58 @@ pub fn mvcc_status(error: &MvccError) -> Status {
                 format!("mainstay: cannot read a value from the state store: {reason}"),
             );
         }
+    };
+    Status::new(code, message)
+}
+
+/// Maps an auth error (etcd's codes and exact messages).
+pub fn auth_status(error: AuthError) -> Status {
+    use AuthError::*;
+    let (code, message) = match error {
+        RootUserNotExist => (
+            Code::FailedPrecondition,
+            "etcdserver: root user does not exist",
+        ),
+        RootRoleNotExist => (
+            Code::FailedPrecondition,
+            "etcdserver: root user does not have root role",
+        ),
+        UserAlreadyExist => (
+            Code::FailedPrecondition,
+            "etcdserver: user name already exists",
+        ),
+        UserEmpty => (Code::InvalidArgument, "etcdserver: user name is empty"),
+        UserNotFound => (Code::FailedPrecondition, "etcdserver: user name not found"),
+        RoleAlreadyExist => (
+            Code::FailedPrecondition,
+            "etcdserver: role name already exists",
+        ),
+        RoleNotFound => (Code::FailedPrecondition, "etcdserver: role name not found"),
+        RoleEmpty => (Code::InvalidArgument, "etcdserver: role name is empty"),
+        AuthFailed => (
+            Code::InvalidArgument,
+            "etcdserver: authentication failed, invalid user ID or password",
+        ),
+        PermissionDenied => (Code::PermissionDenied, "etcdserver: permission denied"),
+        RoleNotGranted => (
+            Code::FailedPrecondition,
+            "etcdserver: role is not granted to the user",
+        ),
+        PermissionNotGranted => (
+            Code::FailedPrecondition,
+            "etcdserver: permission is not granted to the role",
+        ),
+        PermissionNotGiven => (Code::InvalidArgument, "etcdserver: permission not given"),
+        AuthNotEnabled => (
+            Code::FailedPrecondition,
+            "etcdserver: authentication is not enabled",
+        ),
+        OldRevision => (
+            Code::InvalidArgument,
+            "etcdserver: revision of auth store is old",
+        ),
+        InvalidAuthToken => (Code::Unauthenticated, "etcdserver: invalid auth token"),
+        InvalidAuthMgmt => (Code::InvalidArgument, "etcdserver: invalid auth management"),
     };
     Status::new(code, message)
 }

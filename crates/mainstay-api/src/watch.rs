@@ -30,6 +30,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Api;
 use crate::convert::key_value;
+use crate::identity::Credentials;
+use mainstay_auth::PermissionKind;
 
 /// Replies buffered per stream before the stream task waits for the client.
 const REPLIES_BUFFERED: usize = 64;
@@ -140,6 +142,8 @@ struct WatchStream {
     progress_interval: Duration,
     require_leader: bool,
     leaderless_since: Option<Instant>,
+    /// The stream's token or certificate name, resolved at each create.
+    credentials: Credentials,
 }
 
 impl WatchStream {
@@ -292,6 +296,28 @@ impl WatchStream {
         };
         if request.start_revision < 0 {
             return self.send(refuse(COMPACTED)).await;
+        }
+        // Read permission on the whole range, a from-key range as one (etcd
+        // 3.5.33); a refusal cancels this watcher, not the stream (etcd's reply,
+        // with the gRPC status in words as the reason).
+        let permitted = match self.api.resolve(&self.credentials).await {
+            Ok(caller) => self.api.permit(|space| {
+                space.auth().check_op(
+                    &caller,
+                    &request.key,
+                    &request.range_end,
+                    PermissionKind::Read,
+                )
+            }),
+            Err(status) => Err(status),
+        };
+        if let Err(status) = permitted {
+            let reason = format!(
+                "rpc error: code = {} desc = {}",
+                go_code_name(status.code()),
+                status.message()
+            );
+            return self.send(refuse(&reason)).await;
         }
         if self.watchers.len() >= WATCHERS_PER_STREAM_MAX {
             return self
@@ -526,6 +552,18 @@ impl WatchStream {
     }
 }
 
+/// grpc-go's name of a status code, as etcd's cancel reasons spell it.
+fn go_code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::PermissionDenied => "PermissionDenied",
+        tonic::Code::Unauthenticated => "Unauthenticated",
+        tonic::Code::InvalidArgument => "InvalidArgument",
+        tonic::Code::FailedPrecondition => "FailedPrecondition",
+        tonic::Code::Unavailable => "Unavailable",
+        _ => "Unknown",
+    }
+}
+
 /// Splits a reply whose events exceed `limit` bytes into fragments; all but
 /// the last carry `fragment = true`.
 fn split(mut response: pb::WatchResponse, limit: usize) -> Vec<pb::WatchResponse> {
@@ -567,6 +605,7 @@ impl Watch for WatchService {
         if require_leader && self.api.replica.status().leader.is_none() {
             return Err(Status::unavailable("etcdserver: no leader"));
         }
+        let credentials = Credentials::of(&request);
         let inbound = request.into_inner();
         // Subscribe before reading the revision: nothing applied in between is missed.
         let events = self.api.replica.subscribe();
@@ -581,6 +620,7 @@ impl Watch for WatchService {
             progress_interval: self.progress_interval,
             require_leader,
             leaderless_since: None,
+            credentials,
         };
         tokio::spawn(async move {
             if let Ended::Status(status) = stream.run(inbound, events).await {

@@ -21,7 +21,7 @@ mod tests;
 
 pub use error::AuthError;
 pub use ranges::{Interval, covers};
-pub use request::{AuthReply, AuthRequest};
+pub use request::{AuthReply, AuthRequest, valid_permission_range};
 pub use state::{AuthState, Caller, Permission, PermissionKind, ROOT, Role, User};
 pub use throttle::{LoginThrottle, Throttled};
 pub use tokens::{SIMPLE_TOKENS_MAX, SimpleTokens};

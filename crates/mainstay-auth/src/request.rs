@@ -132,6 +132,12 @@ impl AuthRequest {
     }
 }
 
+/// A permission names a non-empty key and either no end, the from-key end
+/// `"\0"`, or an end after the key (etcd 3.5's `isValidPermissionRange`).
+pub fn valid_permission_range(key: &[u8], range_end: &[u8]) -> bool {
+    !key.is_empty() && (range_end.is_empty() || range_end == [0] || key < range_end)
+}
+
 impl AuthState {
     fn bump(&mut self) -> Result<AuthReply, AuthError> {
         self.revision += 1;
@@ -253,6 +259,9 @@ impl AuthState {
             }
             AuthRequest::RoleGrantPermission { name, permission } => {
                 let permission = permission.as_ref().ok_or(AuthError::PermissionNotGiven)?;
+                if !valid_permission_range(&permission.key, &permission.range_end) {
+                    return Err(AuthError::InvalidAuthMgmt);
+                }
                 let role = self.roles.get_mut(name).ok_or(AuthError::RoleNotFound)?;
                 match role
                     .permissions

@@ -190,6 +190,31 @@ impl AuthState {
         }
     }
 
+    /// May `caller` read a user's roles? An administrator any user's, anyone
+    /// their own (etcd's UserGet rule).
+    pub fn check_user_get(&self, caller: &Caller, name: &str) -> Result<(), AuthError> {
+        match self.check_admin(caller) {
+            Err(_) if caller.user == name && !name.is_empty() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// May `caller` read a role's permissions? An administrator any role,
+    /// anyone a role they hold (etcd's RoleGet rule).
+    pub fn check_role_get(&self, caller: &Caller, role: &str) -> Result<(), AuthError> {
+        match self.check_admin(caller) {
+            Err(error) => {
+                let holds = self.users.get(&caller.user).is_some_and(|user| {
+                    user.roles
+                        .binary_search_by(|r| r.as_str().cmp(role))
+                        .is_ok()
+                });
+                if holds { Ok(()) } else { Err(error) }
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
     /// May `caller` make requests that need no key permission but an
     /// authenticated user (lease and status calls)? Always while auth is off;
     /// else an identity of the current revision naming an existing user.

@@ -284,7 +284,13 @@ fn permission_checks_follow_etcd() {
         user: user.into(),
         revision,
     };
-    type Case<'a> = (Caller, &'a str, &'a str, PermissionKind, Result<(), AuthError>);
+    type Case<'a> = (
+        Caller,
+        &'a str,
+        &'a str,
+        PermissionKind,
+        Result<(), AuthError>,
+    );
     let cases: Vec<Case> = vec![
         (Caller::anonymous(), "a", "", Read, Err(UserEmpty)),
         (who("alice", rev - 1), "a", "", Read, Err(OldRevision)),
@@ -318,6 +324,25 @@ fn permission_checks_follow_etcd() {
     assert_eq!(state.check_admin(&who("carol", rev)), Err(UserNotFound));
     assert_eq!(state.check_admin(&Caller::anonymous()), Err(UserEmpty));
     assert_eq!(state.check_user(&who("bob", rev)), Ok(()));
+    assert_eq!(
+        state.check_user_get(&who("bob", rev), "bob"),
+        Ok(()),
+        "own user"
+    );
+    assert_eq!(
+        state.check_user_get(&who("bob", rev), "alice"),
+        Err(PermissionDenied)
+    );
+    assert_eq!(
+        state.check_role_get(&who("alice", rev), "rw"),
+        Ok(()),
+        "held role"
+    );
+    assert_eq!(
+        state.check_role_get(&who("bob", rev), "rw"),
+        Err(PermissionDenied)
+    );
+    assert_eq!(state.check_role_get(&who("root", rev), "rw"), Ok(()));
     assert_eq!(state.check_user(&who("carol", rev)), Err(PermissionDenied));
     let mut off = state.clone();
     off.apply(&AuthRequest::Disable).expect("disable");

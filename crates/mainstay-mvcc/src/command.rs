@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use mainstay_auth::{AuthReply, AuthRequest, Caller};
 use serde::{Deserialize, Serialize};
 
 use crate::error::MvccError;
@@ -29,9 +30,32 @@ pub enum Command {
     LeaseGrant(LeaseGrantRequest),
     /// Revoke a lease (by a client, or by the leader on expiry).
     LeaseRevoke(LeaseRevokeRequest),
-    /// Renew leases (keep-alives). New variants go last: the log stores the
-    /// variant index.
+    /// Renew leases (keep-alives).
     LeaseRenew(LeaseRenewRequest),
+    /// Change users, roles or permissions, turn auth on or off, or log in.
+    Auth(AuthRequest),
+    /// A client's command with the identity the member it reached found for
+    /// it: every member checks the caller may run it against the auth state
+    /// at this point of the log (`KeySpace::authorize`) before applying it.
+    /// Commands a member makes itself (lease expiry) and keep-alives (checked
+    /// when received) travel bare. New variants go last: the log stores the
+    /// variant index.
+    Authorized {
+        /// Who asked.
+        caller: Caller,
+        /// What they asked for.
+        command: Box<Command>,
+    },
+}
+
+impl Command {
+    /// The command itself, without the caller it travels with.
+    pub fn inner(&self) -> &Command {
+        match self {
+            Command::Authorized { command, .. } => command.inner(),
+            other => other,
+        }
+    }
 }
 
 impl fmt::Display for Command {
@@ -51,6 +75,8 @@ impl fmt::Display for Command {
             Command::LeaseGrant(grant) => write!(f, "lease-grant(ttl {})", grant.ttl),
             Command::LeaseRevoke(revoke) => write!(f, "lease-revoke({:x})", revoke.id),
             Command::LeaseRenew(renew) => write!(f, "lease-renew({} leases)", renew.ids.len()),
+            Command::Auth(request) => write!(f, "{request:?}"),
+            Command::Authorized { caller, command } => write!(f, "{command} as {:?}", caller.user),
         }
     }
 }
@@ -72,6 +98,8 @@ pub enum CommandResponse {
     LeaseRevoke(LeaseRevokeResponse),
     /// From a lease renew.
     LeaseRenew(LeaseRenewResponse),
+    /// From an auth request.
+    Auth(AuthReply),
 }
 
 /// What a replica knows about the entry it applies, beyond the command.
@@ -96,6 +124,15 @@ fn derived_lease_id(log_index: u64) -> i64 {
     ((z >> 1) as i64).max(1)
 }
 
+/// A refusal: the answer, nothing changed.
+fn refused(error: MvccError) -> Applied {
+    Applied {
+        result: Err(error),
+        events: Vec::new(),
+        changes: Vec::new(),
+    }
+}
+
 /// The outcome of applying one command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
@@ -109,9 +146,47 @@ pub struct Applied {
 
 impl KeySpace {
     /// Applies one committed command. Pure: the same keyspace, command and
-    /// context give the same result on every replica.
+    /// context give the same result on every replica. A command with a caller
+    /// runs only if the caller may run it now (`authorize`); a bare auth
+    /// request is checked as from nobody.
     pub fn apply(&mut self, command: &Command, context: &ApplyContext) -> Applied {
+        let (caller, inner) = match command {
+            Command::Authorized { caller, command } => (caller.clone(), &**command),
+            Command::Auth(_) => (Caller::anonymous(), command),
+            bare => return self.apply_checked(bare, context),
+        };
+        match self.authorize(&caller, inner) {
+            Ok(()) => self.apply_checked(inner, context),
+            Err(error) => refused(MvccError::Auth(error)),
+        }
+    }
+
+    fn apply_auth(&mut self, request: &AuthRequest) -> Applied {
+        let before = (self.auth.enabled(), self.auth.revision());
+        match self.auth.apply(request) {
+            Ok(reply) => {
+                let changed = before != (self.auth.enabled(), self.auth.revision());
+                Applied {
+                    result: Ok(CommandResponse::Auth(reply)),
+                    events: Vec::new(),
+                    changes: if changed {
+                        vec![Change::Auth(Box::new(self.auth.clone()))]
+                    } else {
+                        Vec::new()
+                    },
+                }
+            }
+            Err(error) => refused(MvccError::Auth(error)),
+        }
+    }
+
+    fn apply_checked(&mut self, command: &Command, context: &ApplyContext) -> Applied {
         match command {
+            Command::Auth(request) => return self.apply_auth(request),
+            // One caller per command: a nested one is refused (`authorize`).
+            Command::Authorized { .. } => {
+                return refused(MvccError::Auth(mainstay_auth::AuthError::PermissionDenied));
+            }
             Command::Compact(compact) => {
                 return match self.compact(compact.revision) {
                     Ok(changes) => Applied {
@@ -160,7 +235,11 @@ impl KeySpace {
                     deleted,
                 })
             }),
-            Command::Compact(_) | Command::LeaseGrant(_) | Command::LeaseRenew(_) => {
+            Command::Compact(_)
+            | Command::LeaseGrant(_)
+            | Command::LeaseRenew(_)
+            | Command::Auth(_)
+            | Command::Authorized { .. } => {
                 unreachable!("handled above")
             }
         };

@@ -39,6 +39,9 @@ pub enum MvccError {
     /// A grant asked for more than `LEASE_TTL_MAX` seconds.
     #[error("too large lease TTL")]
     LeaseTtlTooLarge,
+    /// An auth request failed, or the caller may not run the command.
+    #[error("{0}")]
+    Auth(mainstay_auth::AuthError),
     /// A value that left memory could not be read back from the state store
     /// (I/O error or damage): the member stops.
     #[error("mainstay: cannot read a value from the state store: {0}")]

@@ -132,6 +132,8 @@ pub enum Change {
     LeasePut(LeaseRecord),
     /// A lease revoked (its keys are deleted by `Append`s in the same batch).
     LeaseRemove(i64),
+    /// The whole auth state after an auth change (it is small).
+    Auth(Box<mainstay_auth::AuthState>),
 }
 
 impl Change {
@@ -159,6 +161,8 @@ pub struct KeySpace {
     pub(crate) lease_keys: BTreeMap<i64, BTreeSet<Vec<u8>>>,
     /// Where evicted values are read from.
     pub(crate) values: Values,
+    /// Users, roles, permissions, enabled.
+    pub(crate) auth: mainstay_auth::AuthState,
 }
 
 impl Default for KeySpace {
@@ -177,6 +181,7 @@ impl KeySpace {
             leases: BTreeMap::new(),
             lease_keys: BTreeMap::new(),
             values: Values::default(),
+            auth: mainstay_auth::AuthState::default(),
         }
     }
 
@@ -339,6 +344,7 @@ impl KeySpace {
             leases,
             lease_keys,
             values: Values::default(),
+            auth: mainstay_auth::AuthState::default(),
         }
     }
 
@@ -393,6 +399,16 @@ impl KeySpace {
     /// The revision of the last effective write.
     pub fn revision(&self) -> Revision {
         self.revision
+    }
+
+    /// The auth state.
+    pub fn auth(&self) -> &mainstay_auth::AuthState {
+        &self.auth
+    }
+
+    /// Sets the auth state (restoring a keyspace from storage or a snapshot).
+    pub fn set_auth(&mut self, auth: mainstay_auth::AuthState) {
+        self.auth = auth;
     }
 
     /// The compacted revision (0 if never compacted).

@@ -5,6 +5,7 @@
 //! the same result everywhere, so replicas agree and the simulator can drive it.
 //! Persisting is the caller's job: every write returns the `Change`s to store.
 
+mod authorize;
 mod command;
 mod error;
 mod key_space;

@@ -63,6 +63,8 @@ pub struct ReplicaConfig {
     /// etcd's `--strict-reconfig-check`: refuse member changes that would leave
     /// too few started voters for a quorum.
     pub strict_reconfig_check: bool,
+    /// How long a simple auth token lives after its last use (`--auth-token-ttl`).
+    pub auth_token_ttl: Duration,
 }
 
 /// A point-in-time view of this member's Raft state.
@@ -157,7 +159,8 @@ impl Replica {
             StateStore::open(&config.disk, &config.data_dir, config.state_cache_bytes)
                 .map_err(|e| format!("open state store: {e}"))?;
         let log = RaftLog::new(log_store, config.unsafe_skip_log_fsync);
-        let state = StateMachine::new(state_store, key_space, meta)
+        let tokens = crate::tokens::Tokens::new(config.auth_token_ttl);
+        let state = StateMachine::new(state_store, key_space, meta, tokens)
             .map_err(|e| format!("open state store: {e}"))?;
         let raft_config = Config {
             cluster_name: "mainstay".to_string(),
@@ -268,6 +271,19 @@ impl Replica {
     /// This replica's lease deadlines.
     pub fn lease_clock(&self) -> &crate::lease::LeaseClock {
         self.inner.state.lease_clock()
+    }
+
+    /// The simple auth tokens this member knows.
+    pub fn tokens(&self) -> &crate::tokens::Tokens {
+        self.inner.state.tokens()
+    }
+
+    /// Waits until this member has applied `index`, at most `within`; whether
+    /// it has (a simple token names the login's index).
+    pub async fn applied_by(&self, index: u64, within: Duration) -> bool {
+        self.wait_index(index, tokio::time::Instant::now() + within)
+            .await
+            .is_ok()
     }
 
     pub(crate) fn note_leader_contact(&self) {

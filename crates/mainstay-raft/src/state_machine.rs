@@ -46,6 +46,7 @@ use crate::codec::{
     decode_stored_membership, encode_stored_membership, log_id_from_record, log_id_to_record,
 };
 use crate::lease::{LeaseClock, LeaseTouch};
+use crate::tokens::Tokens;
 use crate::type_config::{ApplyResult, TypeConfig};
 
 /// What an applied command did to lease countdowns.
@@ -54,7 +55,7 @@ fn lease_touches(
     result: &Result<CommandResponse, MvccError>,
     touches: &mut Vec<LeaseTouch>,
 ) {
-    match (command, result) {
+    match (command.inner(), result) {
         (Command::LeaseGrant(_), Ok(CommandResponse::LeaseGrant(granted))) => {
             touches.push(LeaseTouch::Restart {
                 id: granted.id,
@@ -101,6 +102,7 @@ fn change_bytes(change: &mainstay_mvcc::Change) -> usize {
         }
         mainstay_mvcc::Change::Remove { key, .. } => 32 + key.len(),
         mainstay_mvcc::Change::LeasePut(_) | mainstay_mvcc::Change::LeaseRemove(_) => 32,
+        mainstay_mvcc::Change::Auth(_) => 1024,
     }
 }
 
@@ -186,6 +188,7 @@ struct Shared {
     failure: watch::Sender<Option<String>>,
     events: broadcast::Sender<AppliedEvents>,
     leases: LeaseClock,
+    tokens: Tokens,
 }
 
 /// The state machine; clones share state (one is openraft's, others serve reads).
@@ -217,6 +220,7 @@ impl StateMachine {
         store: StateStore,
         key_space: KeySpace,
         meta: StateMeta,
+        tokens: Tokens,
     ) -> Result<Self, mainstay_storage::StorageError> {
         let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
         let leases = LeaseClock::default();
@@ -224,6 +228,7 @@ impl StateMachine {
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 leases,
+                tokens,
                 applied: crate::applied::AppliedIndex::new(
                     meta.applied.as_ref().map_or(0, |id| id.index),
                 ),
@@ -266,7 +271,12 @@ impl StateMachine {
         read(&guard)
     }
 
-    /// This replica's lease deadlines.
+    /// The simple auth tokens this member knows.
+    pub fn tokens(&self) -> &Tokens {
+        &self.shared.tokens
+    }
+
+    /// This member's lease deadlines.
     pub fn lease_clock(&self) -> &LeaseClock {
         &self.shared.leases
     }
@@ -523,6 +533,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             return Err(io::Error::other(reason.clone()));
                         }
                         lease_touches(&command, &applied.result, &mut touches);
+                        self.shared
+                            .tokens
+                            .applied(&command, &applied.result, entry.log_id.index);
                         changes.extend(applied.changes);
                         if !applied.events.is_empty() {
                             published.push(AppliedEvents {
@@ -628,7 +641,13 @@ mod tests {
     fn open(disk: &MemDisk, dir: &Path) -> StateMachine {
         let disk: Arc<dyn Disk> = Arc::new(disk.clone());
         let (store, key_space, meta) = StateStore::open(&disk, dir, 1 << 20).expect("open");
-        StateMachine::new(store, key_space, meta).expect("state machine")
+        StateMachine::new(
+            store,
+            key_space,
+            meta,
+            Tokens::new(std::time::Duration::from_secs(300)),
+        )
+        .expect("state machine")
     }
 
     fn put(index: u64) -> EntryOf<TypeConfig> {

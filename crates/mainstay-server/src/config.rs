@@ -9,6 +9,7 @@
 //! refuses. (etcd itself reads nothing but the file when one is given; Mainstay
 //! keeps its layers.)
 
+mod auth;
 mod etcd_flags;
 mod file;
 #[cfg(test)]
@@ -26,6 +27,7 @@ use anyhow::{Context, anyhow, bail};
 use crate::peer_names::AllowedPeer;
 use crate::tls::{TlsFiles, TlsOptions, TlsVersion};
 
+pub use auth::{AuthSettings, TokenSpec};
 pub use etcd_flags::EtcdFlags;
 use etcd_flags::{ETCD_FLAGS, EtcdFlag, Handling, Kind, Origin, Verdict, env_name, judge};
 use file::{FileValue, Format};
@@ -149,6 +151,15 @@ pub struct ServeArgs {
     /// Revoked client certificates (PEM certificate revocation lists).
     #[arg(long, env = "MAINSTAY_CLIENT_CRL_FILE")]
     pub client_crl_file: Option<PathBuf>,
+    /// Auth tokens: `simple`, or `jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256[,ttl=5m]`.
+    #[arg(long, env = "MAINSTAY_AUTH_TOKEN")]
+    pub auth_token: Option<String>,
+    /// Seconds a simple token lives after its last use (default 300).
+    #[arg(long, env = "MAINSTAY_AUTH_TOKEN_TTL")]
+    pub auth_token_ttl: Option<u64>,
+    /// bcrypt cost of password hashes (4-31, default 10).
+    #[arg(long, env = "MAINSTAY_BCRYPT_COST")]
+    pub bcrypt_cost: Option<u64>,
     /// Without `--cert-file`, serve `https://` client URLs with a self-signed
     /// certificate kept in the data directory.
     #[arg(long, env = "MAINSTAY_AUTO_TLS", num_args = 0..=1,
@@ -334,6 +345,8 @@ pub struct Config {
     /// etcd's `--experimental-initial-corrupt-check`: stored until the check
     /// between members exists.
     pub initial_corrupt_check: bool,
+    /// Auth tokens and password hashing.
+    pub auth: AuthSettings,
     /// Certificates for the `https://` client listeners.
     pub client_tls: TlsFiles,
     /// Certificates for peer traffic (`https://` peer URLs).
@@ -414,6 +427,7 @@ impl Default for Config {
             peer_allowed: AllowedPeer::default(),
             tls_options: TlsOptions::default(),
             initial_corrupt_check: false,
+            auth: AuthSettings::default(),
             log_level: tracing::Level::INFO,
             log_output: LogOutput::Stderr,
             warnings: Vec::new(),
@@ -695,6 +709,9 @@ impl ServeArgs {
             "trusted-ca-file" => self.trusted_ca_file = Some(PathBuf::from(raw.text())),
             "client-cert-auth" => self.client_cert_auth = Some(raw.bool()?),
             "client-crl-file" => self.client_crl_file = Some(PathBuf::from(raw.text())),
+            "auth-token" => self.auth_token = Some(raw.text()),
+            "auth-token-ttl" => self.auth_token_ttl = Some(raw.uint()?),
+            "bcrypt-cost" => self.bcrypt_cost = Some(raw.uint()?),
             "auto-tls" => self.auto_tls = Some(raw.bool()?),
             "cipher-suites" => self.cipher_suites = Some(raw.text()),
             "tls-min-version" => self.tls_min_version = Some(raw.text()),
@@ -757,6 +774,9 @@ impl ServeArgs {
             trusted_ca_file,
             client_cert_auth,
             client_crl_file,
+            auth_token,
+            auth_token_ttl,
+            bcrypt_cost,
             auto_tls,
             cipher_suites,
             tls_min_version,
@@ -811,6 +831,9 @@ impl ServeArgs {
             trusted_ca_file: self.trusted_ca_file.or(trusted_ca_file),
             client_cert_auth: self.client_cert_auth.or(client_cert_auth),
             client_crl_file: self.client_crl_file.or(client_crl_file),
+            auth_token: self.auth_token.or(auth_token),
+            auth_token_ttl: self.auth_token_ttl.or(auth_token_ttl),
+            bcrypt_cost: self.bcrypt_cost.or(bcrypt_cost),
             auto_tls: self.auto_tls.or(auto_tls),
             cipher_suites: self.cipher_suites.or(cipher_suites),
             tls_min_version: self.tls_min_version.or(tls_min_version),
@@ -957,6 +980,22 @@ impl ServeArgs {
                 "--log-outputs: {target:?} is ignored: Mainstay logs to one of stderr or stdout (ship or rotate logs outside the process)"
             ),
         }));
+        let token = match &self.auth_token {
+            Some(text) => auth::parse_token(text).map_err(|e| anyhow!(e))?,
+            None => TokenSpec::Simple,
+        };
+        let (bcrypt_cost, cost_warning) = auth::bcrypt_cost(self.bcrypt_cost);
+        if let Some(message) = cost_warning {
+            warnings.push(Warning {
+                setting: "--bcrypt-cost".to_string(),
+                message,
+            });
+        }
+        let auth = AuthSettings {
+            token,
+            token_ttl: auth::token_ttl(self.auth_token_ttl),
+            bcrypt_cost,
+        };
         let initial_corrupt_check = self.experimental_initial_corrupt_check.unwrap_or(false);
         if initial_corrupt_check {
             warnings.push(Warning {
@@ -1126,6 +1165,7 @@ impl ServeArgs {
             peer_allowed,
             tls_options,
             initial_corrupt_check,
+            auth,
             log_level,
             log_output,
             warnings,

@@ -20,6 +20,8 @@ pub struct Conn {
     pub io: Box<dyn Io>,
     /// Who is at the other end, for log lines (`IP:port`, or `unix socket`).
     pub remote: String,
+    /// The verified client certificate's common name (TLS listeners only).
+    pub common_name: Option<String>,
 }
 
 impl Conn {
@@ -28,13 +30,27 @@ impl Conn {
         Conn {
             io: Box::new(io),
             remote,
+            common_name: None,
         }
+    }
+
+    /// The same connection, with its client certificate's common name.
+    pub fn with_common_name(mut self, common_name: Option<String>) -> Conn {
+        self.common_name = common_name;
+        self
     }
 }
 
+/// Every request on the connection carries who it came from (the auth layer
+/// takes a certificate's common name as the user, as etcd does).
 impl Connected for Conn {
-    type ConnectInfo = ();
-    fn connect_info(&self) -> Self::ConnectInfo {}
+    type ConnectInfo = mainstay_api::ClientIdentity;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        mainstay_api::ClientIdentity {
+            common_name: self.common_name.clone(),
+            remote: self.remote.clone(),
+        }
+    }
 }
 
 impl AsyncRead for Conn {

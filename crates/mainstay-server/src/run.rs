@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use mainstay_api::{
-    Admission, Api, ClusterService, ElectionService, KvService, LeaseService, Limits, LockService,
-    MaintenanceService, MessageSizeLimit, WatchService, lease_ttl_min,
+    Admission, Api, AuthOptions, AuthService, ClusterService, ElectionService, JwtKeys, JwtOptions,
+    KvService, LeaseService, Limits, LockService, MaintenanceService, MessageSizeLimit, TokenKind,
+    WatchService, lease_ttl_min,
 };
+use mainstay_proto::etcdserverpb::auth_server::AuthServer;
 use mainstay_proto::etcdserverpb::cluster_server::ClusterServer;
 use mainstay_proto::etcdserverpb::kv_server::KvServer;
 use mainstay_proto::etcdserverpb::lease_server::LeaseServer;
@@ -33,7 +35,7 @@ use crate::tls::{ServerTls, resolve_auto, tls_incoming};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::config::{ClusterState, Config};
+use crate::config::{ClusterState, Config, TokenSpec};
 
 /// Every connection, client or peer, through `AuthorityFix`: etcd ignores a
 /// request's `:authority` (etcdctl 3.4 sends the endpoint URL there), h2 would
@@ -41,8 +43,46 @@ use crate::config::{ClusterState, Config};
 fn fix_authority(incoming: Incoming) -> Incoming {
     Box::pin(incoming.map_ok(|conn| {
         let remote = conn.remote.clone();
-        Conn::new(AuthorityFix::new(conn), remote)
+        let common_name = conn.common_name.clone();
+        Conn::new(AuthorityFix::new(conn), remote).with_common_name(common_name)
     }))
+}
+
+/// Token issuing and password hashing as configured; the JWT key files are
+/// read and checked here (a member with unusable keys does not start).
+fn auth_options(config: &Config) -> anyhow::Result<AuthOptions> {
+    let tokens = match &config.auth.token {
+        TokenSpec::Simple => TokenKind::Simple,
+        TokenSpec::Jwt {
+            sign_method,
+            public_key,
+            private_key,
+            ttl,
+        } => {
+            let read = |path: &Option<std::path::PathBuf>| {
+                path.as_ref()
+                    .map(|path| {
+                        std::fs::read(path)
+                            .with_context(|| format!("--auth-token: read {}", path.display()))
+                    })
+                    .transpose()
+            };
+            let options = JwtOptions {
+                sign_method: sign_method.clone(),
+                public_key: read(public_key)?,
+                private_key: read(private_key)?,
+                ttl: *ttl,
+            };
+            TokenKind::Jwt(
+                JwtKeys::new(&options).map_err(|e| anyhow::anyhow!("--auth-token: {e}"))?,
+            )
+        }
+    };
+    Ok(AuthOptions::new(
+        tokens,
+        config.auth.bcrypt_cost,
+        config.client_tls.client_cert_auth,
+    ))
 }
 
 /// Names for a self-signed certificate: the listen addresses' IPs and the
@@ -372,6 +412,7 @@ async fn serve_member(
         unsafe_skip_log_fsync: env.safety_breaks.skip_log_fsync,
         unsafe_serve_before_catch_up: env.safety_breaks.serve_before_catch_up,
         strict_reconfig_check: config.strict_reconfig_check,
+        auth_token_ttl: config.auth.token_ttl,
     })
     .await
     .map_err(|e| anyhow::anyhow!(e))
@@ -475,6 +516,7 @@ async fn serve_member(
             lease_ttl_min: lease_ttl_min(config.election_timeout_ms),
         },
         admission: Admission::default(),
+        auth: std::sync::Arc::new(auth_options(&config)?),
         unsafe_skip_read_barrier: env.safety_breaks.skip_read_barrier,
         unsafe_watch_start_off_by_one: env.safety_breaks.watch_start_off_by_one,
         unsafe_lock_skip_wait: env.safety_breaks.lock_skip_wait,
@@ -501,6 +543,8 @@ async fn serve_member(
         ))
         .max_decoding_message_size(grpc_bytes_max)
         .max_encoding_message_size(usize::MAX);
+        let auth = AuthServer::new(AuthService::new(api.clone()))
+            .max_decoding_message_size(grpc_bytes_max);
         let lock = LockServer::new(LockService::new(api.clone()))
             .max_decoding_message_size(grpc_bytes_max);
         let election = ElectionServer::new(ElectionService::new(api.clone()))
@@ -514,6 +558,7 @@ async fn serve_member(
                 .add_service(watch)
                 .add_service(cluster)
                 .add_service(maintenance)
+                .add_service(auth)
                 .add_service(lock)
                 .add_service(election)
                 .serve_with_incoming_shutdown(incoming, signal)

@@ -24,6 +24,19 @@ use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::io::{Conn, Incoming};
+
+/// The subject common name of a DER certificate, if it has one.
+fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref()).ok()?;
+    let name = parsed
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some(name)
+}
 use crate::peer_names::{AllowedPeer, NamedPeers};
 
 /// A TLS protocol version etcd's `--tls-min-version`/`--tls-max-version` name.
@@ -567,8 +580,17 @@ pub fn tls_incoming(mut incoming: Incoming, tls: Arc<ServerTls>) -> Incoming {
                 drop(permit);
                 match outcome {
                     Ok(Ok(stream)) => {
+                        // Only a certificate the handshake verified is offered
+                        // (without client-cert-auth none is asked for).
+                        let common_name = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|leaf| common_name(leaf));
+                        let conn = Conn::new(stream, remote).with_common_name(common_name);
                         // The server may be gone meanwhile: nothing to hand over.
-                        let _ = ready.send(Ok(Conn::new(stream, remote))).await;
+                        let _ = ready.send(Ok(conn)).await;
                     }
                     Ok(Err(error)) => {
                         tracing::warn!(listener = label, %remote, %error, "refused a connection: TLS handshake failed");

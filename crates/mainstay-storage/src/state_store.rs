@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use mainstay_auth::AuthState;
 use mainstay_mvcc::{Change, KeySpace, LeaseRecord, Live, Record, Revision, Value, ValueStore};
 use redb::{Builder, Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -40,7 +41,10 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_KEY: &str = "meta";
 /// Key = lease id (8 bytes, big endian); value = the sealed, encoded `LeaseRecord`.
 const LEASES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("leases");
-const SNAPSHOT_FORMAT: u32 = 2;
+/// Key (in `META`) of the auth state: users, roles, permissions, enabled.
+const AUTH_KEY: &str = "auth";
+/// 3: with the auth state.
+const SNAPSHOT_FORMAT: u32 = 3;
 
 /// State-machine metadata committed with every batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +70,8 @@ pub struct SnapshotData {
     pub records: Vec<(Vec<u8>, Record)>,
     /// Every granted lease.
     pub leases: Vec<LeaseRecord>,
+    /// Users, roles, permissions and whether auth is on.
+    pub auth: AuthState,
 }
 
 impl SnapshotData {
@@ -181,6 +187,11 @@ fn encode_lease(lease: &LeaseRecord) -> Result<Vec<u8>, StorageError> {
 fn encode_meta(meta: &StateMeta) -> Result<Vec<u8>, StorageError> {
     let encoded = postcard::to_allocvec(meta).map_err(|_| StorageError::Encode)?;
     Ok(seal(META_KEY.as_bytes(), encoded))
+}
+
+fn encode_auth(auth: &AuthState) -> Result<Vec<u8>, StorageError> {
+    let encoded = postcard::to_allocvec(auth).map_err(|_| StorageError::Encode)?;
+    Ok(seal(AUTH_KEY.as_bytes(), encoded))
 }
 
 impl StateStore {
@@ -400,6 +411,12 @@ impl StateStore {
                             .remove(id.to_be_bytes().as_slice())
                             .map_err(StorageError::db)?;
                     }
+                    Change::Auth(auth) => {
+                        let mut table = write.open_table(META).map_err(StorageError::db)?;
+                        table
+                            .insert(AUTH_KEY, encode_auth(auth)?.as_slice())
+                            .map_err(StorageError::db)?;
+                    }
                 }
             }
             let mut table = write.open_table(META).map_err(StorageError::db)?;
@@ -481,6 +498,9 @@ impl StateStore {
                 table
                     .insert(META_KEY, encoded.as_slice())
                     .map_err(StorageError::db)?;
+                table
+                    .insert(AUTH_KEY, encode_auth(&data.auth)?.as_slice())
+                    .map_err(StorageError::db)?;
             }
             write.commit().map_err(StorageError::db)
         });
@@ -502,6 +522,7 @@ impl StateStore {
             data.meta.revision,
             data.meta.compacted,
         );
+        key_space.set_auth(data.auth.clone());
         key_space.set_value_store(self.values()?);
         Ok(key_space)
     }
@@ -612,7 +633,12 @@ impl ValueStore for StoredValues {
 }
 
 /// What one read of the store holds: metadata, records, leases.
-type Parts = (StateMeta, Vec<(Vec<u8>, Record)>, Vec<LeaseRecord>);
+type Parts = (
+    StateMeta,
+    Vec<(Vec<u8>, Record)>,
+    Vec<LeaseRecord>,
+    AuthState,
+);
 
 /// One consistent read of the state store (see `StateStore::reader`).
 pub struct StateReader {
@@ -632,8 +658,9 @@ impl StateReader {
     /// The keyspace and metadata as of this read; with `values`, every value
     /// in memory, else every value left in the store (`Value::Stored`).
     pub fn load(&self, values: bool) -> Result<(KeySpace, StateMeta), StorageError> {
-        let (meta, records, leases) = self.parts(values)?;
-        let key_space = KeySpace::restore(records, leases, meta.revision, meta.compacted);
+        let (meta, records, leases, auth) = self.parts(values)?;
+        let mut key_space = KeySpace::restore(records, leases, meta.revision, meta.compacted);
+        key_space.set_auth(auth);
         Ok((key_space, meta))
     }
 
@@ -652,6 +679,19 @@ impl StateReader {
                 None => StateMeta::default(),
             },
             Err(redb::TableError::TableDoesNotExist(_)) => StateMeta::default(),
+            Err(error) => return Err(self.read_error(error.into())),
+        };
+        let auth = match read.open_table(META) {
+            Ok(table) => match table.get(AUTH_KEY).map_err(|e| self.read_error(e.into()))? {
+                Some(value) => {
+                    let value = unseal(AUTH_KEY.as_bytes(), value.value())
+                        .ok_or_else(|| self.corrupt("auth state checksum mismatch"))?;
+                    postcard::from_bytes(value)
+                        .map_err(|_| self.corrupt("undecodable auth state"))?
+                }
+                None => AuthState::default(),
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => AuthState::default(),
             Err(error) => return Err(self.read_error(error.into())),
         };
         let mut records = Vec::new();
@@ -692,7 +732,7 @@ impl StateReader {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(error) => return Err(self.read_error(error.into())),
         }
-        Ok((meta, records, leases))
+        Ok((meta, records, leases, auth))
     }
 
     /// A consistent copy of the state as of this read, for a snapshot: the
@@ -700,7 +740,7 @@ impl StateReader {
     /// then revision order.
     pub fn snapshot(&self) -> Result<SnapshotData, StorageError> {
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.parts(true)));
-        let (meta, mut records, leases) = read.unwrap_or_else(|_| {
+        let (meta, mut records, leases, auth) = read.unwrap_or_else(|_| {
             Err(StorageError::Corrupt {
                 path: self.path.display().to_string(),
                 at: "reading a snapshot".to_string(),
@@ -713,6 +753,7 @@ impl StateReader {
             meta,
             records,
             leases,
+            auth,
         })
     }
 }

@@ -306,7 +306,6 @@ const V2: &str = "Mainstay serves only the v3 API";
 const V2_PROXY: &str = "only the v2 proxy (--proxy) uses it, and Mainstay does not run one";
 const DISCOVERY: &str = "only discovery uses it, and Mainstay bootstraps from --initial-cluster";
 const NO_BBOLT: &str = "Mainstay keeps its state in redb, not bbolt";
-const AUTH: &str = "authentication is not implemented: the Auth service answers Unimplemented, so it cannot be enabled";
 const LEASE_CHECKPOINT: &str = "Mainstay's keep-alives are Raft entries, so a lease keeps its remaining TTL across leader changes (what checkpoints are for)";
 const TRACING: &str = "Mainstay exports no OpenTelemetry traces; it logs tracing spans";
 const CORRUPT_CHECK: &str = "corruption checks between members are not implemented yet (every stored record is CRC-checked)";
@@ -435,9 +434,9 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("experimental-distributed-tracing-instance-id", Only35, Text, Ignored(TRACING)),
     flag("experimental-distributed-tracing-sampling-rate", Only35, Int, Ignored(TRACING)),
     // Auth.
-    flag("auth-token", Both, Text, Ignored(AUTH)),
-    flag("bcrypt-cost", Both, Uint, Ignored(AUTH)),
-    flag("auth-token-ttl", Both, Uint, Ignored(AUTH)),
+    flag("auth-token", Both, Text, Implemented("`simple` (default) or `jwt,pub-key=…,priv-key=…,sign-method=…[,ttl=…]`: RS/PS/ES/HS algorithms and EdDSA; a bad value refuses to start")),
+    flag("bcrypt-cost", Both, Uint, Implemented("default 10; outside 4-31 falls back to 10 with a warning, as etcd does")),
+    flag("auth-token-ttl", Both, Uint, Implemented("seconds a simple token lives after its last use; default 300 (0 = 300)")),
     flag("enable-grpc-gateway", Both, Bool, Ignored("Mainstay serves no JSON gateway (/v3/*) yet, only gRPC")),
     // Experimental.
     flag("experimental-initial-corrupt-check", Both, Bool, Implemented("stored in Config; until the member-to-member check exists, true also logs a warning that it does not run")),

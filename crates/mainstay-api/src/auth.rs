@@ -145,9 +145,7 @@ impl AuthService {
             };
             let token = match &self.api.auth.tokens {
                 TokenKind::Simple => mainstay_raft::simple_token(&random, index),
-                TokenKind::Jwt(keys) => keys
-                    .sign(&user, revision)
-                    .map_err(Status::unknown)?,
+                TokenKind::Jwt(keys) => keys.sign(&user, revision).map_err(Status::unknown)?,
             };
             return Ok((token, term));
         }

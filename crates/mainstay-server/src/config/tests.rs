@@ -264,7 +264,11 @@ fn judging_flags_mainstay_does_not_act_on() {
             "ignore",
         ),
         ("unsafe-no-fsync", "true", "ignore"),
-        ("auth-token", "jwt,pub-key=a.pub,priv-key=a.key", "implemented"),
+        (
+            "auth-token",
+            "jwt,pub-key=a.pub,priv-key=a.key",
+            "implemented",
+        ),
         ("v", "", "ignore"),
     ];
     for (name, value, expected) in cases {

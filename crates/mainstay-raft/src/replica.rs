@@ -451,6 +451,7 @@ impl Replica {
         if !self.inner.config.unsafe_serve_before_catch_up {
             self.read_barrier().await?;
         }
+        self.tokens().start_learning();
         self.inner
             .serving
             .store(true, std::sync::atomic::Ordering::Release);

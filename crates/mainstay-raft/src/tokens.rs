@@ -3,7 +3,15 @@
 //! and forgets a user's tokens when the user is deleted or gets a new
 //! password, and every token when auth is turned off. A token lives
 //! `--auth-token-ttl` from its last use, by this member's clock.
+//!
+//! A member learns tokens only from logins it applies once it serves (caught
+//! up with the leader, `Replica::catch_up`): logins it replays after a
+//! restart, or receives in a backlog as a new member, may be long expired,
+//! and must not come back to life with a fresh TTL. As in etcd, a restart
+//! forgets every token; a client whose token this member does not know gets
+//! `invalid auth token` and logs in again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +23,7 @@ use tokio::time::Instant;
 #[derive(Clone, Debug)]
 pub struct Tokens {
     table: Arc<Mutex<SimpleTokens<Instant>>>,
+    learning: Arc<AtomicBool>,
 }
 
 impl Tokens {
@@ -22,7 +31,13 @@ impl Tokens {
     pub fn new(ttl: Duration) -> Tokens {
         Tokens {
             table: Arc::new(Mutex::new(SimpleTokens::new(ttl))),
+            learning: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// From now on, logins applied here are learned (the member serves).
+    pub(crate) fn start_learning(&self) {
+        self.learning.store(true, Ordering::Release);
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, SimpleTokens<Instant>> {
@@ -47,7 +62,7 @@ impl Tokens {
         };
         match (request, reply) {
             (AuthRequest::Authenticate { name, token, .. }, AuthReply::Authenticated { .. })
-                if !token.is_empty() =>
+                if !token.is_empty() && self.learning.load(Ordering::Acquire) =>
             {
                 self.table()
                     .assign(&simple_token(token, log_index), name, Instant::now());

@@ -14,6 +14,8 @@ mod validate;
 mod writer;
 
 #[cfg(test)]
+mod auth_tests;
+#[cfg(test)]
 mod tests;
 
 pub use command::{Applied, ApplyContext, Command, CommandResponse};

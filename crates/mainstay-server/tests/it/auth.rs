@@ -736,11 +736,11 @@ async fn enable_with_rw(channel: &Channel) {
 }
 
 trait Served {
-    fn is_ok_or_else_code(self, code: Code) -> bool;
+    fn answered_or(self, code: Code) -> bool;
 }
 
 impl<T> Served for Result<T, Status> {
-    fn is_ok_or_else_code(self, code: Code) -> bool {
+    fn answered_or(self, code: Code) -> bool {
         match self {
             Ok(_) => true,
             Err(status) => status.code() == code,
@@ -877,7 +877,7 @@ async fn a_client_certificates_common_name_is_the_user() {
                 && MaintenanceClient::new(channel.clone())
                     .status(pb::StatusRequest {})
                     .await
-                    .is_ok_or_else_code(Code::PermissionDenied)
+                    .answered_or(Code::PermissionDenied)
             {
                 return channel;
             }

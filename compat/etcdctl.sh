@@ -439,6 +439,45 @@ check_contains "TLS 1.1 is refused" "Cipher is (NONE)" \
 check_contains "TLS 1.2 is served" "New, TLSv1.2, Cipher is ECDHE" "$(ossl -tls1_2)"
 check_contains "TLS 1.3 is served" "New, TLSv1.3, Cipher is TLS_" "$(ossl -tls1_3)"
 
+# --- auth on the TLS member: the client certificate's name is the user ------
+check "user add over TLS" "User root created" "$(ctl "${TLS_CTL[@]}" user add root:rootpw)"
+check "grant root over TLS" "Role root is granted to user root" "$(ctl "${TLS_CTL[@]}" user grant-role root root)"
+check "auth enable over TLS" "Authentication Enabled" "$(ctl "${TLS_CTL[@]}" auth enable)"
+check "the certificate named root writes without a password" "OK" "$(ctl "${TLS_CTL[@]}" put tls-auth yes)"
+check "and administers" "root" "$(ctl "${TLS_CTL[@]}" user list)"
+
+# --- auth: users, roles, key-range permissions, tokens ----------------------
+AUTH_LEADER="$(ep "$(leader_position)")"
+check "user add" "User root created" "$(ctl --endpoints="$ALL" user add root:rootpw)"
+check "user grant-role" "Role root is granted to user root" "$(ctl --endpoints="$ALL" user grant-role root root)"
+check "role add" "Role app created" "$(ctl --endpoints="$ALL" role add app)"
+check "role grant-permission --prefix" "Role app updated" \
+  "$(ctl --endpoints="$ALL" role grant-permission app readwrite --prefix app/)"
+check "user add alice" "User alice created" "$(ctl --endpoints="$ALL" user add alice:alicepw)"
+check "grant alice app" "Role app is granted to user alice" "$(ctl --endpoints="$ALL" user grant-role alice app)"
+check "auth enable" "Authentication Enabled" "$(ctl --endpoints="$AUTH_LEADER" auth enable)"
+check_contains "no user is refused" "etcdserver: user name is empty" "$(ctl --endpoints="$ALL" get app/x || true)"
+check "alice writes her prefix through a follower" "OK" \
+  "$(ctl --endpoints="$(ep "$FOLLOWER")" --user alice:alicepw put app/x 1)"
+check "alice reads it" "1" "$(ctl --endpoints="$ALL" --user alice:alicepw get app/x --print-value-only)"
+check_contains "alice outside her prefix" "etcdserver: permission denied" \
+  "$(ctl --endpoints="$ALL" --user alice:alicepw put other 1 || true)"
+check_contains "alice's get of a range wider than hers" "etcdserver: permission denied" \
+  "$(ctl --endpoints="$ALL" --user alice:alicepw get app --from-key || true)"
+check_contains "a wrong password" "etcdserver: authentication failed, invalid user ID or password" \
+  "$(ctl --endpoints="$ALL" --user alice:nope get app/x || true)"
+check_contains "alice may not list users" "etcdserver: permission denied" \
+  "$(ctl --endpoints="$ALL" --user alice:alicepw user list || true)"
+check "root lists users" "$(printf 'alice\nroot')" "$(ctl --endpoints="$ALL" --user root:rootpw user list)"
+check_contains "role get" "[app/, app0) (prefix app/)" "$(ctl --endpoints="$ALL" --user root:rootpw role get app)"
+check_contains "user get --detail" "Role app" "$(ctl --endpoints="$ALL" --user alice:alicepw user get alice --detail)"
+check "endpoint health for a user without the health key" "3" \
+  "$(ctl --endpoints="$ALL" --user alice:alicepw endpoint health | grep -c 'is healthy')"
+check_contains "auth disable needs root" "etcdserver: permission denied" \
+  "$(ctl --endpoints="$ALL" --user alice:alicepw auth disable || true)"
+check "auth disable" "Authentication Disabled" "$(ctl --endpoints="$ALL" --user root:rootpw auth disable)"
+check "no user needed again" "1" "$(ctl --endpoints="$ALL" get app/x --print-value-only)"
+
 echo
 echo "etcdctl: $PASSED passed, $FAILED failed"
 [ "$FAILED" == 0 ]

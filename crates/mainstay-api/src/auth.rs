@@ -87,9 +87,8 @@ impl AuthService {
             .acquire()
             .await
             .map_err(|_| api_status(ApiError::TooManyRequests))?;
-        tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
-            .await
-            .map_err(|_| Status::internal("etcdserver: password hashing failed"))?
+        off_runtime(move || bcrypt::hash(password, cost))
+            .await?
             .map_err(|_| Status::internal("etcdserver: password hashing failed"))
     }
 
@@ -102,9 +101,7 @@ impl AuthService {
             .acquire()
             .await
             .map_err(|_| api_status(ApiError::TooManyRequests))?;
-        tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-            .await
-            .map_err(|_| Status::internal("etcdserver: password check failed"))
+        off_runtime(move || bcrypt::verify(password, &hash).unwrap_or(false)).await
     }
 
     /// A login: the password against the state at one revision, then a log
@@ -121,7 +118,7 @@ impl AuthService {
                 return Err(auth_status(AuthError::AuthFailed));
             }
             let random = match &self.api.auth.tokens {
-                TokenKind::Simple => random_token()?,
+                TokenKind::Simple => self.random_token()?,
                 TokenKind::Jwt(_) => String::new(),
             };
             let request = AuthRequest::Authenticate {
@@ -153,16 +150,47 @@ impl AuthService {
     }
 }
 
-/// 32 random letters and digits (the token's secret part).
-fn random_token() -> Result<String, Status> {
-    const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut bytes = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| Status::internal("etcdserver: no randomness for a token"))?;
-    Ok(bytes
-        .iter()
-        .map(|b| LETTERS[usize::from(*b) % LETTERS.len()] as char)
-        .collect())
+impl AuthService {
+    /// 32 random letters and digits (the token's secret part): from the OS,
+    /// or under the simulator from its seed.
+    fn random_token(&self) -> Result<String, Status> {
+        const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let mut bytes = [0u8; 32];
+        match &self.api.auth.token_seed {
+            None => ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                .map_err(|_| Status::internal("etcdserver: no randomness for a token"))?,
+            Some(seed) => {
+                let mut state = seed.lock().unwrap_or_else(|p| p.into_inner());
+                for byte in &mut bytes {
+                    // splitmix64, one byte per step.
+                    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    let mut z = *state;
+                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                    *byte = (z ^ (z >> 31)) as u8;
+                }
+            }
+        }
+        Ok(bytes
+            .iter()
+            .map(|b| LETTERS[usize::from(*b) % LETTERS.len()] as char)
+            .collect())
+    }
+}
+
+/// Runs costly work (bcrypt) on the blocking pool; on a current-thread
+/// runtime (the simulator's) in place, so a seed replays.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| Status::internal("etcdserver: password hashing failed"))
+    } else {
+        Ok(work())
+    }
 }
 
 fn permission_to_pb(permission: &Permission) -> authpb::Permission {

@@ -47,6 +47,9 @@ pub struct AuthOptions {
     pub(crate) throttle: Mutex<LoginThrottle<tokio::time::Instant>>,
     /// bcrypt runs on at most this many blocking threads at once.
     pub(crate) hashing: Semaphore,
+    /// SIMULATOR ONLY: draw tokens' random parts from this seed (a seed then
+    /// replays); `None` in production, where the OS draws them.
+    pub token_seed: Option<Mutex<u64>>,
 }
 
 /// bcrypt hashes computed at once by one member (each takes ~50-100 ms of a core).
@@ -61,6 +64,7 @@ impl AuthOptions {
             client_cert_auth,
             throttle: Mutex::new(LoginThrottle::default()),
             hashing: Semaphore::new(HASHING_MAX),
+            token_seed: None,
         }
     }
 }

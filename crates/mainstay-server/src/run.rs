@@ -50,7 +50,7 @@ fn fix_authority(incoming: Incoming) -> Incoming {
 
 /// Token issuing and password hashing as configured; the JWT key files are
 /// read and checked here (a member with unusable keys does not start).
-fn auth_options(config: &Config) -> anyhow::Result<AuthOptions> {
+fn auth_options(config: &Config, token_seed: Option<u64>) -> anyhow::Result<AuthOptions> {
     let tokens = match &config.auth.token {
         TokenSpec::Simple => TokenKind::Simple,
         TokenSpec::Jwt {
@@ -78,11 +78,13 @@ fn auth_options(config: &Config) -> anyhow::Result<AuthOptions> {
             )
         }
     };
-    Ok(AuthOptions::new(
+    let mut options = AuthOptions::new(
         tokens,
         config.auth.bcrypt_cost,
         config.client_tls.client_cert_auth,
-    ))
+    );
+    options.token_seed = token_seed.map(std::sync::Mutex::new);
+    Ok(options)
 }
 
 /// Names for a self-signed certificate: the listen addresses' IPs and the
@@ -157,6 +159,9 @@ pub struct Env {
     pub seed: u64,
     /// Deliberate safety bugs for the simulator's self-tests; all off in production.
     pub safety_breaks: SafetyBreaks,
+    /// SIMULATOR ONLY: auth tokens' random parts drawn from `seed` (so a seed
+    /// replays), never in production (they are secrets: the OS draws them).
+    pub seeded_tokens: bool,
 }
 
 /// Deliberate safety bugs the simulator must detect (its self-tests). Each is a
@@ -178,6 +183,8 @@ pub struct SafetyBreaks {
     pub skip_log_fsync: bool,
     /// Serve clients after a restart without catching up with the leader.
     pub serve_before_catch_up: bool,
+    /// Serve reads without checking the caller's read permission.
+    pub skip_read_permission: bool,
 }
 
 impl Env {
@@ -192,6 +199,7 @@ impl Env {
             disk: Arc::new(OsDisk),
             seed: nanos ^ u64::from(std::process::id()).rotate_left(32),
             safety_breaks: SafetyBreaks::default(),
+            seeded_tokens: false,
         }
     }
 }
@@ -516,10 +524,14 @@ async fn serve_member(
             lease_ttl_min: lease_ttl_min(config.election_timeout_ms),
         },
         admission: Admission::default(),
-        auth: std::sync::Arc::new(auth_options(&config)?),
+        auth: std::sync::Arc::new(auth_options(
+            &config,
+            env.seeded_tokens.then_some(env.seed),
+        )?),
         unsafe_skip_read_barrier: env.safety_breaks.skip_read_barrier,
         unsafe_watch_start_off_by_one: env.safety_breaks.watch_start_off_by_one,
         unsafe_lock_skip_wait: env.safety_breaks.lock_skip_wait,
+        unsafe_skip_read_permission: env.safety_breaks.skip_read_permission,
     };
     let grpc_bytes_max = request_bytes_max + GRPC_OVERHEAD_BYTES;
     // gRPC's limit with grpc-go's answer (tonic's own stays as a backstop).

@@ -8,6 +8,7 @@
 //! faults heal, the cluster must make progress and converge. See
 //! docs/simulation.md.
 
+mod auth_workload;
 mod election_workload;
 mod fault;
 mod invariants;

@@ -60,6 +60,11 @@ fn parse() -> Result<Args, String> {
             "--break-fsync" => args.options.lying_fsync = true,
             "--break-log-fsync" => args.options.safety_breaks.skip_log_fsync = true,
             "--break-catch-up" => args.options.safety_breaks.serve_before_catch_up = true,
+            "--auth" => args.options.auth = true,
+            "--break-auth" => {
+                args.options.auth = true;
+                args.options.safety_breaks.skip_read_permission = true;
+            }
             "--expect-violations" => args.expect_violations = true,
             "--worker" => args.worker = true,
             other => return Err(format!("unknown argument {other}")),
@@ -135,6 +140,12 @@ fn run_job(exe: &std::path::Path, args: &Args, mut seeds: Vec<u64>) -> Result<Ve
         }
         if args.options.safety_breaks.serve_before_catch_up {
             command.arg("--break-catch-up");
+        }
+        if args.options.auth {
+            command.arg("--auth");
+        }
+        if args.options.safety_breaks.skip_read_permission {
+            command.arg("--break-auth");
         }
         let mut child = command
             .stdout(Stdio::piped())

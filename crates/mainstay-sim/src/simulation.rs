@@ -13,6 +13,7 @@ use mainstay_raft::Replica;
 use mainstay_server::{ClusterState, Config, Env, Listeners, SafetyBreaks, run_with_listeners};
 use mainstay_storage::MemDisk;
 
+use crate::auth_workload;
 use crate::election_workload::{self, ElectionLog};
 use crate::fault::{Fault, FaultCounts, plan_faults};
 use crate::invariants::Invariants;
@@ -42,6 +43,9 @@ pub struct SimOptions {
     /// making anything durable, so members acknowledge writes before they are on
     /// disk. Crashes must then be caught losing acknowledged data.
     pub lying_fsync: bool,
+    /// Run the auth workload (auth on, permissions changing) instead of the
+    /// others (which run without auth).
+    pub auth: bool,
 }
 
 impl Default for SimOptions {
@@ -52,6 +56,7 @@ impl Default for SimOptions {
             members: None,
             safety_breaks: SafetyBreaks::default(),
             lying_fsync: false,
+            auth: false,
         }
     }
 }
@@ -248,6 +253,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
                     disk: Arc::new(disk),
                     seed,
                     safety_breaks,
+                    seeded_tokens: true,
                 };
                 let listeners = Listeners {
                     client: vec![client],
@@ -276,7 +282,35 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
     let history: History = Arc::default();
     let session_log: SessionLog = Arc::default();
     let stop_micros = options.workload_seconds * 1_000_000;
-    for client in 0..clients {
+    // The auth workload replaces the others: with auth on, they would need
+    // users of their own (`--auth` runs).
+    let others = if options.auth { 0 } else { 1 };
+    let auth_log: auth_workload::SharedAuthLog = Arc::default();
+    let mut auth_rng = Rng::new(seed ^ 0xa075_0000_0000_0000);
+    if options.auth {
+        sim.client(
+            "auth-operator",
+            auth_workload::operator(
+                names.clone(),
+                auth_rng.fork(),
+                stop_micros,
+                auth_log.clone(),
+            ),
+        );
+        for user in 0..auth_workload::USERS {
+            sim.client(
+                format!("auth-user{user}").as_str(),
+                auth_workload::user(
+                    user,
+                    names.clone(),
+                    auth_rng.fork(),
+                    stop_micros,
+                    auth_log.clone(),
+                ),
+            );
+        }
+    }
+    for client in 0..clients * others {
         let client_seed = rng.fork();
         sim.client(
             format!("client{client}").as_str(),
@@ -296,7 +330,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
     // clients' and the fault plan's draws as they were.
     let leases: Leases = Arc::default();
     let mut lease_rng = Rng::new(seed ^ 0x1ea5_e5ee_d000_0000);
-    for client in 0..LEASE_CLIENTS {
+    for client in 0..LEASE_CLIENTS * others {
         sim.client(
             format!("lessee{client}").as_str(),
             lease_workload::lease_client(
@@ -316,7 +350,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         watch_workload::WATCH_CLIENTS as usize
     ]));
     let mut watch_rng = Rng::new(seed ^ 0x3a7c_4000_0000_0000);
-    for client in 0..watch_workload::WATCH_CLIENTS {
+    for client in 0..watch_workload::WATCH_CLIENTS * others {
         sim.client(
             format!("watcher{client}").as_str(),
             watch_workload::watch_client(
@@ -352,7 +386,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
     // Lock clients, on a stream of their own too.
     let lock_attempts: LockAttempts = Arc::default();
     let mut lock_rng = Rng::new(seed ^ 0x10c4_c11e_0000_0000);
-    for client in 0..lock_workload::LOCK_CLIENTS {
+    for client in 0..lock_workload::LOCK_CLIENTS * others {
         sim.client(
             format!("locker{client}").as_str(),
             lock_workload::lock_client(
@@ -367,7 +401,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
 
     // Election clients, on the lock clients' stream.
     let election_log: ElectionLog = Arc::default();
-    for client in 0..election_workload::ELECTION_CLIENTS {
+    for client in 0..election_workload::ELECTION_CLIENTS * others {
         sim.client(
             format!("candidate{client}").as_str(),
             election_workload::election_client(
@@ -450,6 +484,12 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         }
         fault_log.append(&mut world.log);
         let serving = names.len() - world.down_for_good();
+        if options.auth {
+            let turn_off =
+                auth_workload::turn_off(names.clone(), auth_rng.fork(), auth_log.clone());
+            sim.client("auth-off", turn_off);
+            auth_off_after_healing(&mut sim, &auth_log, &mut result, &mut steps);
+        }
         liveness(
             &mut sim,
             &names,
@@ -500,8 +540,19 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
     result
         .violations
         .extend(lease_workload::check(&lock(&leases)));
+
     world.judge_exits();
     result.faults = world.counts.clone();
+    if options.auth {
+        let log = lock(&auth_log);
+        result.violations.extend(auth_workload::check(&log));
+        result.faults.bump("auth_changes", log.changes.len() as u64);
+        let served = log.accesses.iter().filter(|a| a.served).count() as u64;
+        result.faults.bump("auth_served", served);
+        result
+            .faults
+            .bump("auth_denied", log.accesses.len() as u64 - served);
+    }
     {
         // Not faults, but what the lease checks had to work with.
         let leases = lock(&leases);
@@ -1251,6 +1302,25 @@ fn locks_released(
                 "lock: no member answered the release check of {prefix}"
             )),
         }
+    }
+}
+
+/// Lets the auth operator turn auth off (the faults healed) and waits for it.
+fn auth_off_after_healing(
+    sim: &mut turmoil::Sim<'_>,
+    log: &auth_workload::SharedAuthLog,
+    result: &mut SimResult,
+    steps: &mut u64,
+) {
+    let deadline = sim.elapsed() + Duration::from_secs(60);
+    while !lock(log).disabled && sim.elapsed() < deadline {
+        if let Err(error) = sim.step() {
+            result
+                .violations
+                .push(format!("simulation error while turning auth off: {error}"));
+            return;
+        }
+        *steps += 1;
     }
 }
 

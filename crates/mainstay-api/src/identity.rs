@@ -126,7 +126,19 @@ impl Api {
                 }
                 TokenKind::Simple => {
                     let index = mainstay_raft::simple_token_index(token).ok_or_else(invalid)?;
-                    if !self.replica.applied_by(index, TOKEN_APPLY_WAIT).await {
+                    // A login past what this member knows committed: it may
+                    // lag, so it first catches up with the leader's commit (one
+                    // shared read barrier). A login still past it was never
+                    // committed (a made-up token): refused without holding
+                    // the request; one known committed is waited for.
+                    let (committed, _) = self.replica.commit_and_apply_indexes();
+                    if index > committed {
+                        self.barrier(false).await?;
+                    }
+                    let (committed, _) = self.replica.commit_and_apply_indexes();
+                    if index > committed
+                        || !self.replica.applied_by(index, TOKEN_APPLY_WAIT).await
+                    {
                         return Err(invalid());
                     }
                     let user = self.replica.tokens().user(token).ok_or_else(invalid)?;

@@ -629,7 +629,7 @@ async fn authorization_matrix() {
     // read-write users on [a, b), a read-write user on [x, y), and root.
     let mut cluster = TestCluster::prepare(3, Options::default()).await;
     for member in &mut cluster.members {
-        member.args.auth_token_ttl = Some(2);
+        member.args.auth_token_ttl = Some(3);
         member.args.bcrypt_cost = Some(4);
     }
     for i in 0..3 {
@@ -667,7 +667,7 @@ async fn authorization_matrix() {
     let root = login(&login_channel, "root").await;
     run_column(1, None, "", Some(&root)).await;
     let expired = login(&login_channel, "rw").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let root = login(&login_channel, "root").await;
     run_column(2, Some(&expired), "rw", Some(&root)).await;
     for (column, (user, _)) in USERS.iter().enumerate() {

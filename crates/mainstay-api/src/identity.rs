@@ -111,12 +111,10 @@ impl Api {
 
     /// Resolves credentials against the current auth state.
     pub(crate) async fn resolve(&self, credentials: &Credentials) -> Result<Caller, Status> {
-        let (enabled, revision) = self
-            .replica
-            .read(|space| (space.auth().enabled(), space.auth().revision()));
-        if !enabled {
+        if !self.replica.auth_enabled() {
             return Ok(Caller::anonymous());
         }
+        let revision = self.replica.read(|space| space.auth().revision());
         if let Some(token) = &credentials.token {
             let invalid = || auth_status(AuthError::InvalidAuthToken);
             return match &self.auth.tokens {
@@ -136,8 +134,7 @@ impl Api {
                         self.barrier(false).await?;
                     }
                     let (committed, _) = self.replica.commit_and_apply_indexes();
-                    if index > committed
-                        || !self.replica.applied_by(index, TOKEN_APPLY_WAIT).await
+                    if index > committed || !self.replica.applied_by(index, TOKEN_APPLY_WAIT).await
                     {
                         return Err(invalid());
                     }

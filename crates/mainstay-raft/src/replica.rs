@@ -273,6 +273,12 @@ impl Replica {
         self.inner.state.lease_clock()
     }
 
+    /// Whether auth is on in this member's applied state, without taking the
+    /// keyspace's lock.
+    pub fn auth_enabled(&self) -> bool {
+        self.inner.state.auth_enabled()
+    }
+
     /// The simple auth tokens this member knows.
     pub fn tokens(&self) -> &crate::tokens::Tokens {
         self.inner.state.tokens()

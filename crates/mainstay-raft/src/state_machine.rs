@@ -189,6 +189,10 @@ struct Shared {
     events: broadcast::Sender<AppliedEvents>,
     leases: LeaseClock,
     tokens: Tokens,
+    /// Whether auth is on in the applied state, readable without the
+    /// keyspace lock (requests ask it first; a check that matters reads the
+    /// state under the lock).
+    auth_enabled: std::sync::atomic::AtomicBool,
 }
 
 /// The state machine; clones share state (one is openraft's, others serve reads).
@@ -227,6 +231,7 @@ impl StateMachine {
         leases.reconcile(&key_space);
         Ok(StateMachine {
             shared: Arc::new(Shared {
+                auth_enabled: std::sync::atomic::AtomicBool::new(key_space.auth().enabled()),
                 leases,
                 tokens,
                 applied: crate::applied::AppliedIndex::new(
@@ -269,6 +274,13 @@ impl StateMachine {
             .read()
             .unwrap_or_else(|p| p.into_inner());
         read(&guard)
+    }
+
+    /// Whether auth is on in the applied state (no lock taken).
+    pub fn auth_enabled(&self) -> bool {
+        self.shared
+            .auth_enabled
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The simple auth tokens this member knows.
@@ -556,6 +568,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 replies.push((responder, ApplyResult { outcome }));
             }
             meta.revision = key_space.revision();
+            self.shared.auth_enabled.store(
+                key_space.auth().enabled(),
+                std::sync::atomic::Ordering::Release,
+            );
             meta.compacted = key_space.compacted_revision();
         }
         self.durable().buffer(changes, meta, entries);
@@ -596,6 +612,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let key_space = store.install(&data).map_err(to_io)?;
         let mut durable = self.durable();
         self.shared.leases.reconcile(&key_space);
+        self.shared.auth_enabled.store(
+            key_space.auth().enabled(),
+            std::sync::atomic::Ordering::Release,
+        );
         *self
             .shared
             .key_space

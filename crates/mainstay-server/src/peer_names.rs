@@ -8,9 +8,7 @@ use std::sync::Arc;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
-};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 /// Names a peer's certificate must carry (either rule, when given).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -85,18 +83,6 @@ pub(crate) struct NamedPeers {
     pub(crate) allowed: AllowedPeer,
 }
 
-/// The reason a peer's certificate names were refused.
-#[derive(Debug)]
-struct NotAllowed(String);
-
-impl std::fmt::Display for NotAllowed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NotAllowed {}
-
 impl ClientCertVerifier for NamedPeers {
     fn offer_client_auth(&self) -> bool {
         self.inner.offer_client_auth()
@@ -120,9 +106,10 @@ impl ClientCertVerifier for NamedPeers {
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
         self.allowed.check(end_entity).map_err(|reason| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
-                NotAllowed(reason),
-            ))))
+            // The reason is logged here; the peer gets etcd's alert,
+            // bad_certificate (Go prints "remote error: tls: bad certificate").
+            tracing::warn!(%reason, "refused a peer certificate");
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
         })?;
         Ok(verified)
     }

@@ -8,7 +8,8 @@
 //! checked, as in etcd; the member warns at start. The files are looked at on
 //! every new connection, as on the serving side.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -110,6 +111,90 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
+/// Whether a TLS dial failed because the peer sent a `bad_certificate` alert
+/// (its name rules or CA refused this member's certificate).
+fn refused_our_certificate(error: &std::io::Error) -> bool {
+    matches!(
+        error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate
+        ))
+    )
+}
+
+/// Logs, in etcd's (Go's) words that operators and etcd's tests look for, a
+/// peer's refusal of this member's certificate. With TLS 1.3 the peer checks
+/// the client certificate after the client's side of the handshake is done,
+/// so the alert arrives on the first read (`AlertWatch`).
+fn note_refusal(error: &std::io::Error, peer: &str) {
+    /// At most one line per peer in this long (dials are retried quickly).
+    const QUIET_FOR: Duration = Duration::from_secs(10);
+    static LOGGED: Mutex<BTreeMap<String, tokio::time::Instant>> = Mutex::new(BTreeMap::new());
+    if !refused_our_certificate(error) {
+        return;
+    }
+    let now = tokio::time::Instant::now();
+    let mut logged = LOGGED.lock().unwrap_or_else(|p| p.into_inner());
+    if logged
+        .get(peer)
+        .is_some_and(|last| now.duration_since(*last) < QUIET_FOR)
+    {
+        return;
+    }
+    logged.insert(peer.to_string(), now);
+    tracing::warn!(
+        %peer,
+        "a peer refused this member's certificate: remote error: tls: bad certificate"
+    );
+}
+
+/// A dialed peer stream that reports a refusal alert when a read meets it.
+struct AlertWatch<S> {
+    inner: S,
+    peer: String,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for AlertWatch<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Err(error)) = &polled {
+            note_refusal(error, &this.peer);
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for AlertWatch<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// Dials `https://` peer URLs over TLS and the rest as `tcp_dial` does.
 /// `files` has its certificate resolved (`--peer-auto-tls` made already).
 pub fn peer_dial(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<Dial> {
@@ -145,9 +230,16 @@ pub fn peer_dial(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<Dial>
                     let connect = async {
                         let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
                         let _ = tcp.set_nodelay(true);
-                        tokio_rustls::TlsConnector::from(config)
+                        let tls = tokio_rustls::TlsConnector::from(config)
                             .connect(name, tcp)
-                            .await
+                            .await;
+                        if let Err(error) = &tls {
+                            note_refusal(error, &authority);
+                        }
+                        tls.map(|stream| AlertWatch {
+                            inner: stream,
+                            peer: authority.clone(),
+                        })
                     };
                     let stream =
                         tokio::time::timeout(DIAL_TIMEOUT, connect)

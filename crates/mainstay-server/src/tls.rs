@@ -25,6 +25,9 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::io::{Conn, Incoming};
 
+/// How long a refused connection is kept open, reading, after the alert.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// The subject common name of a DER certificate, if it has one.
 fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref()).ok()?;
@@ -575,7 +578,9 @@ pub fn tls_incoming(mut incoming: Incoming, tls: Arc<ServerTls>) -> Incoming {
             let ready = ready.clone();
             tokio::spawn(async move {
                 let remote = conn.remote.clone();
-                let handshake = tokio_rustls::TlsAcceptor::from(config).accept(conn);
+                let handshake = tokio_rustls::TlsAcceptor::from(config)
+                    .accept(conn)
+                    .into_fallible();
                 let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
                 drop(permit);
                 match outcome {
@@ -592,8 +597,18 @@ pub fn tls_incoming(mut incoming: Incoming, tls: Arc<ServerTls>) -> Incoming {
                         // The server may be gone meanwhile: nothing to hand over.
                         let _ = ready.send(Ok(conn)).await;
                     }
-                    Ok(Err(error)) => {
+                    Ok(Err((error, mut io))) => {
                         tracing::warn!(listener = label, %remote, %error, "refused a connection: TLS handshake failed");
+                        // Close gently after the alert: a close with the
+                        // client's data unread would reset the connection
+                        // and the client would never read why.
+                        let _ = tokio::time::timeout(LINGER, async {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let _ = io.shutdown().await;
+                            let mut sink = [0u8; 1024];
+                            while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+                        })
+                        .await;
                     }
                     Err(_) => {
                         tracing::warn!(listener = label, %remote, "refused a connection: TLS handshake took longer than {HANDSHAKE_TIMEOUT:?}");

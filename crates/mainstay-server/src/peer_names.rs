@@ -1,12 +1,14 @@
-//! The names a serving member requires of a peer's certificate
+//! The names a member requires of a peer's certificate
 //! (`--peer-cert-allowed-cn`, `--peer-cert-allowed-hostname`), as a pure check
-//! and as a verifier that applies it inside the TLS handshake.
+//! and as verifiers that apply it inside the TLS handshake: of the peers that
+//! connect to it (`NamedPeers`) and of the peers it dials (`NamedServers`), as
+//! etcd applies the rule both ways.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
@@ -204,5 +206,59 @@ mod tests {
             assert_eq!(allowed.check(&der).is_ok(), ok, "{allowed:?}");
         }
         assert!(rule(Some("n1"), None).check(b"garbage").is_err());
+    }
+}
+
+/// The dialing side of the rule: the peer a member dials must present a
+/// certificate with the allowed name, after the usual chain and host checks.
+#[derive(Debug)]
+pub(crate) struct NamedServers {
+    pub(crate) inner: Arc<dyn ServerCertVerifier>,
+    pub(crate) allowed: AllowedPeer,
+}
+
+impl ServerCertVerifier for NamedServers {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        self.allowed.check(end_entity).map_err(|reason| {
+            tracing::warn!(%reason, "refused a dialed peer's certificate");
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
+        })?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }

@@ -19,13 +19,18 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::tls::{Reloading, TlsFiles, TlsOptions, read_certs, versions};
+use crate::peer_names::{AllowedPeer, NamedServers};
+use crate::tls::{Reloading, TlsFiles, TlsOptions, alert_bad_certificate, read_certs, versions};
 
 /// How long a peer connection may take to connect and finish its handshake.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A rustls client configuration for dialing peers.
-fn client_config(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<ClientConfig> {
+fn client_config(
+    files: &TlsFiles,
+    options: &TlsOptions,
+    allowed: &AllowedPeer,
+) -> anyhow::Result<ClientConfig> {
     let provider = Arc::new(crate::tls::provider(options));
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions(options))
@@ -38,7 +43,22 @@ fn client_config(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<Clien
                     format!("{}: not a usable CA certificate", ca_file.display())
                 })?;
             }
-            builder.with_root_certificates(roots)
+            if allowed.any() {
+                let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider.clone(),
+                )
+                .build()
+                .context("the peer trusted CA (--peer-trusted-ca-file)")?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(NamedServers {
+                        inner,
+                        allowed: allowed.clone(),
+                    }))
+            } else {
+                builder.with_root_certificates(roots)
+            }
         }
         None if files.auto_tls => builder
             .dangerous()
@@ -111,19 +131,6 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
-/// Whether a TLS dial failed because the peer sent a `bad_certificate` alert
-/// (its name rules or CA refused this member's certificate).
-fn refused_our_certificate(error: &std::io::Error) -> bool {
-    matches!(
-        error
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
-        Some(rustls::Error::AlertReceived(
-            rustls::AlertDescription::BadCertificate
-        ))
-    )
-}
-
 /// Logs, in etcd's (Go's) words that operators and etcd's tests look for, a
 /// peer's refusal of this member's certificate. With TLS 1.3 the peer checks
 /// the client certificate after the client's side of the handshake is done,
@@ -132,7 +139,7 @@ fn note_refusal(error: &std::io::Error, peer: &str) {
     /// At most one line per peer in this long (dials are retried quickly).
     const QUIET_FOR: Duration = Duration::from_secs(10);
     static LOGGED: Mutex<BTreeMap<String, tokio::time::Instant>> = Mutex::new(BTreeMap::new());
-    if !refused_our_certificate(error) {
+    if !alert_bad_certificate(error) {
         return;
     }
     let now = tokio::time::Instant::now();
@@ -197,9 +204,15 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for AlertWatch<S> {
 
 /// Dials `https://` peer URLs over TLS and the rest as `tcp_dial` does.
 /// `files` has its certificate resolved (`--peer-auto-tls` made already).
-pub fn peer_dial(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<Dial> {
+/// `allowed`: the names dialed peers must carry (etcd checks them both ways).
+pub fn peer_dial(
+    files: &TlsFiles,
+    options: &TlsOptions,
+    allowed: &AllowedPeer,
+) -> anyhow::Result<Dial> {
+    let allowed = allowed.clone();
     let tls = Arc::new(Reloading::new(files, "peer dialing", |files| {
-        client_config(files, options)
+        client_config(files, options, &allowed)
     })?);
     let options = options.clone();
     let plain = tcp_dial();
@@ -221,10 +234,10 @@ pub fn peer_dial(files: &TlsFiles, options: &TlsOptions) -> anyhow::Result<Dial>
         // TLS is the connector's: tonic must see a plain URI (it refuses
         // https:// without its own TLS).
         let endpoint = peer_endpoint(url, format!("http://{authority}"))?;
-        let (tls, options) = (tls.clone(), options.clone());
+        let (tls, options, allowed) = (tls.clone(), options.clone(), allowed.clone());
         Ok(
             endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
-                let config = tls.get(|files| client_config(files, &options));
+                let config = tls.get(|files| client_config(files, &options, &allowed));
                 let (authority, name) = (authority.clone(), name.clone());
                 async move {
                     let connect = async {

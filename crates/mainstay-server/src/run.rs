@@ -366,7 +366,10 @@ async fn serve_member(
             "peer",
             config.peer_allowed.clone(),
         )?;
-        (Some(server), peer_dial(&files, &config.tls_options)?)
+        (
+            Some(server),
+            peer_dial(&files, &config.tls_options, &config.peer_allowed)?,
+        )
     } else {
         (None, env.dial.clone())
     };

@@ -25,6 +25,18 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::io::{Conn, Incoming};
 
+/// Whether a handshake failed on the other end's `bad_certificate` alert.
+pub(crate) fn alert_bad_certificate(error: &io::Error) -> bool {
+    matches!(
+        error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate
+        ))
+    )
+}
+
 /// How long a refused connection is kept open, reading, after the alert.
 const LINGER: Duration = Duration::from_secs(1);
 
@@ -598,7 +610,13 @@ pub fn tls_incoming(mut incoming: Incoming, tls: Arc<ServerTls>) -> Incoming {
                         let _ = ready.send(Ok(conn)).await;
                     }
                     Ok(Err((error, mut io))) => {
-                        tracing::warn!(listener = label, %remote, %error, "refused a connection: TLS handshake failed");
+                        if alert_bad_certificate(&error) {
+                            // The other end refused this member's certificate;
+                            // said in etcd's (Go's) words too.
+                            tracing::warn!(listener = label, %remote, "TLS handshake failed: remote error: tls: bad certificate");
+                        } else {
+                            tracing::warn!(listener = label, %remote, %error, "refused a connection: TLS handshake failed");
+                        }
                         // Close gently after the alert: a close with the
                         // client's data unread would reset the connection
                         // and the client would never read why.

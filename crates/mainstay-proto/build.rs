@@ -16,6 +16,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }
     let descriptors = protox::compile(files, [&root])?;
+    // JSON for the HTTP gateway (etcd's grpc-gateway: proto3's JSON mapping
+    // with the .proto field names, 64-bit integers as strings, bytes as
+    // base64, enums by name, unknown fields ignored). Not for peer messages.
+    #[cfg(feature = "json")]
+    pbjson_build::Builder::new()
+        .register_descriptors(&prost::Message::encode_to_vec(&descriptors))?
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[
+            ".mvccpb",
+            ".authpb",
+            ".etcdserverpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     tonic_prost_build::configure()
         // Forwarded commands stay shared bytes from the follower's encoder to
         // the leader's log (mainstay-raft's `Proposal`).

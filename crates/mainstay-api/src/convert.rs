@@ -210,22 +210,26 @@ impl HeaderFactory {
         }
     }
 
-    /// Domain → wire transaction response.
+    /// Domain → wire transaction response. As in etcd, the responses of a
+    /// txn's operations carry only their revision in their headers (no
+    /// cluster, member or term): the txn's own header says those.
     pub fn txn_response(&self, response: d::TxnResponse, raft_term: u64) -> pb::TxnResponse {
         use pb::response_op::Response;
+        let nested = HeaderFactory {
+            cluster_id: 0,
+            member_id: 0,
+        };
         let responses = response
             .responses
             .into_iter()
             .map(|op| pb::ResponseOp {
                 response: Some(match op {
-                    d::ResponseOp::Range(r) => {
-                        Response::ResponseRange(self.range_response(r, raft_term))
-                    }
-                    d::ResponseOp::Put(r) => Response::ResponsePut(self.put_response(r, raft_term)),
+                    d::ResponseOp::Range(r) => Response::ResponseRange(nested.range_response(r, 0)),
+                    d::ResponseOp::Put(r) => Response::ResponsePut(nested.put_response(r, 0)),
                     d::ResponseOp::DeleteRange(r) => {
-                        Response::ResponseDeleteRange(self.delete_response(r, raft_term))
+                        Response::ResponseDeleteRange(nested.delete_response(r, 0))
                     }
-                    d::ResponseOp::Txn(r) => Response::ResponseTxn(self.txn_response(r, raft_term)),
+                    d::ResponseOp::Txn(r) => Response::ResponseTxn(nested.txn_response(r, 0)),
                 }),
             })
             .collect();

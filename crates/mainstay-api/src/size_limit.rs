@@ -174,6 +174,14 @@ where
     }
 
     fn call(&mut self, request: http::Request<TonicBody>) -> S::Future {
+        // HTTP requests (the JSON gateway, health) have their own body limit.
+        let grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+        if !grpc {
+            return self.inner.call(request);
+        }
         let limit = self.limit;
         self.inner.call(request.map(|inner| {
             TonicBody::new(LimitedBody {

@@ -127,6 +127,10 @@ pub struct ServeArgs {
     #[arg(long, env = "MAINSTAY_STRICT_RECONFIG_CHECK", num_args = 0..=1,
           default_missing_value = "true", value_parser = bool_flag)]
     pub strict_reconfig_check: Option<bool>,
+    /// Serve etcd's JSON gateway (`/v3/...`) on client URLs (default true).
+    #[arg(long, env = "MAINSTAY_ENABLE_GRPC_GATEWAY", num_args = 0..=1,
+          default_missing_value = "true", value_parser = bool_flag)]
+    pub enable_grpc_gateway: Option<bool>,
     /// Check data corruption before serving (stored; the check does not run yet).
     #[arg(long, env = "MAINSTAY_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", num_args = 0..=1,
           default_missing_value = "true", value_parser = bool_flag)]
@@ -334,6 +338,8 @@ pub struct Config {
     /// etcd's strict reconfiguration check: refuse member changes that leave
     /// too few started voters for a quorum.
     pub strict_reconfig_check: bool,
+    /// Whether client URLs serve the JSON gateway (`--enable-grpc-gateway`).
+    pub grpc_gateway: bool,
     /// Most concurrent HTTP/2 streams per client connection (at least 1).
     pub concurrent_streams_max: u32,
     /// Period of HTTP/2 pings to idle clients; `None`: no pings.
@@ -418,6 +424,7 @@ impl Default for Config {
             snapshot_catchup_entries: defaults::SNAPSHOT_CATCHUP_ENTRIES,
             watch_progress_notify_interval_ms: defaults::WATCH_PROGRESS_MS,
             strict_reconfig_check: true,
+            grpc_gateway: true,
             concurrent_streams_max: defaults::CONCURRENT_STREAMS_MAX,
             grpc_keepalive_interval: Some(defaults::GRPC_KEEPALIVE_INTERVAL),
             grpc_keepalive_timeout: defaults::GRPC_KEEPALIVE_TIMEOUT,
@@ -700,6 +707,7 @@ impl ServeArgs {
             "grpc-keepalive-interval" => self.grpc_keepalive_interval = Some(raw.duration()?),
             "grpc-keepalive-timeout" => self.grpc_keepalive_timeout = Some(raw.duration()?),
             "strict-reconfig-check" => self.strict_reconfig_check = Some(raw.bool()?),
+            "enable-grpc-gateway" => self.enable_grpc_gateway = Some(raw.bool()?),
             "experimental-initial-corrupt-check" => {
                 self.experimental_initial_corrupt_check = Some(raw.bool()?);
             }
@@ -767,6 +775,7 @@ impl ServeArgs {
             grpc_keepalive_interval,
             grpc_keepalive_timeout,
             strict_reconfig_check,
+            enable_grpc_gateway,
             experimental_initial_corrupt_check,
             socket_reuse_port,
             cert_file,
@@ -822,6 +831,7 @@ impl ServeArgs {
             grpc_keepalive_interval: self.grpc_keepalive_interval.or(grpc_keepalive_interval),
             grpc_keepalive_timeout: self.grpc_keepalive_timeout.or(grpc_keepalive_timeout),
             strict_reconfig_check: self.strict_reconfig_check.or(strict_reconfig_check),
+            enable_grpc_gateway: self.enable_grpc_gateway.or(enable_grpc_gateway),
             experimental_initial_corrupt_check: self
                 .experimental_initial_corrupt_check
                 .or(experimental_initial_corrupt_check),
@@ -1156,6 +1166,7 @@ impl ServeArgs {
             snapshot_catchup_entries,
             watch_progress_notify_interval_ms,
             strict_reconfig_check: self.strict_reconfig_check.unwrap_or(true),
+            grpc_gateway: self.enable_grpc_gateway.unwrap_or(true),
             concurrent_streams_max,
             grpc_keepalive_interval,
             grpc_keepalive_timeout,

@@ -73,10 +73,12 @@ async fn listen_unix(path: &Path) -> io::Result<Incoming> {
     )))
 }
 
-/// The gRPC server for client listeners, with etcd's HTTP/2 settings:
-/// `--max-concurrent-streams`, `--grpc-keepalive-interval` and `-timeout`.
+/// The server for client listeners: gRPC and the HTTP endpoints, HTTP/2 with
+/// etcd's settings (`--max-concurrent-streams`, `--grpc-keepalive-interval`
+/// and `-timeout`) and HTTP/1.1.
 pub fn client_grpc_server(config: &Config) -> tonic::transport::Server {
     tonic::transport::Server::builder()
+        .accept_http1(true)
         .max_concurrent_streams(config.concurrent_streams_max)
         .http2_keepalive_interval(config.grpc_keepalive_interval)
         .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))

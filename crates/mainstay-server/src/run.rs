@@ -301,6 +301,22 @@ async fn join(config: &Config, dial: &Dial) -> anyhow::Result<Identity> {
     }
 }
 
+/// An unknown path: gRPC's Unimplemented to a gRPC client, Go's 404 to others.
+async fn not_found(request: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        let (parts, ()) = tonic::Status::unimplemented("")
+            .into_http::<()>()
+            .into_parts();
+        return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+    }
+    (http::StatusCode::NOT_FOUND, "404 page not found\n").into_response()
+}
+
 async fn serve_member(
     config: Config,
     listeners: Listeners,
@@ -542,6 +558,8 @@ async fn serve_member(
         limit: grpc_bytes_max as u64,
     };
     let mut client_servers = Vec::new();
+    let gateway_calls = mainstay_http::calls_limit(config.concurrent_streams_max);
+    let (grpc_health_reporter, grpc_health) = tonic_health::server::health_reporter();
     for incoming in accepted(listeners.client, &config.listen_client, client_tls.as_ref()) {
         let kv = KvServer::new(KvService::new(api.clone()))
             .max_decoding_message_size(grpc_bytes_max)
@@ -564,18 +582,44 @@ async fn serve_member(
             .max_decoding_message_size(grpc_bytes_max);
         let election = ElectionServer::new(ElectionService::new(api.clone()))
             .max_decoding_message_size(grpc_bytes_max);
+        let gateway = mainstay_http::Gateway {
+            kv: KvService::new(api.clone()),
+            lease: LeaseService::new(api.clone()),
+            watch: WatchService::new(
+                api.clone(),
+                std::time::Duration::from_millis(config.watch_progress_notify_interval_ms),
+            ),
+            cluster: ClusterService::new(api.clone()),
+            maintenance: MaintenanceService::new(api.clone()),
+            auth: AuthService::new(api.clone()),
+            lock: LockService::new(api.clone()),
+            election: ElectionService::new(api.clone()),
+            calls: gateway_calls.clone(),
+            body_max: grpc_bytes_max,
+        };
+        // One router for gRPC and HTTP: gRPC services by their paths, the
+        // gateway and the basic endpoints by theirs; HTTP/1.1 and HTTP/2 both.
+        let mut routes = tonic::service::Routes::new(kv)
+            .add_service(lease)
+            .add_service(watch)
+            .add_service(cluster)
+            .add_service(maintenance)
+            .add_service(auth)
+            .add_service(lock)
+            .add_service(election)
+            .add_service(grpc_health.clone());
+        let router = std::mem::take(routes.axum_router_mut())
+            .merge(mainstay_http::client_routes(
+                api.clone(),
+                config.grpc_gateway.then_some(gateway),
+            ))
+            .fallback(not_found);
+        *routes.axum_router_mut() = router;
         let signal = stopped(stop_rx.clone());
         let mut server = client_grpc_server(&config).layer(size_limit);
         client_servers.push(async move {
             server
-                .add_service(kv)
-                .add_service(lease)
-                .add_service(watch)
-                .add_service(cluster)
-                .add_service(maintenance)
-                .add_service(auth)
-                .add_service(lock)
-                .add_service(election)
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, signal)
                 .await
                 .context("serve clients")
@@ -587,6 +631,9 @@ async fn serve_member(
             return std::future::pending().await;
         }
         tracing::info!("serving clients");
+        grpc_health_reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
         futures::future::try_join_all(client_servers)
             .await
             .map(|_| ())

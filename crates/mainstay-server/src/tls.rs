@@ -508,7 +508,9 @@ fn build(
     let mut config = builder
         .with_single_cert(chain, key)
         .context("the certificate and key do not make a usable pair")?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // gRPC and HTTP/2 clients get h2; HTTP/1.1-only clients (curl --http1.1,
+    // Prometheus) the gateway and metrics over HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -391,8 +391,8 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     // Security.
     flag("cert-file", Both, Text, Implemented("PEM certificate chain served on https:// and unixs:// client URLs; re-read when the file changes")),
     flag("key-file", Both, Text, Implemented("PEM private key of --cert-file")),
-    flag("client-cert-file", Only35, Text, Ignored("the member makes no client connections of its own (no gRPC gateway)")),
-    flag("client-key-file", Only35, Text, Ignored("the member makes no client connections of its own (no gRPC gateway)")),
+    flag("client-cert-file", Only35, Text, Ignored("the member makes no client connections of its own (its JSON gateway calls the services in process)")),
+    flag("client-key-file", Only35, Text, Ignored("the member makes no client connections of its own (its JSON gateway calls the services in process)")),
     flag("client-cert-auth", Both, Bool, Implemented("clients must present a certificate signed by --trusted-ca-file (refused at the handshake otherwise)")),
     flag("client-crl-file", Both, Text, Implemented("PEM revocation lists; a revoked client certificate is refused at the handshake")),
     flag("client-cert-allowed-hostname", Both, Text, refused(Inert::Empty, "restricting client certificates to a host name is not supported yet")),
@@ -437,7 +437,7 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("auth-token", Both, Text, Implemented("`simple` (default) or `jwt,pub-key=…,priv-key=…,sign-method=…[,ttl=…]`: RS/PS/ES/HS algorithms and EdDSA; a bad value refuses to start")),
     flag("bcrypt-cost", Both, Uint, Implemented("default 10; outside 4-31 falls back to 10 with a warning, as etcd does")),
     flag("auth-token-ttl", Both, Uint, Implemented("seconds a simple token lives after its last use; default 300 (0 = 300)")),
-    flag("enable-grpc-gateway", Both, Bool, Ignored("Mainstay serves no JSON gateway (/v3/*) yet, only gRPC")),
+    flag("enable-grpc-gateway", Both, Bool, Implemented("default true: client URLs serve the JSON gateway (/v3/...) beside gRPC")),
     // Experimental.
     flag("experimental-initial-corrupt-check", Both, Bool, Implemented("stored in Config; until the member-to-member check exists, true also logs a warning that it does not run")),
     flag("experimental-corrupt-check-time", Both, Duration, Ignored(CORRUPT_CHECK)),

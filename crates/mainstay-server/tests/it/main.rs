@@ -8,6 +8,7 @@ mod cluster;
 mod election;
 mod errors;
 mod harness;
+mod http;
 mod lease;
 mod lock;
 mod peer_tls;

@@ -22,6 +22,7 @@ pub const PROPOSALS_IN_FLIGHT_MAX: usize = 8192;
 #[derive(Clone, Debug)]
 pub struct Admission {
     permits: Arc<Semaphore>,
+    in_flight_max: usize,
     apply_backlog_max: u64,
 }
 
@@ -30,8 +31,15 @@ impl Admission {
     pub fn new(in_flight_max: usize, apply_backlog_max: u64) -> Admission {
         Admission {
             permits: Arc::new(Semaphore::new(in_flight_max)),
+            in_flight_max,
             apply_backlog_max,
         }
+    }
+
+    /// Writes admitted and not yet answered (`etcd_server_proposals_pending`).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight_max
+            .saturating_sub(self.permits.available_permits())
     }
 
     /// Admits one write given the member's committed and applied indexes; the

@@ -57,6 +57,7 @@ impl Kv for KvService {
                 space.range(&request)
             })
             .map_err(|e| mvcc_status(&e))?;
+        self.api.replica.metrics().mvcc.range.inc();
         Ok(Response::new(
             self.api.headers().range_response(response, term),
         ))
@@ -127,6 +128,12 @@ impl Kv for KvService {
                     space.read_only_txn(&request)
                 })
                 .map_err(|e| mvcc_status(&e))?;
+            let mvcc = &self.api.replica.metrics().mvcc;
+            let (ranges, _, _) = response.op_counts();
+            mvcc.range.inc_by(ranges);
+            if ranges > 1 {
+                mvcc.txn.inc();
+            }
             return Ok(Response::new(
                 self.api.headers().txn_response(response, term),
             ));

@@ -194,11 +194,10 @@ impl Api {
             .admission
             .admit(committed, applied)
             .map_err(api_status)?;
-        let outcome = self
-            .replica
-            .write(command)
-            .await
-            .map_err(|e| replica_status(&e))?;
+        let outcome = self.replica.write(command).await.map_err(|e| {
+            self.replica.metrics().server.proposals_failed.inc();
+            replica_status(&e)
+        })?;
         Ok((outcome.outcome, outcome.raft_term, outcome.log_index))
     }
 

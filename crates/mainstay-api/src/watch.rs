@@ -146,12 +146,32 @@ struct WatchStream {
     credentials: Credentials,
 }
 
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        let mvcc = &self.api.replica.metrics().mvcc;
+        mvcc.watch_streams.dec();
+        mvcc.watchers
+            .dec_by(i64::try_from(self.watchers.len()).unwrap_or(i64::MAX));
+    }
+}
+
 impl WatchStream {
+    /// Drops a watcher (counted in `etcd_debugging_mvcc_watcher_total`).
+    fn forget(&mut self, id: i64) -> Option<Watcher> {
+        let removed = self.watchers.remove(&id);
+        if removed.is_some() {
+            self.api.replica.metrics().mvcc.watchers.dec();
+        }
+        removed
+    }
+
     fn header(&self, revision: Revision) -> Option<pb::ResponseHeader> {
         self.api.headers().header(revision, self.api.replica.term())
     }
 
     async fn send(&self, response: pb::WatchResponse) -> Result<(), Ended> {
+        let events = response.events.len() as u64;
+        self.api.replica.metrics().mvcc.events.inc_by(events);
         self.replies
             .send(Ok(response))
             .await
@@ -253,7 +273,7 @@ impl WatchStream {
                 Ok(())
             }
             (Err(MvccError::Compacted), compacted) => {
-                self.watchers.remove(&id);
+                self.forget(id);
                 // etcd's value: the compacted revision, which is also the first
                 // revision a new watch can start from (its events are all kept).
                 self.send(pb::WatchResponse {
@@ -268,7 +288,7 @@ impl WatchStream {
             }
             (Err(error), _) => {
                 tracing::error!(%error, "watch history read failed");
-                self.watchers.remove(&id);
+                self.forget(id);
                 self.send(pb::WatchResponse {
                     header: self.header(to),
                     watch_id: id,
@@ -362,7 +382,9 @@ impl WatchStream {
         } else {
             self.processed
         };
-        self.watchers.insert(id, watcher);
+        if self.watchers.insert(id, watcher).is_none() {
+            self.api.replica.metrics().mvcc.watchers.inc();
+        }
         self.send(pb::WatchResponse {
             header: self.header(self.processed),
             watch_id: id,
@@ -377,7 +399,7 @@ impl WatchStream {
 
     async fn cancel(&mut self, id: i64) -> Result<(), Ended> {
         // etcd answers only a cancel of a watcher that exists.
-        if self.watchers.remove(&id).is_some() {
+        if self.forget(id).is_some() {
             self.send(pb::WatchResponse {
                 header: self.header(self.processed),
                 watch_id: id,
@@ -611,6 +633,7 @@ impl Watch for WatchService {
         let events = self.api.replica.subscribe();
         let processed = self.api.replica.read(|space| space.revision());
         let (replies, outbound) = mpsc::channel(REPLIES_BUFFERED);
+        self.api.replica.metrics().mvcc.watch_streams.inc();
         let stream = WatchStream {
             api: self.api.clone(),
             replies: replies.clone(),

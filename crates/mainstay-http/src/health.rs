@@ -108,7 +108,11 @@ async fn health(State(api): State<Api>, RawQuery(query): RawQuery) -> Response {
         &exclude,
         serializable,
     );
-    if !verdict.healthy {
+    let server = &api.replica.metrics().server;
+    if verdict.healthy {
+        server.health_success.inc();
+    } else {
+        server.health_failures.inc();
         tracing::warn!(reason = %verdict.reason, "/health error");
     }
     let status = if verdict.healthy {

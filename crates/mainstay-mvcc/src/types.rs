@@ -260,6 +260,22 @@ pub struct TxnResponse {
     pub responses: Vec<ResponseOp>,
 }
 
+impl TxnResponse {
+    /// (ranges, puts, deletes) the branch taken ran, nested txns included
+    /// (etcd's mvcc counts these).
+    pub fn op_counts(&self) -> (u64, u64, u64) {
+        self.responses
+            .iter()
+            .map(|op| match op {
+                ResponseOp::Range(_) => (1, 0, 0),
+                ResponseOp::Put(_) => (0, 1, 0),
+                ResponseOp::DeleteRange(_) => (0, 0, 1),
+                ResponseOp::Txn(nested) => nested.op_counts(),
+            })
+            .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+    }
+}
+
 /// Drop history older than a revision.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompactionRequest {

@@ -16,6 +16,7 @@ mod membership;
 mod membership_rules;
 mod network;
 mod peer_channel;
+mod peer_health;
 mod peer_service;
 mod proposal;
 mod read_rounds;
@@ -34,6 +35,7 @@ pub use membership_rules::{
     LEARNERS_MAX, MemberChange, MemberChangeOutcome, MembershipError, cluster_id_for, member_id_for,
 };
 pub use peer_channel::{Dial, peer_endpoint, tcp_dial};
+pub use peer_health::{PHI_SUSPECT, PeerHealth, PeerView, phi};
 pub use proposal::Proposal;
 pub use replica::{Replica, ReplicaConfig, ReplicaStatus};
 pub use state_machine::{AppliedEvents, PrevValues};

@@ -71,7 +71,11 @@ impl RaftLog {
     /// Wraps an opened log store and starts its writer task. `skip_fsync` is a
     /// deliberate bug for the simulator's self-test: entries are reported on
     /// disk without an fsync.
-    pub fn new(store: LogStore, skip_fsync: bool) -> Self {
+    pub fn new(
+        store: LogStore,
+        skip_fsync: bool,
+        metrics: mainstay_metrics::SharedMetrics,
+    ) -> Self {
         let (jobs, queue) = mpsc::channel(JOBS_QUEUED_MAX);
         let (failed, failure) = watch::channel(None);
         let opened_last = store.last_index().unwrap_or(0);
@@ -82,6 +86,7 @@ impl RaftLog {
             failed,
             acknowledged.clone(),
             skip_fsync,
+            metrics,
         );
         RaftLog {
             store: Arc::new(Mutex::new(store)),
@@ -141,6 +146,7 @@ fn start_writer(
     failed: watch::Sender<Option<String>>,
     acknowledged: Arc<AtomicU64>,
     skip_fsync: bool,
+    metrics: mainstay_metrics::SharedMetrics,
 ) {
     let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
     if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
@@ -156,7 +162,14 @@ fn start_writer(
                             Err(_) => break,
                         }
                     }
-                    if !write_batch(&writer, &mut batch, &failed, &acknowledged, skip_fsync) {
+                    if !write_batch(
+                        &writer,
+                        &mut batch,
+                        &failed,
+                        &acknowledged,
+                        skip_fsync,
+                        &metrics,
+                    ) {
                         break;
                     }
                 }
@@ -169,7 +182,14 @@ fn start_writer(
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while queue.recv_many(&mut batch, JOBS_PER_WRITE_MAX).await > 0 {
-                if !write_batch(&writer, &mut batch, &failed, &acknowledged, skip_fsync) {
+                if !write_batch(
+                    &writer,
+                    &mut batch,
+                    &failed,
+                    &acknowledged,
+                    skip_fsync,
+                    &metrics,
+                ) {
                     break;
                 }
             }
@@ -188,6 +208,7 @@ fn write_batch(
     failed: &watch::Sender<Option<String>>,
     acknowledged: &AtomicU64,
     skip_fsync: bool,
+    metrics: &mainstay_metrics::Metrics,
 ) -> bool {
     let needs_sync = batch.iter().any(|queued| queued.sync);
     let sync = needs_sync && !skip_fsync;
@@ -197,10 +218,19 @@ fn write_batch(
         jobs.push(queued.job);
         waiters.push(queued.waiter);
     }
+    let started = std::time::Instant::now();
     let result = writer
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .write(&jobs, sync);
+    if sync && result.is_ok() {
+        // The write and its fsync together: the write is a copy to the page
+        // cache, the fsync is what waits for the disk.
+        metrics
+            .disk
+            .wal_fsync
+            .observe(started.elapsed().as_secs_f64());
+    }
     if let Err(error) = &result {
         tracing::error!(%error, "raft log write failed; stopping the member");
         failed.send_replace(Some(error.to_string()));

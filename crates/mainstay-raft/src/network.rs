@@ -85,6 +85,13 @@ impl PeerPool {
 pub struct PeerNetwork {
     /// The shared channel pool.
     pub pool: PeerPool,
+    /// Bytes, round trips and failures per peer.
+    pub metrics: mainstay_metrics::SharedMetrics,
+    /// Contacts per peer.
+    pub health: std::sync::Arc<crate::peer_health::PeerHealth>,
+    /// `--heartbeat-interval`: a leader's appends to a reachable peer more
+    /// than twice this apart are late (etcd's heartbeat send failure).
+    pub heartbeat: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -96,6 +103,10 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             node: node.clone(),
             pool: self.pool.clone(),
             append: None,
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+            heartbeat: self.heartbeat,
+            last_answered_append: None,
         }
     }
 }
@@ -108,6 +119,12 @@ pub struct PeerConnection {
     /// The open `AppendStream`, between calls (taken out during one, so a call
     /// abandoned halfway drops it rather than leave a reply unread).
     append: Option<AppendStream>,
+    metrics: mainstay_metrics::SharedMetrics,
+    health: std::sync::Arc<crate::peer_health::PeerHealth>,
+    heartbeat: Duration,
+    /// When the peer's answer to the last append arrived (a slow peer does
+    /// not make the next send late).
+    last_answered_append: Option<tokio::time::Instant>,
 }
 
 /// One `AppendStream` to a peer: a request in, exactly one reply out, in order.
@@ -177,6 +194,29 @@ impl PeerConnection {
         }
     }
 
+    /// Records a call's bytes and round trip, or its failure.
+    fn record(
+        &self,
+        sent: usize,
+        started: tokio::time::Instant,
+        reply: Result<RaftPayload, RPCError<TypeConfig>>,
+    ) -> Result<RaftPayload, RPCError<TypeConfig>> {
+        match &reply {
+            Ok(reply) => {
+                let rtt = started.elapsed();
+                self.metrics.peer_sent(self.target, sent);
+                self.metrics.peer_received(self.target, reply.payload.len());
+                self.metrics.peer_rtt(self.target, rtt);
+                self.health.contact(self.target, rtt);
+            }
+            Err(_) => {
+                self.metrics.peer_send_failed(self.target);
+                self.health.failed(self.target);
+            }
+        }
+        reply
+    }
+
     fn client(&self) -> Result<RaftPeerClient<PeerChannel>, RPCError<TypeConfig>> {
         self.pool
             .client(&self.node)
@@ -200,6 +240,8 @@ impl PeerConnection {
             payload: encode_message(request).map_err(network_error)?,
             to: self.target,
         };
+        let sent = payload.payload.len();
+        let started = tokio::time::Instant::now();
         // Unreachable (not NetworkError) makes openraft back off instead of retrying
         // a dead or partitioned peer in a tight loop.
         let reply = tokio::time::timeout(option.hard_ttl(), send(client, payload))
@@ -209,10 +251,15 @@ impl PeerConnection {
                 // the next call dials afresh.
                 self.pool.evict(&self.node);
                 unreachable(format!("peer {} timed out", self.target))
-            })?
-            .map_err(|status| status_error(self.target, &status))?;
+            })
+            .and_then(|reply| {
+                reply
+                    .map(tonic::Response::into_inner)
+                    .map_err(|status| status_error(self.target, &status))
+            });
+        let reply = self.record(sent, started, reply)?;
         let decoded: Result<Resp, String> =
-            decode_message(&reply.into_inner().payload).map_err(network_error)?;
+            decode_message(&reply.payload).map_err(network_error)?;
         decoded.map_err(|remote| RPCError::Unreachable(Unreachable::from_string(remote)))
     }
 }
@@ -229,6 +276,21 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             payload: encode_message(&rpc).map_err(network_error)?,
             to: self.target,
         };
+        let sent = payload.payload.len();
+        let started = tokio::time::Instant::now();
+        if let Some(last) = self.last_answered_append
+            && started.duration_since(last) > 2 * self.heartbeat
+        {
+            // The peer answered the last one long ago, yet this one leaves
+            // only now: the leader itself is slow (etcd blames the disk first).
+            self.metrics.server.heartbeat_send_failures.inc();
+            tracing::warn!(
+                to = format_args!("{:x}", self.target),
+                gap = ?started.duration_since(last),
+                expected = ?self.heartbeat,
+                "leader failed to send out heartbeat on time; took too long, leader is overloaded likely from slow disk"
+            );
+        }
         let reply = tokio::time::timeout(option.hard_ttl(), self.append_exchange(payload))
             .await
             .map_err(|_| {
@@ -236,7 +298,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 // reset): the next call dials afresh (the stream was dropped).
                 self.pool.evict(&self.node);
                 unreachable(format!("peer {} timed out", self.target))
-            })??;
+            })
+            .and_then(|reply| reply);
+        let reply = self.record(sent, started, reply);
+        self.last_answered_append = reply.is_ok().then(tokio::time::Instant::now);
+        let reply = reply?;
         let decoded: Result<AppendEntriesResponse<TypeConfig>, String> =
             decode_message(&reply.payload).map_err(network_error)?;
         decoded.map_err(|remote| RPCError::Unreachable(Unreachable::from_string(remote)))

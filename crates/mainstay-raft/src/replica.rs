@@ -65,6 +65,8 @@ pub struct ReplicaConfig {
     pub strict_reconfig_check: bool,
     /// How long a simple auth token lives after its last use (`--auth-token-ttl`).
     pub auth_token_ttl: Duration,
+    /// Where this member's metrics are recorded.
+    pub metrics: mainstay_metrics::SharedMetrics,
 }
 
 /// A point-in-time view of this member's Raft state.
@@ -129,6 +131,8 @@ pub(crate) struct Inner {
     write_streams: crate::write_streams::WriteStreams,
     /// Set once this process has caught up with the leader (`catch_up`).
     serving: std::sync::atomic::AtomicBool,
+    /// Each peer as seen from this member's calls to it.
+    peer_health: Arc<crate::peer_health::PeerHealth>,
 }
 
 /// One member's replica. Cheap to clone.
@@ -158,9 +162,13 @@ impl Replica {
         let (state_store, key_space, meta) =
             StateStore::open(&config.disk, &config.data_dir, config.state_cache_bytes)
                 .map_err(|e| format!("open state store: {e}"))?;
-        let log = RaftLog::new(log_store, config.unsafe_skip_log_fsync);
+        let log = RaftLog::new(
+            log_store,
+            config.unsafe_skip_log_fsync,
+            config.metrics.clone(),
+        );
         let tokens = crate::tokens::Tokens::new(config.auth_token_ttl);
-        let state = StateMachine::new(state_store, key_space, meta, tokens)
+        let state = StateMachine::new(state_store, key_space, meta, tokens, config.metrics.clone())
             .map_err(|e| format!("open state store: {e}"))?;
         let raft_config = Config {
             cluster_name: "mainstay".to_string(),
@@ -202,7 +210,13 @@ impl Replica {
         .validate()
         .map_err(|e| format!("invalid raft config: {e}"))?;
         let pool = PeerPool::new(config.dial.clone());
-        let network = PeerNetwork { pool: pool.clone() };
+        let peer_health = Arc::new(crate::peer_health::PeerHealth::default());
+        let network = PeerNetwork {
+            pool: pool.clone(),
+            metrics: config.metrics.clone(),
+            health: peer_health.clone(),
+            heartbeat: Duration::from_millis(config.heartbeat_ms),
+        };
         // Raft's tasks inherit the seed's scope from here (see `Runtime`).
         let raft = Runtime::scope(
             config.seed,
@@ -218,6 +232,7 @@ impl Replica {
         .map_err(|e| format!("start raft: {e}"))?;
         let request_timeout =
             Duration::from_secs(5) + Duration::from_millis(2 * config.election_timeout_ms);
+        tokio::spawn(count_leader_changes(raft.metrics(), config.metrics.clone()));
         Ok(Replica {
             inner: Arc::new(Inner {
                 config,
@@ -233,8 +248,71 @@ impl Replica {
                 write_batches: crate::write_batches::WriteBatches::default(),
                 write_streams: crate::write_streams::WriteStreams::default(),
                 serving: std::sync::atomic::AtomicBool::new(false),
+                peer_health,
             }),
         })
+    }
+
+    /// Where this member's metrics are recorded.
+    pub fn metrics(&self) -> &mainstay_metrics::SharedMetrics {
+        &self.inner.config.metrics
+    }
+
+    /// Sets the gauges that mirror state (called before each scrape).
+    pub fn refresh_metrics(&self) {
+        let metrics = self.metrics();
+        let status = self.status();
+        let server = &metrics.server;
+        server
+            .has_leader
+            .set(i64::from(self.has_live_leader(self.election_timeout())));
+        server.is_leader.set(i64::from(status.is_leader));
+        server.is_learner.set(i64::from(status.is_learner));
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        server
+            .proposals_committed
+            .set(gauge(status.committed_index));
+        server.proposals_applied.set(gauge(status.applied_index));
+        let mvcc = &metrics.mvcc;
+        mvcc.db_total_size.set(gauge(status.db_bytes));
+        let (keys, revision, compacted) = self.read(|space| {
+            (
+                space.live_keys(),
+                space.revision(),
+                space.compacted_revision(),
+            )
+        });
+        mvcc.keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
+        mvcc.current_revision.set(revision);
+        mvcc.compact_revision.set(compacted);
+    }
+
+    /// Each peer this member has called, as it sees them; on the leader also
+    /// the index up to which each follower's log matches its own.
+    pub fn peer_views(&self) -> Vec<(crate::peer_health::PeerView, Option<u64>)> {
+        let matched: BTreeMap<u64, u64> = {
+            let metrics = self.inner.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            metrics
+                .replication
+                .as_ref()
+                .map(|replication| {
+                    replication
+                        .iter()
+                        .map(|(id, log_id)| (*id, log_id.as_ref().map_or(0, |l| l.index)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        self.inner
+            .peer_health
+            .views()
+            .into_iter()
+            .map(|view| {
+                let matched = matched.get(&view.id).copied();
+                (view, matched)
+            })
+            .collect()
     }
 
     /// This member's id.
@@ -879,4 +957,24 @@ pub(crate) enum Routed<T, E> {
     Again,
     /// Failed; the error says whether the outcome is unknown.
     Failed(E),
+}
+
+/// Counts leader changes as etcd does: each time a leader other than the last
+/// one is known (the first leader seen included). Ends when Raft stops.
+async fn count_leader_changes(
+    mut raft_metrics: openraft_rt_tokio::TokioWatchReceiver<openraft::RaftMetrics<TypeConfig>>,
+    metrics: mainstay_metrics::SharedMetrics,
+) {
+    use openraft_rt::watch::WatchReceiver;
+    let mut last = None;
+    loop {
+        let leader = raft_metrics.borrow_watched().current_leader;
+        if leader.is_some() && leader != last {
+            metrics.server.leader_changes_seen.inc();
+            last = leader;
+        }
+        if raft_metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }

@@ -187,6 +187,7 @@ struct Shared {
     /// The error of a failed state commit: the member stops.
     failure: watch::Sender<Option<String>>,
     events: broadcast::Sender<AppliedEvents>,
+    metrics: mainstay_metrics::SharedMetrics,
     leases: LeaseClock,
     tokens: Tokens,
     /// Whether auth is on in the applied state, readable without the
@@ -225,6 +226,7 @@ impl StateMachine {
         key_space: KeySpace,
         meta: StateMeta,
         tokens: Tokens,
+        metrics: mainstay_metrics::SharedMetrics,
     ) -> Result<Self, mainstay_storage::StorageError> {
         let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
         let leases = LeaseClock::default();
@@ -251,6 +253,7 @@ impl StateMachine {
                     entries_since_durable: 0,
                 }),
                 events,
+                metrics,
             }),
         })
     }
@@ -387,6 +390,62 @@ impl StateMachine {
     }
 }
 
+/// etcd's apply metrics for one command: its latency (slow over
+/// `SLOW_APPLY`), and the puts, deletes and ranges it ran (a txn is counted
+/// once it runs more than one operation, as etcd's mvcc does).
+fn record_apply(
+    metrics: &mainstay_metrics::Metrics,
+    command: &mainstay_mvcc::Command,
+    result: &Result<mainstay_mvcc::CommandResponse, MvccError>,
+    took: std::time::Duration,
+) {
+    use mainstay_mvcc::{Command, CommandResponse};
+    let op = match command.inner() {
+        Command::Put(_) => "Put",
+        Command::DeleteRange(_) => "DeleteRange",
+        Command::Txn(_) => "Txn",
+        Command::Compact(_) => "Compaction",
+        Command::LeaseGrant(_) => "LeaseGrant",
+        Command::LeaseRevoke(_) => "LeaseRevoke",
+        Command::LeaseRenew(_) => "LeaseRenew",
+        Command::Auth(_) | Command::Authorized { .. } => "Auth",
+    };
+    let counts = match result {
+        Ok(CommandResponse::Put(_)) => (0, 1, 0),
+        Ok(CommandResponse::DeleteRange(_)) => (0, 0, 1),
+        Ok(CommandResponse::Txn(txn)) => txn.op_counts(),
+        _ => (0, 0, 0),
+    };
+    let (ranges, puts, deletes) = counts;
+    metrics.mvcc.range.inc_by(ranges);
+    metrics.mvcc.put.inc_by(puts);
+    metrics.mvcc.delete.inc_by(deletes);
+    if ranges + puts + deletes > 1 {
+        metrics.mvcc.txn.inc();
+    }
+    let success = if result.is_ok() { "true" } else { "false" };
+    metrics
+        .apply_duration
+        .get_or_create(&vec![
+            ("version", "v3".to_string()),
+            ("op", op.to_string()),
+            ("success", success.to_string()),
+        ])
+        .observe(took.as_secs_f64());
+    if took > SLOW_APPLY {
+        metrics.server.slow_apply.inc();
+        tracing::warn!(
+            took = ?took,
+            expected_duration = ?SLOW_APPLY,
+            op,
+            "apply request took too long"
+        );
+    }
+}
+
+/// etcd's `--warning-apply-duration` default.
+const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Shared {
     /// Commits `changes` and `meta` durably, then drops their values from
     /// memory; a failure is published in `failure` (the member stops).
@@ -396,11 +455,16 @@ impl Shared {
         changes: &[mainstay_mvcc::Change],
         meta: &StateMeta,
     ) -> Result<(), io::Error> {
+        let started = std::time::Instant::now();
         if let Err(error) = store.commit(changes, meta, true) {
             tracing::error!(%error, "state commit failed; stopping the member");
             self.failure.send_replace(Some(error.to_string()));
             return Err(to_io(error));
         }
+        self.metrics
+            .disk
+            .backend_commit
+            .observe(started.elapsed().as_secs_f64());
         self.evict(changes);
         Ok(())
     }
@@ -537,7 +601,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             log_index: entry.log_id.index,
                             prev_values: self.shared.prev_values.wanted(),
                         };
+                        let started = std::time::Instant::now();
                         let applied = key_space.apply(&command, &context);
+                        record_apply(
+                            &self.shared.metrics,
+                            &command,
+                            &applied.result,
+                            started.elapsed(),
+                        );
                         if let Err(MvccError::ValueUnreadable(reason)) = &applied.result {
                             // Not an answer: this member's disk failed it. Stop
                             // before anything of this batch is released.
@@ -666,6 +737,7 @@ mod tests {
             key_space,
             meta,
             Tokens::new(std::time::Duration::from_secs(300)),
+            mainstay_metrics::Metrics::new("test", 1),
         )
         .expect("state machine")
     }

@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// or `unix://path`).
     #[arg(long, env = "MAINSTAY_LISTEN_CLIENT_URLS")]
     pub listen_client_urls: Option<String>,
+    /// More URLs serving only /metrics and the health endpoints
+    /// (comma-separated `http://IP:port`, `https://` with the client
+    /// certificate).
+    #[arg(long, env = "MAINSTAY_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
     /// Client URLs advertised to the cluster (comma-separated).
     #[arg(long, env = "MAINSTAY_ADVERTISE_CLIENT_URLS")]
     pub advertise_client_urls: Option<String>,
@@ -305,6 +310,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Client listen addresses.
     pub listen_client: Vec<Listen>,
+    /// Metrics and health listen addresses (`--listen-metrics-urls`).
+    pub listen_metrics: Vec<Listen>,
     /// Advertised client URLs.
     pub advertise_client_urls: Vec<String>,
     /// Peer listen addresses.
@@ -398,6 +405,7 @@ impl Default for Config {
         Config {
             name: defaults::NAME.to_string(),
             data_dir: PathBuf::from(format!("{}.mainstay", defaults::NAME)),
+            listen_metrics: Vec::new(),
             listen_client: vec![Listen {
                 address: ListenAddress::Tcp(client),
                 tls: false,
@@ -679,6 +687,7 @@ impl ServeArgs {
             "name" => self.name = Some(raw.text()),
             "data-dir" => self.data_dir = Some(PathBuf::from(raw.text())),
             "listen-client-urls" => self.listen_client_urls = Some(raw.text()),
+            "listen-metrics-urls" => self.listen_metrics_urls = Some(raw.text()),
             "advertise-client-urls" => self.advertise_client_urls = Some(raw.text()),
             "listen-peer-urls" => self.listen_peer_urls = Some(raw.text()),
             "initial-advertise-peer-urls" => self.initial_advertise_peer_urls = Some(raw.text()),
@@ -756,6 +765,7 @@ impl ServeArgs {
             name,
             data_dir,
             listen_client_urls,
+            listen_metrics_urls,
             advertise_client_urls,
             listen_peer_urls,
             initial_advertise_peer_urls,
@@ -808,6 +818,7 @@ impl ServeArgs {
             name: self.name.or(name),
             data_dir: self.data_dir.or(data_dir),
             listen_client_urls: self.listen_client_urls.or(listen_client_urls),
+            listen_metrics_urls: self.listen_metrics_urls.or(listen_metrics_urls),
             advertise_client_urls: self.advertise_client_urls.or(advertise_client_urls),
             listen_peer_urls: self.listen_peer_urls.or(listen_peer_urls),
             initial_advertise_peer_urls: self
@@ -1038,6 +1049,10 @@ impl ServeArgs {
             .iter()
             .map(|u| parse_url(u, "listen-peer-urls"))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let listen_metrics = split_list(self.listen_metrics_urls.as_deref().unwrap_or(""))
+            .iter()
+            .map(|u| parse_url(u, "listen-metrics-urls"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         for url in &advertise_client_urls {
             check_advertised_url(url, "advertise-client-urls")?;
         }
@@ -1119,6 +1134,11 @@ impl ServeArgs {
                 "--listen-client-urls has https:// or unixs:// URLs: give --cert-file and --key-file (or --auto-tls)"
             );
         }
+        if listen_metrics.iter().any(|listen| listen.tls) && !client_tls.has_certificate() {
+            bail!(
+                "--listen-metrics-urls has https:// URLs: give --cert-file and --key-file (or --auto-tls)"
+            );
+        }
         if tls_listeners == 0 && client_tls.any() {
             warnings.push(Warning {
                 setting: "--cert-file".to_string(),
@@ -1148,6 +1168,7 @@ impl ServeArgs {
             name,
             data_dir,
             listen_client,
+            listen_metrics,
             advertise_client_urls,
             listen_peer,
             advertise_peer_urls,

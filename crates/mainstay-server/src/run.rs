@@ -145,6 +145,8 @@ pub struct Listeners {
     pub client: Vec<Incoming>,
     /// Peer connections.
     pub peer: Vec<Incoming>,
+    /// Metrics and health connections (`Config::listen_metrics`, in order).
+    pub metrics: Vec<Incoming>,
 }
 
 /// What the member takes from its environment instead of reaching for it: the
@@ -220,7 +222,18 @@ pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
             .with_context(|| format!("listen for peers on {address}"))?;
         peer.push(listener);
     }
-    Ok(Listeners { client, peer })
+    let mut metrics = Vec::new();
+    for address in config.listen_metrics.iter().map(|listen| &listen.address) {
+        let listener = listen(address, config.socket_reuse_port)
+            .await
+            .with_context(|| format!("listen for metrics on {address}"))?;
+        metrics.push(listener);
+    }
+    Ok(Listeners {
+        client,
+        peer,
+        metrics,
+    })
 }
 
 /// Runs one member until `shutdown` resolves (graceful) or a fatal error stops it.
@@ -345,7 +358,12 @@ async fn serve_member(
         })
         .collect();
     // Certificates first: a bad file stops the member before it does anything.
-    let client_tls = if config.listen_client.iter().any(|listen| listen.tls) {
+    let client_tls = if config
+        .listen_client
+        .iter()
+        .chain(&config.listen_metrics)
+        .any(|listen| listen.tls)
+    {
         let hosts = tls_hosts(&config.listen_client, &config.advertise_client_urls);
         let files = resolve_auto(
             &config.client_tls,
@@ -440,6 +458,7 @@ async fn serve_member(
         unsafe_serve_before_catch_up: env.safety_breaks.serve_before_catch_up,
         strict_reconfig_check: config.strict_reconfig_check,
         auth_token_ttl: config.auth.token_ttl,
+        metrics: mainstay_metrics::Metrics::new(mainstay_api::ETCD_VERSION, member_id),
     })
     .await
     .map_err(|e| anyhow::anyhow!(e))
@@ -616,13 +635,37 @@ async fn serve_member(
             .fallback(not_found);
         *routes.axum_router_mut() = router;
         let signal = stopped(stop_rx.clone());
-        let mut server = client_grpc_server(&config).layer(size_limit);
+        let mut server = client_grpc_server(&config)
+            .layer(mainstay_http::GrpcMetricsLayer::new(
+                replica.metrics().clone(),
+            ))
+            .layer(size_limit);
         client_servers.push(async move {
             server
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, signal)
                 .await
                 .context("serve clients")
+        });
+    }
+    // Metrics and health URLs serve from the start, as etcd's do: a member
+    // catching up is exactly when an operator looks.
+    for incoming in accepted(
+        listeners.metrics,
+        &config.listen_metrics,
+        client_tls.as_ref(),
+    ) {
+        let routes = tonic::service::Routes::from(
+            mainstay_http::metrics_routes(api.clone()).fallback(not_found),
+        );
+        let signal = stopped(stop_rx.clone());
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+                .context("serve metrics")
         });
     }
     servers.spawn(async move {

@@ -258,6 +258,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
                 let listeners = Listeners {
                     client: vec![client],
                     peer: vec![peer],
+                    metrics: Vec::new(),
                 };
                 let outcome = run_with_listeners(
                     config,

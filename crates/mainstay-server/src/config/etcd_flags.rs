@@ -345,7 +345,7 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("listen-peer-urls", Both, Text, Implemented("`http://IP:port` or `unix://path`")),
     flag("listen-client-urls", Both, Text, Implemented("`http://IP:port` or `unix://path`")),
     flag("listen-client-http-urls", Only35, Text, refused(Inert::Empty, "Mainstay serves no HTTP endpoints yet (only gRPC)")),
-    flag("listen-metrics-urls", Both, Text, refused(Inert::Empty, "Mainstay serves no metrics or health endpoints yet")),
+    flag("listen-metrics-urls", Both, Text, Implemented("/metrics, /health, /livez and /readyz on more URLs (https:// with the client certificate)")),
     flag("max-snapshots", Both, Uint, Ignored("Mainstay keeps one snapshot, in its state store")),
     flag("max-wals", Both, Uint, Ignored("Mainstay purges its Raft log itself once a snapshot covers it")),
     flag("quota-backend-bytes", Both, Int, Implemented("bytes; 0 means 2 GiB")),
@@ -427,7 +427,7 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("version", Both, Bool, Implemented("`mainstay serve --version` prints the version")),
     // Profiling and monitoring.
     flag("enable-pprof", Both, Bool, Ignored("Mainstay serves no profiling endpoint")),
-    flag("metrics", Both, Choice(&["basic", "extensive"]), Ignored("Mainstay exports no metrics yet")),
+    flag("metrics", Both, Choice(&["basic", "extensive"]), Ignored("Mainstay exports one set of metrics (basic's, with the peer and process ones); no per-RPC latency histograms")),
     flag("experimental-enable-distributed-tracing", Only35, Bool, Ignored(TRACING)),
     flag("experimental-distributed-tracing-address", Only35, Text, Ignored(TRACING)),
     flag("experimental-distributed-tracing-service-name", Only35, Text, Ignored(TRACING)),

@@ -246,7 +246,12 @@ fn judging_flags_mainstay_does_not_act_on() {
         ("wal-dir", "", "ignore"),
         ("discovery", "https://discovery.etcd.io/x", "refuse"),
         ("discovery-srv", "example.com", "refuse"),
-        ("listen-metrics-urls", "http://127.0.0.1:2381", "refuse"),
+        (
+            "listen-metrics-urls",
+            "http://127.0.0.1:2381",
+            "implemented",
+        ),
+        ("peer-client-cert-file", "client.crt", "refuse"),
         ("listen-client-http-urls", "http://127.0.0.1:2382", "refuse"),
         ("force-new-cluster", "true", "refuse"),
         ("force-new-cluster", "false", "ignore"),

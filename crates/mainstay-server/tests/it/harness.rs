@@ -140,6 +140,7 @@ impl TestCluster {
         let listeners = Listeners {
             client: vec![tcp_incoming(client.expect("client port"))],
             peer: vec![tcp_incoming(peer.expect("peer port"))],
+            metrics: Vec::new(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let (observer, observed) = oneshot::channel();

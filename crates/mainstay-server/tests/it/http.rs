@@ -316,3 +316,71 @@ async fn health_probes_say_why_with_etcds_bodies() {
     assert_eq!(status, 200);
     cluster.shutdown().await;
 }
+
+/// The value of the first sample line starting with `prefix`.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_have_etcds_names_and_move_under_load() {
+    let cluster = TestCluster::start(3, Options::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let port = cluster.members[leader].client_port;
+    let scrape = || async move {
+        let (status, body) = http(port, "GET", "/metrics", &[], "").await;
+        assert_eq!(status, 200);
+        body
+    };
+    let before = scrape().await;
+    for i in 0..5 {
+        cluster.put(leader, &format!("k{i}"), "v").await;
+    }
+    let (status, _) = post(port, "/v3/kv/deleterange", r#"{"key":"azA="}"#).await;
+    assert_eq!(status, 200);
+    assert!(cluster.get(leader, "k1", false).await.is_some());
+    let after = scrape().await;
+    for (name, at_least) in [
+        ("etcd_mvcc_put_total", 5.0),
+        ("etcd_mvcc_delete_total", 1.0),
+        ("etcd_mvcc_range_total", 1.0),
+        ("etcd_disk_wal_fsync_duration_seconds_count", 6.0),
+        (
+            "grpc_server_handled_total{grpc_type=\"unary\",grpc_service=\"etcdserverpb.KV\",grpc_method=\"Put\",grpc_code=\"OK\"}",
+            5.0,
+        ),
+    ] {
+        let (was, is) = (sample(&before, name).unwrap_or(0.0), sample(&after, name));
+        let is = is.unwrap_or_else(|| panic!("{name} missing:\n{after}"));
+        assert!(is - was >= at_least, "{name}: {was} -> {is}");
+    }
+    for (name, value) in [
+        ("etcd_server_has_leader", 1.0),
+        ("etcd_server_is_leader", 1.0),
+        ("etcd_debugging_mvcc_keys_total", 4.0),
+        ("etcd_server_quota_backend_bytes", 2147483648.0),
+    ] {
+        assert_eq!(sample(&after, name), Some(value), "{name}:\n{after}");
+    }
+    for line in [
+        "# TYPE etcd_server_proposals_committed_total gauge",
+        "# TYPE etcd_server_leader_changes_seen counter",
+        "# TYPE etcd_network_peer_round_trip_time_seconds histogram",
+        "etcd_disk_backend_commit_duration_seconds_bucket{le=\"8.192\"}",
+        "etcd_server_version{server_version=\"",
+        "process_resident_memory_bytes ",
+    ] {
+        assert!(after.contains(line), "{line} missing:\n{after}");
+    }
+    // The leader has called both followers: bytes and round trips per peer.
+    let followers = after
+        .lines()
+        .filter(|line| line.starts_with("etcd_network_peer_sent_bytes_total{To="))
+        .count();
+    assert_eq!(followers, 2, "{after}");
+    assert!(sample(&after, "etcd_server_leader_changes_seen_total").is_some_and(|n| n >= 1.0));
+    cluster.shutdown().await;
+}

@@ -1,0 +1,460 @@
+//! Every metric a member exports, registered once per member (several members
+//! in one process, as in tests and the simulator, keep their own), with etcd's
+//! names, types, labels and buckets (`operability.md` §1): the `etcd_` ones a
+//! dashboard or alert written for etcd reads, and `mainstay_` extras.
+//!
+//! Recording is a field access and an atomic add; the code that records knows
+//! nothing of Prometheus. Gauges that mirror state (leader, indexes, sizes) are
+//! set when scraped (`mainstay-http` calls `refresh` first).
+
+mod process;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels as (name, value) pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// A histogram family with fixed buckets.
+pub type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// etcd's disk latency buckets: 1 ms × 2, 14 buckets (to 8.192 s).
+fn disk_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+/// etcd's peer round-trip buckets: 100 µs × 2, 16 buckets.
+fn rtt_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// etcd's apply duration buckets: 100 µs × 2, 20 buckets.
+fn apply_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// `etcd_server_*`.
+#[derive(Default)]
+pub struct Server {
+    /// 1 if this member knows a live leader.
+    pub has_leader: Gauge,
+    /// 1 if this member leads.
+    pub is_leader: Gauge,
+    /// 1 if this member is a learner.
+    pub is_learner: Gauge,
+    /// Leader changes seen since the process started.
+    pub leader_changes_seen: Counter,
+    /// The commit index (a gauge, as etcd's).
+    pub proposals_committed: Gauge,
+    /// The applied index (a gauge, as etcd's).
+    pub proposals_applied: Gauge,
+    /// Proposals waiting to commit.
+    pub proposals_pending: Gauge,
+    /// Proposals that failed (no leader, lost leadership, timeouts).
+    pub proposals_failed: Counter,
+    /// Applies slower than `--warning-apply-duration` (100 ms).
+    pub slow_apply: Counter,
+    /// Heartbeats the leader sent later than twice the heartbeat interval.
+    pub heartbeat_send_failures: Counter,
+    /// The backend quota in bytes.
+    pub quota_backend_bytes: Gauge,
+    /// `/health` answers that were healthy.
+    pub health_success: Counter,
+    /// `/health` answers that were not.
+    pub health_failures: Counter,
+}
+
+/// `etcd_disk_*`.
+pub struct Disk {
+    /// Raft log fsync latency.
+    pub wal_fsync: Histogram,
+    /// State store (backend) commit latency.
+    pub backend_commit: Histogram,
+}
+
+/// `etcd_network_*`.
+pub struct Network {
+    /// Bytes sent to each peer (`To`).
+    pub peer_sent_bytes: Family<Labels, Counter>,
+    /// Bytes received from each peer (`From`).
+    pub peer_received_bytes: Family<Labels, Counter>,
+    /// Failed sends to each peer (`To`).
+    pub peer_sent_failures: Family<Labels, Counter>,
+    /// Round trips to each peer (`To`).
+    pub peer_round_trip_time: Histograms,
+}
+
+/// `etcd_mvcc_*` and `etcd_debugging_mvcc_*`.
+#[derive(Default)]
+pub struct Mvcc {
+    /// Ranges served.
+    pub range: Counter,
+    /// Puts applied (inside txns too).
+    pub put: Counter,
+    /// Deletes applied (inside txns too).
+    pub delete: Counter,
+    /// Txns applied or served.
+    pub txn: Counter,
+    /// Physically allocated bytes of the state store.
+    pub db_total_size: Gauge,
+    /// Live keys.
+    pub keys: Gauge,
+    /// The current revision.
+    pub current_revision: Gauge,
+    /// The compacted revision.
+    pub compact_revision: Gauge,
+    /// Watch streams open.
+    pub watch_streams: Gauge,
+    /// Watchers open.
+    pub watchers: Gauge,
+    /// Events sent to watchers.
+    pub events: Counter,
+}
+
+/// `grpc_server_*` (go-grpc-prometheus's names and labels).
+#[derive(Default)]
+pub struct Grpc {
+    /// RPCs started (`grpc_type`, `grpc_service`, `grpc_method`).
+    pub started: Family<Labels, Counter>,
+    /// RPCs completed, with `grpc_code`.
+    pub handled: Family<Labels, Counter>,
+}
+
+/// Everything, and the registry that exposes it.
+pub struct Metrics {
+    /// Server.
+    pub server: Server,
+    /// Disk.
+    pub disk: Disk,
+    /// Network.
+    pub network: Network,
+    /// MVCC.
+    pub mvcc: Mvcc,
+    /// gRPC.
+    pub grpc: Grpc,
+    /// Apply latency (`etcd_server_apply_duration_seconds`, labels `op`, `success`).
+    pub apply_duration: Histograms,
+    registry: Registry,
+}
+
+/// A member's metrics, shared by everything that records.
+pub type SharedMetrics = Arc<Metrics>;
+
+impl Metrics {
+    /// Every metric registered; `version` is the etcd version reported,
+    /// `member_id` this member's id (etcd's info metrics).
+    pub fn new(version: &str, member_id: u64) -> SharedMetrics {
+        let mut registry = Registry::default();
+        let server = Server::default();
+        let disk = Disk {
+            wal_fsync: disk_buckets(),
+            backend_commit: disk_buckets(),
+        };
+        let network = Network {
+            peer_sent_bytes: Family::default(),
+            peer_received_bytes: Family::default(),
+            peer_sent_failures: Family::default(),
+            peer_round_trip_time: Family::new_with_constructor(rtt_buckets),
+        };
+        let mvcc = Mvcc::default();
+        let grpc = Grpc::default();
+        let apply_duration: Histograms = Family::new_with_constructor(apply_buckets);
+
+        let r = &mut registry;
+        // prometheus-client adds `_total` to counters' names itself.
+        let s = &server;
+        r.register(
+            "etcd_server_has_leader",
+            "Whether or not a leader exists. 1 is existence, 0 is not",
+            s.has_leader.clone(),
+        );
+        r.register(
+            "etcd_server_is_leader",
+            "Whether or not this member is a leader. 1 if is, 0 otherwise",
+            s.is_leader.clone(),
+        );
+        r.register(
+            "etcd_server_is_learner",
+            "Whether or not this member is a learner. 1 if is, 0 otherwise",
+            s.is_learner.clone(),
+        );
+        r.register(
+            "etcd_server_leader_changes_seen",
+            "The number of leader changes seen",
+            s.leader_changes_seen.clone(),
+        );
+        r.register(
+            "etcd_server_proposals_committed_total",
+            "The total number of consensus proposals committed",
+            s.proposals_committed.clone(),
+        );
+        r.register(
+            "etcd_server_proposals_applied_total",
+            "The total number of consensus proposals applied",
+            s.proposals_applied.clone(),
+        );
+        r.register(
+            "etcd_server_proposals_pending",
+            "The current number of pending proposals to commit",
+            s.proposals_pending.clone(),
+        );
+        r.register(
+            "etcd_server_proposals_failed",
+            "The total number of failed proposals seen",
+            s.proposals_failed.clone(),
+        );
+        r.register(
+            "etcd_server_slow_apply",
+            "The total number of slow apply requests (likely overloaded from slow disk)",
+            s.slow_apply.clone(),
+        );
+        r.register(
+            "etcd_server_heartbeat_send_failures",
+            "The total number of leader heartbeat send failures (likely overloaded from slow disk)",
+            s.heartbeat_send_failures.clone(),
+        );
+        r.register(
+            "etcd_server_quota_backend_bytes",
+            "Current backend storage quota size in bytes",
+            s.quota_backend_bytes.clone(),
+        );
+        r.register(
+            "etcd_server_health_success",
+            "The total number of successful health checks",
+            s.health_success.clone(),
+        );
+        r.register(
+            "etcd_server_health_failures",
+            "The total number of failed health checks",
+            s.health_failures.clone(),
+        );
+        r.register(
+            "etcd_server_apply_duration_seconds",
+            "The latency distributions of v2 apply called by backend",
+            apply_duration.clone(),
+        );
+        let info =
+            |r: &mut Registry, name: &str, help: &str, label: &'static str, value: String| {
+                let family = Family::<Labels, Gauge>::default();
+                family.get_or_create(&vec![(label, value)]).set(1);
+                r.register(name, help, family);
+            };
+        info(
+            r,
+            "etcd_server_version",
+            "Which version is running. 1 for 'server_version' label with current version",
+            "server_version",
+            version.to_string(),
+        );
+        let minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+        info(
+            r,
+            "etcd_cluster_version",
+            "Which version is running. 1 for 'cluster_version' label with current cluster version",
+            "cluster_version",
+            minor,
+        );
+        info(
+            r,
+            "etcd_server_id",
+            "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID",
+            "server_id",
+            format!("{member_id:x}"),
+        );
+
+        r.register(
+            "etcd_disk_wal_fsync_duration_seconds",
+            "The latency distributions of fsync called by WAL",
+            disk.wal_fsync.clone(),
+        );
+        r.register(
+            "etcd_disk_backend_commit_duration_seconds",
+            "The latency distributions of commit called by backend",
+            disk.backend_commit.clone(),
+        );
+        let n = &network;
+        r.register(
+            "etcd_network_peer_sent_bytes",
+            "The total number of bytes sent to peers",
+            n.peer_sent_bytes.clone(),
+        );
+        r.register(
+            "etcd_network_peer_received_bytes",
+            "The total number of bytes received from peers",
+            n.peer_received_bytes.clone(),
+        );
+        r.register(
+            "etcd_network_peer_sent_failures",
+            "The total number of send failures from peers",
+            n.peer_sent_failures.clone(),
+        );
+        r.register(
+            "etcd_network_peer_round_trip_time_seconds",
+            "Round-Trip-Time histogram between peers",
+            n.peer_round_trip_time.clone(),
+        );
+
+        let m = &mvcc;
+        r.register(
+            "etcd_mvcc_range",
+            "Total number of ranges seen by this member",
+            m.range.clone(),
+        );
+        r.register(
+            "etcd_mvcc_put",
+            "Total number of puts seen by this member",
+            m.put.clone(),
+        );
+        r.register(
+            "etcd_mvcc_delete",
+            "Total number of deletes seen by this member",
+            m.delete.clone(),
+        );
+        r.register(
+            "etcd_mvcc_txn",
+            "Total number of txns seen by this member",
+            m.txn.clone(),
+        );
+        r.register(
+            "etcd_mvcc_db_total_size_in_bytes",
+            "Total size of the underlying database physically allocated in bytes",
+            m.db_total_size.clone(),
+        );
+        r.register(
+            "etcd_debugging_mvcc_keys_total",
+            "Total number of keys",
+            m.keys.clone(),
+        );
+        r.register(
+            "etcd_debugging_mvcc_current_revision",
+            "The current revision of store",
+            m.current_revision.clone(),
+        );
+        r.register(
+            "etcd_debugging_mvcc_compact_revision",
+            "The revision of the last compaction in store",
+            m.compact_revision.clone(),
+        );
+        r.register(
+            "etcd_debugging_mvcc_watch_stream_total",
+            "Total number of watch streams",
+            m.watch_streams.clone(),
+        );
+        r.register(
+            "etcd_debugging_mvcc_watcher_total",
+            "Total number of watchers",
+            m.watchers.clone(),
+        );
+        r.register(
+            "etcd_debugging_mvcc_events",
+            "Total number of events sent by this member",
+            m.events.clone(),
+        );
+
+        r.register(
+            "grpc_server_started",
+            "Total number of RPCs started on the server",
+            grpc.started.clone(),
+        );
+        r.register(
+            "grpc_server_handled",
+            "Total number of RPCs completed on the server, regardless of success or failure",
+            grpc.handled.clone(),
+        );
+
+        process::register(r);
+        Arc::new(Metrics {
+            server,
+            disk,
+            network,
+            mvcc,
+            grpc,
+            apply_duration,
+            registry,
+        })
+    }
+
+    /// The text exposition (OpenMetrics, which Prometheus reads).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Records a peer round trip.
+    pub fn peer_rtt(&self, peer: u64, took: Duration) {
+        self.network
+            .peer_round_trip_time
+            .get_or_create(&vec![("To", format!("{peer:x}"))])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records bytes sent to a peer.
+    pub fn peer_sent(&self, peer: u64, bytes: usize) {
+        self.network
+            .peer_sent_bytes
+            .get_or_create(&vec![("To", format!("{peer:x}"))])
+            .inc_by(bytes as u64);
+    }
+
+    /// Records bytes received from a peer.
+    pub fn peer_received(&self, peer: u64, bytes: usize) {
+        self.network
+            .peer_received_bytes
+            .get_or_create(&vec![("From", format!("{peer:x}"))])
+            .inc_by(bytes as u64);
+    }
+
+    /// Records a failed send to a peer.
+    pub fn peer_send_failed(&self, peer: u64) {
+        self.network
+            .peer_sent_failures
+            .get_or_create(&vec![("To", format!("{peer:x}"))])
+            .inc();
+    }
+}
+
+/// The content type of `Metrics::encode`'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_types_and_buckets_are_etcds() {
+        let metrics = Metrics::new("3.6.0", 0xabc);
+        metrics.server.leader_changes_seen.inc();
+        metrics.server.proposals_committed.set(7);
+        metrics.disk.wal_fsync.observe(0.003);
+        metrics.peer_rtt(0x1f, Duration::from_micros(150));
+        metrics.mvcc.put.inc_by(2);
+        let text = metrics.encode();
+        for line in [
+            "# TYPE etcd_server_leader_changes_seen counter",
+            "etcd_server_leader_changes_seen_total 1",
+            "# TYPE etcd_server_proposals_committed_total gauge",
+            "etcd_server_proposals_committed_total 7",
+            "etcd_mvcc_put_total 2",
+            "etcd_server_version{server_version=\"3.6.0\"} 1",
+            "etcd_cluster_version{cluster_version=\"3.6\"} 1",
+            "etcd_server_id{server_id=\"abc\"} 1",
+            "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.001\"} 0",
+            "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.004\"} 1",
+            "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"8.192\"} 1",
+            "etcd_network_peer_round_trip_time_seconds_bucket{le=\"0.0002\",To=\"1f\"} 1",
+            "# TYPE process_resident_memory_bytes gauge",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -44,6 +44,7 @@ impl Kv for KvService {
             return Err(mvcc_status(&mainstay_mvcc::MvccError::EmptyKey));
         }
         self.api.barrier(request.serializable).await?;
+        self.api.check_not_corrupt()?;
         let term = self.api.replica.term();
         let response = self
             .api
@@ -117,6 +118,7 @@ impl Kv for KvService {
         if !txn_writes(&request) {
             // Read-only: served like a range, no log entry (as etcd does).
             self.api.barrier(all_serializable(&request)).await?;
+            self.api.check_not_corrupt()?;
             let term = self.api.replica.term();
             let response = self
                 .api

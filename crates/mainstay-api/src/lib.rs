@@ -15,6 +15,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+mod quota;
 mod recipe;
 mod size_limit;
 mod status;
@@ -146,6 +147,7 @@ impl Api {
         caller: &mainstay_auth::Caller,
         command: mainstay_mvcc::Command,
     ) -> Result<(mainstay_mvcc::CommandResponse, u64, u64), tonic::Status> {
+        self.check_quota(&command).await?;
         // With auth off (as this member last applied) there is nothing to
         // check here; every member checks again at apply.
         if self.replica.auth_enabled()
@@ -167,6 +169,52 @@ impl Api {
 
     /// Proposes a command without a caller (keep-alives, checked by whoever
     /// calls this); its answer, term and log index.
+    /// etcd's quota check: a write that would grow the store past the quota
+    /// is refused, and raises NOSPACE for this member (once).
+    async fn check_quota(&self, command: &mainstay_mvcc::Command) -> Result<(), tonic::Status> {
+        let cost = quota::command_cost(command);
+        if !quota::over_quota(
+            self.replica.db_bytes(),
+            cost,
+            self.limits.quota_backend_bytes,
+        ) {
+            return Ok(());
+        }
+        let alarm = mainstay_mvcc::AlarmMember {
+            member: self.replica.member_id(),
+            kind: mainstay_mvcc::AlarmKind::NoSpace,
+        };
+        if !self.replica.read(|space| space.alarms().contains(&alarm)) {
+            tracing::warn!(
+                quota = self.limits.quota_backend_bytes,
+                db_bytes = self.replica.db_bytes(),
+                "message exceeded backend quota; raising alarm"
+            );
+            let raise = mainstay_mvcc::Command::Alarm(mainstay_mvcc::AlarmRequest {
+                action: mainstay_mvcc::AlarmAction::Activate,
+                alarm,
+            });
+            if let Err(status) = self.propose_bare(raise).await {
+                tracing::warn!(%status, "raising NOSPACE failed; the next write tries again");
+            }
+        }
+        Err(mvcc_status(&mainstay_mvcc::MvccError::NoSpace))
+    }
+
+    /// Refuses reads while a CORRUPT alarm is raised (etcd's corrupt applier).
+    fn check_not_corrupt(&self) -> Result<(), tonic::Status> {
+        let corrupt = self.replica.read(|space| {
+            space
+                .alarms()
+                .iter()
+                .any(|alarm| alarm.kind == mainstay_mvcc::AlarmKind::Corrupt)
+        });
+        if corrupt {
+            return Err(mvcc_status(&mainstay_mvcc::MvccError::Corrupt));
+        }
+        Ok(())
+    }
+
     async fn propose_bare(
         &self,
         command: mainstay_mvcc::Command,

@@ -1,4 +1,4 @@
-//! `etcdserverpb.Maintenance`: Status, Hash, HashKV, Alarm (list), MoveLeader.
+//! `etcdserverpb.Maintenance`: Status, Hash, HashKV, Alarm, MoveLeader.
 //! Defragment, Snapshot and Downgrade answer Unimplemented until their issues.
 
 use std::pin::Pin;
@@ -8,8 +8,21 @@ use mainstay_proto::etcdserverpb as pb;
 use mainstay_proto::etcdserverpb::maintenance_server::Maintenance;
 use tonic::{Request, Response, Status};
 
+use mainstay_mvcc::{AlarmAction, AlarmKind, AlarmMember, AlarmRequest, Command, CommandResponse};
+
 use crate::Api;
 use crate::status::{ApiError, api_status, mvcc_status};
+
+/// An alarm on the wire.
+fn alarm_member(alarm: &AlarmMember) -> pb::AlarmMember {
+    pb::AlarmMember {
+        member_id: alarm.member,
+        alarm: match alarm.kind {
+            AlarmKind::NoSpace => pb::AlarmType::Nospace,
+            AlarmKind::Corrupt => pb::AlarmType::Corrupt,
+        } as i32,
+    }
+}
 
 /// The etcd version we report: clients (Kubernetes) gate features on ≥ 3.5.13.
 pub const ETCD_VERSION: &str = "3.6.0";
@@ -40,15 +53,51 @@ impl Maintenance for MaintenanceService {
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         let caller = self.api.caller(&request).await?;
-        self.api.permit_user(&caller)?;
-        match pb::alarm_request::AlarmAction::try_from(request.into_inner().action) {
-            // No alarm can be raised yet (NOSPACE/CORRUPT detection is its own issue), so
-            // the list is truthfully empty.
-            Ok(pb::alarm_request::AlarmAction::Get) => Ok(Response::new(pb::AlarmResponse {
+        let request = request.into_inner();
+        let action = pb::alarm_request::AlarmAction::try_from(request.action)
+            .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm action"))?;
+        if action == pb::alarm_request::AlarmAction::Get {
+            self.api.permit_user(&caller)?;
+            let alarms = self.api.replica.read(|space| space.alarms().clone());
+            return Ok(Response::new(pb::AlarmResponse {
                 header: self.header(),
-                alarms: Vec::new(),
-            })),
-            _ => Err(not_yet("alarm activate/deactivate")),
+                alarms: alarms.iter().map(alarm_member).collect(),
+            }));
+        }
+        self.api.permit_admin(&caller)?;
+        let kind = match pb::AlarmType::try_from(request.alarm) {
+            Ok(pb::AlarmType::Nospace) => AlarmKind::NoSpace,
+            Ok(pb::AlarmType::Corrupt) => AlarmKind::Corrupt,
+            // NONE names no alarm: nothing to raise or clear (etcd answers
+            // with no alarms too).
+            Ok(pb::AlarmType::None) => {
+                return Ok(Response::new(pb::AlarmResponse {
+                    header: self.header(),
+                    alarms: Vec::new(),
+                }));
+            }
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm type")),
+        };
+        let action = match action {
+            pb::alarm_request::AlarmAction::Activate => AlarmAction::Activate,
+            _ => AlarmAction::Deactivate,
+        };
+        let command = Command::Alarm(AlarmRequest {
+            action,
+            alarm: AlarmMember {
+                member: request.member_id,
+                kind,
+            },
+        });
+        match self.api.propose(&caller, command).await? {
+            (CommandResponse::Alarm(response), term) => {
+                let revision = self.api.replica.read(|space| space.revision());
+                Ok(Response::new(pb::AlarmResponse {
+                    header: self.api.headers().header(revision, term),
+                    alarms: response.alarms.iter().map(alarm_member).collect(),
+                }))
+            }
+            (other, _) => Err(crate::status::unexpected(&other)),
         }
     }
 
@@ -63,6 +112,13 @@ impl Maintenance for MaintenanceService {
         if status.leader.is_none() {
             errors.push("etcdserver: no leader".to_string());
         }
+        // etcd lists each raised alarm as Go prints an AlarmMember.
+        let alarms = self.api.replica.read(|space| space.alarms().clone());
+        errors.extend(
+            alarms
+                .iter()
+                .map(|alarm| format!("memberID:{} alarm:{} ", alarm.member, alarm.kind.name())),
+        );
         let db_size = i64::try_from(status.db_bytes).unwrap_or(i64::MAX);
         Ok(Response::new(pb::StatusResponse {
             header: self.header(),

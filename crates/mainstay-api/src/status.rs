@@ -89,6 +89,11 @@ pub fn mvcc_status(error: &MvccError) -> Status {
         MvccError::LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
         MvccError::LeaseExists => (Code::FailedPrecondition, "etcdserver: lease already exists"),
         MvccError::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
+        MvccError::NoSpace => (
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        ),
+        MvccError::Corrupt => (Code::DataLoss, "etcdserver: corrupt cluster"),
         MvccError::Auth(error) => return auth_status(*error),
         // Not etcd's: this member's disk failed it (the member stops).
         MvccError::ValueUnreadable(reason) => {

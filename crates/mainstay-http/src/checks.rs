@@ -4,24 +4,7 @@
 
 use std::collections::BTreeSet;
 
-/// An alarm as `/health` names it (`ALARM NOSPACE`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AlarmKind {
-    /// The backend quota is exhausted.
-    NoSpace,
-    /// A member's data differs from the others'.
-    Corrupt,
-}
-
-impl AlarmKind {
-    /// etcd's name of the alarm (`etcdctl alarm list`, `?exclude=`).
-    pub fn name(self) -> &'static str {
-        match self {
-            AlarmKind::NoSpace => "NOSPACE",
-            AlarmKind::Corrupt => "CORRUPT",
-        }
-    }
-}
+pub use mainstay_mvcc::AlarmKind;
 
 /// What `/health` found, in etcd's order of checks.
 #[derive(Clone, Debug, PartialEq, Eq)]

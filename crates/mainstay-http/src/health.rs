@@ -41,10 +41,10 @@ fn query_values(query: Option<&str>, name: &str) -> (Vec<String>, bool) {
     (values, present)
 }
 
-/// The cluster's active alarms. No alarm can be raised yet: the NOSPACE and
-/// CORRUPT alarms land with the quota and corruption checks.
-fn active_alarms(_api: &Api) -> Vec<AlarmKind> {
-    Vec::new()
+/// The kinds of the raised alarms, cluster-wide.
+fn active_alarms(api: &Api) -> Vec<AlarmKind> {
+    api.replica
+        .read(|space| space.alarms().iter().map(|alarm| alarm.kind).collect())
 }
 
 /// How long a health read may take: etcd's request timeout, 5 s plus two

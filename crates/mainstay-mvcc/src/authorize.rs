@@ -35,6 +35,7 @@ impl KeySpace {
             }
             Command::Auth(request) if request.needs_admin() => auth.check_admin(caller),
             Command::Auth(_) => Ok(()),
+            Command::Alarm(_) => auth.check_admin(caller),
             // Never proposed: one caller per command.
             Command::Authorized { .. } => Err(AuthError::PermissionDenied),
         }

@@ -6,6 +6,7 @@ use std::fmt;
 use mainstay_auth::{AuthReply, AuthRequest, Caller};
 use serde::{Deserialize, Serialize};
 
+use crate::alarms::{AlarmRequest, AlarmResponse, alarm_refusal, change_alarms};
 use crate::error::MvccError;
 use crate::key_space::{Change, KeySpace, LeaseRecord};
 use crate::types::{
@@ -46,6 +47,9 @@ pub enum Command {
         /// What they asked for.
         command: Box<Command>,
     },
+    /// Raise or clear a cluster alarm (by an operator as root, or by a member
+    /// that found its quota passed or its data corrupt).
+    Alarm(AlarmRequest),
 }
 
 impl Command {
@@ -77,6 +81,7 @@ impl fmt::Display for Command {
             Command::LeaseRenew(renew) => write!(f, "lease-renew({} leases)", renew.ids.len()),
             Command::Auth(request) => write!(f, "{request:?}"),
             Command::Authorized { caller, command } => write!(f, "{command} as {:?}", caller.user),
+            Command::Alarm(request) => write!(f, "{request:?}"),
         }
     }
 }
@@ -100,6 +105,8 @@ pub enum CommandResponse {
     LeaseRenew(LeaseRenewResponse),
     /// From an auth request.
     Auth(AuthReply),
+    /// From an alarm change.
+    Alarm(AlarmResponse),
 }
 
 /// What a replica knows about the entry it applies, beyond the command.
@@ -150,6 +157,9 @@ impl KeySpace {
     /// runs only if the caller may run it now (`authorize`); a bare auth
     /// request is checked as from nobody.
     pub fn apply(&mut self, command: &Command, context: &ApplyContext) -> Applied {
+        if let Some(refusal) = alarm_refusal(&self.alarms, command) {
+            return refused(refusal);
+        }
         let (caller, inner) = match command {
             Command::Authorized { caller, command } => (caller.clone(), &**command),
             Command::Auth(_) => (Caller::anonymous(), command),
@@ -183,6 +193,18 @@ impl KeySpace {
     fn apply_checked(&mut self, command: &Command, context: &ApplyContext) -> Applied {
         match command {
             Command::Auth(request) => return self.apply_auth(request),
+            Command::Alarm(request) => {
+                let (response, changed) = change_alarms(&mut self.alarms, request);
+                return Applied {
+                    result: Ok(CommandResponse::Alarm(response)),
+                    events: Vec::new(),
+                    changes: if changed {
+                        vec![Change::Alarms(self.alarms.clone())]
+                    } else {
+                        Vec::new()
+                    },
+                };
+            }
             // One caller per command: a nested one is refused (`authorize`).
             Command::Authorized { .. } => {
                 return refused(MvccError::Auth(mainstay_auth::AuthError::PermissionDenied));
@@ -239,6 +261,7 @@ impl KeySpace {
             | Command::LeaseGrant(_)
             | Command::LeaseRenew(_)
             | Command::Auth(_)
+            | Command::Alarm(_)
             | Command::Authorized { .. } => {
                 unreachable!("handled above")
             }

@@ -39,6 +39,12 @@ pub enum MvccError {
     /// A grant asked for more than `LEASE_TTL_MAX` seconds.
     #[error("too large lease TTL")]
     LeaseTtlTooLarge,
+    /// A NOSPACE alarm is raised: nothing that grows the store is applied.
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
+    /// A CORRUPT alarm is raised: no KV or lease operation is applied.
+    #[error("corrupt cluster")]
+    Corrupt,
     /// An auth request failed, or the caller may not run the command.
     #[error("{0}")]
     Auth(mainstay_auth::AuthError),

@@ -134,6 +134,8 @@ pub enum Change {
     LeaseRemove(i64),
     /// The whole auth state after an auth change (it is small).
     Auth(Box<mainstay_auth::AuthState>),
+    /// Every raised alarm after an alarm change.
+    Alarms(crate::alarms::Alarms),
 }
 
 impl Change {
@@ -163,6 +165,8 @@ pub struct KeySpace {
     pub(crate) values: Values,
     /// Users, roles, permissions, enabled.
     pub(crate) auth: mainstay_auth::AuthState,
+    /// Raised alarms.
+    pub(crate) alarms: crate::alarms::Alarms,
 }
 
 impl Default for KeySpace {
@@ -182,6 +186,7 @@ impl KeySpace {
             lease_keys: BTreeMap::new(),
             values: Values::default(),
             auth: mainstay_auth::AuthState::default(),
+            alarms: crate::alarms::Alarms::new(),
         }
     }
 
@@ -345,6 +350,7 @@ impl KeySpace {
             lease_keys,
             values: Values::default(),
             auth: mainstay_auth::AuthState::default(),
+            alarms: crate::alarms::Alarms::new(),
         }
     }
 
@@ -404,6 +410,16 @@ impl KeySpace {
     /// The auth state.
     pub fn auth(&self) -> &mainstay_auth::AuthState {
         &self.auth
+    }
+
+    /// The raised alarms.
+    pub fn alarms(&self) -> &crate::alarms::Alarms {
+        &self.alarms
+    }
+
+    /// Sets the raised alarms (restoring a keyspace from storage or a snapshot).
+    pub fn set_alarms(&mut self, alarms: crate::alarms::Alarms) {
+        self.alarms = alarms;
     }
 
     /// Sets the auth state (restoring a keyspace from storage or a snapshot).

@@ -5,6 +5,7 @@
 //! the same result everywhere, so replicas agree and the simulator can drive it.
 //! Persisting is the caller's job: every write returns the `Change`s to store.
 
+mod alarms;
 mod authorize;
 mod command;
 mod error;
@@ -18,6 +19,10 @@ mod auth_tests;
 #[cfg(test)]
 mod tests;
 
+pub use alarms::{
+    AlarmAction, AlarmKind, AlarmMember, AlarmRequest, AlarmResponse, Alarms, alarm_refusal,
+    change_alarms,
+};
 pub use command::{Applied, ApplyContext, Command, CommandResponse};
 pub use error::MvccError;
 pub use key_space::{

@@ -253,6 +253,12 @@ impl Replica {
         })
     }
 
+    /// Size of the state database file, in bytes (what the quota is checked
+    /// against, as etcd checks its bbolt file's size).
+    pub fn db_bytes(&self) -> u64 {
+        self.inner.state.db_bytes()
+    }
+
     /// Where this member's metrics are recorded.
     pub fn metrics(&self) -> &mainstay_metrics::SharedMetrics {
         &self.inner.config.metrics

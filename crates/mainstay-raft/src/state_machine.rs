@@ -103,6 +103,7 @@ fn change_bytes(change: &mainstay_mvcc::Change) -> usize {
         mainstay_mvcc::Change::Remove { key, .. } => 32 + key.len(),
         mainstay_mvcc::Change::LeasePut(_) | mainstay_mvcc::Change::LeaseRemove(_) => 32,
         mainstay_mvcc::Change::Auth(_) => 1024,
+        mainstay_mvcc::Change::Alarms(alarms) => 32 * (1 + alarms.len()),
     }
 }
 
@@ -409,6 +410,7 @@ fn record_apply(
         Command::LeaseRevoke(_) => "LeaseRevoke",
         Command::LeaseRenew(_) => "LeaseRenew",
         Command::Auth(_) | Command::Authorized { .. } => "Auth",
+        Command::Alarm(_) => "Alarm",
     };
     let counts = match result {
         Ok(CommandResponse::Put(_)) => (0, 1, 0),

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mainstay_auth::AuthState;
+use mainstay_mvcc::Alarms;
 use mainstay_mvcc::{Change, KeySpace, LeaseRecord, Live, Record, Revision, Value, ValueStore};
 use redb::{Builder, Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -43,8 +44,10 @@ const META_KEY: &str = "meta";
 const LEASES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("leases");
 /// Key (in `META`) of the auth state: users, roles, permissions, enabled.
 const AUTH_KEY: &str = "auth";
-/// 3: with the auth state.
-const SNAPSHOT_FORMAT: u32 = 3;
+/// Key (in `META`) of the raised alarms.
+const ALARMS_KEY: &str = "alarms";
+/// 3: with the auth state; 4: with the alarms.
+const SNAPSHOT_FORMAT: u32 = 4;
 
 /// State-machine metadata committed with every batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +75,8 @@ pub struct SnapshotData {
     pub leases: Vec<LeaseRecord>,
     /// Users, roles, permissions and whether auth is on.
     pub auth: AuthState,
+    /// Raised alarms.
+    pub alarms: Alarms,
 }
 
 impl SnapshotData {
@@ -192,6 +197,11 @@ fn encode_meta(meta: &StateMeta) -> Result<Vec<u8>, StorageError> {
 fn encode_auth(auth: &AuthState) -> Result<Vec<u8>, StorageError> {
     let encoded = postcard::to_allocvec(auth).map_err(|_| StorageError::Encode)?;
     Ok(seal(AUTH_KEY.as_bytes(), encoded))
+}
+
+fn encode_alarms(alarms: &Alarms) -> Result<Vec<u8>, StorageError> {
+    let encoded = postcard::to_allocvec(alarms).map_err(|_| StorageError::Encode)?;
+    Ok(seal(ALARMS_KEY.as_bytes(), encoded))
 }
 
 impl StateStore {
@@ -417,6 +427,12 @@ impl StateStore {
                             .insert(AUTH_KEY, encode_auth(auth)?.as_slice())
                             .map_err(StorageError::db)?;
                     }
+                    Change::Alarms(alarms) => {
+                        let mut table = write.open_table(META).map_err(StorageError::db)?;
+                        table
+                            .insert(ALARMS_KEY, encode_alarms(alarms)?.as_slice())
+                            .map_err(StorageError::db)?;
+                    }
                 }
             }
             let mut table = write.open_table(META).map_err(StorageError::db)?;
@@ -501,6 +517,9 @@ impl StateStore {
                 table
                     .insert(AUTH_KEY, encode_auth(&data.auth)?.as_slice())
                     .map_err(StorageError::db)?;
+                table
+                    .insert(ALARMS_KEY, encode_alarms(&data.alarms)?.as_slice())
+                    .map_err(StorageError::db)?;
             }
             write.commit().map_err(StorageError::db)
         });
@@ -523,6 +542,7 @@ impl StateStore {
             data.meta.compacted,
         );
         key_space.set_auth(data.auth.clone());
+        key_space.set_alarms(data.alarms.clone());
         key_space.set_value_store(self.values()?);
         Ok(key_space)
     }
@@ -638,6 +658,7 @@ type Parts = (
     Vec<(Vec<u8>, Record)>,
     Vec<LeaseRecord>,
     AuthState,
+    Alarms,
 );
 
 /// One consistent read of the state store (see `StateStore::reader`).
@@ -658,9 +679,10 @@ impl StateReader {
     /// The keyspace and metadata as of this read; with `values`, every value
     /// in memory, else every value left in the store (`Value::Stored`).
     pub fn load(&self, values: bool) -> Result<(KeySpace, StateMeta), StorageError> {
-        let (meta, records, leases, auth) = self.parts(values)?;
+        let (meta, records, leases, auth, alarms) = self.parts(values)?;
         let mut key_space = KeySpace::restore(records, leases, meta.revision, meta.compacted);
         key_space.set_auth(auth);
+        key_space.set_alarms(alarms);
         Ok((key_space, meta))
     }
 
@@ -692,6 +714,21 @@ impl StateReader {
                 None => AuthState::default(),
             },
             Err(redb::TableError::TableDoesNotExist(_)) => AuthState::default(),
+            Err(error) => return Err(self.read_error(error.into())),
+        };
+        let alarms = match read.open_table(META) {
+            Ok(table) => match table
+                .get(ALARMS_KEY)
+                .map_err(|e| self.read_error(e.into()))?
+            {
+                Some(value) => {
+                    let value = unseal(ALARMS_KEY.as_bytes(), value.value())
+                        .ok_or_else(|| self.corrupt("alarms checksum mismatch"))?;
+                    postcard::from_bytes(value).map_err(|_| self.corrupt("undecodable alarms"))?
+                }
+                None => Alarms::new(),
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => Alarms::new(),
             Err(error) => return Err(self.read_error(error.into())),
         };
         let mut records = Vec::new();
@@ -732,7 +769,7 @@ impl StateReader {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(error) => return Err(self.read_error(error.into())),
         }
-        Ok((meta, records, leases, auth))
+        Ok((meta, records, leases, auth, alarms))
     }
 
     /// A consistent copy of the state as of this read, for a snapshot: the
@@ -740,7 +777,7 @@ impl StateReader {
     /// then revision order.
     pub fn snapshot(&self) -> Result<SnapshotData, StorageError> {
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.parts(true)));
-        let (meta, mut records, leases, auth) = read.unwrap_or_else(|_| {
+        let (meta, mut records, leases, auth, alarms) = read.unwrap_or_else(|_| {
             Err(StorageError::Corrupt {
                 path: self.path.display().to_string(),
                 at: "reading a snapshot".to_string(),
@@ -754,6 +791,7 @@ impl StateReader {
             records,
             leases,
             auth,
+            alarms,
         })
     }
 }

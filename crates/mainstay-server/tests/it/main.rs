@@ -2,6 +2,7 @@
 //! linearizable reads, leader loss, restarts, snapshot catch-up, damaged logs,
 //! etcd's error contract, the Lock and Election services, and TLS for clients and peers.
 
+mod alarms;
 mod auth;
 mod authority;
 mod cluster;

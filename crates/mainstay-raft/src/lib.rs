@@ -7,6 +7,7 @@
 
 mod applied;
 mod codec;
+mod corruption;
 mod error;
 mod forward;
 mod lease;
@@ -27,6 +28,9 @@ mod type_config;
 mod write_batches;
 mod write_streams;
 
+pub use corruption::{
+    HashReport, Verdict, check_hashes_periodically, initial_corruption_check, judge,
+};
 pub use error::ReplicaError;
 pub use lease::LeaseClock;
 pub use lease_expiry::{EXPIRY_TICK, REVOKES_PER_SECOND_MAX, expire_leases};

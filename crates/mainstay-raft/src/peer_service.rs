@@ -285,6 +285,14 @@ impl RaftPeer for PeerService {
         forward_reply(&self.replica.serve_membership(change).await)
     }
 
+    async fn peer_hash(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        let revision: i64 = decode(&request.into_inner().command)?;
+        forward_reply(&self.replica.serve_peer_hash(revision).await)
+    }
+
     async fn lease_time_left(
         &self,
         request: Request<ForwardRequest>,

@@ -60,6 +60,9 @@ pub struct ReplicaConfig {
     /// SIMULATOR SELF-TEST ONLY: serve at once after a restart, without
     /// catching up with the leader (`catch_up` returns at once).
     pub unsafe_serve_before_catch_up: bool,
+    /// SELF-TEST ONLY: apply every put with its value's last byte flipped
+    /// (silent divergence, which the hash checks must catch).
+    pub unsafe_diverge_values: bool,
     /// etcd's `--strict-reconfig-check`: refuse member changes that would leave
     /// too few started voters for a quorum.
     pub strict_reconfig_check: bool,
@@ -169,6 +172,7 @@ impl Replica {
         );
         let tokens = crate::tokens::Tokens::new(config.auth_token_ttl);
         let state = StateMachine::new(state_store, key_space, meta, tokens, config.metrics.clone())
+            .map(|state| state.diverging(config.unsafe_diverge_values))
             .map_err(|e| format!("open state store: {e}"))?;
         let raft_config = Config {
             cluster_name: "mainstay".to_string(),

@@ -189,6 +189,8 @@ struct Shared {
     failure: watch::Sender<Option<String>>,
     events: broadcast::Sender<AppliedEvents>,
     metrics: mainstay_metrics::SharedMetrics,
+    /// Self-test only: flip the last byte of every put's value at apply.
+    diverge_values: std::sync::atomic::AtomicBool,
     leases: LeaseClock,
     tokens: Tokens,
     /// Whether auth is on in the applied state, readable without the
@@ -255,8 +257,18 @@ impl StateMachine {
                 }),
                 events,
                 metrics,
+                diverge_values: std::sync::atomic::AtomicBool::new(false),
             }),
         })
+    }
+
+    /// The same state machine, applying puts wrongly if `diverge` (a
+    /// deliberate bug for the corruption checks' self-test).
+    pub(crate) fn diverging(self, diverge: bool) -> Self {
+        self.shared
+            .diverge_values
+            .store(diverge, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     /// The error of the state commit that failed, once there is one.
@@ -445,6 +457,19 @@ fn record_apply(
     }
 }
 
+/// The self-test's wrong apply: a put's value with its last byte flipped.
+fn diverge(command: &mut mainstay_mvcc::Command) {
+    match command {
+        mainstay_mvcc::Command::Put(put) => {
+            if let Some(last) = put.value.last_mut() {
+                *last ^= 0x01;
+            }
+        }
+        mainstay_mvcc::Command::Authorized { command, .. } => diverge(command),
+        _ => {}
+    }
+}
+
 /// etcd's `--warning-apply-duration` default.
 const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -566,10 +591,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut commands = Vec::with_capacity(batch.len());
         for (entry, _) in &batch {
             if let EntryPayload::Normal(proposal) = &entry.payload {
-                let command = proposal.decode().map_err(|reason| {
+                let mut command = proposal.decode().map_err(|reason| {
                     tracing::error!(index = entry.log_id.index, %reason, "undecodable committed entry; stopping the member");
                     io::Error::other(format!("log entry {}: {reason}", entry.log_id.index))
                 })?;
+                if self
+                    .shared
+                    .diverge_values
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    diverge(&mut command);
+                }
                 commands.push(command);
             }
         }

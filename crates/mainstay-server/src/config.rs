@@ -136,10 +136,18 @@ pub struct ServeArgs {
     #[arg(long, env = "MAINSTAY_ENABLE_GRPC_GATEWAY", num_args = 0..=1,
           default_missing_value = "true", value_parser = bool_flag)]
     pub enable_grpc_gateway: Option<bool>,
-    /// Check data corruption before serving (stored; the check does not run yet).
+    /// Compare this member's data with its peers' before serving; refuse to
+    /// start if a majority disagrees.
     #[arg(long, env = "MAINSTAY_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", num_args = 0..=1,
           default_missing_value = "true", value_parser = bool_flag)]
     pub experimental_initial_corrupt_check: Option<bool>,
+    /// The leader's periodic hash comparison between members (default true).
+    #[arg(long, env = "MAINSTAY_EXPERIMENTAL_COMPACT_HASH_CHECK_ENABLED", num_args = 0..=1,
+          default_missing_value = "true", value_parser = bool_flag)]
+    pub experimental_compact_hash_check_enabled: Option<bool>,
+    /// How often the leader compares hashes (Go duration, default 1m).
+    #[arg(long, env = "MAINSTAY_EXPERIMENTAL_COMPACT_HASH_CHECK_TIME", value_parser = duration_flag)]
+    pub experimental_compact_hash_check_time: Option<Duration>,
     /// SO_REUSEPORT on the TCP listeners.
     #[arg(long, env = "MAINSTAY_SOCKET_REUSE_PORT", num_args = 0..=1,
           default_missing_value = "true", value_parser = bool_flag)]
@@ -355,9 +363,10 @@ pub struct Config {
     pub grpc_keepalive_timeout: Duration,
     /// SO_REUSEPORT on the TCP listeners.
     pub socket_reuse_port: bool,
-    /// etcd's `--experimental-initial-corrupt-check`: stored until the check
-    /// between members exists.
+    /// etcd's `--experimental-initial-corrupt-check`.
     pub initial_corrupt_check: bool,
+    /// How often the leader compares hashes between members (None: never).
+    pub hash_check_every: Option<Duration>,
     /// Auth tokens and password hashing.
     pub auth: AuthSettings,
     /// Certificates for the `https://` client listeners.
@@ -442,6 +451,7 @@ impl Default for Config {
             peer_allowed: AllowedPeer::default(),
             tls_options: TlsOptions::default(),
             initial_corrupt_check: false,
+            hash_check_every: Some(Duration::from_secs(60)),
             auth: AuthSettings::default(),
             log_level: tracing::Level::INFO,
             log_output: LogOutput::Stderr,
@@ -720,6 +730,12 @@ impl ServeArgs {
             "experimental-initial-corrupt-check" => {
                 self.experimental_initial_corrupt_check = Some(raw.bool()?);
             }
+            "experimental-compact-hash-check-enabled" => {
+                self.experimental_compact_hash_check_enabled = Some(raw.bool()?);
+            }
+            "experimental-compact-hash-check-time" => {
+                self.experimental_compact_hash_check_time = Some(raw.duration()?);
+            }
             "socket-reuse-port" => self.socket_reuse_port = Some(raw.bool()?),
             "cert-file" => self.cert_file = Some(PathBuf::from(raw.text())),
             "key-file" => self.key_file = Some(PathBuf::from(raw.text())),
@@ -787,6 +803,8 @@ impl ServeArgs {
             strict_reconfig_check,
             enable_grpc_gateway,
             experimental_initial_corrupt_check,
+            experimental_compact_hash_check_enabled,
+            experimental_compact_hash_check_time,
             socket_reuse_port,
             cert_file,
             key_file,
@@ -846,6 +864,12 @@ impl ServeArgs {
             experimental_initial_corrupt_check: self
                 .experimental_initial_corrupt_check
                 .or(experimental_initial_corrupt_check),
+            experimental_compact_hash_check_enabled: self
+                .experimental_compact_hash_check_enabled
+                .or(experimental_compact_hash_check_enabled),
+            experimental_compact_hash_check_time: self
+                .experimental_compact_hash_check_time
+                .or(experimental_compact_hash_check_time),
             socket_reuse_port: self.socket_reuse_port.or(socket_reuse_port),
             cert_file: self.cert_file.or(cert_file),
             key_file: self.key_file.or(key_file),
@@ -1018,12 +1042,16 @@ impl ServeArgs {
             bcrypt_cost,
         };
         let initial_corrupt_check = self.experimental_initial_corrupt_check.unwrap_or(false);
-        if initial_corrupt_check {
-            warnings.push(Warning {
-                setting: "--experimental-initial-corrupt-check".to_string(),
-                message: "--experimental-initial-corrupt-check=true is stored, but the check between members does not run yet (every stored record is CRC-checked when the member opens its data)".to_string(),
-            });
-        }
+        let hash_check_every = match (
+            self.experimental_compact_hash_check_enabled.unwrap_or(true),
+            self.experimental_compact_hash_check_time,
+        ) {
+            (false, _) => None,
+            (true, Some(every)) if every.is_zero() => {
+                bail!("--experimental-compact-hash-check-time must be positive")
+            }
+            (true, every) => Some(every.unwrap_or(Duration::from_secs(60))),
+        };
 
         let mut initial_cluster = BTreeMap::new();
         for member in split_list(&initial_cluster_text) {
@@ -1197,6 +1225,7 @@ impl ServeArgs {
             peer_allowed,
             tls_options,
             initial_corrupt_check,
+            hash_check_every,
             auth,
             log_level,
             log_output,

@@ -187,6 +187,9 @@ pub struct SafetyBreaks {
     pub serve_before_catch_up: bool,
     /// Serve reads without checking the caller's read permission.
     pub skip_read_permission: bool,
+    /// Apply every put with its value's last byte flipped (silent divergence
+    /// for the corruption checks to catch).
+    pub diverge_values: bool,
 }
 
 impl Env {
@@ -456,6 +459,7 @@ async fn serve_member(
         unsafe_answer_before_local_apply: env.safety_breaks.answer_before_local_apply,
         unsafe_skip_log_fsync: env.safety_breaks.skip_log_fsync,
         unsafe_serve_before_catch_up: env.safety_breaks.serve_before_catch_up,
+        unsafe_diverge_values: env.safety_breaks.diverge_values,
         strict_reconfig_check: config.strict_reconfig_check,
         auth_token_ttl: config.auth.token_ttl,
         metrics: mainstay_metrics::Metrics::new(mainstay_api::ETCD_VERSION, member_id),
@@ -549,6 +553,12 @@ async fn serve_member(
     let lease_expiry = tokio::spawn(
         mainstay_raft::expire_leases(replica.clone(), early).instrument(tracing::Span::current()),
     );
+    let hash_checks = config.hash_check_every.map(|every| {
+        tokio::spawn(
+            mainstay_raft::check_hashes_periodically(replica.clone(), every)
+                .instrument(tracing::Span::current()),
+        )
+    });
 
     let request_bytes_max =
         usize::try_from(config.request_bytes_max).context("--max-request-bytes")?;
@@ -668,10 +678,16 @@ async fn serve_member(
                 .context("serve metrics")
         });
     }
+    let initial_check = config.initial_corrupt_check.then(|| replica.clone());
     servers.spawn(async move {
         if !published.await {
             // Stopped before publishing: the member's stop is reported instead.
             return std::future::pending().await;
+        }
+        if let Some(replica) = initial_check {
+            mainstay_raft::initial_corruption_check(&replica)
+                .await
+                .map_err(|reason| anyhow::anyhow!("initial corruption check: {reason}"))?;
         }
         tracing::info!("serving clients");
         grpc_health_reporter
@@ -701,6 +717,10 @@ async fn serve_member(
         },
     };
     lease_expiry.abort();
+    if let Some(checks) = hash_checks {
+        checks.abort();
+        let _ = checks.await;
+    }
     // Awaited, not only aborted: an aborted task drops its future (and its hold
     // on the member's stores) later, on a worker; a restart in the same process
     // must find the data directory free once `run` has returned.

@@ -308,7 +308,6 @@ const DISCOVERY: &str = "only discovery uses it, and Mainstay bootstraps from --
 const NO_BBOLT: &str = "Mainstay keeps its state in redb, not bbolt";
 const LEASE_CHECKPOINT: &str = "Mainstay's keep-alives are Raft entries, so a lease keeps its remaining TTL across leader changes (what checkpoints are for)";
 const TRACING: &str = "Mainstay exports no OpenTelemetry traces; it logs tracing spans";
-const CORRUPT_CHECK: &str = "corruption checks between members are not implemented yet (every stored record is CRC-checked)";
 const LEGACY: &str = "an etcd 0.4 flag that etcd 3.x ignores too";
 
 use Handling::{Ignored, Implemented, Refused};
@@ -439,10 +438,10 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("auth-token-ttl", Both, Uint, Implemented("seconds a simple token lives after its last use; default 300 (0 = 300)")),
     flag("enable-grpc-gateway", Both, Bool, Implemented("default true: client URLs serve the JSON gateway (/v3/...) beside gRPC")),
     // Experimental.
-    flag("experimental-initial-corrupt-check", Both, Bool, Implemented("stored in Config; until the member-to-member check exists, true also logs a warning that it does not run")),
-    flag("experimental-corrupt-check-time", Both, Duration, Ignored(CORRUPT_CHECK)),
-    flag("experimental-compact-hash-check-enabled", Only35, Bool, Ignored(CORRUPT_CHECK)),
-    flag("experimental-compact-hash-check-time", Only35, Duration, Ignored(CORRUPT_CHECK)),
+    flag("experimental-initial-corrupt-check", Both, Bool, Implemented("before serving, compare this member's hash with its peers' at its revision; refuse to start if a majority differs")),
+    flag("experimental-corrupt-check-time", Both, Duration, Ignored("Mainstay's periodic check is the compact-hash one (--experimental-compact-hash-check-*), on by default")),
+    flag("experimental-compact-hash-check-enabled", Only35, Bool, Implemented("default true (etcd: false): the leader compares members' hashes at a common revision and raises CORRUPT for a minority")),
+    flag("experimental-compact-hash-check-time", Only35, Duration, Implemented("default 1m: how often the leader compares hashes")),
     flag("experimental-enable-lease-checkpoint", Both, Bool, Ignored(LEASE_CHECKPOINT)),
     flag("experimental-enable-lease-checkpoint-persist", Both, Bool, Ignored(LEASE_CHECKPOINT)),
     flag("experimental-compaction-batch-limit", Both, Int, Ignored("a compaction is applied like any write, in its batch's one state-store transaction")),

@@ -566,10 +566,20 @@ fn implemented_flags_reach_the_config() {
     assert_eq!(defaults.grpc_keepalive_timeout, Duration::from_secs(20));
     assert!(!defaults.initial_corrupt_check);
 
+    assert_eq!(defaults.hash_check_every, Some(Duration::from_secs(60)));
+
     let config = resolve(&["--experimental-initial-corrupt-check"], &[]).expect("resolves");
     assert!(config.initial_corrupt_check);
-    assert_eq!(warnings(&config).len(), 1);
-    assert!(warnings(&config)[0].starts_with("--experimental-initial-corrupt-check=true"));
+    assert!(warnings(&config).is_empty());
+    let config = resolve(&["--experimental-compact-hash-check-time", "5s"], &[]).expect("resolves");
+    assert_eq!(config.hash_check_every, Some(Duration::from_secs(5)));
+    let config =
+        resolve(&["--experimental-compact-hash-check-enabled=false"], &[]).expect("resolves");
+    assert_eq!(config.hash_check_every, None);
+    assert!(
+        error(&["--experimental-compact-hash-check-time", "0s"], &[])
+            .contains("--experimental-compact-hash-check-time")
+    );
     assert!(error(&["--max-concurrent-streams", "0"], &[]).contains("--max-concurrent-streams"));
 }
 

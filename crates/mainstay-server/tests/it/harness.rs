@@ -7,7 +7,9 @@ use std::time::Duration;
 use mainstay_proto::etcdserverpb::kv_client::KvClient;
 use mainstay_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use mainstay_proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest, StatusResponse};
-use mainstay_server::{Env, Listeners, Replica, ServeArgs, run_with_listeners, tcp_incoming};
+use mainstay_server::{
+    Env, Listeners, Replica, SafetyBreaks, ServeArgs, run_with_listeners, tcp_incoming,
+};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -15,6 +17,8 @@ use tonic::transport::Channel;
 
 pub struct Member {
     pub args: ServeArgs,
+    /// Deliberate bugs this member runs with (self-tests of the checks).
+    pub safety_breaks: SafetyBreaks,
     pub client_port: u16,
     pub peer_port: u16,
     pub replica: Option<Replica>,
@@ -104,6 +108,7 @@ impl TestCluster {
             };
             members.push(Member {
                 args,
+                safety_breaks: SafetyBreaks::default(),
                 client_port: *client,
                 peer_port: *peer,
                 replica: None,
@@ -148,7 +153,10 @@ impl TestCluster {
         member.task = Some(tokio::spawn(run_with_listeners(
             config,
             listeners,
-            Env::production(),
+            Env {
+                safety_breaks: member.safety_breaks,
+                ..Env::production()
+            },
             async move {
                 let _ = stopped.await;
             },
@@ -210,6 +218,7 @@ impl TestCluster {
         };
         self.members.push(Member {
             args,
+            safety_breaks: SafetyBreaks::default(),
             client_port: client,
             peer_port: peer,
             replica: None,

@@ -169,6 +169,24 @@ pub struct KeySpace {
     pub(crate) alarms: crate::alarms::Alarms,
 }
 
+/// A hash of the keyspace at a revision, computed in parts
+/// (`KeySpace::start_hash`, `KeySpace::hash_more`).
+#[derive(Clone, Debug)]
+pub struct PartialHash {
+    hasher: crc32fast::Hasher,
+    revision: Revision,
+    /// The compacted revision when the hash started.
+    pub compacted: Revision,
+    next: Option<Vec<u8>>,
+}
+
+impl PartialHash {
+    /// The hash of every part.
+    pub fn finish(self) -> u32 {
+        self.hasher.finalize()
+    }
+}
+
 impl Default for KeySpace {
     fn default() -> Self {
         Self::new()
@@ -695,30 +713,64 @@ impl KeySpace {
     /// A content hash over every retained record at or below `revision` (≤ 0 =
     /// current). Replicas that applied the same log agree on it.
     pub fn hash(&self, revision: Revision) -> Result<u32, MvccError> {
+        let mut hash = self.start_hash(revision)?;
+        while !self.hash_more(&mut hash, usize::MAX)? {}
+        Ok(hash.finish())
+    }
+
+    /// Starts hashing the keyspace at `revision` in parts (`hash_more`), so
+    /// that a caller can let go of the keyspace between parts. The parts give
+    /// the same hash as `hash` as long as no compaction ran in between (the
+    /// records up to `revision` change only by compaction): the caller checks
+    /// `PartialHash::compacted` against the keyspace's at the end.
+    pub fn start_hash(&self, revision: Revision) -> Result<PartialHash, MvccError> {
         let revision = self.resolve_read_revision(revision)?;
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&self.compacted.to_be_bytes());
-        for (key, record) in self.records() {
-            if record.revision > revision {
-                continue;
-            }
-            hasher.update(&(key.len() as u64).to_be_bytes());
-            hasher.update(key);
-            hasher.update(&record.revision.to_be_bytes());
-            match &record.live {
-                None => hasher.update(&[0]),
-                Some(live) => {
-                    let value = self.value_of(key, record.revision, &live.value)?;
-                    hasher.update(&[1]);
-                    hasher.update(&live.create_revision.to_be_bytes());
-                    hasher.update(&live.version.to_be_bytes());
-                    hasher.update(&live.lease.to_be_bytes());
-                    hasher.update(&(value.len() as u64).to_be_bytes());
-                    hasher.update(&value);
+        Ok(PartialHash {
+            hasher,
+            revision,
+            compacted: self.compacted,
+            next: Some(Vec::new()),
+        })
+    }
+
+    /// Hashes up to `keys` more keys; true once every key is hashed.
+    pub fn hash_more(&self, hash: &mut PartialHash, keys: usize) -> Result<bool, MvccError> {
+        let Some(start) = hash.next.take() else {
+            return Ok(true);
+        };
+        let mut histories = self
+            .keys
+            .range::<Vec<u8>, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded));
+        for _ in 0..keys {
+            let Some((key, history)) = histories.next() else {
+                return Ok(true);
+            };
+            for record in history.iter() {
+                if record.revision > hash.revision {
+                    continue;
+                }
+                let hasher = &mut hash.hasher;
+                hasher.update(&(key.len() as u64).to_be_bytes());
+                hasher.update(key);
+                hasher.update(&record.revision.to_be_bytes());
+                match &record.live {
+                    None => hasher.update(&[0]),
+                    Some(live) => {
+                        let value = self.value_of(key, record.revision, &live.value)?;
+                        hasher.update(&[1]);
+                        hasher.update(&live.create_revision.to_be_bytes());
+                        hasher.update(&live.version.to_be_bytes());
+                        hasher.update(&live.lease.to_be_bytes());
+                        hasher.update(&(value.len() as u64).to_be_bytes());
+                        hasher.update(&value);
+                    }
                 }
             }
         }
-        Ok(hasher.finalize())
+        hash.next = histories.next().map(|(key, _)| key.clone());
+        Ok(hash.next.is_none())
     }
 }
 

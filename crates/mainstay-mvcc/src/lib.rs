@@ -26,7 +26,8 @@ pub use alarms::{
 pub use command::{Applied, ApplyContext, Command, CommandResponse};
 pub use error::MvccError;
 pub use key_space::{
-    Change, INITIAL_REVISION, KeySpace, LeaseRecord, Live, Record, Value, ValueStore, in_range,
+    Change, INITIAL_REVISION, KeySpace, LeaseRecord, Live, PartialHash, Record, Value, ValueStore,
+    in_range,
 };
 pub use types::*;
 pub use validate::validate_txn;

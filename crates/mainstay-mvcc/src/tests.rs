@@ -887,3 +887,32 @@ fn evicted_values_are_read_from_the_store_and_a_failing_store_is_an_error() {
         "the failed write changed nothing"
     );
 }
+
+#[test]
+fn a_hash_in_parts_is_the_whole_hash_and_ignores_later_writes() {
+    // Method: hash at a revision in parts of every size, with writes applied
+    // between parts; then a compaction between parts is visible to the caller.
+    let mut space = KeySpace::new();
+    for i in 0..20 {
+        put(&mut space, &format!("k{:02}", i % 7), &format!("v{i}"));
+    }
+    delete(&mut space, "k03", "");
+    let revision = space.revision();
+    let whole = space.hash(revision).expect("hash");
+    for part in 1..9 {
+        let mut later = space.clone();
+        let mut hash = later.start_hash(revision).expect("start");
+        let mut n = 0;
+        while !later.hash_more(&mut hash, part).expect("part") {
+            put(&mut later, &format!("new{n}"), "x");
+            put(&mut later, "k01", "changed");
+            n += 1;
+        }
+        assert_eq!(later.compacted_revision(), hash.compacted);
+        assert_eq!(hash.finish(), whole, "parts of {part}");
+    }
+    let mut hash = space.start_hash(revision).expect("start");
+    assert!(!space.hash_more(&mut hash, 1).expect("part"));
+    space.compact(revision).expect("compact");
+    assert_ne!(space.compacted_revision(), hash.compacted);
+}

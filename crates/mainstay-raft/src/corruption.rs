@@ -83,20 +83,33 @@ pub fn judge(reports: &[HashReport], reference_compacted: i64, voters: usize) ->
     }
 }
 
+/// Keys hashed per hold of the keyspace.
+const HASH_KEYS_PER_PART: usize = 1000;
+
 /// How long a peer waits to apply the asked revision before answering `Behind`.
 const PEER_CATCH_UP: Duration = Duration::from_secs(2);
 
 impl Replica {
-    /// This member's hash at `revision` and its compacted revision.
-    fn own_hash(&self, revision: i64) -> Result<(u32, i64), MvccError> {
-        self.read(|space| Ok((space.hash(revision)?, space.compacted_revision())))
+    /// This member's hash at `revision` and its compacted revision, hashed
+    /// `HASH_KEYS_PER_PART` keys at a time so apply never waits long for the
+    /// keyspace. A compaction meanwhile makes it `Compacted` (try later).
+    async fn own_hash(&self, revision: i64) -> Result<(u32, i64), MvccError> {
+        let mut hash = self.read(|space| space.start_hash(revision))?;
+        while !self.read(|space| space.hash_more(&mut hash, HASH_KEYS_PER_PART))? {
+            tokio::task::yield_now().await;
+        }
+        if self.read(|space| space.compacted_revision()) != hash.compacted {
+            return Err(MvccError::Compacted);
+        }
+        let compacted = hash.compacted;
+        Ok((hash.finish(), compacted))
     }
 
     /// Serves `PeerHash`: waits briefly to apply `revision`, then hashes.
     pub(crate) async fn serve_peer_hash(&self, revision: i64) -> PeerHashReply {
         let until = tokio::time::Instant::now() + PEER_CATCH_UP;
         loop {
-            match self.own_hash(revision) {
+            match self.own_hash(revision).await {
                 Ok((hash, compacted)) => return PeerHashReply::Hash { hash, compacted },
                 Err(MvccError::FutureRevision) if tokio::time::Instant::now() < until => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -148,7 +161,7 @@ impl Replica {
     pub async fn compare_hashes(&self) -> Result<(i64, Verdict), MvccError> {
         let revision = self.read(|space| space.revision());
         let own = self.member_id();
-        let (hash, compacted) = match self.own_hash(revision) {
+        let (hash, compacted) = match self.own_hash(revision).await {
             Ok(own) => own,
             Err(MvccError::ValueUnreadable(reason)) => {
                 tracing::error!(%reason, "this member's data cannot be read back");

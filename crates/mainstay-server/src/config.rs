@@ -231,6 +231,10 @@ pub struct ServeArgs {
     /// Where logs go: `stderr` (`default`) or `stdout`.
     #[arg(long, env = "MAINSTAY_LOG_OUTPUTS", alias = "log-output")]
     pub log_outputs: Option<String>,
+    /// Log lines as `text` (default) or `json` (one object a line, for log
+    /// shippers).
+    #[arg(long, env = "MAINSTAY_LOG_FORMAT")]
+    pub log_format: Option<String>,
     /// The etcd flags Mainstay does not act on.
     #[command(flatten)]
     pub etcd: EtcdFlags,
@@ -292,6 +296,15 @@ pub enum LogOutput {
     Stderr,
     /// Standard output.
     Stdout,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// A setting accepted but not acted on, reported at startup.
@@ -381,6 +394,8 @@ pub struct Config {
     pub log_level: tracing::Level,
     /// Where logs go.
     pub log_output: LogOutput,
+    /// `--log-format`.
+    pub log_format: LogFormat,
     /// Settings accepted but not acted on; the binary logs each at startup.
     pub warnings: Vec<Warning>,
 }
@@ -455,6 +470,7 @@ impl Default for Config {
             auth: AuthSettings::default(),
             log_level: tracing::Level::INFO,
             log_output: LogOutput::Stderr,
+            log_format: LogFormat::Text,
             warnings: Vec::new(),
         }
     }
@@ -760,6 +776,7 @@ impl ServeArgs {
             "log-level" => self.log_level = Some(raw.text()),
             "debug" => self.debug = Some(raw.bool()?),
             "log-outputs" | "log-output" => self.log_outputs = Some(raw.text()),
+            "log-format" => self.log_format = Some(raw.text()),
             "version" => return Err("is not a setting".to_string()),
             _ => {
                 assert!(
@@ -829,6 +846,7 @@ impl ServeArgs {
             log_level,
             debug,
             log_outputs,
+            log_format,
             etcd,
         } = lower;
         ServeArgs {
@@ -896,6 +914,7 @@ impl ServeArgs {
             log_level: self.log_level.or(log_level),
             debug: self.debug.or(debug),
             log_outputs: self.log_outputs.or(log_outputs),
+            log_format: self.log_format.or(log_format),
             etcd: self.etcd.or(etcd),
         }
     }
@@ -1016,6 +1035,11 @@ impl ServeArgs {
             Some(timeout) => timeout,
         };
         let log_level = log_level(self.log_level.as_deref(), self.debug.unwrap_or(false))?;
+        let log_format = match self.log_format.as_deref().map(str::trim) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("--log-format {other:?}: give text or json"),
+        };
         let (log_output, log_ignored) = log_output(&split_list(
             self.log_outputs.as_deref().unwrap_or("default"),
         ));
@@ -1229,6 +1253,7 @@ impl ServeArgs {
             auth,
             log_level,
             log_output,
+            log_format,
             warnings,
         })
     }

@@ -14,8 +14,8 @@ mod tls;
 
 pub use certs::{CertMember, Made, make as make_certs};
 pub use config::{
-    ClusterState, Config, EtcdFlags, Listen, ListenAddress, LogOutput, ServeArgs, Warning,
-    defaults, parse_url,
+    ClusterState, Config, EtcdFlags, Listen, ListenAddress, LogFormat, LogOutput, ServeArgs,
+    Warning, defaults, parse_url,
 };
 pub use dev::{DEV_PORTS, dev_member_args, dev_member_args_tls, run_dev};
 pub use io::{Conn, Incoming, Io, tcp_incoming};

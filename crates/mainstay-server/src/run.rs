@@ -255,7 +255,7 @@ pub async fn run_with_listeners(
     shutdown: impl Future<Output = ()>,
     observer: Option<tokio::sync::oneshot::Sender<Replica>>,
 ) -> anyhow::Result<()> {
-    let span = tracing::info_span!("member", name = %config.name);
+    let span = tracing::info_span!("member", member = %config.name);
     serve_member(config, listeners, env, shutdown, observer)
         .instrument(span)
         .await

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mainstay_server::{CertMember, LogOutput, ServeArgs};
+use mainstay_server::{CertMember, LogFormat, LogOutput, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc instead of glibc's malloc (docs/performance.md has the
@@ -94,18 +94,28 @@ async fn shutdown_signal() {
 
 /// Installs the log: `MAINSTAY_LOG` (a tracing filter) if set, else `filter`
 /// (from `--log-level`), written to `output` (`--log-outputs`).
-fn init_logging(filter: &str, output: LogOutput) {
+fn init_logging(filter: &str, output: LogOutput, format: LogFormat) {
     let filter = EnvFilter::try_from_env("MAINSTAY_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
     // Colour codes only for a person at a terminal, not in files or pipes.
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match output {
-        LogOutput::Stderr => builder
+    match (output, format) {
+        (LogOutput::Stderr, LogFormat::Text) => builder
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .init(),
-        LogOutput::Stdout => builder
+        (LogOutput::Stdout, LogFormat::Text) => builder
             .with_writer(std::io::stdout)
             .with_ansi(std::io::stdout().is_terminal())
+            .init(),
+        (LogOutput::Stderr, LogFormat::Json) => builder
+            .json()
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .init(),
+        (LogOutput::Stdout, LogFormat::Json) => builder
+            .json()
+            .with_current_span(true)
+            .with_writer(std::io::stdout)
             .init(),
     }
 }
@@ -166,7 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             // The settings come first: the log's level and destination are among them.
             let config = args.resolve()?;
-            init_logging(&config.log_filter(), config.log_output);
+            init_logging(&config.log_filter(), config.log_output, config.log_format);
             for warning in &config.warnings {
                 tracing::warn!(setting = %warning.setting, "{warning}");
             }
@@ -187,7 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mainstay_server::run(config, shutdown_signal()).await
         }
         Command::Dev { data_dir, tls } => {
-            init_logging("info,openraft=warn", LogOutput::Stderr);
+            init_logging("info,openraft=warn", LogOutput::Stderr, LogFormat::Text);
             mainstay_server::run_dev(data_dir, tls, shutdown_signal()).await
         }
         Command::Certs {

@@ -462,6 +462,7 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("watch-progress-notify-interval", Etcd36, Duration, Implemented("a Go duration, or a whole number of milliseconds (default 10m, at least 100ms)")),
     // Mainstay's own settings.
     flag("state-cache-bytes", Releases::Mainstay, Uint, Implemented("page cache of the state database in bytes (default 8 MiB, at least 1 MiB)")),
+    flag("log-format", Releases::Mainstay, Choice(&["text", "json"]), Implemented("text (default) or json: one JSON object a line, for log shippers")),
     // Ignored by etcd itself (etcdmain's `ignored` list).
     flag("cluster-active-size", Legacy, Any, Ignored(LEGACY)),
     flag("cluster-remove-delay", Legacy, Any, Ignored(LEGACY)),

@@ -13,7 +13,8 @@ use axum::routing::get;
 use mainstay_api::{Api, ETCD_VERSION, replica_status};
 use serde::Serialize;
 
-use crate::checks::{AlarmKind, HealthInputs, Probe, health_verdict, probe_answer};
+use crate::checks::{AlarmKind, PeerSight, apply_latency, disk_latency, peer_reachable};
+use crate::checks::{HealthInputs, Probe, health_verdict, probe_answer};
 
 /// The routes, over the member's API.
 pub fn routes(api: Api) -> Router {
@@ -145,6 +146,42 @@ async fn run_check(api: &Api, name: &str) -> Result<(), String> {
             } else {
                 Ok(())
             }
+        }
+        "peer_reachable" => {
+            let replica = &api.replica;
+            let voters: Vec<u64> = replica
+                .members()
+                .into_iter()
+                .filter(|(_, _, learner)| !learner)
+                .map(|(id, _, _)| id)
+                .collect();
+            let peers: Vec<PeerSight> = replica
+                .peer_views()
+                .into_iter()
+                .map(|(view, _)| PeerSight {
+                    id: view.id,
+                    since_contact: view.since_contact,
+                    phi: view.phi,
+                })
+                .collect();
+            let within = replica.election_timeout();
+            peer_reachable(
+                replica.is_leader(),
+                replica.has_live_leader(within),
+                &voters,
+                replica.member_id(),
+                &peers,
+                within,
+            )
+        }
+        "disk_latency" => disk_latency(api.replica.metrics().own.last_slow_fsync.last()),
+        "apply_latency" => {
+            let (committed, applied) = api.replica.commit_and_apply_indexes();
+            apply_latency(
+                api.replica.metrics().own.last_slow_apply.last(),
+                committed,
+                applied,
+            )
         }
         other => Err(format!("unknown check {other}")),
     }

@@ -127,6 +127,37 @@ pub struct Grpc {
     pub handled: Family<Labels, Counter>,
 }
 
+/// The last slow event of a kind: when, and how long it took (for the health
+/// checks' reasons; the counters say how many).
+#[derive(Default)]
+pub struct LastSlow(std::sync::Mutex<Option<(std::time::Instant, Duration)>>);
+
+impl LastSlow {
+    /// Records one.
+    pub fn record(&self, took: Duration) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), took));
+    }
+
+    /// How long ago the last one was, and how long it took.
+    pub fn last(&self) -> Option<(Duration, Duration)> {
+        let last = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        last.map(|(at, took)| (at.elapsed(), took))
+    }
+}
+
+/// Mainstay's own (`mainstay_*`).
+#[derive(Default)]
+pub struct Own {
+    /// Raft log fsyncs slower than etcd's 1 s warning.
+    pub slow_fsyncs: Counter,
+    /// The last of them.
+    pub last_slow_fsync: LastSlow,
+    /// The last apply slower than `--warning-apply-duration`.
+    pub last_slow_apply: LastSlow,
+    /// Corruption checks run by this member as leader, by outcome.
+    pub hash_checks: Family<Labels, Counter>,
+}
+
 /// Everything, and the registry that exposes it.
 pub struct Metrics {
     /// Server.
@@ -141,6 +172,8 @@ pub struct Metrics {
     pub grpc: Grpc,
     /// Apply latency (`etcd_server_apply_duration_seconds`, labels `op`, `success`).
     pub apply_duration: Histograms,
+    /// Mainstay's own.
+    pub own: Own,
     registry: Registry,
 }
 
@@ -369,6 +402,17 @@ impl Metrics {
             grpc.handled.clone(),
         );
 
+        let own = Own::default();
+        r.register(
+            "mainstay_disk_slow_fsyncs",
+            "Raft log fsyncs slower than 1s",
+            own.slow_fsyncs.clone(),
+        );
+        r.register(
+            "mainstay_hash_checks",
+            "Corruption checks this member ran as leader, by outcome",
+            own.hash_checks.clone(),
+        );
         process::register(r);
         Arc::new(Metrics {
             server,
@@ -377,6 +421,7 @@ impl Metrics {
             mvcc,
             grpc,
             apply_duration,
+            own,
             registry,
         })
     }

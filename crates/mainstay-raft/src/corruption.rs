@@ -237,7 +237,19 @@ pub async fn check_hashes_periodically(replica: Replica, every: Duration) {
         if !replica.is_leader() {
             continue;
         }
-        match replica.compare_hashes().await {
+        let outcome = replica.compare_hashes().await;
+        let label = match &outcome {
+            Ok((_, Verdict::Consistent)) => "consistent",
+            Ok(_) => "mismatch",
+            Err(_) => "failed",
+        };
+        replica
+            .metrics()
+            .own
+            .hash_checks
+            .get_or_create(&vec![("outcome", label.to_string())])
+            .inc();
+        match outcome {
             Ok((_, Verdict::Consistent)) => {}
             Ok((revision, Verdict::Corrupt(members))) => {
                 for member in members {

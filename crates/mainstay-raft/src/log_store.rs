@@ -197,6 +197,9 @@ fn start_writer(
     }
 }
 
+/// etcd's `warnSyncDuration`: an fsync slower than this is logged.
+const SLOW_FSYNC: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Group commit of queued jobs, in queue order: one write, one fsync, then
 /// every waiter is told. After a failure every waiter gets the error (the
 /// store is poisoned), the error is published in `failed` (so the member stops
@@ -226,10 +229,13 @@ fn write_batch(
     if sync && result.is_ok() {
         // The write and its fsync together: the write is a copy to the page
         // cache, the fsync is what waits for the disk.
-        metrics
-            .disk
-            .wal_fsync
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        metrics.disk.wal_fsync.observe(took.as_secs_f64());
+        if took > SLOW_FSYNC {
+            metrics.own.slow_fsyncs.inc();
+            metrics.own.last_slow_fsync.record(took);
+            tracing::warn!(took = ?took, expected_duration = ?SLOW_FSYNC, "slow fdatasync");
+        }
     }
     if let Err(error) = &result {
         tracing::error!(%error, "raft log write failed; stopping the member");

@@ -448,6 +448,7 @@ fn record_apply(
         .observe(took.as_secs_f64());
     if took > SLOW_APPLY {
         metrics.server.slow_apply.inc();
+        metrics.own.last_slow_apply.record(took);
         tracing::warn!(
             took = ?took,
             expected_duration = ?SLOW_APPLY,

@@ -271,7 +271,8 @@ async fn health_probes_say_why_with_etcds_bodies() {
         http(port, "GET", "/readyz?verbose", &[], "").await,
         (
             200,
-            "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\n[+]non_learner ok\nreadyz check passed\n"
+            "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\n[+]non_learner ok\n\
+             [+]peer_reachable ok\n[+]disk_latency ok\n[+]apply_latency ok\nreadyz check passed\n"
                 .to_string()
         )
     );
@@ -312,7 +313,18 @@ async fn health_probes_say_why_with_etcds_bodies() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("[-]linearizable_read failed: "), "{body}");
     assert!(body.contains("[+]serializable_read ok"), "{body}");
-    let (status, _) = http(port, "GET", "/readyz?exclude=linearizable_read", &[], "").await;
+    assert!(body.contains("[+]serializable_read ok"), "{body}");
+    let (status, body) = http(port, "GET", "/readyz/peer_reachable", &[], "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("[-]peer_reachable failed: "), "{body}");
+    let (status, _) = http(
+        port,
+        "GET",
+        "/readyz?exclude=linearizable_read&exclude=peer_reachable",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(status, 200);
     cluster.shutdown().await;
 }

@@ -6,6 +6,7 @@
 
 mod checks;
 mod codes;
+mod dashboard;
 mod gateway;
 mod grpc_metrics;
 mod health;
@@ -13,6 +14,7 @@ mod metrics;
 
 pub use checks::{AlarmKind, HealthInputs, HealthVerdict, Probe, health_verdict, probe_answer};
 pub use codes::http_status;
+pub use dashboard::member_view;
 pub use gateway::{Gateway, calls_limit, error_response};
 pub use grpc_metrics::GrpcMetricsLayer;
 
@@ -22,7 +24,9 @@ use mainstay_api::Api;
 /// Everything HTTP on a client URL: the gateway (unless
 /// `--enable-grpc-gateway=false`) and the basic endpoints.
 pub fn client_routes(api: Api, gateway: Option<Gateway>) -> Router {
-    let basic = health::routes(api.clone()).merge(metrics::routes(api));
+    let basic = health::routes(api.clone())
+        .merge(metrics::routes(api.clone()))
+        .merge(dashboard::routes(api));
     match gateway {
         Some(gateway) => gateway::routes(gateway).merge(basic),
         None => basic,

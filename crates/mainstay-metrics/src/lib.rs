@@ -145,9 +145,35 @@ impl LastSlow {
     }
 }
 
+/// When recent events happened (the last `RECENT_MAX`).
+#[derive(Default)]
+pub struct Recent(std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>);
+
+/// Events a `Recent` keeps.
+const RECENT_MAX: usize = 1000;
+
+impl Recent {
+    /// Records one now.
+    pub fn record(&self) {
+        let mut times = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if times.len() == RECENT_MAX {
+            times.pop_front();
+        }
+        times.push_back(std::time::Instant::now());
+    }
+
+    /// How many happened within `window` of now.
+    pub fn within(&self, window: Duration) -> usize {
+        let times = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        times.iter().filter(|at| at.elapsed() <= window).count()
+    }
+}
+
 /// Mainstay's own (`mainstay_*`).
 #[derive(Default)]
 pub struct Own {
+    /// When leader changes were seen.
+    pub leader_changes: Recent,
     /// Raft log fsyncs slower than etcd's 1 s warning.
     pub slow_fsyncs: Counter,
     /// The last of them.

@@ -263,6 +263,18 @@ impl Replica {
         self.inner.state.db_bytes()
     }
 
+    /// This member's Raft role: `leader`, `follower`, `candidate`,
+    /// `learner` or `stopped`.
+    pub fn role(&self) -> &'static str {
+        match self.inner.raft.metrics().borrow_watched().state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "stopped",
+        }
+    }
+
     /// Where this member's metrics are recorded.
     pub fn metrics(&self) -> &mainstay_metrics::SharedMetrics {
         &self.inner.config.metrics
@@ -981,6 +993,7 @@ async fn count_leader_changes(
         let leader = raft_metrics.borrow_watched().current_leader;
         if leader.is_some() && leader != last {
             metrics.server.leader_changes_seen.inc();
+            metrics.own.leader_changes.record();
             last = leader;
         }
         if raft_metrics.changed().await.is_err() {

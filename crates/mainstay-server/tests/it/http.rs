@@ -281,6 +281,18 @@ async fn health_probes_say_why_with_etcds_bodies() {
         200
     );
     assert_eq!(http(port, "GET", "/readyz/nonsense", &[], "").await.0, 404);
+    let (status, body) = http(port, "GET", "/dashboard", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<title>Mainstay cluster</title>"));
+    let (status, body) = http(port, "GET", "/dashboard/api/member", &[], "").await;
+    assert_eq!(status, 200);
+    let view = json(&body);
+    assert_eq!(view["members"].as_array().map(Vec::len), Some(3), "{body}");
+    assert!(
+        ["leader", "follower"].contains(&view["role"].as_str().unwrap_or("")),
+        "{body}"
+    );
+    assert_eq!(view["alarms"], serde_json::json!([]));
     let (status, body) = http(port, "GET", "/version", &[], "").await;
     assert_eq!(status, 200);
     assert_eq!(json(&body)["etcdserver"], mainstay_api::ETCD_VERSION);

@@ -182,6 +182,12 @@ pub struct Own {
     pub last_slow_apply: LastSlow,
     /// Corruption checks run by this member as leader, by outcome.
     pub hash_checks: Family<Labels, Counter>,
+    /// Per peer (`To`): seconds since this member last heard from it.
+    pub peer_silence: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Per peer (`To`): the phi-accrual suspicion level.
+    pub peer_phi: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Per peer (`To`), on the leader: log entries it trails the leader by.
+    pub peer_lag_entries: Family<Labels, Gauge>,
 }
 
 /// Everything, and the registry that exposes it.
@@ -438,6 +444,21 @@ impl Metrics {
             "mainstay_hash_checks",
             "Corruption checks this member ran as leader, by outcome",
             own.hash_checks.clone(),
+        );
+        r.register(
+            "mainstay_peer_silence_seconds",
+            "Seconds since this member last heard from the peer",
+            own.peer_silence.clone(),
+        );
+        r.register(
+            "mainstay_peer_phi",
+            "Phi-accrual suspicion of the peer (8 or more: suspected)",
+            own.peer_phi.clone(),
+        );
+        r.register(
+            "mainstay_peer_lag_entries",
+            "Log entries the peer trails the leader by (leader only)",
+            own.peer_lag_entries.clone(),
         );
         process::register(r);
         Arc::new(Metrics {

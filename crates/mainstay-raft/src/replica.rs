@@ -307,6 +307,21 @@ impl Replica {
         mvcc.keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
         mvcc.current_revision.set(revision);
         mvcc.compact_revision.set(compacted);
+        let own = &metrics.own;
+        for (view, matched) in self.peer_views() {
+            let labels = vec![("To", format!("{:x}", view.id))];
+            if let Some(since) = view.since_contact {
+                own.peer_silence
+                    .get_or_create(&labels)
+                    .set(since.as_secs_f64());
+            }
+            own.peer_phi.get_or_create(&labels).set(view.phi);
+            if let Some(matched) = matched.filter(|_| status.is_leader) {
+                own.peer_lag_entries
+                    .get_or_create(&labels)
+                    .set(gauge(status.last_log_index.saturating_sub(matched)));
+            }
+        }
     }
 
     /// Each peer this member has called, as it sees them; on the leader also

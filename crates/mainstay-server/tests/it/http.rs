@@ -396,6 +396,8 @@ async fn metrics_have_etcds_names_and_move_under_load() {
         "etcd_disk_backend_commit_duration_seconds_bucket{le=\"8.192\"}",
         "etcd_server_version{server_version=\"",
         "process_resident_memory_bytes ",
+        "mainstay_peer_phi{To=\"",
+        "mainstay_peer_lag_entries{To=\"",
     ] {
         assert!(after.contains(line), "{line} missing:\n{after}");
     }

@@ -70,11 +70,7 @@ fn refused_flags_fail_fast_with_one_line_naming_them() {
         ),
         (&["--enable-v2=true"], &[], "--enable-v2=true: "),
         (&["--proxy", "on"], &[], "--proxy=on: "),
-        (
-            &["--listen-metrics-urls", "http://127.0.0.1:2381"],
-            &[],
-            "--listen-metrics-urls=\"http://127.0.0.1:2381\": ",
-        ),
+        (&["--force-new-cluster"], &[], "--force-new-cluster=true: "),
         (&["--wal-dir", "/var/lib/etcd/wal"], &[], "--wal-dir="),
         (
             &[],

@@ -997,22 +997,31 @@ pub(crate) enum Routed<T, E> {
 }
 
 /// Counts leader changes as etcd does: each time a leader other than the last
-/// one is known (the first leader seen included). Ends when Raft stops.
+/// one is known (the first leader seen included). Polls every 50 ms rather
+/// than waking on each of openraft's metric updates (several per write):
+/// a leader that came and went within one poll is not counted. Ends when
+/// Raft stops.
 async fn count_leader_changes(
-    mut raft_metrics: openraft_rt_tokio::TokioWatchReceiver<openraft::RaftMetrics<TypeConfig>>,
+    raft_metrics: openraft_rt_tokio::TokioWatchReceiver<openraft::RaftMetrics<TypeConfig>>,
     metrics: mainstay_metrics::SharedMetrics,
 ) {
     use openraft_rt::watch::WatchReceiver;
     let mut last = None;
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let leader = raft_metrics.borrow_watched().current_leader;
+        ticker.tick().await;
+        let (leader, running) = {
+            let now = raft_metrics.borrow_watched();
+            (now.current_leader, now.state != ServerState::Shutdown)
+        };
+        if !running {
+            return;
+        }
         if leader.is_some() && leader != last {
             metrics.server.leader_changes_seen.inc();
             metrics.own.leader_changes.record();
             last = leader;
-        }
-        if raft_metrics.changed().await.is_err() {
-            return;
         }
     }
 }

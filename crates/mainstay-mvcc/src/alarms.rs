@@ -1,5 +1,5 @@
 //! Cluster alarms as replicated state (etcd's alarm store): which member raised
-//! which alarm, and what each alarm refuses at apply, on every member alike.
+//! which alarm (what each refuses at apply is `alarm_refusal`, in `command`).
 //! NOSPACE (a member's backend passed its quota) refuses what would grow the
 //! store: puts, txns that put, lease grants; reads, deletes and compaction go
 //! on. CORRUPT (a member's data differs from the others') refuses every KV and
@@ -9,10 +9,6 @@
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
-
-use crate::command::Command;
-use crate::error::MvccError;
-use crate::types::{RequestOp, TxnRequest};
 
 /// An alarm's kind (etcd's `AlarmType`, without NONE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -95,124 +91,9 @@ pub fn change_alarms(alarms: &mut Alarms, request: &AlarmRequest) -> (AlarmRespo
     }
 }
 
-fn txn_puts(txn: &TxnRequest) -> bool {
-    txn.success.iter().chain(&txn.failure).any(|op| match op {
-        RequestOp::Put(_) => true,
-        RequestOp::Txn(nested) => txn_puts(nested),
-        RequestOp::Range(_) | RequestOp::DeleteRange(_) => false,
-    })
-}
-
-/// What the raised alarms refuse of `command` (a bare or authorized one), if
-/// anything: CORRUPT first, then NOSPACE (etcd's order).
-pub fn alarm_refusal(alarms: &Alarms, command: &Command) -> Option<MvccError> {
-    let raised = |kind| alarms.iter().any(|alarm| alarm.kind == kind);
-    let command = command.inner();
-    if raised(AlarmKind::Corrupt)
-        && matches!(
-            command,
-            Command::Put(_)
-                | Command::DeleteRange(_)
-                | Command::Txn(_)
-                | Command::Compact(_)
-                | Command::LeaseGrant(_)
-                | Command::LeaseRevoke(_)
-        )
-    {
-        return Some(MvccError::Corrupt);
-    }
-    if raised(AlarmKind::NoSpace) {
-        let grows = match command {
-            Command::Put(_) | Command::LeaseGrant(_) => true,
-            Command::Txn(txn) => txn_puts(txn),
-            _ => false,
-        };
-        if grows {
-            return Some(MvccError::NoSpace);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{
-        CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRenewRequest,
-        LeaseRevokeRequest, PutRequest, RangeRequest,
-    };
-
-    fn alarms(kinds: &[AlarmKind]) -> Alarms {
-        kinds
-            .iter()
-            .map(|kind| AlarmMember {
-                member: 7,
-                kind: *kind,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn each_alarm_refuses_what_etcds_refuses() {
-        use AlarmKind::{Corrupt, NoSpace};
-        let put = Command::Put(PutRequest::default());
-        let delete = Command::DeleteRange(DeleteRangeRequest::default());
-        let reading_txn = Command::Txn(TxnRequest {
-            success: vec![RequestOp::Range(RangeRequest::default())],
-            failure: vec![RequestOp::DeleteRange(DeleteRangeRequest::default())],
-            ..TxnRequest::default()
-        });
-        let nested_put = Command::Txn(TxnRequest {
-            failure: vec![RequestOp::Txn(TxnRequest {
-                success: vec![RequestOp::Put(PutRequest::default())],
-                ..TxnRequest::default()
-            })],
-            ..TxnRequest::default()
-        });
-        let compact = Command::Compact(CompactionRequest::default());
-        let grant = Command::LeaseGrant(LeaseGrantRequest::default());
-        let revoke = Command::LeaseRevoke(LeaseRevokeRequest::default());
-        let renew = Command::LeaseRenew(LeaseRenewRequest::default());
-        let authorized_put = Command::Authorized {
-            caller: mainstay_auth::Caller::anonymous(),
-            command: Box::new(put.clone()),
-        };
-        let alarm = Command::Alarm(AlarmRequest {
-            action: AlarmAction::Deactivate,
-            alarm: AlarmMember {
-                member: 7,
-                kind: NoSpace,
-            },
-        });
-        // (raised, command, refusal)
-        let table: Vec<(&[AlarmKind], &Command, Option<MvccError>)> = vec![
-            (&[], &put, None),
-            (&[NoSpace], &put, Some(MvccError::NoSpace)),
-            (&[NoSpace], &authorized_put, Some(MvccError::NoSpace)),
-            (&[NoSpace], &delete, None),
-            (&[NoSpace], &reading_txn, None),
-            (&[NoSpace], &nested_put, Some(MvccError::NoSpace)),
-            (&[NoSpace], &compact, None),
-            (&[NoSpace], &grant, Some(MvccError::NoSpace)),
-            (&[NoSpace], &revoke, None),
-            (&[NoSpace], &renew, None),
-            (&[NoSpace], &alarm, None),
-            (&[Corrupt], &delete, Some(MvccError::Corrupt)),
-            (&[Corrupt], &reading_txn, Some(MvccError::Corrupt)),
-            (&[Corrupt], &compact, Some(MvccError::Corrupt)),
-            (&[Corrupt], &revoke, Some(MvccError::Corrupt)),
-            (&[Corrupt], &renew, None),
-            (&[Corrupt], &alarm, None),
-            (&[NoSpace, Corrupt], &put, Some(MvccError::Corrupt)),
-        ];
-        for (raised, command, refusal) in table {
-            assert_eq!(
-                alarm_refusal(&alarms(raised), command),
-                refusal,
-                "{raised:?} {command}"
-            );
-        }
-    }
 
     #[test]
     fn activate_and_deactivate_answer_as_etcd() {

@@ -6,13 +6,14 @@ use std::fmt;
 use mainstay_auth::{AuthReply, AuthRequest, Caller};
 use serde::{Deserialize, Serialize};
 
-use crate::alarms::{AlarmRequest, AlarmResponse, alarm_refusal, change_alarms};
+use crate::alarms::{AlarmKind, AlarmRequest, AlarmResponse, Alarms, change_alarms};
 use crate::error::MvccError;
 use crate::key_space::{Change, KeySpace, LeaseRecord};
 use crate::types::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Event,
     LEASE_TTL_MAX, LeaseGrantRequest, LeaseGrantResponse, LeaseRenewRequest, LeaseRenewResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RequestOp, TxnRequest,
+    TxnResponse,
 };
 use crate::writer::{Writer, stamp_txn};
 
@@ -107,6 +108,46 @@ pub enum CommandResponse {
     Auth(AuthReply),
     /// From an alarm change.
     Alarm(AlarmResponse),
+}
+
+fn txn_puts(txn: &TxnRequest) -> bool {
+    txn.success.iter().chain(&txn.failure).any(|op| match op {
+        RequestOp::Put(_) => true,
+        RequestOp::Txn(nested) => txn_puts(nested),
+        RequestOp::Range(_) | RequestOp::DeleteRange(_) => false,
+    })
+}
+
+/// Raised alarms refuse at apply, on every member alike, before permissions
+/// (etcd's corrupt and capped appliers): what the raised alarms refuse of `command` (a bare or authorized one), if
+/// anything: CORRUPT first, then NOSPACE (etcd's order).
+pub fn alarm_refusal(alarms: &Alarms, command: &Command) -> Option<MvccError> {
+    let raised = |kind| alarms.iter().any(|alarm| alarm.kind == kind);
+    let command = command.inner();
+    if raised(AlarmKind::Corrupt)
+        && matches!(
+            command,
+            Command::Put(_)
+                | Command::DeleteRange(_)
+                | Command::Txn(_)
+                | Command::Compact(_)
+                | Command::LeaseGrant(_)
+                | Command::LeaseRevoke(_)
+        )
+    {
+        return Some(MvccError::Corrupt);
+    }
+    if raised(AlarmKind::NoSpace) {
+        let grows = match command {
+            Command::Put(_) | Command::LeaseGrant(_) => true,
+            Command::Txn(txn) => txn_puts(txn),
+            _ => false,
+        };
+        if grows {
+            return Some(MvccError::NoSpace);
+        }
+    }
+    None
 }
 
 /// What a replica knows about the entry it applies, beyond the command.

@@ -20,10 +20,9 @@ mod auth_tests;
 mod tests;
 
 pub use alarms::{
-    AlarmAction, AlarmKind, AlarmMember, AlarmRequest, AlarmResponse, Alarms, alarm_refusal,
-    change_alarms,
+    AlarmAction, AlarmKind, AlarmMember, AlarmRequest, AlarmResponse, Alarms, change_alarms,
 };
-pub use command::{Applied, ApplyContext, Command, CommandResponse};
+pub use command::{Applied, ApplyContext, Command, CommandResponse, alarm_refusal};
 pub use error::MvccError;
 pub use key_space::{
     Change, INITIAL_REVISION, KeySpace, LeaseRecord, Live, PartialHash, Record, Value, ValueStore,

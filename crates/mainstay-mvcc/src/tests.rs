@@ -916,3 +916,76 @@ fn a_hash_in_parts_is_the_whole_hash_and_ignores_later_writes() {
     space.compact(revision).expect("compact");
     assert_ne!(space.compacted_revision(), hash.compacted);
 }
+
+/// Alarms of the given kinds, raised for member 7.
+fn alarms_of(kinds: &[AlarmKind]) -> Alarms {
+    kinds
+        .iter()
+        .map(|kind| AlarmMember {
+            member: 7,
+            kind: *kind,
+        })
+        .collect()
+}
+
+#[test]
+fn each_alarm_refuses_what_etcds_refuses() {
+    use AlarmKind::{Corrupt, NoSpace};
+    let put = Command::Put(PutRequest::default());
+    let delete = Command::DeleteRange(DeleteRangeRequest::default());
+    let reading_txn = Command::Txn(TxnRequest {
+        success: vec![RequestOp::Range(RangeRequest::default())],
+        failure: vec![RequestOp::DeleteRange(DeleteRangeRequest::default())],
+        ..TxnRequest::default()
+    });
+    let nested_put = Command::Txn(TxnRequest {
+        failure: vec![RequestOp::Txn(TxnRequest {
+            success: vec![RequestOp::Put(PutRequest::default())],
+            ..TxnRequest::default()
+        })],
+        ..TxnRequest::default()
+    });
+    let compact = Command::Compact(CompactionRequest::default());
+    let grant = Command::LeaseGrant(LeaseGrantRequest::default());
+    let revoke = Command::LeaseRevoke(LeaseRevokeRequest::default());
+    let renew = Command::LeaseRenew(LeaseRenewRequest::default());
+    let authorized_put = Command::Authorized {
+        caller: mainstay_auth::Caller::anonymous(),
+        command: Box::new(put.clone()),
+    };
+    let alarm = Command::Alarm(AlarmRequest {
+        action: AlarmAction::Deactivate,
+        alarm: AlarmMember {
+            member: 7,
+            kind: NoSpace,
+        },
+    });
+    // (raised, command, refusal)
+    let table: Vec<(&[AlarmKind], &Command, Option<MvccError>)> = vec![
+        (&[], &put, None),
+        (&[NoSpace], &put, Some(MvccError::NoSpace)),
+        (&[NoSpace], &authorized_put, Some(MvccError::NoSpace)),
+        (&[NoSpace], &delete, None),
+        (&[NoSpace], &reading_txn, None),
+        (&[NoSpace], &nested_put, Some(MvccError::NoSpace)),
+        (&[NoSpace], &compact, None),
+        (&[NoSpace], &grant, Some(MvccError::NoSpace)),
+        (&[NoSpace], &revoke, None),
+        (&[NoSpace], &renew, None),
+        (&[NoSpace], &alarm, None),
+        (&[Corrupt], &delete, Some(MvccError::Corrupt)),
+        (&[Corrupt], &reading_txn, Some(MvccError::Corrupt)),
+        (&[Corrupt], &compact, Some(MvccError::Corrupt)),
+        (&[Corrupt], &revoke, Some(MvccError::Corrupt)),
+        (&[Corrupt], &renew, None),
+        (&[Corrupt], &alarm, None),
+        (&[NoSpace, Corrupt], &put, Some(MvccError::Corrupt)),
+    ];
+    for (raised, command, refusal) in table {
+        assert_eq!(
+            alarm_refusal(&alarms_of(raised), command),
+            refusal,
+            "{raised:?} {command}"
+        );
+    }
+}

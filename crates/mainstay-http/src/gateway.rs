@@ -317,6 +317,26 @@ async fn cors(mut response: Response) -> Response {
     response
 }
 
+/// A call's permit and its one request message from the JSON body (with the
+/// HTTP request's metadata and extensions), or the error answer.
+async fn unary_request<Req: DeserializeOwned + Default>(
+    g: &Gateway,
+    request: Request,
+) -> Result<(tokio::sync::OwnedSemaphorePermit, tonic::Request<Req>), Response> {
+    let Ok(permit) = g.calls.clone().acquire_owned().await else {
+        return Err(error_response(&Status::unavailable(
+            "etcdserver: server stopped",
+        )));
+    };
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, g.body_max)
+        .await
+        .map_err(|error| error_response(&Status::invalid_argument(error.to_string())))?;
+    let message: Req = decode(&bytes).map_err(|status| error_response(&status))?;
+    let request = tonic::Request::from_parts(metadata(&parts.headers), parts.extensions, message);
+    Ok((permit, request))
+}
+
 /// A unary call: one JSON message in, one out.
 fn unary<Req, Resp, F, Fut>(g: &Shared, call: F) -> MethodRouter
 where
@@ -329,20 +349,10 @@ where
     axum::routing::post(move |request: Request| {
         let (g, call) = (g.clone(), call.clone());
         async move {
-            let Ok(_permit) = g.calls.clone().acquire_owned().await else {
-                return error_response(&Status::unavailable("etcdserver: server stopped"));
+            let (_permit, request) = match unary_request::<Req>(&g, request).await {
+                Ok(read) => read,
+                Err(answer) => return answer,
             };
-            let (parts, body) = request.into_parts();
-            let bytes = match axum::body::to_bytes(body, g.body_max).await {
-                Ok(bytes) => bytes,
-                Err(error) => return error_response(&Status::invalid_argument(error.to_string())),
-            };
-            let message: Req = match decode(&bytes) {
-                Ok(message) => message,
-                Err(status) => return error_response(&status),
-            };
-            let request =
-                tonic::Request::from_parts(metadata(&parts.headers), parts.extensions, message);
             match call(g.clone(), request).await {
                 Ok(response) => json_response(StatusCode::OK, &response.into_inner()),
                 Err(status) => error_response(&status),
@@ -365,20 +375,10 @@ where
     axum::routing::post(move |request: Request| {
         let (g, call) = (g.clone(), call.clone());
         async move {
-            let Ok(permit) = g.calls.clone().acquire_owned().await else {
-                return error_response(&Status::unavailable("etcdserver: server stopped"));
+            let (permit, request) = match unary_request::<Req>(&g, request).await {
+                Ok(read) => read,
+                Err(answer) => return answer,
             };
-            let (parts, body) = request.into_parts();
-            let bytes = match axum::body::to_bytes(body, g.body_max).await {
-                Ok(bytes) => bytes,
-                Err(error) => return error_response(&Status::invalid_argument(error.to_string())),
-            };
-            let message: Req = match decode(&bytes) {
-                Ok(message) => message,
-                Err(status) => return error_response(&status),
-            };
-            let request =
-                tonic::Request::from_parts(metadata(&parts.headers), parts.extensions, message);
             match call(g.clone(), request).await {
                 Ok(response) => stream_response(response.into_inner(), permit),
                 Err(status) => error_response(&status),

@@ -407,6 +407,18 @@ async fn metrics_have_etcds_names_and_move_under_load() {
         .filter(|line| line.starts_with("etcd_network_peer_sent_bytes_total{To="))
         .count();
     assert_eq!(followers, 2, "{after}");
-    assert!(sample(&after, "etcd_server_leader_changes_seen_total").is_some_and(|n| n >= 1.0));
+    // Leader changes are sampled every 50 ms: the election is counted soon.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape().await;
+        if sample(&text, "etcd_server_leader_changes_seen_total").is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no leader change counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     cluster.shutdown().await;
 }

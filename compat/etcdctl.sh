@@ -478,6 +478,35 @@ check_contains "auth disable needs root" "etcdserver: permission denied" \
 check "auth disable" "Authentication Disabled" "$(ctl --endpoints="$ALL" --user root:rootpw auth disable)"
 check "no user needed again" "1" "$(ctl --endpoints="$ALL" get app/x --print-value-only)"
 
+# --- NOSPACE: a member over its quota refuses writes, serves reads ----------
+NAMES[5]=q1
+CLIENT[5]=$((BASE + 50))
+PEER[5]=$((BASE + 51))
+Q_EP="http://127.0.0.1:${CLIENT[5]}"
+"$BIN" serve --name q1 --data-dir "$WORK/q1" \
+  --listen-client-urls "$Q_EP" --advertise-client-urls "$Q_EP" \
+  --listen-peer-urls "http://127.0.0.1:${PEER[5]}" \
+  --initial-advertise-peer-urls "http://127.0.0.1:${PEER[5]}" \
+  --initial-cluster "q1=http://127.0.0.1:${PEER[5]}" \
+  --quota-backend-bytes $((4 * 1024 * 1024)) >>"$WORK/q1.log" 2>&1 &
+PIDS[5]=$!
+wait_healthy "$Q_EP"
+BIG=$(head -c 65536 /dev/zero | tr '\0' x)
+FULL=""
+for n in $(seq 1 400); do
+  OUT=$(ctl --endpoints="$Q_EP" put "big$n" "$BIG" || true)
+  if [ "$OUT" != "OK" ]; then FULL=$OUT; break; fi
+done
+check_contains "writes past the quota are refused" "etcdserver: mvcc: database space exceeded" "$FULL"
+check_contains "alarm list names NOSPACE" "alarm:NOSPACE" "$(ctl --endpoints="$Q_EP" alarm list)"
+check_contains "endpoint status shows the alarm" "alarm:NOSPACE" "$(ctl --endpoints="$Q_EP" endpoint status)"
+check "reads are still served" "1" "$(ctl --endpoints="$Q_EP" get big1 --keys-only | grep -c big1)"
+check_contains "a txn that writes is refused" "etcdserver: mvcc: database space exceeded" \
+  "$(printf '\n\nput big1 y\n\n' | ctl --endpoints="$Q_EP" txn || true)"
+check "deletes are still served" "1" "$(ctl --endpoints="$Q_EP" del big1)"
+check_contains "alarm disarm" "alarm:NOSPACE" "$(ctl --endpoints="$Q_EP" alarm disarm)"
+check "no alarm after disarm" "" "$(ctl --endpoints="$Q_EP" alarm list)"
+
 echo
 echo "etcdctl: $PASSED passed, $FAILED failed"
 [ "$FAILED" == 0 ]

@@ -19,6 +19,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// The counter type the fields hold (for code that keeps a clone).
+pub use prometheus_client::metrics::counter::Counter as CounterHandle;
+
 /// Labels as (name, value) pairs.
 pub type Labels = Vec<(&'static str, String)>;
 
@@ -38,6 +41,16 @@ fn rtt_buckets() -> Histogram {
 /// etcd's apply duration buckets: 100 µs × 2, 20 buckets.
 fn apply_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// etcd's keyspace hash buckets: 10 ms × 2, 15 buckets.
+fn hash_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 15))
+}
+
+/// etcd's snapshot transfer buckets: 100 ms × 2, 14 buckets.
+fn snapshot_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.1, 2.0, 14))
 }
 
 /// `etcd_server_*`.
@@ -69,6 +82,15 @@ pub struct Server {
     pub health_success: Counter,
     /// `/health` answers that were not.
     pub health_failures: Counter,
+    /// Linearizable read barriers that failed (`etcd_server_read_indexes_failed_total`).
+    pub read_indexes_failed: Counter,
+    /// Read barriers that took longer than 500 ms (etcd counts a read index
+    /// that is retried after 500 ms).
+    pub slow_read_indexes: Counter,
+    /// Leases revoked because they expired (`etcd_debugging_server_lease_expired_total`).
+    pub lease_expired: Counter,
+    /// 1 while this member installs a snapshot from the leader.
+    pub snapshot_apply_in_progress: Gauge,
 }
 
 /// `etcd_disk_*`.
@@ -89,10 +111,27 @@ pub struct Network {
     pub peer_sent_failures: Family<Labels, Counter>,
     /// Round trips to each peer (`To`).
     pub peer_round_trip_time: Histograms,
+    /// Peers with a live connection (`Local`, `Remote`).
+    pub active_peers: Family<Labels, Gauge>,
+    /// Bytes of gRPC messages sent to clients.
+    pub client_grpc_sent_bytes: Counter,
+    /// Bytes of gRPC messages received from clients.
+    pub client_grpc_received_bytes: Counter,
+    /// Snapshots sent to each peer (`To`).
+    pub snapshot_send_success: Family<Labels, Counter>,
+    /// Snapshots that failed to reach a peer (`To`).
+    pub snapshot_send_failures: Family<Labels, Counter>,
+    /// Time to send a snapshot to a peer (`To`).
+    pub snapshot_send_duration: Histograms,
+    /// Snapshots received from the leader and installed (`From`).
+    pub snapshot_receive_success: Family<Labels, Counter>,
+    /// Snapshots received and refused or not installed (`From`).
+    pub snapshot_receive_failures: Family<Labels, Counter>,
+    /// Time to receive and install a snapshot (`From`).
+    pub snapshot_receive_duration: Histograms,
 }
 
 /// `etcd_mvcc_*` and `etcd_debugging_mvcc_*`.
-#[derive(Default)]
 pub struct Mvcc {
     /// Ranges served.
     pub range: Counter,
@@ -104,6 +143,10 @@ pub struct Mvcc {
     pub txn: Counter,
     /// Physically allocated bytes of the state store.
     pub db_total_size: Gauge,
+    /// Time to hash the whole keyspace (`Maintenance.Hash`).
+    pub hash_duration: Histogram,
+    /// Time to hash the keyspace up to a revision (`HashKV`, the corruption check).
+    pub hash_rev_duration: Histogram,
     /// Live keys.
     pub keys: Gauge,
     /// The current revision.
@@ -188,6 +231,8 @@ pub struct Own {
     pub peer_phi: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Per peer (`To`), on the leader: log entries it trails the leader by.
     pub peer_lag_entries: Family<Labels, Gauge>,
+    /// How long the peer has been missing an entry the leader has (leader only).
+    pub peer_lag_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 /// Everything, and the registry that exposes it.
@@ -227,8 +272,31 @@ impl Metrics {
             peer_received_bytes: Family::default(),
             peer_sent_failures: Family::default(),
             peer_round_trip_time: Family::new_with_constructor(rtt_buckets),
+            active_peers: Family::default(),
+            client_grpc_sent_bytes: Counter::default(),
+            client_grpc_received_bytes: Counter::default(),
+            snapshot_send_success: Family::default(),
+            snapshot_send_failures: Family::default(),
+            snapshot_send_duration: Family::new_with_constructor(snapshot_buckets),
+            snapshot_receive_success: Family::default(),
+            snapshot_receive_failures: Family::default(),
+            snapshot_receive_duration: Family::new_with_constructor(snapshot_buckets),
         };
-        let mvcc = Mvcc::default();
+        let mvcc = Mvcc {
+            range: Counter::default(),
+            put: Counter::default(),
+            delete: Counter::default(),
+            txn: Counter::default(),
+            db_total_size: Gauge::default(),
+            hash_duration: hash_buckets(),
+            hash_rev_duration: hash_buckets(),
+            keys: Gauge::default(),
+            current_revision: Gauge::default(),
+            compact_revision: Gauge::default(),
+            watch_streams: Gauge::default(),
+            watchers: Gauge::default(),
+            events: Counter::default(),
+        };
         let grpc = Grpc::default();
         let apply_duration: Histograms = Family::new_with_constructor(apply_buckets);
 
@@ -301,6 +369,26 @@ impl Metrics {
             s.health_failures.clone(),
         );
         r.register(
+            "etcd_server_read_indexes_failed",
+            "The total number of failed read indexes seen",
+            s.read_indexes_failed.clone(),
+        );
+        r.register(
+            "etcd_server_slow_read_indexes",
+            "The total number of pending read indexes not in sync with leader's or timed out read index requests",
+            s.slow_read_indexes.clone(),
+        );
+        r.register(
+            "etcd_debugging_server_lease_expired",
+            "The total number of expired leases",
+            s.lease_expired.clone(),
+        );
+        r.register(
+            "etcd_server_snapshot_apply_in_progress_total",
+            "1 if the server is applying the incoming snapshot. 0 if none",
+            s.snapshot_apply_in_progress.clone(),
+        );
+        r.register(
             "etcd_server_apply_duration_seconds",
             "The latency distributions of v2 apply called by backend",
             apply_duration.clone(),
@@ -365,6 +453,51 @@ impl Metrics {
             "Round-Trip-Time histogram between peers",
             n.peer_round_trip_time.clone(),
         );
+        r.register(
+            "etcd_network_active_peers",
+            "The current number of active peer connections",
+            n.active_peers.clone(),
+        );
+        r.register(
+            "etcd_network_client_grpc_sent_bytes",
+            "The total number of bytes sent to grpc clients",
+            n.client_grpc_sent_bytes.clone(),
+        );
+        r.register(
+            "etcd_network_client_grpc_received_bytes",
+            "The total number of bytes received from grpc clients",
+            n.client_grpc_received_bytes.clone(),
+        );
+        r.register(
+            "etcd_network_snapshot_send_success",
+            "Total number of successful snapshot sends",
+            n.snapshot_send_success.clone(),
+        );
+        r.register(
+            "etcd_network_snapshot_send_failures",
+            "Total number of snapshot send failures",
+            n.snapshot_send_failures.clone(),
+        );
+        r.register(
+            "etcd_network_snapshot_send_total_duration_seconds",
+            "Total latency distributions of v3 snapshot sends",
+            n.snapshot_send_duration.clone(),
+        );
+        r.register(
+            "etcd_network_snapshot_receive_success",
+            "Total number of successful snapshot receives",
+            n.snapshot_receive_success.clone(),
+        );
+        r.register(
+            "etcd_network_snapshot_receive_failures",
+            "Total number of snapshot receive failures",
+            n.snapshot_receive_failures.clone(),
+        );
+        r.register(
+            "etcd_network_snapshot_receive_total_duration_seconds",
+            "Total latency distributions of v3 snapshot receives",
+            n.snapshot_receive_duration.clone(),
+        );
 
         let m = &mvcc;
         r.register(
@@ -391,6 +524,16 @@ impl Metrics {
             "etcd_mvcc_db_total_size_in_bytes",
             "Total size of the underlying database physically allocated in bytes",
             m.db_total_size.clone(),
+        );
+        r.register(
+            "etcd_mvcc_hash_duration_seconds",
+            "The latency distribution of storage hash operation",
+            m.hash_duration.clone(),
+        );
+        r.register(
+            "etcd_mvcc_hash_rev_duration_seconds",
+            "The latency distribution of storage hash by revision operation",
+            m.hash_rev_duration.clone(),
         );
         r.register(
             "etcd_debugging_mvcc_keys_total",
@@ -459,6 +602,11 @@ impl Metrics {
             "mainstay_peer_lag_entries",
             "Log entries the peer trails the leader by (leader only)",
             own.peer_lag_entries.clone(),
+        );
+        r.register(
+            "mainstay_peer_lag_seconds",
+            "How long the peer has been missing an entry the leader has (leader only)",
+            own.peer_lag_seconds.clone(),
         );
         process::register(r);
         Arc::new(Metrics {
@@ -529,6 +677,14 @@ mod tests {
         metrics.disk.wal_fsync.observe(0.003);
         metrics.peer_rtt(0x1f, Duration::from_micros(150));
         metrics.mvcc.put.inc_by(2);
+        metrics.network.client_grpc_sent_bytes.inc_by(5);
+        metrics.mvcc.hash_rev_duration.observe(0.015);
+        metrics.server.lease_expired.inc();
+        metrics
+            .network
+            .snapshot_send_duration
+            .get_or_create(&vec![("To", "1f".to_string())])
+            .observe(0.3);
         let text = metrics.encode();
         for line in [
             "# TYPE etcd_server_leader_changes_seen counter",
@@ -544,6 +700,13 @@ mod tests {
             "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"8.192\"} 1",
             "etcd_network_peer_round_trip_time_seconds_bucket{le=\"0.0002\",To=\"1f\"} 1",
             "# TYPE process_resident_memory_bytes gauge",
+            "etcd_network_client_grpc_sent_bytes_total 5",
+            "etcd_mvcc_hash_rev_duration_seconds_bucket{le=\"0.01\"} 0",
+            "etcd_mvcc_hash_rev_duration_seconds_bucket{le=\"0.02\"} 1",
+            "etcd_debugging_server_lease_expired_total 1",
+            "# TYPE etcd_server_read_indexes_failed counter",
+            "# TYPE etcd_server_snapshot_apply_in_progress_total gauge",
+            "etcd_network_snapshot_send_total_duration_seconds_bucket{le=\"0.4\",To=\"1f\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

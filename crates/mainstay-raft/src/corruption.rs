@@ -93,7 +93,8 @@ impl Replica {
     /// This member's hash at `revision` and its compacted revision, hashed
     /// `HASH_KEYS_PER_PART` keys at a time so apply never waits long for the
     /// keyspace. A compaction meanwhile makes it `Compacted` (try later).
-    async fn own_hash(&self, revision: i64) -> Result<(u32, i64), MvccError> {
+    pub async fn own_hash(&self, revision: i64) -> Result<(u32, i64), MvccError> {
+        let started = std::time::Instant::now();
         let mut hash = self.read(|space| space.start_hash(revision))?;
         while !self.read(|space| space.hash_more(&mut hash, HASH_KEYS_PER_PART))? {
             tokio::task::yield_now().await;
@@ -102,6 +103,10 @@ impl Replica {
             return Err(MvccError::Compacted);
         }
         let compacted = hash.compacted;
+        self.metrics()
+            .mvcc
+            .hash_rev_duration
+            .observe(started.elapsed().as_secs_f64());
         Ok((hash.finish(), compacted))
     }
 

@@ -75,7 +75,10 @@ pub async fn expire_leases(replica: Replica, early: Duration) {
                 // Never forwarded: another leader decides for itself.
                 match replica.propose_here(command).await {
                     Ok(outcome) => match outcome.outcome {
-                        Ok(_) => tracing::info!(lease = format_args!("{id:x}"), "lease expired"),
+                        Ok(_) => {
+                            replica.metrics().server.lease_expired.inc();
+                            tracing::info!(lease = format_args!("{id:x}"), "lease expired")
+                        }
                         // Revoked meanwhile by a client or an earlier round.
                         Err(error) => tracing::debug!(%error, "expired lease already gone"),
                     },

@@ -5,6 +5,7 @@
 //! serve the peer protocol. Log entries, votes and memberships are persisted in
 //! our own formats (`codec`), so an openraft upgrade touches this crate only.
 
+mod append_times;
 mod applied;
 mod codec;
 mod corruption;

@@ -65,6 +65,8 @@ pub struct RaftLog {
     acknowledged: Arc<AtomicU64>,
     /// The log's last index when it was opened (0 if empty).
     opened_last: u64,
+    /// When recent entries were appended (a leader's follower lag in time).
+    append_times: Arc<crate::append_times::AppendTimes>,
 }
 
 impl RaftLog {
@@ -94,7 +96,13 @@ impl RaftLog {
             failure,
             acknowledged,
             opened_last,
+            append_times: Arc::default(),
         }
+    }
+
+    /// When recent entries were appended.
+    pub(crate) fn append_times(&self) -> Arc<crate::append_times::AppendTimes> {
+        self.append_times.clone()
     }
 
     /// The highest log index this member acknowledged as on disk (and did
@@ -349,6 +357,9 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
             .map(|entry| entry_to_stored(&entry))
             .collect();
         let last = stored.last().map_or(0, |entry| entry.log_id.index);
+        if last > 0 {
+            self.append_times.appended(last);
+        }
         let staged = self.lock().stage_append(stored).map_err(to_io);
         match staged {
             Ok(job) => self.queue(job, true, Waiter::Append(callback, last)).await,

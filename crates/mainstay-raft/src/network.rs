@@ -382,10 +382,22 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             )
             .await
         };
+        let started = std::time::Instant::now();
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             reply = send => reply,
         };
+        let labels = vec![("To", format!("{target:x}"))];
+        let network = &self.metrics.network;
+        if matches!(reply, Ok(Ok(_))) {
+            network.snapshot_send_success.get_or_create(&labels).inc();
+            network
+                .snapshot_send_duration
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+        } else {
+            network.snapshot_send_failures.get_or_create(&labels).inc();
+        }
         let reply = reply
             .map_err(|_| {
                 self.pool.evict(&self.node);

@@ -8,7 +8,8 @@ use mainstay_proto::peer::{
 };
 use openraft::EntryPayload;
 use openraft::alias::{EntryOf, SnapshotMetaOf, SnapshotOf, VoteOf};
-use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, SnapshotResponse, TransferLeaderRequest, VoteRequest};
+use openraft::vote::RaftLeaderId;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -79,6 +80,47 @@ fn addressed_to(replica: &Replica, to: u64) -> Result<(), Status> {
 }
 
 impl PeerService {
+    /// Reads a leader's snapshot stream and installs it; `from` is set to the
+    /// leader's id once the header is read.
+    async fn receive_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+        from: &mut Option<u64>,
+    ) -> Result<Result<SnapshotResponse<TypeConfig>, String>, Status> {
+        let mut stream = request.into_inner();
+        let mut header = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if header.is_none() {
+                self.addressed_to_me(chunk.to)?;
+                let decoded: (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
+                    decode(&chunk.header)?;
+                *from = Some(*decoded.0.leader_id().node_id());
+                header = Some(decoded);
+            }
+            if data.len() + chunk.data.len() > SNAPSHOT_BYTES_MAX {
+                return Err(Status::resource_exhausted("snapshot too large"));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let Some((vote, meta)) = header else {
+            return Err(Status::invalid_argument("empty snapshot stream"));
+        };
+        let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: data,
+        };
+        let result = self
+            .replica
+            .inner
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| e.to_string());
+        Ok(result)
+    }
+
     /// Refuses a message addressed to another member id (see `RaftPayload.to`).
     fn addressed_to_me(&self, to: u64) -> Result<(), Status> {
         addressed_to(&self.replica, to)
@@ -221,37 +263,33 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let mut stream = request.into_inner();
-        let mut header = None;
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            if header.is_none() {
-                self.addressed_to_me(chunk.to)?;
-                let decoded: (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
-                    decode(&chunk.header)?;
-                header = Some(decoded);
+        let started = std::time::Instant::now();
+        let mut from = None;
+        let result = self.receive_snapshot(request, &mut from).await;
+        let network = &self.replica.metrics().network;
+        let labels = vec![(
+            "From",
+            from.map_or_else(String::new, |id| format!("{id:x}")),
+        )];
+        match &result {
+            Ok(Ok(_)) => {
+                network
+                    .snapshot_receive_success
+                    .get_or_create(&labels)
+                    .inc();
+                network
+                    .snapshot_receive_duration
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
             }
-            if data.len() + chunk.data.len() > SNAPSHOT_BYTES_MAX {
-                return Err(Status::resource_exhausted("snapshot too large"));
+            Ok(Err(_)) | Err(_) => {
+                network
+                    .snapshot_receive_failures
+                    .get_or_create(&labels)
+                    .inc();
             }
-            data.extend_from_slice(&chunk.data);
         }
-        let Some((vote, meta)) = header else {
-            return Err(Status::invalid_argument("empty snapshot stream"));
-        };
-        let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> {
-            meta,
-            snapshot: data,
-        };
-        let result = self
-            .replica
-            .inner
-            .raft
-            .install_full_snapshot(vote, snapshot)
-            .await
-            .map_err(|e| e.to_string());
-        reply(&result)
+        reply(&result?)
     }
 
     async fn transfer_leader(

@@ -24,6 +24,10 @@ use crate::state_machine::{AppliedEvents, StateMachine};
 use crate::type_config::{MemberNode, Runtime, TypeConfig, WriteOutcome};
 use crate::write_batches::WriteReply;
 
+/// A read-index round slower than this counts as slow
+/// (`etcd_server_slow_read_indexes_total`; etcd retries one after 500 ms).
+const SLOW_READ_INDEX: Duration = Duration::from_millis(500);
+
 /// The Raft handle type.
 pub(crate) type RaftHandle = openraft::Raft<TypeConfig, StateMachine>;
 
@@ -136,6 +140,8 @@ pub(crate) struct Inner {
     serving: std::sync::atomic::AtomicBool,
     /// Each peer as seen from this member's calls to it.
     peer_health: Arc<crate::peer_health::PeerHealth>,
+    /// When this member's log received its recent entries.
+    append_times: Arc<crate::append_times::AppendTimes>,
 }
 
 /// One member's replica. Cheap to clone.
@@ -236,6 +242,7 @@ impl Replica {
         .map_err(|e| format!("start raft: {e}"))?;
         let request_timeout =
             Duration::from_secs(5) + Duration::from_millis(2 * config.election_timeout_ms);
+        let append_times = log.append_times();
         tokio::spawn(count_leader_changes(raft.metrics(), config.metrics.clone()));
         Ok(Replica {
             inner: Arc::new(Inner {
@@ -253,6 +260,7 @@ impl Replica {
                 write_streams: crate::write_streams::WriteStreams::default(),
                 serving: std::sync::atomic::AtomicBool::new(false),
                 peer_health,
+                append_times,
             }),
         })
     }
@@ -320,8 +328,29 @@ impl Replica {
                 own.peer_lag_entries
                     .get_or_create(&labels)
                     .set(gauge(status.last_log_index.saturating_sub(matched)));
+                own.peer_lag_seconds
+                    .get_or_create(&labels)
+                    .set(self.behind_for(matched).as_secs_f64());
             }
+            let active = view.since_contact.is_some() && view.phi < crate::peer_health::PHI_SUSPECT;
+            metrics
+                .network
+                .active_peers
+                .get_or_create(&vec![
+                    ("Local", format!("{:x}", self.member_id())),
+                    ("Remote", format!("{:x}", view.id)),
+                ])
+                .set(i64::from(active));
         }
+    }
+
+    /// How long a follower whose log matches this one up to `matched` has
+    /// been missing the next entry (zero when it is not behind).
+    pub fn behind_for(&self, matched: u64) -> Duration {
+        self.inner
+            .append_times
+            .behind_since(matched)
+            .map_or(Duration::ZERO, |since| since.elapsed())
     }
 
     /// Each peer this member has called, as it sees them; on the leader also
@@ -894,7 +923,15 @@ impl Replica {
     /// Runs read-index rounds until no read is queued.
     async fn run_read_rounds(self) {
         while let Some(reads) = self.inner.read_rounds.next_round() {
+            let started = std::time::Instant::now();
             let result = self.read_index_round().await;
+            let server = &self.metrics().server;
+            if result.is_err() {
+                server.read_indexes_failed.inc();
+            }
+            if started.elapsed() > SLOW_READ_INDEX {
+                server.slow_read_indexes.inc();
+            }
             crate::read_rounds::answer(reads, &result);
         }
     }

@@ -715,7 +715,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // After any running commit: it must not land on the installed state.
         let mut store = self.shared.store.lock().await;
-        let key_space = store.install(&data).map_err(to_io)?;
+        let in_progress = &self.shared.metrics.server.snapshot_apply_in_progress;
+        in_progress.set(1);
+        let installed = store.install(&data).map_err(to_io);
+        in_progress.set(0);
+        let key_space = installed?;
         let mut durable = self.durable();
         self.shared.leases.reconcile(&key_space);
         self.shared.auth_enabled.store(

@@ -60,6 +60,12 @@ fn parse() -> Result<Args, String> {
             "--break-fsync" => args.options.lying_fsync = true,
             "--break-log-fsync" => args.options.safety_breaks.skip_log_fsync = true,
             "--break-catch-up" => args.options.safety_breaks.serve_before_catch_up = true,
+            // Unlike the other --break flags, a run with this one passes:
+            // the divergence must end in a CORRUPT alarm naming m1.
+            "--break-diverge" => {
+                args.options.diverge = true;
+                args.options.faults = false;
+            }
             "--auth" => args.options.auth = true,
             "--break-auth" => {
                 args.options.auth = true;
@@ -140,6 +146,9 @@ fn run_job(exe: &std::path::Path, args: &Args, mut seeds: Vec<u64>) -> Result<Ve
         }
         if args.options.safety_breaks.serve_before_catch_up {
             command.arg("--break-catch-up");
+        }
+        if args.options.diverge {
+            command.arg("--break-diverge");
         }
         if args.options.auth {
             command.arg("--auth");

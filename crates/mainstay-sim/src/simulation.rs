@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mainstay_check::Operation;
+use mainstay_mvcc::AlarmKind;
 use mainstay_proto::etcdserverpb::kv_client::KvClient;
 use mainstay_proto::etcdserverpb::{PutRequest, RangeRequest};
 use mainstay_raft::Replica;
@@ -46,6 +47,11 @@ pub struct SimOptions {
     /// Run the auth workload (auth on, permissions changing) instead of the
     /// others (which run without auth).
     pub auth: bool,
+    /// Self-test of the corruption check: member `m1` applies every put with
+    /// its value's last bit flipped, so its keyspace drifts from the others'.
+    /// The run then passes only if a CORRUPT alarm names `m1` (the history
+    /// checks, which the drift breaks by design, are skipped).
+    pub diverge: bool,
 }
 
 impl Default for SimOptions {
@@ -57,6 +63,7 @@ impl Default for SimOptions {
             safety_breaks: SafetyBreaks::default(),
             lying_fsync: false,
             auth: false,
+            diverge: false,
         }
     }
 }
@@ -110,6 +117,12 @@ fn data_dir(name: &str) -> PathBuf {
     Path::new("/sim").join(name)
 }
 
+/// The simulated members' `--experimental-compact-hash-check-time`.
+const HASH_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// The member that diverges under `SimOptions::diverge`.
+const DIVERGING: &str = "m1";
+
 fn member_config(name: &str, names: &[String], snapshot_count: u64) -> Config {
     let initial_cluster: BTreeMap<String, String> = names
         .iter()
@@ -133,6 +146,9 @@ fn member_config(name: &str, names: &[String], snapshot_count: u64) -> Config {
         snapshot_count,
         snapshot_catchup_entries: snapshot_count / 4,
         watch_progress_notify_interval_ms: 1000,
+        // Often, so every run also checks that no CORRUPT alarm is raised
+        // where no data differs (`corrupt_alarms`).
+        hash_check_every: Some(HASH_CHECK_EVERY),
         ..Config::default()
     }
 }
@@ -207,6 +223,7 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
     let incarnations: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let member_seed = rng.fork();
     let safety_breaks = options.safety_breaks;
+    let diverge = options.diverge;
     let disk = MemDisk::new();
     if options.lying_fsync {
         disk.lie_on_sync_of("raft.log");
@@ -237,6 +254,8 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
                 *counter
             };
             let seed = Rng::new(member_seed ^ ((position as u64) << 32) ^ incarnation).next_u64();
+            let mut safety_breaks = safety_breaks;
+            safety_breaks.diverge_values = diverge && name == DIVERGING;
             async move {
                 let client = crate::net::incoming(2379).await?;
                 let peer = crate::net::incoming(2380).await?;
@@ -477,6 +496,13 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
         }
     }
 
+    if options.diverge {
+        result.operations = lock(&history).len();
+        divergence_caught(&mut sim, &replicas, &mut result, &mut steps);
+        drop(sim);
+        return result;
+    }
+
     // Phase 2: heal everything, then the cluster must make progress and converge.
     let mut locks_waited = 0;
     if result.violations.is_empty() {
@@ -544,6 +570,9 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
 
     world.judge_exits();
     result.faults = world.counts.clone();
+    if world.corrupted.is_empty() && world.state_flipped.is_empty() {
+        result.violations.extend(corrupt_alarms(&replicas));
+    }
     if options.auth {
         let log = lock(&auth_log);
         result.violations.extend(auth_workload::check(&log));
@@ -1307,6 +1336,81 @@ fn locks_released(
 }
 
 /// Lets the auth operator turn auth off (the faults healed) and waits for it.
+/// CORRUPT alarms raised in a run whose data no fault damaged: each one is
+/// a false alarm.
+fn corrupt_alarms(replicas: &Replicas) -> Vec<String> {
+    let replicas = lock(replicas);
+    let Some(replica) = replicas.values().next() else {
+        return Vec::new();
+    };
+    replica
+        .read(|space| space.alarms().iter().copied().collect::<Vec<_>>())
+        .into_iter()
+        .filter(|alarm| alarm.kind == AlarmKind::Corrupt)
+        .map(|alarm| {
+            format!(
+                "CORRUPT alarm for member {:x} though no member's data was damaged",
+                alarm.member
+            )
+        })
+        .collect()
+}
+
+/// Under `SimOptions::diverge`: steps until a CORRUPT alarm names the
+/// diverging member (a few hash checks' time), else records a violation; a
+/// CORRUPT alarm naming any other member is a violation too.
+fn divergence_caught(
+    sim: &mut turmoil::Sim<'_>,
+    replicas: &Replicas,
+    result: &mut SimResult,
+    steps: &mut u64,
+) {
+    let deadline = sim.elapsed() + HASH_CHECK_EVERY * 12;
+    loop {
+        let seen = {
+            let replicas = lock(replicas);
+            replicas.get(DIVERGING).map(|diverging| {
+                let named = diverging.member_id();
+                let corrupt: Vec<u64> = replicas
+                    .values()
+                    .flat_map(|replica| {
+                        replica.read(|space| space.alarms().iter().copied().collect::<Vec<_>>())
+                    })
+                    .filter(|alarm| alarm.kind == AlarmKind::Corrupt)
+                    .map(|alarm| alarm.member)
+                    .collect();
+                (named, corrupt)
+            })
+        };
+        if let Some((named, corrupt)) = &seen
+            && corrupt.contains(named)
+        {
+            result.faults.bump("divergences_caught", 1);
+            for member in corrupt.iter().filter(|member| *member != named) {
+                result.violations.push(format!(
+                    "CORRUPT alarm for member {member:x}, which did not diverge ({DIVERGING} = {named:x} did)"
+                ));
+            }
+            return;
+        }
+        if sim.elapsed() >= deadline {
+            result.violations.push(format!(
+                "{DIVERGING}'s keyspace diverged and no CORRUPT alarm named it within {:?} (alarms seen: {:?})",
+                HASH_CHECK_EVERY * 12,
+                seen.map(|(_, corrupt)| corrupt)
+            ));
+            return;
+        }
+        if let Err(error) = sim.step() {
+            result.violations.push(format!(
+                "simulation error while waiting for CORRUPT: {error}"
+            ));
+            return;
+        }
+        *steps += 1;
+    }
+}
+
 fn auth_off_after_healing(
     sim: &mut turmoil::Sim<'_>,
     log: &auth_workload::SharedAuthLog,

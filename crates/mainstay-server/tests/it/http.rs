@@ -372,6 +372,8 @@ async fn metrics_have_etcds_names_and_move_under_load() {
         ("etcd_mvcc_delete_total", 1.0),
         ("etcd_mvcc_range_total", 1.0),
         ("etcd_disk_wal_fsync_duration_seconds_count", 6.0),
+        ("etcd_network_client_grpc_received_bytes_total", 5.0),
+        ("etcd_network_client_grpc_sent_bytes_total", 5.0),
         (
             "grpc_server_handled_total{grpc_type=\"unary\",grpc_service=\"etcdserverpb.KV\",grpc_method=\"Put\",grpc_code=\"OK\"}",
             5.0,
@@ -398,6 +400,8 @@ async fn metrics_have_etcds_names_and_move_under_load() {
         "process_resident_memory_bytes ",
         "mainstay_peer_phi{To=\"",
         "mainstay_peer_lag_entries{To=\"",
+        "mainstay_peer_lag_seconds{To=\"",
+        "etcd_network_active_peers{Local=\"",
     ] {
         assert!(after.contains(line), "{line} missing:\n{after}");
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
-use crate::peer_names::AllowedPeer;
+use crate::peer_names::{AllowedPeer, CertSide};
 use crate::tls::{TlsFiles, TlsOptions, TlsVersion};
 
 pub use auth::{AuthSettings, TokenSpec};
@@ -220,6 +220,9 @@ pub struct ServeArgs {
     /// A host name or address a peer's certificate must name.
     #[arg(long, env = "MAINSTAY_PEER_CERT_ALLOWED_HOSTNAME")]
     pub peer_cert_allowed_hostname: Option<String>,
+    /// A host name or address a client's certificate must name.
+    #[arg(long, env = "MAINSTAY_CLIENT_CERT_ALLOWED_HOSTNAME")]
+    pub client_cert_allowed_hostname: Option<String>,
     /// Log level: debug, info, warn or error (MAINSTAY_LOG, a tracing filter,
     /// overrides it).
     #[arg(long, env = "MAINSTAY_LOG_LEVEL")]
@@ -388,6 +391,8 @@ pub struct Config {
     pub peer_tls: TlsFiles,
     /// Names a peer's certificate must carry.
     pub peer_allowed: AllowedPeer,
+    /// Names a client's certificate must carry.
+    pub client_allowed: AllowedPeer,
     /// Cipher suites and versions of every TLS listener.
     pub tls_options: TlsOptions,
     /// The least severe level logged (unless MAINSTAY_LOG says otherwise).
@@ -464,6 +469,7 @@ impl Default for Config {
             client_tls: TlsFiles::default(),
             peer_tls: TlsFiles::default(),
             peer_allowed: AllowedPeer::default(),
+            client_allowed: AllowedPeer::default(),
             tls_options: TlsOptions::default(),
             initial_corrupt_check: false,
             hash_check_every: Some(Duration::from_secs(60)),
@@ -773,6 +779,7 @@ impl ServeArgs {
             "peer-auto-tls" => self.peer_auto_tls = Some(raw.bool()?),
             "peer-cert-allowed-cn" => self.peer_cert_allowed_cn = Some(raw.text()),
             "peer-cert-allowed-hostname" => self.peer_cert_allowed_hostname = Some(raw.text()),
+            "client-cert-allowed-hostname" => self.client_cert_allowed_hostname = Some(raw.text()),
             "log-level" => self.log_level = Some(raw.text()),
             "debug" => self.debug = Some(raw.bool()?),
             "log-outputs" | "log-output" => self.log_outputs = Some(raw.text()),
@@ -843,6 +850,7 @@ impl ServeArgs {
             peer_auto_tls,
             peer_cert_allowed_cn,
             peer_cert_allowed_hostname,
+            client_cert_allowed_hostname,
             log_level,
             debug,
             log_outputs,
@@ -911,6 +919,9 @@ impl ServeArgs {
             peer_cert_allowed_hostname: self
                 .peer_cert_allowed_hostname
                 .or(peer_cert_allowed_hostname),
+            client_cert_allowed_hostname: self
+                .client_cert_allowed_hostname
+                .or(client_cert_allowed_hostname),
             log_level: self.log_level.or(log_level),
             debug: self.debug.or(debug),
             log_outputs: self.log_outputs.or(log_outputs),
@@ -1140,7 +1151,18 @@ impl ServeArgs {
             hostname: self
                 .peer_cert_allowed_hostname
                 .filter(|host| !host.is_empty()),
+            side: CertSide::Peer,
         };
+        let client_allowed = AllowedPeer {
+            cn: None,
+            hostname: self
+                .client_cert_allowed_hostname
+                .filter(|host| !host.is_empty()),
+            side: CertSide::Client,
+        };
+        if client_allowed.any() && !client_tls.client_cert_auth {
+            bail!("--client-cert-allowed-hostname needs --client-cert-auth");
+        }
         let peer_tls_used = listen_peer.iter().any(|listen| listen.tls)
             || advertise_peer_urls
                 .iter()
@@ -1247,6 +1269,7 @@ impl ServeArgs {
             client_tls,
             peer_tls,
             peer_allowed,
+            client_allowed,
             tls_options,
             initial_corrupt_check,
             hash_check_every,

@@ -1,8 +1,9 @@
 //! The names a member requires of a peer's certificate
-//! (`--peer-cert-allowed-cn`, `--peer-cert-allowed-hostname`), as a pure check
-//! and as verifiers that apply it inside the TLS handshake: of the peers that
-//! connect to it (`NamedPeers`) and of the peers it dials (`NamedServers`), as
-//! etcd applies the rule both ways.
+//! (`--peer-cert-allowed-cn`, `--peer-cert-allowed-hostname`) or of a client's
+//! (`--client-cert-allowed-hostname`), as a pure check and as verifiers that
+//! apply it inside the TLS handshake: of the peers or clients that connect to
+//! it (`NamedPeers`) and of the peers it dials (`NamedServers`), as etcd
+//! applies the peer rule both ways.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,14 +13,37 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-/// Names a peer's certificate must carry (either rule, when given).
+/// Whose certificate a rule is for (the flags' prefix in refusals).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CertSide {
+    /// `--peer-cert-allowed-*`.
+    #[default]
+    Peer,
+    /// `--client-cert-allowed-*`.
+    Client,
+}
+
+impl CertSide {
+    fn name(self) -> &'static str {
+        match self {
+            CertSide::Peer => "peer",
+            CertSide::Client => "client",
+        }
+    }
+}
+
+/// Names a peer's (or client's) certificate must carry (either rule, when
+/// given).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllowedPeer {
     /// `--peer-cert-allowed-cn`: the subject's common name.
     pub cn: Option<String>,
-    /// `--peer-cert-allowed-hostname`: a DNS name or IP address among the
-    /// certificate's subject alternative names.
+    /// `--peer-cert-allowed-hostname` (`--client-cert-allowed-hostname`): a
+    /// DNS name or IP address among the certificate's subject alternative
+    /// names.
     pub hostname: Option<String>,
+    /// Whose certificate this checks.
+    pub side: CertSide,
 }
 
 impl AllowedPeer {
@@ -32,7 +56,7 @@ impl AllowedPeer {
     pub fn check(&self, leaf: &[u8]) -> Result<(), String> {
         use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
         let (_, cert) = X509Certificate::from_der(leaf)
-            .map_err(|error| format!("unreadable peer certificate: {error}"))?;
+            .map_err(|error| format!("unreadable {} certificate: {error}", self.side.name()))?;
         if let Some(allowed) = &self.cn {
             let names: Vec<&str> = cert
                 .subject()
@@ -40,8 +64,9 @@ impl AllowedPeer {
                 .filter_map(|cn| cn.as_str().ok())
                 .collect();
             if !names.contains(&allowed.as_str()) {
+                let side = self.side.name();
                 return Err(format!(
-                    "peer certificate common name {names:?} is not the allowed {allowed:?} (--peer-cert-allowed-cn)"
+                    "{side} certificate common name {names:?} is not the allowed {allowed:?} (--{side}-cert-allowed-cn)"
                 ));
             }
         }
@@ -66,8 +91,9 @@ impl AllowedPeer {
                 }
             }
             if !names.iter().any(|name| host_matches(name, allowed)) {
+                let side = self.side.name();
                 return Err(format!(
-                    "peer certificate names {names:?} do not include the allowed {allowed:?} (--peer-cert-allowed-hostname)"
+                    "{side} certificate names {names:?} do not include the allowed {allowed:?} (--{side}-cert-allowed-hostname)"
                 ));
             }
         }
@@ -110,7 +136,7 @@ impl ClientCertVerifier for NamedPeers {
         self.allowed.check(end_entity).map_err(|reason| {
             // The reason is logged here; the peer gets etcd's alert,
             // bad_certificate (Go prints "remote error: tls: bad certificate").
-            tracing::warn!(%reason, "refused a peer certificate");
+            tracing::warn!(%reason, side = self.allowed.side.name(), "refused a certificate");
             rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
         })?;
         Ok(verified)
@@ -192,6 +218,7 @@ mod tests {
         let rule = |cn: Option<&str>, hostname: Option<&str>| AllowedPeer {
             cn: cn.map(String::from),
             hostname: hostname.map(String::from),
+            side: CertSide::Peer,
         };
         for (allowed, ok) in [
             (rule(None, None), true),

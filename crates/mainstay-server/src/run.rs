@@ -29,7 +29,6 @@ use futures::TryStreamExt;
 use crate::authority::AuthorityFix;
 use crate::io::{Conn, Incoming};
 use crate::listen::{client_grpc_server, listen};
-use crate::peer_names::AllowedPeer;
 use crate::peer_tls::peer_dial;
 use crate::tls::{ServerTls, resolve_auto, tls_incoming};
 use tokio::sync::watch;
@@ -378,7 +377,7 @@ async fn serve_member(
             &files,
             &config.tls_options,
             "client",
-            AllowedPeer::default(),
+            config.client_allowed.clone(),
         )?)
     } else {
         None

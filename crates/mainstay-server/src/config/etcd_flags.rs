@@ -394,7 +394,7 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("client-key-file", Only35, Text, Ignored("the member makes no client connections of its own (its JSON gateway calls the services in process)")),
     flag("client-cert-auth", Both, Bool, Implemented("clients must present a certificate signed by --trusted-ca-file (refused at the handshake otherwise)")),
     flag("client-crl-file", Both, Text, Implemented("PEM revocation lists; a revoked client certificate is refused at the handshake")),
-    flag("client-cert-allowed-hostname", Both, Text, refused(Inert::Empty, "restricting client certificates to a host name is not supported yet")),
+    flag("client-cert-allowed-hostname", Both, Text, Implemented("a DNS name or IP address a client's certificate must name (needs --client-cert-auth)")),
     flag("trusted-ca-file", Both, Text, Implemented("PEM CA certificates that sign client certificates")),
     flag("auto-tls", Both, Bool, Implemented("without --cert-file, a self-signed certificate kept in <data-dir>/fixtures/client")),
     flag("peer-cert-file", Both, Text, Implemented("PEM certificate chain served on https:// peer URLs and presented when dialing peers; re-read when the file changes")),

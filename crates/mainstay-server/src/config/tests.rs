@@ -234,7 +234,7 @@ fn judging_flags_mainstay_does_not_act_on() {
             "refuse",
         ),
         ("client-transport-security.allowed-cn", "etcd", "refuse"),
-        ("client-cert-allowed-hostname", "example.com", "refuse"),
+        ("client-cert-allowed-hostname", "example.com", "implemented"),
         ("client-cert-file", "/etc/etcd/client.crt", "ignore"),
         ("tls-min-version", "TLS1.2", "implemented"),
         (

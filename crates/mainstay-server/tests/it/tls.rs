@@ -246,6 +246,49 @@ pub async fn raw_handshake(
     }
 }
 
+/// `--client-cert-allowed-hostname`: a certificate from the trusted CA that
+/// does not name the host is refused in the handshake; one that does is
+/// served.
+#[tokio::test]
+async fn client_certificates_must_name_the_allowed_host() {
+    let ca1 = ca("test CA");
+    let server = leaf(&ca1, "member", 1, Usage::Server, false);
+    // Peer usage: names localhost and 127.0.0.1, and may act as a client.
+    let named = leaf(&ca1, "named", 2, Usage::Peer, false);
+    let unnamed = leaf(&ca1, "unnamed", 3, Usage::Client, false);
+    let mut cluster = TestCluster::prepare(1, Options::default()).await;
+    let files = cluster.root.join("pki");
+    std::fs::create_dir_all(&files).expect("pki dir");
+    let port = cluster.members[0].client_port;
+    {
+        let args = &mut cluster.members[0].args;
+        args.listen_client_urls = Some(format!("https://127.0.0.1:{port}"));
+        args.advertise_client_urls = Some(format!("https://127.0.0.1:{port}"));
+        args.cert_file = Some(write(&files, "server.pem", &server.cert));
+        args.key_file = Some(write(&files, "server-key.pem", &server.key));
+        args.trusted_ca_file = Some(write(&files, "ca.pem", &ca1.pem));
+        args.client_cert_auth = Some(true);
+        args.client_cert_allowed_hostname = Some("localhost".to_string());
+    }
+    cluster.start_member(0).await;
+    let right = Client {
+        trust: &ca1.pem,
+        identity: Some(&named),
+        domain: "localhost",
+    };
+    wait_served(port, &right).await;
+    let wrong = Client {
+        identity: Some(&unnamed),
+        ..right
+    };
+    let refused = round_trip(port, &wrong).await;
+    assert!(
+        refused.is_err(),
+        "a certificate without the host name was served"
+    );
+    cluster.shutdown().await;
+}
+
 #[tokio::test]
 async fn client_tls_matrix() {
     // Method: one member with a CA-signed certificate, --client-cert-auth, a

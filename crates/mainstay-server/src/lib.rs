@@ -1,6 +1,7 @@
 //! Wiring: configuration (`ServeArgs` → `Config`), `run` for one member and the
 //! three-member local dev cluster. Binaries stay thin; tests call `run` directly.
 
+mod anchor_clients;
 mod authority;
 mod certs;
 mod config;

@@ -52,6 +52,7 @@ fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
         .to_string();
     Some(name)
 }
+use crate::anchor_clients::AnchorClients;
 use crate::peer_names::{AllowedPeer, NamedPeers};
 
 /// A TLS protocol version etcd's `--tls-min-version`/`--tls-max-version` name.
@@ -483,7 +484,9 @@ fn build(
             bail!("client certificate checks need a trusted CA file");
         };
         let mut roots = RootCertStore::empty();
+        let mut anchors = Vec::new();
         for cert in read_certs(ca_file, "the trusted CA (--trusted-ca-file)")? {
+            anchors.push(cert.as_ref().to_vec());
             roots
                 .add(cert)
                 .with_context(|| format!("{}: not a usable CA certificate", ca_file.display()))?;
@@ -492,7 +495,11 @@ fn build(
         if let Some(crl_file) = &files.crl_file {
             verifier = verifier.with_crls(read_crls(crl_file)?);
         }
-        let verifier = verifier.build().context("client certificate checks")?;
+        let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> =
+            Arc::new(AnchorClients {
+                inner: verifier.build().context("client certificate checks")?,
+                anchors,
+            });
         let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = if allowed.any() {
             Arc::new(NamedPeers {
                 inner: verifier,

@@ -136,7 +136,8 @@ impl ClientCertVerifier for NamedPeers {
         self.allowed.check(end_entity).map_err(|reason| {
             // The reason is logged here; the peer gets etcd's alert,
             // bad_certificate (Go prints "remote error: tls: bad certificate").
-            tracing::warn!(%reason, side = self.allowed.side.name(), "refused a certificate");
+            // etcd's words for the refusal, which its e2e tests look for.
+            tracing::warn!(%reason, side = self.allowed.side.name(), "refused a certificate: client certificate authentication failed");
             rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
         })?;
         Ok(verified)
@@ -261,7 +262,7 @@ impl ServerCertVerifier for NamedServers {
             now,
         )?;
         self.allowed.check(end_entity).map_err(|reason| {
-            tracing::warn!(%reason, "refused a dialed peer's certificate");
+            tracing::warn!(%reason, "refused a dialed peer's certificate: client certificate authentication failed");
             rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
         })?;
         Ok(verified)

@@ -7,6 +7,7 @@
 
 mod append_times;
 mod applied;
+mod auto_compaction;
 mod codec;
 mod corruption;
 mod error;
@@ -29,6 +30,7 @@ mod type_config;
 mod write_batches;
 mod write_streams;
 
+pub use auto_compaction::{AutoCompaction, compact_automatically};
 pub use corruption::{
     HashReport, Verdict, check_hashes_periodically, initial_corruption_check, judge,
 };

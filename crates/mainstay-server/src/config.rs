@@ -136,6 +136,14 @@ pub struct ServeArgs {
     #[arg(long, env = "MAINSTAY_ENABLE_GRPC_GATEWAY", num_args = 0..=1,
           default_missing_value = "true", value_parser = bool_flag)]
     pub enable_grpc_gateway: Option<bool>,
+    /// Automatic compaction: `periodic` (keep a time window) or `revision`
+    /// (keep a number of revisions); off unless a retention is given.
+    #[arg(long, env = "MAINSTAY_AUTO_COMPACTION_MODE")]
+    pub auto_compaction_mode: Option<String>,
+    /// What automatic compaction keeps: a Go duration or whole hours
+    /// (periodic), a count (revision); 0 turns it off (the default).
+    #[arg(long, env = "MAINSTAY_AUTO_COMPACTION_RETENTION")]
+    pub auto_compaction_retention: Option<String>,
     /// Compare this member's data with its peers' before serving; refuse to
     /// start if a majority disagrees.
     #[arg(long, env = "MAINSTAY_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", num_args = 0..=1,
@@ -371,6 +379,8 @@ pub struct Config {
     pub strict_reconfig_check: bool,
     /// Whether client URLs serve the JSON gateway (`--enable-grpc-gateway`).
     pub grpc_gateway: bool,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention` (None: off).
+    pub auto_compaction: Option<mainstay_raft::AutoCompaction>,
     /// Most concurrent HTTP/2 streams per client connection (at least 1).
     pub concurrent_streams_max: u32,
     /// Period of HTTP/2 pings to idle clients; `None`: no pings.
@@ -462,6 +472,7 @@ impl Default for Config {
             watch_progress_notify_interval_ms: defaults::WATCH_PROGRESS_MS,
             strict_reconfig_check: true,
             grpc_gateway: true,
+            auto_compaction: None,
             concurrent_streams_max: defaults::CONCURRENT_STREAMS_MAX,
             grpc_keepalive_interval: Some(defaults::GRPC_KEEPALIVE_INTERVAL),
             grpc_keepalive_timeout: defaults::GRPC_KEEPALIVE_TIMEOUT,
@@ -749,6 +760,8 @@ impl ServeArgs {
             "grpc-keepalive-timeout" => self.grpc_keepalive_timeout = Some(raw.duration()?),
             "strict-reconfig-check" => self.strict_reconfig_check = Some(raw.bool()?),
             "enable-grpc-gateway" => self.enable_grpc_gateway = Some(raw.bool()?),
+            "auto-compaction-mode" => self.auto_compaction_mode = Some(raw.text()),
+            "auto-compaction-retention" => self.auto_compaction_retention = Some(raw.text()),
             "experimental-initial-corrupt-check" => {
                 self.experimental_initial_corrupt_check = Some(raw.bool()?);
             }
@@ -826,6 +839,8 @@ impl ServeArgs {
             grpc_keepalive_timeout,
             strict_reconfig_check,
             enable_grpc_gateway,
+            auto_compaction_mode,
+            auto_compaction_retention,
             experimental_initial_corrupt_check,
             experimental_compact_hash_check_enabled,
             experimental_compact_hash_check_time,
@@ -887,6 +902,8 @@ impl ServeArgs {
             grpc_keepalive_timeout: self.grpc_keepalive_timeout.or(grpc_keepalive_timeout),
             strict_reconfig_check: self.strict_reconfig_check.or(strict_reconfig_check),
             enable_grpc_gateway: self.enable_grpc_gateway.or(enable_grpc_gateway),
+            auto_compaction_mode: self.auto_compaction_mode.or(auto_compaction_mode),
+            auto_compaction_retention: self.auto_compaction_retention.or(auto_compaction_retention),
             experimental_initial_corrupt_check: self
                 .experimental_initial_corrupt_check
                 .or(experimental_initial_corrupt_check),
@@ -1076,6 +1093,11 @@ impl ServeArgs {
             token_ttl: auth::token_ttl(self.auth_token_ttl),
             bcrypt_cost,
         };
+        let auto_compaction = values::auto_compaction(
+            self.auto_compaction_mode.as_deref(),
+            self.auto_compaction_retention.as_deref(),
+        )
+        .map_err(|reason| anyhow::anyhow!(reason))?;
         let initial_corrupt_check = self.experimental_initial_corrupt_check.unwrap_or(false);
         let hash_check_every = match (
             self.experimental_compact_hash_check_enabled.unwrap_or(true),
@@ -1262,6 +1284,7 @@ impl ServeArgs {
             watch_progress_notify_interval_ms,
             strict_reconfig_check: self.strict_reconfig_check.unwrap_or(true),
             grpc_gateway: self.enable_grpc_gateway.unwrap_or(true),
+            auto_compaction,
             concurrent_streams_max,
             grpc_keepalive_interval,
             grpc_keepalive_timeout,

@@ -552,6 +552,12 @@ async fn serve_member(
     let lease_expiry = tokio::spawn(
         mainstay_raft::expire_leases(replica.clone(), early).instrument(tracing::Span::current()),
     );
+    let auto_compaction = config.auto_compaction.map(|policy| {
+        tokio::spawn(
+            mainstay_raft::compact_automatically(replica.clone(), policy)
+                .instrument(tracing::Span::current()),
+        )
+    });
     let hash_checks = config.hash_check_every.map(|every| {
         tokio::spawn(
             mainstay_raft::check_hashes_periodically(replica.clone(), every)
@@ -717,6 +723,10 @@ async fn serve_member(
     };
     lease_expiry.abort();
     if let Some(checks) = hash_checks {
+        checks.abort();
+        let _ = checks.await;
+    }
+    if let Some(checks) = auto_compaction {
         checks.abort();
         let _ = checks.await;
     }

@@ -255,9 +255,8 @@ fn judging_flags_mainstay_does_not_act_on() {
         ("listen-client-http-urls", "http://127.0.0.1:2382", "refuse"),
         ("force-new-cluster", "true", "refuse"),
         ("force-new-cluster", "false", "ignore"),
-        ("auto-compaction-retention", "1", "ignore"),
-        ("auto-compaction-mode", "revision", "ignore"),
-        ("auto-compaction-mode", "hourly", "bad value"),
+        ("auto-compaction-retention", "1", "implemented"),
+        ("auto-compaction-mode", "revision", "implemented"),
         ("max-wals", "5", "ignore"),
         ("max-wals", "five", "bad value"),
         ("backend-batch-interval", "10ms", "ignore"),
@@ -478,10 +477,7 @@ fn an_ignored_flag_resolves_with_a_warning_naming_it() {
     // resolves and yields exactly one warning naming it.
     let config = resolve(
         &["--logger", "zap", "--enable-v2=false", "--max-wals", "5"],
-        &[
-            ("ETCD_AUTO_COMPACTION_RETENTION", "1"),
-            ("ETCD_SNAPSHOTS", "x"),
-        ],
+        &[("ETCD_MAX_SNAPSHOTS", "5"), ("ETCD_SNAPSHOTS", "x")],
     )
     .expect("resolves");
     let warnings = warnings(&config);
@@ -489,7 +485,7 @@ fn an_ignored_flag_resolves_with_a_warning_naming_it() {
         "--logger=zap is ignored: ",
         "--enable-v2=false is ignored: ",
         "--max-wals=5 is ignored: ",
-        "--auto-compaction-retention=\"1\" (from ETCD_AUTO_COMPACTION_RETENTION) is ignored: ",
+        "--max-snapshots=5 (from ETCD_MAX_SNAPSHOTS) is ignored: ",
         "ETCD_SNAPSHOTS is ignored: it names no etcd flag",
     ] {
         assert!(
@@ -647,8 +643,6 @@ auto-compaction-retention: \"1\"
     for expected in [
         "--enable-v2=false (from enable-v2 in the config file) is ignored",
         "--proxy=off (from proxy in the config file) is ignored",
-        "--auto-compaction-mode=periodic (from auto-compaction-mode in the config file) is ignored",
-        "--auto-compaction-retention=\"1\" (from auto-compaction-retention in the config file) is ignored",
     ] {
         assert!(
             warnings.iter().any(|w| w.starts_with(expected)),
@@ -656,7 +650,13 @@ auto-compaction-retention: \"1\"
         );
     }
     // The empty and false client TLS settings ask for nothing: no warning.
-    assert_eq!(warnings.len(), 4, "{warnings:#?}");
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert_eq!(
+        config.auto_compaction,
+        Some(mainstay_raft::AutoCompaction::Periodic(
+            Duration::from_secs(3600)
+        ))
+    );
 }
 
 #[test]
@@ -1033,4 +1033,31 @@ fn peer_tls_settings_as_etcd_takes_them() {
         warned.iter().any(|w| w.contains("they are not used")),
         "{warned:?}"
     );
+}
+
+#[test]
+fn auto_compaction_reads_etcds_forms() {
+    use mainstay_raft::AutoCompaction::{Periodic, Revision};
+    let hour = Duration::from_secs(3600);
+    type Want = Result<Option<mainstay_raft::AutoCompaction>, ()>;
+    let table: [(Option<&str>, Option<&str>, Want); 11] = [
+        (None, None, Ok(None)),
+        (None, Some("0"), Ok(None)),
+        (None, Some("1"), Ok(Some(Periodic(hour)))),
+        (Some("periodic"), Some("72"), Ok(Some(Periodic(hour * 72)))),
+        (Some("periodic"), Some("30m"), Ok(Some(Periodic(hour / 2)))),
+        (Some("periodic"), Some("0s"), Ok(None)),
+        (Some("revision"), Some("1000"), Ok(Some(Revision(1000)))),
+        (Some("revision"), Some("0"), Ok(None)),
+        (Some("revision"), Some("1h"), Err(())),
+        (Some("hourly"), Some("1"), Err(())),
+        (Some("periodic"), Some("soon"), Err(())),
+    ];
+    for (mode, retention, want) in table {
+        assert_eq!(
+            super::values::auto_compaction(mode, retention).map_err(|_| ()),
+            want,
+            "{mode:?} {retention:?}"
+        );
+    }
 }

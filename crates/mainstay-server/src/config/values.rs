@@ -110,3 +110,53 @@ pub(crate) fn parse_millis_or_duration(text: &str) -> Result<Duration, String> {
 pub(crate) fn whole_millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
+
+/// `--auto-compaction-mode` and `--auto-compaction-retention` as etcd reads
+/// them: the mode defaults to periodic; a retention that is a whole number
+/// means hours (periodic) or revisions (revision), anything else is a Go
+/// duration (periodic only); no retention, or zero, turns compaction off.
+pub(crate) fn auto_compaction(
+    mode: Option<&str>,
+    retention: Option<&str>,
+) -> Result<Option<mainstay_raft::AutoCompaction>, String> {
+    use mainstay_raft::AutoCompaction;
+    let mode = mode
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .unwrap_or("periodic");
+    if mode != "periodic" && mode != "revision" {
+        return Err(format!(
+            "--auto-compaction-mode: {mode:?} is not periodic or revision"
+        ));
+    }
+    let Some(retention) = retention.map(str::trim).filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let whole = retention.parse::<u64>().ok();
+    let policy = match (mode, whole) {
+        (_, Some(0)) => return Ok(None),
+        ("revision", Some(count)) => AutoCompaction::Revision(
+            i64::try_from(count)
+                .map_err(|_| "--auto-compaction-retention: too large".to_string())?,
+        ),
+        ("revision", None) => {
+            return Err(format!(
+                "--auto-compaction-retention: {retention:?} is not a number of revisions (--auto-compaction-mode revision)"
+            ));
+        }
+        (_, Some(hours)) => AutoCompaction::Periodic(Duration::from_secs(
+            hours
+                .checked_mul(3600)
+                .ok_or_else(|| "--auto-compaction-retention: too large".to_string())?,
+        )),
+        (_, None) => {
+            let window = parse_go_duration(retention)
+                .map_err(|reason| format!("--auto-compaction-retention: {reason}"))?;
+            if window.is_zero() {
+                return Ok(None);
+            }
+            AutoCompaction::Periodic(window)
+        }
+    };
+    Ok(Some(policy))
+}

@@ -6,6 +6,7 @@ mod alarms;
 mod auth;
 mod authority;
 mod cluster;
+mod compaction;
 mod election;
 mod errors;
 mod harness;

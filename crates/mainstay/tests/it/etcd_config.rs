@@ -119,7 +119,7 @@ fn warned_flags_start_and_the_warnings_name_them() {
             "--logger=zap",
             "--enable-v2=false",
         ],
-        &[("ETCD_AUTO_COMPACTION_RETENTION", "1")],
+        &[("ETCD_MAX_SNAPSHOTS", "5")],
     )
     .stdout(Stdio::null())
     .stderr(Stdio::piped())
@@ -142,7 +142,7 @@ fn warned_flags_start_and_the_warnings_name_them() {
     for flag in [
         "--logger=zap",
         "--enable-v2=false",
-        "--auto-compaction-retention=\"1\" (from ETCD_AUTO_COMPACTION_RETENTION)",
+        "--max-snapshots=5 (from ETCD_MAX_SNAPSHOTS)",
         "--max-wals=5 (from max-wals in the config file)",
         "--enable-pprof=true (from enable-pprof in the config file)",
         "--peer-client-cert-file (empty) (from peer-transport-security.client-cert-file in the config file)",

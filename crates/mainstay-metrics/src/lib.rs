@@ -161,6 +161,18 @@ pub struct Mvcc {
     pub events: Counter,
 }
 
+/// `etcd_debugging_lease_*`: counted where a lease change is applied.
+pub struct Lease {
+    /// Leases granted.
+    pub granted: Counter,
+    /// Leases revoked (by a client or by expiry).
+    pub revoked: Counter,
+    /// Lease renewals applied (one per lease a keep-alive renewed).
+    pub renewed: Counter,
+    /// Granted TTLs in seconds (etcd's buckets: 1 s × 2, 14 buckets).
+    pub ttl: Histogram,
+}
+
 /// `grpc_server_*` (go-grpc-prometheus's names and labels).
 #[derive(Default)]
 pub struct Grpc {
@@ -247,6 +259,8 @@ pub struct Metrics {
     pub mvcc: Mvcc,
     /// gRPC.
     pub grpc: Grpc,
+    /// Leases.
+    pub lease: Lease,
     /// Apply latency (`etcd_server_apply_duration_seconds`, labels `op`, `success`).
     pub apply_duration: Histograms,
     /// Mainstay's own.
@@ -298,6 +312,12 @@ impl Metrics {
             events: Counter::default(),
         };
         let grpc = Grpc::default();
+        let lease = Lease {
+            granted: Counter::default(),
+            revoked: Counter::default(),
+            renewed: Counter::default(),
+            ttl: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+        };
         let apply_duration: Histograms = Family::new_with_constructor(apply_buckets);
 
         let r = &mut registry;
@@ -567,6 +587,26 @@ impl Metrics {
         );
 
         r.register(
+            "etcd_debugging_lease_granted",
+            "The total number of granted leases",
+            lease.granted.clone(),
+        );
+        r.register(
+            "etcd_debugging_lease_revoked",
+            "The total number of revoked leases",
+            lease.revoked.clone(),
+        );
+        r.register(
+            "etcd_debugging_lease_renewed",
+            "The number of renewed leases seen by the leader",
+            lease.renewed.clone(),
+        );
+        r.register(
+            "etcd_debugging_lease_ttl_total",
+            "Bucketed histogram of lease TTLs",
+            lease.ttl.clone(),
+        );
+        r.register(
             "grpc_server_started",
             "Total number of RPCs started on the server",
             grpc.started.clone(),
@@ -615,6 +655,7 @@ impl Metrics {
             network,
             mvcc,
             grpc,
+            lease,
             apply_duration,
             own,
             registry,
@@ -680,6 +721,7 @@ mod tests {
         metrics.network.client_grpc_sent_bytes.inc_by(5);
         metrics.mvcc.hash_rev_duration.observe(0.015);
         metrics.server.lease_expired.inc();
+        metrics.lease.ttl.observe(60.0);
         metrics
             .network
             .snapshot_send_duration
@@ -704,6 +746,8 @@ mod tests {
             "etcd_mvcc_hash_rev_duration_seconds_bucket{le=\"0.01\"} 0",
             "etcd_mvcc_hash_rev_duration_seconds_bucket{le=\"0.02\"} 1",
             "etcd_debugging_server_lease_expired_total 1",
+            "etcd_debugging_lease_ttl_total_bucket{le=\"64.0\"} 1",
+            "# TYPE etcd_debugging_lease_granted counter",
             "# TYPE etcd_server_read_indexes_failed counter",
             "# TYPE etcd_server_snapshot_apply_in_progress_total gauge",
             "etcd_network_snapshot_send_total_duration_seconds_bucket{le=\"0.4\",To=\"1f\"} 1",

@@ -430,6 +430,21 @@ fn record_apply(
         Ok(CommandResponse::Txn(txn)) => txn.op_counts(),
         _ => (0, 0, 0),
     };
+    let lease = &metrics.lease;
+    match (command.inner(), result) {
+        (Command::LeaseGrant(_), Ok(CommandResponse::LeaseGrant(granted))) => {
+            lease.granted.inc();
+            lease.ttl.observe(granted.ttl as f64);
+        }
+        (Command::LeaseRevoke(_), Ok(CommandResponse::LeaseRevoke(_))) => {
+            lease.revoked.inc();
+        }
+        (Command::LeaseRenew(_), Ok(CommandResponse::LeaseRenew(renewed))) => {
+            let alive = renewed.ttls.iter().filter(|ttl| **ttl > 0).count();
+            lease.renewed.inc_by(alive as u64);
+        }
+        _ => {}
+    }
     let (ranges, puts, deletes) = counts;
     metrics.mvcc.range.inc_by(ranges);
     metrics.mvcc.put.inc_by(puts);

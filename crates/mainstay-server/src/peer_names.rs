@@ -101,14 +101,17 @@ impl AllowedPeer {
     }
 }
 
-/// A client-certificate verifier that also applies `AllowedPeer`: a peer
-/// whose certificate is good but misnamed is refused inside the handshake,
-/// with a `bad_certificate` alert (as etcd), and the reason reaches the log
-/// line of the refusing side.
+/// The client-certificate verifier of every TLS listener: webpki's, with Go's
+/// trusted-anchor exception (`anchor_clients`), then `AllowedPeer` when
+/// given: a peer or client whose certificate is good but misnamed is refused
+/// inside the handshake, with a `bad_certificate` alert (as etcd), and the
+/// reason reaches the log line of the refusing side.
 #[derive(Debug)]
 pub(crate) struct NamedPeers {
     pub(crate) inner: Arc<dyn ClientCertVerifier>,
     pub(crate) allowed: AllowedPeer,
+    /// The DER of every trusted CA certificate.
+    pub(crate) anchors: Vec<Vec<u8>>,
 }
 
 impl ClientCertVerifier for NamedPeers {
@@ -130,9 +133,18 @@ impl ClientCertVerifier for NamedPeers {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let verified = if intermediates.is_empty()
+            && crate::anchor_clients::is_trusted_anchor(end_entity, &self.anchors, seconds)
+        {
+            ClientCertVerified::assertion()
+        } else {
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now)?
+        };
+        if !self.allowed.any() {
+            return Ok(verified);
+        }
         self.allowed.check(end_entity).map_err(|reason| {
             // The reason is logged here; the peer gets etcd's alert,
             // bad_certificate (Go prints "remote error: tls: bad certificate").

@@ -52,7 +52,6 @@ fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
         .to_string();
     Some(name)
 }
-use crate::anchor_clients::AnchorClients;
 use crate::peer_names::{AllowedPeer, NamedPeers};
 
 /// A TLS protocol version etcd's `--tls-min-version`/`--tls-max-version` name.
@@ -495,20 +494,11 @@ fn build(
         if let Some(crl_file) = &files.crl_file {
             verifier = verifier.with_crls(read_crls(crl_file)?);
         }
-        let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> =
-            Arc::new(AnchorClients {
-                inner: verifier.build().context("client certificate checks")?,
-                anchors,
-            });
-        let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = if allowed.any() {
-            Arc::new(NamedPeers {
-                inner: verifier,
-                allowed: allowed.clone(),
-            })
-        } else {
-            verifier
-        };
-        builder.with_client_cert_verifier(verifier)
+        builder.with_client_cert_verifier(Arc::new(NamedPeers {
+            inner: verifier.build().context("client certificate checks")?,
+            allowed: allowed.clone(),
+            anchors,
+        }))
     } else {
         builder.with_no_client_auth()
     };

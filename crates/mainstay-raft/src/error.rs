@@ -18,3 +18,38 @@ pub enum ReplicaError {
     #[error("server stopped")]
     Stopped,
 }
+
+impl ReplicaError {
+    /// An error the leader answered a forwarded request with, as this member
+    /// reads it: the leader stopping is not this member stopping (a member
+    /// that took it for its own stop would never serve again); for the
+    /// request it is a leader going away mid-flight, the outcome unknown.
+    pub(crate) fn leader_answered(self) -> ReplicaError {
+        match self {
+            ReplicaError::Stopped => ReplicaError::LeaderChanged,
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReplicaError;
+
+    #[test]
+    fn a_leader_stopping_reads_as_a_leader_change() {
+        let table = [
+            (ReplicaError::Stopped, ReplicaError::LeaderChanged),
+            (ReplicaError::LeaderChanged, ReplicaError::LeaderChanged),
+            (ReplicaError::Timeout, ReplicaError::Timeout),
+            (ReplicaError::NoLeader, ReplicaError::NoLeader),
+        ];
+        for (answered, read_here) in table {
+            assert_eq!(
+                answered.clone().leader_answered(),
+                read_here,
+                "{answered:?}"
+            );
+        }
+    }
+}

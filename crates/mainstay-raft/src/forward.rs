@@ -43,6 +43,9 @@ pub(crate) enum PublishReply {
     Published,
     /// The receiver is not the leader (nothing was proposed); the leader it knows.
     NotLeader(Option<u64>),
+    /// The member is not in the cluster's membership (removed while it was
+    /// starting): it must stop, not publish.
+    Removed,
     Failed(ReplicaError),
 }
 
@@ -88,6 +91,8 @@ enum Publishing {
     /// The membership update was committed.
     Published,
     NotLeader(Option<u64>),
+    /// The member is not listed: it was removed.
+    Removed,
     Failed(ReplicaError),
 }
 
@@ -133,6 +138,7 @@ impl Replica {
         match self.publish_local(id, node).await {
             Publishing::Published => PublishReply::Published,
             Publishing::NotLeader(leader) => PublishReply::NotLeader(leader),
+            Publishing::Removed => PublishReply::Removed,
             Publishing::Failed(error) => PublishReply::Failed(error),
         }
     }
@@ -174,7 +180,11 @@ impl Replica {
                     Ok(LeaseTimeLeftReply::Left(left)) => {
                         Routed::Done(left.map(Duration::from_millis))
                     }
-                    Ok(LeaseTimeLeftReply::Failed(error)) => Routed::Failed(error),
+                    // A read: a leader stopping is only a reason to ask again.
+                    Ok(LeaseTimeLeftReply::Failed(ReplicaError::Stopped)) => Routed::Again,
+                    Ok(LeaseTimeLeftReply::Failed(error)) => {
+                        Routed::Failed(error.leader_answered())
+                    }
                     Ok(LeaseTimeLeftReply::NotLeader(_)) | Err(Retry) => Routed::Again,
                 }
             },
@@ -204,6 +214,7 @@ impl Replica {
                         // Done once applied here: the next attempt sees it.
                         Publishing::Published => Routed::Again,
                         Publishing::NotLeader(leader) => Routed::NotLeader(leader),
+                        Publishing::Removed => Routed::Failed(ReplicaError::Stopped),
                         Publishing::Failed(error) => Routed::Failed(error),
                     }
                 }
@@ -212,7 +223,8 @@ impl Replica {
                 let request = (id, node.clone());
                 async move {
                     match self.ask_leader(leader, LeaderCall::Publish, &request).await {
-                        Ok(PublishReply::Failed(error)) => Routed::Failed(error),
+                        Ok(PublishReply::Removed) => Routed::Failed(ReplicaError::Stopped),
+                        Ok(PublishReply::Failed(error)) => Routed::Failed(error.leader_answered()),
                         // Published or not, the next local attempt looks.
                         Ok(PublishReply::Published | PublishReply::NotLeader(_)) | Err(Retry) => {
                             Routed::Again
@@ -243,7 +255,7 @@ impl Replica {
             .nodes()
             .any(|(member, _)| *member == id);
         if leading && !listed {
-            return Publishing::Failed(ReplicaError::Stopped);
+            return Publishing::Removed;
         }
         let Some(guard) = self.membership_guard(&metrics) else {
             return Publishing::NotLeader(None);

@@ -94,6 +94,9 @@ impl Replica {
                             .await
                         {
                             Ok(MembershipReply::Changed(Ok(outcome))) => Routed::Done(outcome),
+                            Ok(MembershipReply::Changed(Err(MembershipError::Replica(error)))) => {
+                                Routed::Failed(MembershipError::Replica(error.leader_answered()))
+                            }
                             Ok(MembershipReply::Changed(Err(error))) => Routed::Failed(error),
                             Ok(MembershipReply::NotLeader(_)) | Err(Retry) => Routed::Again,
                         }

@@ -875,8 +875,12 @@ impl Replica {
                 reply
                     .replies
                     .iter()
-                    .map(|bytes| {
-                        decode_message(bytes).unwrap_or(WriteReply::Failed(ReplicaError::Timeout))
+                    .map(|bytes| match decode_message(bytes) {
+                        Ok(WriteReply::Failed(error)) => {
+                            WriteReply::Failed(error.leader_answered())
+                        }
+                        Ok(reply) => reply,
+                        Err(_) => WriteReply::Failed(ReplicaError::Timeout),
                     })
                     .collect()
             }
@@ -994,9 +998,13 @@ impl Replica {
         let reply = reply.ok()?;
         let reply = reply.into_inner();
         if reply.error.is_empty() {
-            Some(ReadIndexReply::Index(reply.index))
-        } else {
-            decode_message(&reply.error).ok()
+            return Some(ReadIndexReply::Index(reply.index));
+        }
+        match decode_message(&reply.error).ok()? {
+            // A read: a leader stopping is only a reason to ask again.
+            ReadIndexReply::Failed(ReplicaError::Stopped) => None,
+            ReadIndexReply::Failed(error) => Some(ReadIndexReply::Failed(error.leader_answered())),
+            reply => Some(reply),
         }
     }
 }

@@ -684,24 +684,27 @@ async fn serve_member(
         });
     }
     let initial_check = config.initial_corrupt_check.then(|| replica.clone());
-    servers.spawn(async move {
-        if !published.await {
-            // Stopped before publishing: the member's stop is reported instead.
-            return std::future::pending().await;
-        }
-        if let Some(replica) = initial_check {
-            mainstay_raft::initial_corruption_check(&replica)
+    servers.spawn(
+        async move {
+            if !published.await {
+                // Stopped before publishing: the member's stop is reported instead.
+                return std::future::pending().await;
+            }
+            if let Some(replica) = initial_check {
+                mainstay_raft::initial_corruption_check(&replica)
+                    .await
+                    .map_err(|reason| anyhow::anyhow!("initial corruption check: {reason}"))?;
+            }
+            tracing::info!("serving clients");
+            grpc_health_reporter
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+            futures::future::try_join_all(client_servers)
                 .await
-                .map_err(|reason| anyhow::anyhow!("initial corruption check: {reason}"))?;
+                .map(|_| ())
         }
-        tracing::info!("serving clients");
-        grpc_health_reporter
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
-        futures::future::try_join_all(client_servers)
-            .await
-            .map(|_| ())
-    });
+        .instrument(tracing::Span::current()),
+    );
 
     let outcome = tokio::select! {
         () = shutdown => {

@@ -48,6 +48,19 @@ impl Default for Options {
     }
 }
 
+/// Members log to the test's output when `MAINSTAY_TEST_LOG` holds a filter
+/// (`MAINSTAY_TEST_LOG=info cargo test ... -- --nocapture`): the record of a
+/// failure that happens once in many runs.
+fn log_when_asked() {
+    if let Ok(filter) = std::env::var("MAINSTAY_TEST_LOG") {
+        // A second test in the same process finds the subscriber already set.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// A free port below the kernel's ephemeral range (32768 and up): a port the
 /// kernel handed out for port 0 can be taken by any outgoing connection before
 /// the member binds it (and again while a member restarts). Each test process
@@ -67,6 +80,7 @@ async fn free_port() -> u16 {
 
 impl TestCluster {
     pub async fn start(size: usize, options: Options) -> TestCluster {
+        log_when_asked();
         let mut cluster = TestCluster::prepare(size, options).await;
         for i in 0..size {
             cluster.start_member(i).await;

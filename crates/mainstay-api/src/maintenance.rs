@@ -202,7 +202,23 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let caller = self.api.caller(&request).await?;
         self.api.permit_admin(&caller)?;
-        Err(not_yet("snapshot"))
+        let replica = &self.api.replica;
+        let read = replica.state_reader().await.map_err(|error| {
+            tracing::warn!(%error, "snapshot: reading the state");
+            Status::internal(format!("snapshot: {error}"))
+        })?;
+        let cluster = crate::etcd_snapshot::ClusterFacts {
+            members: replica.members(),
+        };
+        let header = self.header().unwrap_or_default();
+        let (out, messages) = tokio::sync::mpsc::channel(crate::etcd_snapshot::CHUNKS_AHEAD);
+        // Reading redb and hashing block: off the async workers.
+        tokio::task::spawn_blocking(move || {
+            crate::etcd_snapshot::stream(read, cluster, header, out);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(messages),
+        )))
     }
 
     async fn move_leader(

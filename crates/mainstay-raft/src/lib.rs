@@ -37,6 +37,7 @@ pub use corruption::{
 pub use error::ReplicaError;
 pub use lease::LeaseClock;
 pub use lease_expiry::{EXPIRY_TICK, REVOKES_PER_SECOND_MAX, expire_leases};
+pub use mainstay_storage::StateReader;
 pub use membership::{ClusterView, fetch_cluster_view};
 pub use membership_rules::{
     LEARNERS_MAX, MemberChange, MemberChangeOutcome, MembershipError, cluster_id_for, member_id_for,

@@ -555,6 +555,17 @@ impl Replica {
     }
 
     /// Every member: id, description, whether a learner.
+    /// One consistent read of this member's applied state, holding everything
+    /// it applied before the call (Maintenance.Snapshot reads it while apply
+    /// goes on).
+    pub async fn state_reader(&self) -> Result<mainstay_storage::StateReader, String> {
+        self.inner
+            .state
+            .durable_reader()
+            .await
+            .map_err(|error| error.to_string())
+    }
+
     pub fn members(&self) -> Vec<(u64, MemberNode, bool)> {
         let metrics = self.inner.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership().clone();

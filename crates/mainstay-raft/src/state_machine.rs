@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
 use mainstay_mvcc::{ApplyContext, Command, CommandResponse, Event, KeySpace, MvccError, Revision};
-use mainstay_storage::{SnapshotData, StateMeta, StateReads, StateStore};
+use mainstay_storage::{SnapshotData, StateMeta, StateReader, StateReads, StateStore};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -387,6 +387,14 @@ impl StateMachine {
         } else {
             drop(tokio::spawn(async move { commit() }));
         }
+    }
+
+    /// A consistent read of the state store that holds everything applied
+    /// before the call (the buffered commits made durable first, as etcd
+    /// commits its batch before a snapshot).
+    pub(crate) async fn durable_reader(&self) -> Result<StateReader, io::Error> {
+        self.make_durable().await?;
+        self.shared.reads.reader().map_err(to_io)
     }
 
     /// Commits the whole buffer now, after any running commit (before a

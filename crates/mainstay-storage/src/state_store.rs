@@ -652,6 +652,9 @@ impl ValueStore for StoredValues {
     }
 }
 
+/// Receives each history record with its user key.
+pub type RecordVisitor<'a, E> = dyn FnMut(&[u8], Record) -> Result<(), E> + 'a;
+
 /// What one read of the store holds: metadata, records, leases.
 type Parts = (
     StateMeta,
@@ -689,70 +692,67 @@ impl StateReader {
     /// The metadata, every record (in the table's order: revision, then key)
     /// and every lease, as of this read.
     fn parts(&self, values: bool) -> Result<Parts, StorageError> {
-        let read = &self.read;
-        let meta = match read.open_table(META) {
-            Ok(table) => match table.get(META_KEY).map_err(|e| self.read_error(e.into()))? {
-                Some(value) => {
-                    let value = unseal(META_KEY.as_bytes(), value.value())
-                        .ok_or_else(|| self.corrupt("state metadata checksum mismatch"))?;
-                    postcard::from_bytes(value)
-                        .map_err(|_| self.corrupt("undecodable state metadata"))?
-                }
-                None => StateMeta::default(),
-            },
-            Err(redb::TableError::TableDoesNotExist(_)) => StateMeta::default(),
-            Err(error) => return Err(self.read_error(error.into())),
-        };
-        let auth = match read.open_table(META) {
-            Ok(table) => match table.get(AUTH_KEY).map_err(|e| self.read_error(e.into()))? {
-                Some(value) => {
-                    let value = unseal(AUTH_KEY.as_bytes(), value.value())
-                        .ok_or_else(|| self.corrupt("auth state checksum mismatch"))?;
-                    postcard::from_bytes(value)
-                        .map_err(|_| self.corrupt("undecodable auth state"))?
-                }
-                None => AuthState::default(),
-            },
-            Err(redb::TableError::TableDoesNotExist(_)) => AuthState::default(),
-            Err(error) => return Err(self.read_error(error.into())),
-        };
-        let alarms = match read.open_table(META) {
-            Ok(table) => match table
-                .get(ALARMS_KEY)
-                .map_err(|e| self.read_error(e.into()))?
-            {
-                Some(value) => {
-                    let value = unseal(ALARMS_KEY.as_bytes(), value.value())
-                        .ok_or_else(|| self.corrupt("alarms checksum mismatch"))?;
-                    postcard::from_bytes(value).map_err(|_| self.corrupt("undecodable alarms"))?
-                }
-                None => Alarms::new(),
-            },
-            Err(redb::TableError::TableDoesNotExist(_)) => Alarms::new(),
-            Err(error) => return Err(self.read_error(error.into())),
-        };
         let mut records = Vec::new();
-        match read.open_table(HISTORY) {
-            Ok(table) => {
-                for row in table.iter().map_err(|e| self.read_error(e.into()))? {
-                    let (key, value) = row.map_err(|e| self.read_error(e.into()))?;
-                    let value = unseal(key.value(), value.value())
-                        .ok_or_else(|| self.corrupt("history row checksum mismatch"))?;
-                    let (key, revision) = split_history_key(key.value())
-                        .ok_or_else(|| self.corrupt("malformed history key"))?;
-                    let mut live: Option<Live> = postcard::from_bytes(value)
-                        .map_err(|_| self.corrupt("undecodable history record"))?;
-                    if !values && let Some(live) = live.as_mut() {
-                        live.value = Value::Stored;
-                    }
-                    records.push((key, Record { revision, live }));
+        self.visit_records::<StorageError>(values, &mut |key, record| {
+            records.push((key.to_vec(), record));
+            Ok(())
+        })?;
+        Ok((
+            self.meta()?,
+            records,
+            self.leases()?,
+            self.auth()?,
+            self.alarms()?,
+        ))
+    }
+
+    /// A sealed row of `META`, decoded; `None` when absent.
+    fn meta_row<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &'static str,
+        what: &'static str,
+    ) -> Result<Option<T>, StorageError> {
+        match self.read.open_table(META) {
+            Ok(table) => match table.get(key).map_err(|e| self.read_error(e.into()))? {
+                Some(value) => {
+                    let value =
+                        unseal(key.as_bytes(), value.value()).ok_or_else(|| self.corrupt(what))?;
+                    postcard::from_bytes(value)
+                        .map(Some)
+                        .map_err(|_| self.corrupt(what))
                 }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(error) => return Err(self.read_error(error.into())),
+                None => Ok(None),
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(error) => Err(self.read_error(error.into())),
         }
+    }
+
+    /// The state metadata as of this read.
+    pub fn meta(&self) -> Result<StateMeta, StorageError> {
+        Ok(self
+            .meta_row(META_KEY, "damaged state metadata")?
+            .unwrap_or_default())
+    }
+
+    /// Users, roles and whether auth is on, as of this read.
+    pub fn auth(&self) -> Result<AuthState, StorageError> {
+        Ok(self
+            .meta_row(AUTH_KEY, "damaged auth state")?
+            .unwrap_or_default())
+    }
+
+    /// The raised alarms as of this read.
+    pub fn alarms(&self) -> Result<Alarms, StorageError> {
+        Ok(self
+            .meta_row(ALARMS_KEY, "damaged alarms")?
+            .unwrap_or_else(Alarms::new))
+    }
+
+    /// Every granted lease as of this read, by id.
+    pub fn leases(&self) -> Result<Vec<LeaseRecord>, StorageError> {
         let mut leases = Vec::new();
-        match read.open_table(LEASES) {
+        match self.read.open_table(LEASES) {
             Ok(table) => {
                 for row in table.iter().map_err(|e| self.read_error(e.into()))? {
                     let (key, value) = row.map_err(|e| self.read_error(e.into()))?;
@@ -769,7 +769,37 @@ impl StateReader {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(error) => return Err(self.read_error(error.into())),
         }
-        Ok((meta, records, leases, auth, alarms))
+        Ok(leases)
+    }
+
+    /// Visits every retained record (user key, record) in revision order,
+    /// then key order within a revision, one row in memory at a time; with
+    /// `values` the values too, else `Value::Stored`.
+    pub fn visit_records<E: From<StorageError>>(
+        &self,
+        values: bool,
+        visit: &mut RecordVisitor<'_, E>,
+    ) -> Result<(), E> {
+        let table = match self.read.open_table(HISTORY) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(error) => return Err(self.read_error(error.into()).into()),
+        };
+        let rows = table.iter().map_err(|e| self.read_error(e.into()))?;
+        for row in rows {
+            let (key, value) = row.map_err(|e| self.read_error(e.into()))?;
+            let value = unseal(key.value(), value.value())
+                .ok_or_else(|| self.corrupt("history row checksum mismatch"))?;
+            let (user_key, revision) = split_history_key(key.value())
+                .ok_or_else(|| self.corrupt("malformed history key"))?;
+            let mut live: Option<Live> = postcard::from_bytes(value)
+                .map_err(|_| self.corrupt("undecodable history record"))?;
+            if !values && let Some(live) = live.as_mut() {
+                live.value = Value::Stored;
+            }
+            visit(&user_key, Record { revision, live })?;
+        }
+        Ok(())
     }
 
     /// A consistent copy of the state as of this read, for a snapshot: the

@@ -14,6 +14,7 @@ mod http;
 mod lease;
 mod lock;
 mod peer_tls;
+mod snapshot;
 mod storage;
 mod tls;
 mod watch;

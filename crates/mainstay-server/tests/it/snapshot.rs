@@ -1,0 +1,195 @@
+//! Maintenance.Snapshot: a member streams its state as etcd's bbolt file
+//! with etcd's SHA-256 trailer, while writes go on.
+
+use mainstay_bbolt::{Database, Item};
+use mainstay_proto::etcdserverpb as pb;
+use mainstay_proto::etcdserverpb::lease_client::LeaseClient;
+use mainstay_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use mainstay_proto::mvccpb::KeyValue;
+use prost::Message;
+use tonic::transport::Channel;
+
+use crate::harness::{Options, TestCluster};
+
+/// The snapshot as a client saves it: every blob, the digest last.
+async fn save(channel: Channel) -> Vec<pb::SnapshotResponse> {
+    let mut maintenance = MaintenanceClient::new(channel);
+    let mut stream = maintenance
+        .snapshot(pb::SnapshotRequest {})
+        .await
+        .expect("snapshot")
+        .into_inner();
+    let mut messages = Vec::new();
+    while let Some(message) = stream.message().await.expect("message") {
+        messages.push(message);
+    }
+    messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_etcds_file_with_every_revision_lease_and_member() {
+    let cluster = TestCluster::start(3, Options::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let channel = Channel::from_shared(format!(
+        "http://127.0.0.1:{}",
+        cluster.members[follower].client_port
+    ))
+    .expect("url")
+    .connect()
+    .await
+    .expect("connect");
+    let lease = LeaseClient::new(channel.clone())
+        .lease_grant(pb::LeaseGrantRequest { ttl: 100, id: 0 })
+        .await
+        .expect("grant")
+        .into_inner()
+        .id;
+    let mut kv = cluster.kv(follower).await;
+    for (key, value, lease) in [("a", "1", 0), ("b", "2", lease), ("a", "3", 0)] {
+        kv.put(pb::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            lease,
+            ..Default::default()
+        })
+        .await
+        .expect("put");
+    }
+    // Two changes in one revision, then a deletion.
+    let put = |key: &str| pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+            key: key.into(),
+            value: b"t".to_vec(),
+            ..Default::default()
+        })),
+    };
+    kv.txn(pb::TxnRequest {
+        success: vec![put("y"), put("x")],
+        ..Default::default()
+    })
+    .await
+    .expect("txn");
+    let revision = kv
+        .delete_range(pb::DeleteRangeRequest {
+            key: b"b".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete")
+        .into_inner()
+        .header
+        .expect("header")
+        .revision;
+    assert_eq!(revision, 6);
+
+    let messages = save(channel).await;
+    let (digest, blobs) = messages.split_last().expect("messages");
+    assert_eq!(digest.remaining_bytes, 0);
+    let file: Vec<u8> = blobs.iter().flat_map(|m| m.blob.clone()).collect();
+    // Each message says what is left after it, as etcd's do.
+    let mut left = file.len() as u64;
+    for message in blobs {
+        left -= message.blob.len() as u64;
+        assert_eq!(message.remaining_bytes, left);
+    }
+    assert_eq!(
+        digest.blob,
+        ring::digest::digest(&ring::digest::SHA256, &file).as_ref()
+    );
+    assert_eq!((file.len() + 32) % 512, 32, "etcdctl's trailer check");
+
+    let db = Database::from_bytes(file).expect("a bbolt file");
+    let mut buckets: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = Vec::new();
+    db.walk(&mut |item| {
+        match item {
+            Item::Bucket(name) => {
+                buckets.push((String::from_utf8_lossy(name).into_owned(), Vec::new()))
+            }
+            Item::Entry(key, value) => {
+                if let Some((_, entries)) = buckets.last_mut() {
+                    entries.push((key.to_vec(), value.to_vec()));
+                }
+            }
+        }
+        Ok(())
+    })
+    .expect("every page accounted for");
+    let names: Vec<&str> = buckets.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "alarm",
+            "auth",
+            "authRoles",
+            "authUsers",
+            "cluster",
+            "key",
+            "lease",
+            "members",
+            "members_removed",
+            "meta"
+        ]
+    );
+    let bucket = |name: &str| {
+        buckets
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, entries)| entries.clone())
+            .unwrap_or_default()
+    };
+    // Revision keys: (main, sub), a tombstone marked 't'.
+    let history: Vec<(i64, i64, bool, KeyValue)> = bucket("key")
+        .into_iter()
+        .map(|(key, value)| {
+            let main = i64::from_be_bytes(key[..8].try_into().expect("main"));
+            let sub = i64::from_be_bytes(key[9..17].try_into().expect("sub"));
+            let tombstone = key.len() == 18 && key[17] == b't';
+            (
+                main,
+                sub,
+                tombstone,
+                KeyValue::decode(value.as_slice()).expect("kv"),
+            )
+        })
+        .collect();
+    let summary: Vec<(i64, i64, bool, &[u8], &[u8])> = history
+        .iter()
+        .map(|(main, sub, tomb, kv)| (*main, *sub, *tomb, kv.key.as_slice(), kv.value.as_slice()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (2, 0, false, &b"a"[..], &b"1"[..]),
+            (3, 0, false, b"b", b"2"),
+            (4, 0, false, b"a", b"3"),
+            (5, 0, false, b"x", b"t"),
+            (5, 1, false, b"y", b"t"),
+            (6, 0, true, b"b", b""),
+        ]
+    );
+    let a3 = &history[2].3;
+    assert_eq!((a3.create_revision, a3.mod_revision, a3.version), (2, 4, 2));
+    assert_eq!(history[1].3.lease, lease);
+    let leases = bucket("lease");
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].0, lease.to_be_bytes());
+    let members = bucket("members");
+    assert_eq!(members.len(), 3);
+    for (id, json) in &members {
+        let member: serde_json::Value = serde_json::from_slice(json).expect("json");
+        let hex = String::from_utf8_lossy(id).into_owned();
+        assert_eq!(
+            member["id"].as_u64().map(|id| format!("{id:x}")),
+            Some(hex),
+            "{member}"
+        );
+        assert!(member["peerURLs"].is_array(), "{member}");
+    }
+    let meta = bucket("meta");
+    assert!(
+        meta.iter()
+            .any(|(key, value)| key == b"consistent_index" && value.len() == 8)
+    );
+    cluster.shutdown().await;
+}

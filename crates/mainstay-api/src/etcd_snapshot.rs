@@ -434,3 +434,143 @@ pub(crate) fn stream(
         }
     }
 }
+
+/// What a snapshot file holds besides its history and leases.
+#[derive(Debug, Default)]
+pub struct FileSummary {
+    /// The newest revision in the `key` bucket (0 if empty).
+    pub revision: i64,
+    /// The revision compacted at (0 if never).
+    pub compacted: i64,
+    /// Users, roles and whether auth is on.
+    pub auth: mainstay_auth::AuthState,
+    /// Entries in the `key` bucket.
+    pub history_rows: u64,
+}
+
+/// One row of a snapshot file, as Mainstay keeps it.
+pub enum FileRow {
+    /// A history record under its user key.
+    Record(Vec<u8>, Record),
+    /// A granted lease.
+    Lease(mainstay_mvcc::LeaseRecord),
+}
+
+fn damaged(what: &str) -> mainstay_bbolt::ReadError {
+    mainstay_bbolt::ReadError::Corrupt(format!("not an etcd snapshot: {what}"))
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+/// Reads a snapshot file (Mainstay's or etcd's, the same layout): every
+/// history record and lease to `row`, one at a time, then the rest.
+pub fn read_file(
+    db: &mainstay_bbolt::Database,
+    row: &mut dyn FnMut(FileRow) -> Result<(), mainstay_bbolt::ReadError>,
+) -> Result<FileSummary, mainstay_bbolt::ReadError> {
+    use mainstay_bbolt::Item;
+    let mut summary = FileSummary::default();
+    let mut bucket = Vec::new();
+    let (mut enabled, mut auth_revision) = (false, 1u64);
+    let (mut users, mut roles) = (Vec::new(), Vec::new());
+    db.walk(&mut |item| {
+        let (key, value) = match item {
+            Item::Bucket(name) => {
+                bucket = name.to_vec();
+                return Ok(());
+            }
+            Item::Entry(key, value) => (key, value),
+        };
+        match bucket.as_slice() {
+            b"key" => {
+                if key.len() != 17 && key.len() != 18 {
+                    return Err(damaged("a revision key of the wrong length"));
+                }
+                let main = be_u64(key)
+                    .and_then(|m| i64::try_from(m).ok())
+                    .ok_or_else(|| damaged("a revision out of range"))?;
+                let kv = KeyValue::decode(value).map_err(|_| damaged("an undecodable key"))?;
+                let live = (key.len() == 17).then_some(mainstay_mvcc::Live {
+                    create_revision: kv.create_revision,
+                    version: kv.version,
+                    value: mainstay_mvcc::Value::Inline(kv.value),
+                    lease: kv.lease,
+                });
+                summary.revision = summary.revision.max(main);
+                summary.history_rows += 1;
+                row(FileRow::Record(
+                    kv.key,
+                    Record {
+                        revision: main,
+                        live,
+                    },
+                ))?;
+            }
+            b"lease" => {
+                let lease =
+                    StoredLease::decode(value).map_err(|_| damaged("an undecodable lease"))?;
+                row(FileRow::Lease(mainstay_mvcc::LeaseRecord {
+                    id: lease.id,
+                    ttl: lease.ttl,
+                }))?;
+            }
+            b"meta" if key == b"finishedCompactRev" => {
+                summary.compacted = be_u64(value)
+                    .and_then(|m| i64::try_from(m).ok())
+                    .ok_or_else(|| damaged("a compacted revision out of range"))?;
+            }
+            b"auth" if key == b"authEnabled" => enabled = value.first() == Some(&1),
+            b"auth" if key == b"authRevision" => {
+                auth_revision = be_u64(value).ok_or_else(|| damaged("a short auth revision"))?;
+            }
+            b"authUsers" => {
+                let user =
+                    authpb::User::decode(value).map_err(|_| damaged("an undecodable user"))?;
+                let password = String::from_utf8(user.password)
+                    .map_err(|_| damaged("a password hash that is not text"))?;
+                let mut user_roles = user.roles;
+                user_roles.sort();
+                user_roles.dedup();
+                users.push(mainstay_auth::User {
+                    name: String::from_utf8_lossy(&user.name).into_owned(),
+                    password: (!password.is_empty()).then_some(password),
+                    no_password: user.options.is_some_and(|o| o.no_password),
+                    roles: user_roles,
+                });
+            }
+            b"authRoles" => {
+                let role =
+                    authpb::Role::decode(value).map_err(|_| damaged("an undecodable role"))?;
+                let mut permissions = Vec::new();
+                for p in role.key_permission {
+                    let kind = match authpb::permission::Type::try_from(p.perm_type) {
+                        Ok(authpb::permission::Type::Read) => mainstay_auth::PermissionKind::Read,
+                        Ok(authpb::permission::Type::Write) => mainstay_auth::PermissionKind::Write,
+                        Ok(authpb::permission::Type::Readwrite) => {
+                            mainstay_auth::PermissionKind::ReadWrite
+                        }
+                        Err(_) => return Err(damaged("an unknown permission type")),
+                    };
+                    permissions.push(mainstay_auth::Permission {
+                        kind,
+                        key: p.key,
+                        range_end: p.range_end,
+                    });
+                }
+                permissions.sort_by(|a, b| a.key.cmp(&b.key).then(a.range_end.cmp(&b.range_end)));
+                roles.push(mainstay_auth::Role {
+                    name: String::from_utf8_lossy(&role.name).into_owned(),
+                    permissions,
+                });
+            }
+            // Members, the cluster version and alarms belong to the old
+            // cluster; a restored one gets its own.
+            _ => {}
+        }
+        Ok(())
+    })?;
+    summary.auth = mainstay_auth::AuthState::from_parts(enabled, auth_revision, users, roles);
+    Ok(summary)
+}

@@ -9,7 +9,7 @@ mod auth;
 mod cluster;
 mod convert;
 mod election;
-mod etcd_snapshot;
+pub mod etcd_snapshot;
 mod identity;
 mod jwt;
 mod kv;

@@ -112,6 +112,22 @@ impl Default for AuthState {
 }
 
 impl AuthState {
+    /// The state as a snapshot file holds it (users and roles as stored, the
+    /// revision as recorded): a restored cluster starts where the old one was.
+    pub fn from_parts(
+        enabled: bool,
+        revision: u64,
+        users: Vec<User>,
+        roles: Vec<Role>,
+    ) -> AuthState {
+        AuthState {
+            enabled,
+            revision,
+            users: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
+            roles: roles.into_iter().map(|r| (r.name.clone(), r)).collect(),
+        }
+    }
+
     /// Whether auth is enabled.
     pub fn enabled(&self) -> bool {
         self.enabled

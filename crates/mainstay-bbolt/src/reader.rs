@@ -299,7 +299,9 @@ impl Database {
                 return Err(ReadError::Corrupt(format!("free page {free} also in use")));
             }
         }
-        if seen.len() as u64 != self.pages {
+        // Without a stored freelist (bbolt's NoFreelistSync, which etcd
+        // 3.4 sets) every page not reached is free by definition.
+        if self.freelist != u64::MAX && seen.len() as u64 != self.pages {
             return Err(ReadError::Corrupt(format!(
                 "{} of {} pages neither reached nor free",
                 self.pages - seen.len() as u64,

@@ -11,6 +11,7 @@ mod listen;
 mod peer_names;
 mod peer_tls;
 mod run;
+mod snapshot_file;
 mod tls;
 
 pub use certs::{CertMember, Made, make as make_certs};
@@ -23,3 +24,4 @@ pub use io::{Conn, Incoming, Io, tcp_incoming};
 pub use listen::{client_grpc_server, listen};
 pub use mainstay_raft::Replica;
 pub use run::{Env, Listeners, SafetyBreaks, bind, run, run_with_listeners};
+pub use snapshot_file::{FileStatus, RestoreArgs, StatusArgs, file_status, render_status, restore};

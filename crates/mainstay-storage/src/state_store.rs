@@ -547,6 +547,77 @@ impl StateStore {
         Ok(key_space)
     }
 
+    /// Adds rows to the state of a member being restored from a snapshot
+    /// (offline, on a fresh store): one transaction per call, not synced:
+    /// `finish_restore` syncs them all. Memory stays one batch.
+    pub fn restore_rows(
+        &mut self,
+        records: &[(Vec<u8>, Record)],
+        leases: &[LeaseRecord],
+    ) -> Result<(), StorageError> {
+        let result = self.guarded("restoring a snapshot", |store| {
+            let mut write = store.db()?.begin_write().map_err(StorageError::db)?;
+            write
+                .set_durability(Durability::None)
+                .map_err(StorageError::db)?;
+            {
+                let mut history = write.open_table(HISTORY).map_err(StorageError::db)?;
+                for (key, record) in records {
+                    let row = history_key(key, record.revision);
+                    let live = encode_live(&row, record)?;
+                    history
+                        .insert(row.as_slice(), live.as_slice())
+                        .map_err(StorageError::db)?;
+                }
+                let mut table = write.open_table(LEASES).map_err(StorageError::db)?;
+                for lease in leases {
+                    let key = lease.id.to_be_bytes();
+                    table
+                        .insert(key.as_slice(), encode_lease(lease)?.as_slice())
+                        .map_err(StorageError::db)?;
+                }
+            }
+            write.commit().map_err(StorageError::db)
+        });
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    /// Completes a restore: the metadata, auth state and alarms, and one
+    /// synced commit that makes every restored row durable.
+    pub fn finish_restore(
+        &mut self,
+        meta: &StateMeta,
+        auth: &AuthState,
+        alarms: &Alarms,
+    ) -> Result<(), StorageError> {
+        let result = self.guarded("restoring a snapshot", |store| {
+            let mut write = store.db()?.begin_write().map_err(StorageError::db)?;
+            write
+                .set_durability(Durability::Immediate)
+                .map_err(StorageError::db)?;
+            {
+                let mut table = write.open_table(META).map_err(StorageError::db)?;
+                table
+                    .insert(META_KEY, encode_meta(meta)?.as_slice())
+                    .map_err(StorageError::db)?;
+                table
+                    .insert(AUTH_KEY, encode_auth(auth)?.as_slice())
+                    .map_err(StorageError::db)?;
+                table
+                    .insert(ALARMS_KEY, encode_alarms(alarms)?.as_slice())
+                    .map_err(StorageError::db)?;
+            }
+            write.commit().map_err(StorageError::db)
+        });
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
     /// Size of the database file in bytes (0 if it cannot be read).
     pub fn file_bytes(&self) -> u64 {
         self.file.byte_len().unwrap_or(0)

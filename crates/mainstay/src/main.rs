@@ -24,6 +24,15 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum SnapshotAction {
+    /// Print the file's hash, revision, total keys and size, as etcdctl does.
+    Status(mainstay_server::StatusArgs),
+    /// Create a new member's data directory from the file (each member of
+    /// the new cluster is restored with its own --name and --data-dir).
+    Restore(Box<mainstay_server::RestoreArgs>),
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run one member (flags use etcd's names).
     #[command(
@@ -43,6 +52,12 @@ enum Command {
         /// certificates are made once under <data-dir>/certs).
         #[arg(long)]
         tls: bool,
+    },
+    /// Read or restore a snapshot file (`etcdctl snapshot save`, from
+    /// Mainstay or etcd): etcdutl's commands and flags.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
     },
     /// Make a certificate authority and certificates for members and clients
     /// (existing files are kept: run again to add members or clients).
@@ -199,6 +214,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev { data_dir, tls } => {
             init_logging("info,openraft=warn", LogOutput::Stderr, LogFormat::Text);
             mainstay_server::run_dev(data_dir, tls, shutdown_signal()).await
+        }
+        Command::Snapshot {
+            action: SnapshotAction::Status(args),
+        } => {
+            let status = mainstay_server::file_status(&args.file)?;
+            println!(
+                "{}",
+                mainstay_server::render_status(&status, &args.write_out)?
+            );
+            Ok(())
+        }
+        Command::Snapshot {
+            action: SnapshotAction::Restore(args),
+        } => {
+            println!("{}", mainstay_server::restore(&args)?);
+            Ok(())
         }
         Command::Certs {
             dir,

@@ -193,3 +193,112 @@ async fn a_snapshot_is_etcds_file_with_every_revision_lease_and_member() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_cluster_has_the_keys_and_moves_its_revision_on() {
+    // Goal: `mainstay snapshot restore` of one snapshot into three data
+    // directories gives a new cluster with the keys, values and leases; with
+    // --bump-revision and --mark-compacted its revisions start past the old
+    // ones and reads of old revisions are refused as compacted (a watcher of
+    // the old cluster cannot silently miss events).
+    let old = TestCluster::start(3, Options::default()).await;
+    let leader = old.wait_for_leader().await;
+    for i in 0..20 {
+        old.put(leader, &format!("k{i}"), &format!("v{i}")).await;
+    }
+    let last = old.put(leader, "k0", "newest").await;
+    let channel = Channel::from_shared(format!(
+        "http://127.0.0.1:{}",
+        old.members[leader].client_port
+    ))
+    .expect("url")
+    .connect()
+    .await
+    .expect("connect");
+    let lease = LeaseClient::new(channel.clone())
+        .lease_grant(pb::LeaseGrantRequest { ttl: 300, id: 0 })
+        .await
+        .expect("grant")
+        .into_inner()
+        .id;
+    let file: Vec<u8> = save(channel)
+        .await
+        .into_iter()
+        .flat_map(|m| m.blob)
+        .collect();
+    old.shutdown().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("backup.db");
+    std::fs::write(&path, &file).expect("write");
+
+    // A damaged copy is refused and leaves no data directory.
+    let mut damaged = file.clone();
+    damaged[9000] ^= 0x40;
+    let damaged_path = dir.path().join("damaged.db");
+    std::fs::write(&damaged_path, &damaged).expect("write");
+
+    let mut new = TestCluster::prepare(3, Options::default()).await;
+    let restore_args =
+        |file: &std::path::Path, i: usize, new: &TestCluster| mainstay_server::RestoreArgs {
+            file: file.to_path_buf(),
+            name: format!("t{i}"),
+            initial_cluster: new.members[i].args.initial_cluster.clone(),
+            initial_cluster_token: "test".into(),
+            initial_advertise_peer_urls: String::new(),
+            data_dir: Some(new.data_dir(i)),
+            skip_hash_check: false,
+            bump_revision: 1000,
+            mark_compacted: true,
+        };
+    let refused = mainstay_server::restore(&restore_args(&damaged_path, 0, &new))
+        .expect_err("damaged file refused");
+    assert!(
+        refused.to_string().starts_with("expected sha256"),
+        "{refused}"
+    );
+    assert!(!new.data_dir(0).exists());
+    for i in 0..3 {
+        mainstay_server::restore(&restore_args(&path, i, &new)).expect("restore");
+    }
+    for i in 0..3 {
+        new.start_member(i).await;
+    }
+    let leader = new.wait_for_leader().await;
+    for i in 0..3 {
+        new.eventually_sees(i, "k7", "v7").await;
+        new.eventually_sees(i, "k0", "newest").await;
+    }
+    let revision = new.put(leader, "after", "restore").await;
+    assert_eq!(revision, last + 1000 + 1);
+    let mut kv = new.kv(leader).await;
+    let old_read = kv
+        .range(pb::RangeRequest {
+            key: b"k0".to_vec(),
+            revision: last,
+            ..Default::default()
+        })
+        .await
+        .expect_err("compacted");
+    assert_eq!(
+        old_read.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    let channel = Channel::from_shared(format!(
+        "http://127.0.0.1:{}",
+        new.members[leader].client_port
+    ))
+    .expect("url")
+    .connect()
+    .await
+    .expect("connect");
+    let ttl = LeaseClient::new(channel)
+        .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+            id: lease,
+            keys: false,
+        })
+        .await
+        .expect("ttl")
+        .into_inner();
+    assert_eq!(ttl.granted_ttl, 300);
+    new.shutdown().await;
+}

@@ -60,16 +60,17 @@ pub struct RestoreArgs {
 }
 
 /// CRC-32C (Castagnoli), the hash `etcdctl snapshot status` prints.
-/// Hand-written (a 256-entry table): no crate in the tree computes it.
+/// Hand-written (slicing by 8 over eight 256-entry tables): no crate in the
+/// tree computes it, and one table a byte hashed a 1 GB file in 4 s.
 struct Crc32c {
-    table: [u32; 256],
+    tables: Box<[[u32; 256]; 8]>,
     value: u32,
 }
 
 impl Crc32c {
     fn new() -> Crc32c {
-        let mut table = [0u32; 256];
-        for (i, entry) in table.iter_mut().enumerate() {
+        let mut tables = Box::new([[0u32; 256]; 8]);
+        for i in 0..256 {
             let mut crc = i as u32;
             for _ in 0..8 {
                 crc = if crc & 1 == 1 {
@@ -78,19 +79,40 @@ impl Crc32c {
                     crc >> 1
                 };
             }
-            *entry = crc;
+            tables[0][i] = crc;
+        }
+        for i in 0..256 {
+            for t in 1..8 {
+                let previous = tables[t - 1][i];
+                tables[t][i] = (previous >> 8) ^ tables[0][(previous & 0xFF) as usize];
+            }
         }
         Crc32c {
-            table,
+            tables,
             value: 0xFFFF_FFFF,
         }
     }
 
     fn update(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            let index = ((self.value ^ u32::from(*byte)) & 0xFF) as usize;
-            self.value = self.table[index] ^ (self.value >> 8);
+        let t = &self.tables;
+        let mut crc = self.value;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let low = crc ^ u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            let high = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
+            crc = t[7][(low & 0xFF) as usize]
+                ^ t[6][((low >> 8) & 0xFF) as usize]
+                ^ t[5][((low >> 16) & 0xFF) as usize]
+                ^ t[4][(low >> 24) as usize]
+                ^ t[3][(high & 0xFF) as usize]
+                ^ t[2][((high >> 8) & 0xFF) as usize]
+                ^ t[1][((high >> 16) & 0xFF) as usize]
+                ^ t[0][(high >> 24) as usize];
         }
+        for byte in chunks.remainder() {
+            crc = t[0][((crc ^ u32::from(*byte)) & 0xFF) as usize] ^ (crc >> 8);
+        }
+        self.value = crc;
     }
 
     fn finish(&self) -> u32 {
@@ -256,8 +278,10 @@ fn names_member(initial_cluster: &str, name: &str) -> bool {
         .any(|(member, _)| member.trim() == name)
 }
 
-/// History rows written per transaction while restoring.
+/// History rows written per transaction while restoring, at most.
 const RESTORE_BATCH: usize = 10_000;
+/// Value bytes per transaction while restoring, about: the restore's memory.
+const RESTORE_BATCH_BYTES: usize = 32 << 20;
 
 /// Restores a snapshot into a new data directory; returns what was restored.
 pub fn restore(args: &RestoreArgs) -> anyhow::Result<String> {
@@ -299,24 +323,33 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<String> {
         let (mut store, _, _) = StateStore::open(&disk, &partial, 64 << 20)
             .with_context(|| format!("create {}", partial.display()))?;
         let mut records = Vec::with_capacity(RESTORE_BATCH);
+        let mut batch_bytes = 0usize;
         let mut leases = Vec::new();
         let mut lease_count = 0u64;
         let mut failure: Option<anyhow::Error> = None;
         let summary = read_file(&db, &mut |row| {
             match row {
-                FileRow::Record(key, record) => records.push((key, record)),
+                FileRow::Record(key, record) => {
+                    batch_bytes += key.len()
+                        + match record.live.as_ref().map(|live| &live.value) {
+                            Some(mainstay_mvcc::Value::Inline(value)) => value.len(),
+                            _ => 0,
+                        };
+                    records.push((key, record));
+                }
                 FileRow::Lease(lease) => {
                     lease_count += 1;
                     leases.push(lease);
                 }
             }
-            if records.len() + leases.len() >= RESTORE_BATCH {
+            if records.len() + leases.len() >= RESTORE_BATCH || batch_bytes >= RESTORE_BATCH_BYTES {
                 if let Err(error) = store.restore_rows(&records, &leases) {
                     failure = Some(error.into());
                     return Err(mainstay_bbolt::ReadError::Corrupt("restore stopped".into()));
                 }
                 records.clear();
                 leases.clear();
+                batch_bytes = 0;
             }
             Ok(())
         });
@@ -374,6 +407,16 @@ mod tests {
         let mut crc = Crc32c::new();
         crc.update(b"123456789");
         assert_eq!(crc.finish(), 0xE306_9283);
+        // Split anywhere, the same: the 8-byte path and the byte path agree.
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 + 3) as u8).collect();
+        let mut whole = Crc32c::new();
+        whole.update(&data);
+        for split in [0, 1, 7, 8, 9, 500, 999] {
+            let mut parts = Crc32c::new();
+            parts.update(&data[..split]);
+            parts.update(&data[split..]);
+            assert_eq!(parts.finish(), whole.finish(), "split at {split}");
+        }
     }
 
     #[test]

@@ -208,7 +208,8 @@ mod tests {
     #[test]
     fn leaves_close_before_a_page_overflows() {
         // (key, value) sizes fed in order → where a new leaf starts.
-        let cases: [(&[(usize, usize)], &[bool]); 4] = [
+        type Case<'a> = (&'a [(usize, usize)], &'a [bool]);
+        let cases: [Case<'_>; 4] = [
             (&[(17, 100), (17, 100)], &[false, false]),
             (&[(17, 4000), (17, 100)], &[false, true]),
             (&[(17, 10_000), (17, 1)], &[false, true]),

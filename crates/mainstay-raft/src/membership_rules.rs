@@ -106,6 +106,20 @@ pub struct MemberChangeOutcome {
     pub committed: bool,
 }
 
+/// Who a stopping leader hands leadership to (etcd transfers it on a
+/// graceful stop): the other voter whose log matches the leader's furthest
+/// (it can win at once), the lower id on a tie; `None` when it leads alone
+/// or no voter's progress is known.
+pub(crate) fn successor(me: u64, voters: &[u64], matched: &BTreeMap<u64, u64>) -> Option<u64> {
+    voters
+        .iter()
+        .copied()
+        .filter(|voter| *voter != me)
+        .filter_map(|voter| matched.get(&voter).map(|index| (voter, *index)))
+        .max_by(|(a, x), (b, y)| x.cmp(y).then(b.cmp(a)))
+        .map(|(voter, _)| voter)
+}
+
 /// etcd's strict reconfiguration rule: after a change, the voters that are up
 /// must still be a majority of the new voter set.
 pub(crate) fn keeps_quorum(up_after: usize, voters_after: usize) -> bool {
@@ -277,6 +291,29 @@ pub(crate) fn plan_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stopping_leader_hands_over_to_the_furthest_voter() {
+        // (me, voters, matched index per follower) → successor
+        type Case<'a> = (u64, &'a [u64], &'a [(u64, u64)], Option<u64>);
+        let cases: [Case<'_>; 6] = [
+            (1, &[1, 2, 3], &[(2, 10), (3, 12)], Some(3)),
+            (1, &[1, 2, 3], &[(2, 12), (3, 12)], Some(2)),
+            (1, &[1], &[], None),
+            (1, &[1, 2, 3], &[], None),
+            // A learner's progress is known but it is not a voter.
+            (1, &[1, 2], &[(2, 5), (9, 50)], Some(2)),
+            (2, &[1, 2, 3], &[(1, 7), (3, 0)], Some(1)),
+        ];
+        for (me, voters, matched, expected) in cases {
+            let matched: BTreeMap<u64, u64> = matched.iter().copied().collect();
+            assert_eq!(
+                successor(me, voters, &matched),
+                expected,
+                "{voters:?} {matched:?}"
+            );
+        }
+    }
 
     #[test]
     fn strict_reconfiguration_table() {

@@ -709,6 +709,12 @@ async fn serve_member(
     let outcome = tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");
+            // A leader hands over first (clients then wait for no election),
+            // bounded by two election timeouts.
+            let within = std::time::Duration::from_millis(2 * config.election_timeout_ms);
+            if let Some(leader) = replica.hand_over_leadership(within).await {
+                tracing::info!(leader = format_args!("{leader:x}"), "leadership handed over");
+            }
             Ok(())
         }
         () = replica.removed() => Err(anyhow::anyhow!(

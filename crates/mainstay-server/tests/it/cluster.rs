@@ -55,6 +55,32 @@ async fn leader_loss_elects_a_new_leader_and_the_old_one_catches_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_hands_over_before_it_goes() {
+    // Goal: a leader stopped gracefully (SIGTERM's path) first hands
+    // leadership to a follower: when its stop returns, a survivor already
+    // leads in a later term (no election timeout of silence) with every write.
+    let mut cluster = TestCluster::start(3, Options::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.put(leader, "before", "1").await;
+    let old = cluster.status(leader).await.expect("status");
+    let old_id = old.header.as_ref().expect("header").member_id;
+    cluster.stop_member(leader).await.expect("clean stop");
+    let mut leaders = Vec::new();
+    for i in (0..3).filter(|i| *i != leader) {
+        let status = cluster.status(i).await.expect("status");
+        let id = status.header.as_ref().expect("header").member_id;
+        if status.leader == id {
+            assert!(status.raft_term > old.raft_term, "a later term");
+            leaders.push(i);
+        }
+    }
+    assert_eq!(leaders.len(), 1, "one survivor leads at once, not {old_id:x}");
+    cluster.eventually_sees(leaders[0], "before", "1").await;
+    cluster.put(leaders[0], "after", "2").await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_restart_keeps_every_acknowledged_write() {
     // Goal: stop every member, start them again on the same data: all data and
     // the revision are intact and the cluster serves writes again.

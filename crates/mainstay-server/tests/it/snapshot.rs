@@ -11,6 +11,11 @@ use tonic::transport::Channel;
 
 use crate::harness::{Options, TestCluster};
 
+/// A bucket's entries, (key, value) in order.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+/// A history row as the test reads it: main, sub, tombstone, key, value.
+type Row<'a> = (i64, i64, bool, &'a [u8], &'a [u8]);
+
 /// The snapshot as a client saves it: every blob, the digest last.
 async fn save(channel: Channel) -> Vec<pb::SnapshotResponse> {
     let mut maintenance = MaintenanceClient::new(channel);
@@ -100,7 +105,7 @@ async fn a_snapshot_is_etcds_file_with_every_revision_lease_and_member() {
     assert_eq!((file.len() + 32) % 512, 32, "etcdctl's trailer check");
 
     let db = Database::from_bytes(file).expect("a bbolt file");
-    let mut buckets: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = Vec::new();
+    let mut buckets: Vec<(String, Entries)> = Vec::new();
     db.walk(&mut |item| {
         match item {
             Item::Bucket(name) => {
@@ -153,7 +158,7 @@ async fn a_snapshot_is_etcds_file_with_every_revision_lease_and_member() {
             )
         })
         .collect();
-    let summary: Vec<(i64, i64, bool, &[u8], &[u8])> = history
+    let summary: Vec<Row<'_>> = history
         .iter()
         .map(|(main, sub, tomb, kv)| (*main, *sub, *tomb, kv.key.as_slice(), kv.value.as_slice()))
         .collect();

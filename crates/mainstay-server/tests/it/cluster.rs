@@ -74,7 +74,11 @@ async fn a_stopping_leader_hands_over_before_it_goes() {
             leaders.push(i);
         }
     }
-    assert_eq!(leaders.len(), 1, "one survivor leads at once, not {old_id:x}");
+    assert_eq!(
+        leaders.len(),
+        1,
+        "one survivor leads at once, not {old_id:x}"
+    );
     cluster.eventually_sees(leaders[0], "before", "1").await;
     cluster.put(leaders[0], "after", "2").await;
     cluster.shutdown().await;

@@ -172,16 +172,7 @@ impl Replica {
                         })
             })
             .collect();
-        let matched: BTreeMap<u64, u64> = metrics
-            .replication
-            .as_ref()
-            .map(|replication| {
-                replication
-                    .iter()
-                    .filter_map(|(id, log_id)| log_id.as_ref().map(|l| (*id, l.index)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let matched = matched_indexes(&metrics);
         let facts = Facts {
             members: &members,
             up: &up,
@@ -472,6 +463,23 @@ impl Replica {
             last_membership_log_id: *metrics.membership_config.log_id(),
         })
     }
+}
+
+/// On the leader: the index up to which each follower's log matches its own
+/// (followers with no match yet left out); empty elsewhere.
+pub(crate) fn matched_indexes(
+    metrics: &openraft::RaftMetrics<crate::type_config::TypeConfig>,
+) -> BTreeMap<u64, u64> {
+    metrics
+        .replication
+        .as_ref()
+        .map(|replication| {
+            replication
+                .iter()
+                .filter_map(|(id, log_id)| log_id.as_ref().map(|l| (*id, l.index)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn membership_index(metrics: &openraft::RaftMetrics<crate::type_config::TypeConfig>) -> u64 {

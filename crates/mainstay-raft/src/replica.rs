@@ -649,16 +649,7 @@ impl Replica {
                 return None;
             }
             let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
-            let matched: BTreeMap<u64, u64> = metrics
-                .replication
-                .as_ref()
-                .map(|replication| {
-                    replication
-                        .iter()
-                        .filter_map(|(id, log_id)| log_id.as_ref().map(|l| (*id, l.index)))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let matched = crate::membership::matched_indexes(&metrics);
             (voters, matched)
         };
         let target = crate::membership_rules::successor(me, &voters, &matched)?;

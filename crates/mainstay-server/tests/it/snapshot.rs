@@ -16,6 +16,18 @@ type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 /// A history row as the test reads it: main, sub, tombstone, key, value.
 type Row<'a> = (i64, i64, bool, &'a [u8], &'a [u8]);
 
+/// A channel to member `i`'s client port.
+async fn connect(cluster: &TestCluster, i: usize) -> Channel {
+    Channel::from_shared(format!(
+        "http://127.0.0.1:{}",
+        cluster.members[i].client_port
+    ))
+    .expect("url")
+    .connect()
+    .await
+    .expect("connect")
+}
+
 /// The snapshot as a client saves it: every blob, the digest last.
 async fn save(channel: Channel) -> Vec<pb::SnapshotResponse> {
     let mut maintenance = MaintenanceClient::new(channel);
@@ -36,14 +48,7 @@ async fn a_snapshot_is_etcds_file_with_every_revision_lease_and_member() {
     let cluster = TestCluster::start(3, Options::default()).await;
     let leader = cluster.wait_for_leader().await;
     let follower = (leader + 1) % 3;
-    let channel = Channel::from_shared(format!(
-        "http://127.0.0.1:{}",
-        cluster.members[follower].client_port
-    ))
-    .expect("url")
-    .connect()
-    .await
-    .expect("connect");
+    let channel = connect(&cluster, follower).await;
     let lease = LeaseClient::new(channel.clone())
         .lease_grant(pb::LeaseGrantRequest { ttl: 100, id: 0 })
         .await
@@ -212,14 +217,7 @@ async fn a_restored_cluster_has_the_keys_and_moves_its_revision_on() {
         old.put(leader, &format!("k{i}"), &format!("v{i}")).await;
     }
     let last = old.put(leader, "k0", "newest").await;
-    let channel = Channel::from_shared(format!(
-        "http://127.0.0.1:{}",
-        old.members[leader].client_port
-    ))
-    .expect("url")
-    .connect()
-    .await
-    .expect("connect");
+    let channel = connect(&old, leader).await;
     let lease = LeaseClient::new(channel.clone())
         .lease_grant(pb::LeaseGrantRequest { ttl: 300, id: 0 })
         .await
@@ -288,14 +286,7 @@ async fn a_restored_cluster_has_the_keys_and_moves_its_revision_on() {
         old_read.message(),
         "etcdserver: mvcc: required revision has been compacted"
     );
-    let channel = Channel::from_shared(format!(
-        "http://127.0.0.1:{}",
-        new.members[leader].client_port
-    ))
-    .expect("url")
-    .connect()
-    .await
-    .expect("connect");
+    let channel = connect(&new, leader).await;
     let ttl = LeaseClient::new(channel)
         .lease_time_to_live(pb::LeaseTimeToLiveRequest {
             id: lease,

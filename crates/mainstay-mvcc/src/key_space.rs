@@ -49,7 +49,7 @@ pub enum Value {
 impl Serialize for Value {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
-            Value::Inline(bytes) => bytes.serialize(serializer),
+            Value::Inline(bytes) => serializer.serialize_bytes(bytes),
             Value::Stored => Err(serde::ser::Error::custom("a stored value is not in memory")),
         }
     }
@@ -57,7 +57,7 @@ impl Serialize for Value {
 
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Vec::<u8>::deserialize(deserializer).map(Value::Inline)
+        serde_bytes::ByteBuf::deserialize(deserializer).map(|bytes| Value::Inline(bytes.into_vec()))
     }
 }
 
@@ -80,6 +80,46 @@ impl fmt::Debug for Values {
         } else {
             "Values(none)"
         })
+    }
+}
+
+impl Values {
+    /// The bytes of a record's value, from memory or the store.
+    pub(crate) fn value_of(
+        &self,
+        key: &[u8],
+        revision: Revision,
+        value: &Value,
+    ) -> Result<Vec<u8>, MvccError> {
+        match (value, &self.0) {
+            (Value::Inline(bytes), _) => Ok(bytes.clone()),
+            (Value::Stored, Some(store)) => store
+                .value(key, revision)
+                .map_err(MvccError::ValueUnreadable),
+            (Value::Stored, None) => Err(MvccError::ValueUnreadable(
+                "no value store for an evicted value".to_string(),
+            )),
+        }
+    }
+
+    /// See `KeySpace::key_value_lazy` (here so a writer can read a key's
+    /// history while it holds that history mutably).
+    pub(crate) fn key_value_lazy(
+        &self,
+        key: &[u8],
+        record: &Record,
+        with_value: bool,
+    ) -> Result<Option<(KeyValue, bool)>, MvccError> {
+        let (Some(mut kv), Some(live)) = (key_value_without_value(key, record), &record.live)
+        else {
+            return Ok(None);
+        };
+        match (&live.value, with_value) {
+            (Value::Inline(bytes), _) => kv.value = bytes.clone(),
+            (Value::Stored, true) => kv.value = self.value_of(key, record.revision, &live.value)?,
+            (Value::Stored, false) => return Ok(Some((kv, true))),
+        }
+        Ok(Some((kv, false)))
     }
 }
 
@@ -261,15 +301,7 @@ impl KeySpace {
         revision: Revision,
         value: &Value,
     ) -> Result<Vec<u8>, MvccError> {
-        match (value, &self.values.0) {
-            (Value::Inline(bytes), _) => Ok(bytes.clone()),
-            (Value::Stored, Some(store)) => store
-                .value(key, revision)
-                .map_err(MvccError::ValueUnreadable),
-            (Value::Stored, None) => Err(MvccError::ValueUnreadable(
-                "no value store for an evicted value".to_string(),
-            )),
-        }
+        self.values.value_of(key, revision, value)
     }
 
     /// A record as a `KeyValue` (None for a tombstone). Its value is read
@@ -281,16 +313,7 @@ impl KeySpace {
         record: &Record,
         with_value: bool,
     ) -> Result<Option<(KeyValue, bool)>, MvccError> {
-        let (Some(mut kv), Some(live)) = (key_value_without_value(key, record), &record.live)
-        else {
-            return Ok(None);
-        };
-        match (&live.value, with_value) {
-            (Value::Inline(bytes), _) => kv.value = bytes.clone(),
-            (Value::Stored, true) => kv.value = self.value_of(key, record.revision, &live.value)?,
-            (Value::Stored, false) => return Ok(Some((kv, true))),
-        }
-        Ok(Some((kv, false)))
+        self.values.key_value_lazy(key, record, with_value)
     }
 
     /// Like `live_in_range`, values read only `with_values` (see `key_value_lazy`).

@@ -11,6 +11,7 @@ pub type Revision = i64;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     /// The key; never empty.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Revision of the put that created this incarnation of the key.
     pub create_revision: Revision,
@@ -19,6 +20,7 @@ pub struct KeyValue {
     /// Number of puts since creation (1 on creation).
     pub version: i64,
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Attached lease ID, 0 for none.
     pub lease: i64,
@@ -81,8 +83,10 @@ pub enum SortTarget {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeRequest {
     /// First key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// End of the half-open range; empty = single key, `\0` = every key ≥ key.
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     /// Maximum number of keys returned; 0 = unlimited.
     pub limit: i64,
@@ -125,8 +129,10 @@ pub struct RangeResponse {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutRequest {
     /// The key; never empty.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Lease to attach, 0 for none.
     pub lease: i64,
@@ -151,8 +157,10 @@ pub struct PutResponse {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteRangeRequest {
     /// First key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// End of the range, same rules as `RangeRequest::range_end`.
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     /// Return the deleted key-values.
     pub prev_kv: bool,
@@ -194,7 +202,7 @@ pub enum CompareTarget {
     /// The mod revision.
     Mod(Revision),
     /// The value bytes.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The attached lease.
     Lease(i64),
 }
@@ -207,8 +215,10 @@ pub struct Compare {
     /// Field and operand.
     pub target: CompareTarget,
     /// Key; never empty.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Optional range end: the compare must hold for every key in the range.
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
 }
 

@@ -14,8 +14,8 @@ use crate::types::{
 pub(crate) struct Writer<'a> {
     space: &'a mut KeySpace,
     pending: Revision,
-    /// Keys that got a record at `pending`, in write order.
-    touched: Vec<Vec<u8>>,
+    /// Keys that got a record at `pending`, with that record, in write order.
+    touched: Vec<(Vec<u8>, Record)>,
     events: Vec<Event>,
     /// Events carry previous values read back from the store (`ApplyContext`).
     prev_values: bool,
@@ -71,28 +71,18 @@ impl<'a> Writer<'a> {
         if self.touched.is_empty() {
             return (Vec::new(), Vec::new());
         }
-        let mut changes = Vec::with_capacity(self.touched.len());
-        for key in self.touched {
-            let record = self
-                .space
-                .keys
-                .get(&key)
-                .and_then(|history| history.last())
-                .cloned()
-                .expect("a touched key has the record this write appended");
-            assert_eq!(
-                record.revision, self.pending,
-                "touched key without a pending record"
-            );
-            changes.push(Change::Append { key, record });
-        }
+        let changes = self
+            .touched
+            .into_iter()
+            .map(|(key, record)| Change::Append { key, record })
+            .collect();
         self.space.revision = self.pending;
         (self.events, changes)
     }
 
     /// Undoes every record this write appended.
     pub(crate) fn rollback(self) {
-        for key in self.touched {
+        for (key, _) in self.touched {
             let Some(history) = self.space.keys.get_mut(&key) else {
                 unreachable!("touched key vanished during a write");
             };
@@ -109,15 +99,14 @@ impl<'a> Writer<'a> {
             revision: self.pending,
             live,
         };
-        let history = self.space.keys.entry(key.to_vec()).or_default();
-        if let Some(last) = history.last() {
-            assert!(
-                last.revision < self.pending,
-                "second write of one key at one revision"
-            );
+        // One lookup for a key that exists (the common case), no copy of the key.
+        match self.space.keys.get_mut(key) {
+            Some(history) => push_record(history, record.clone()),
+            None => {
+                self.space.keys.insert(key.to_vec(), vec![record.clone()]);
+            }
         }
-        history.push(record);
-        self.touched.push(key.to_vec());
+        self.touched.push((key.to_vec(), record));
     }
 
     /// The key's current state; its value read only `with_value` (see
@@ -147,10 +136,17 @@ impl<'a> Writer<'a> {
         if request.ignore_lease && request.lease != 0 {
             return Err(MvccError::LeaseProvided);
         }
-        let previous = self.latest(
-            &request.key,
-            request.prev_kv || request.ignore_value || self.prev_values,
-        )?;
+        let with_value = request.prev_kv || request.ignore_value || self.prev_values;
+        // The key's history is looked up once: read for the previous state,
+        // then appended to (the record is built below).
+        let space = &mut *self.space;
+        let mut history = space.keys.get_mut(&request.key);
+        let previous = match history.as_deref().and_then(|h| record_at(h, self.pending)) {
+            Some(record) => space
+                .values
+                .key_value_lazy(&request.key, record, with_value)?,
+            None => None,
+        };
         let prev_value_stored = previous.as_ref().is_some_and(|(_, stored)| *stored);
         let previous = previous.map(|(kv, _)| kv);
         if (request.ignore_value || request.ignore_lease) && previous.is_none() {
@@ -160,7 +156,7 @@ impl<'a> Writer<'a> {
             (Some(previous), true) => previous.lease,
             _ => request.lease,
         };
-        if lease != 0 && !self.space.leases.contains_key(&lease) {
+        if lease != 0 && !space.leases.contains_key(&lease) {
             return Err(MvccError::LeaseNotFound);
         }
         let value = match (&previous, request.ignore_value) {
@@ -179,15 +175,22 @@ impl<'a> Writer<'a> {
             value: value.clone(),
             lease,
         };
-        self.append(
-            &request.key,
-            Some(Live {
+        let record = Record {
+            revision: self.pending,
+            live: Some(Live {
                 create_revision,
                 version,
                 value: Value::Inline(value),
                 lease,
             }),
-        );
+        };
+        match history.take() {
+            Some(history) => push_record(history, record.clone()),
+            None => {
+                space.keys.insert(request.key.clone(), vec![record.clone()]);
+            }
+        }
+        self.touched.push((request.key.clone(), record));
         self.events.push(Event {
             kind: EventKind::Put,
             kv,
@@ -381,4 +384,16 @@ pub(crate) fn stamp_txn(response: &mut TxnResponse, revision: Revision) {
             ResponseOp::Txn(r) => stamp_txn(r, revision),
         }
     }
+}
+
+/// Appends a write's record to a key's history (revisions strictly increase:
+/// one record per key per write).
+fn push_record(history: &mut Vec<Record>, record: Record) {
+    if let Some(last) = history.last() {
+        assert!(
+            last.revision < record.revision,
+            "second write of one key at one revision"
+        );
+    }
+    history.push(record);
 }

@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use mainstay_auth::AuthState;
 use mainstay_mvcc::Alarms;
@@ -114,6 +115,10 @@ pub struct StateStore {
     /// readers (`values`).
     db: Option<Arc<Database>>,
     file: Arc<dyn DiskFile>,
+    /// The file's size as of the last write, shared with the readers: the
+    /// quota check reads it for every write request, so it is kept here
+    /// rather than asked of the file system each time.
+    size: Arc<AtomicU64>,
     path: PathBuf,
     poisoned: bool,
 }
@@ -231,10 +236,12 @@ impl StateStore {
                 let store = StateStore {
                     db: Some(Arc::new(db)),
                     file: file.clone(),
+                    size: Arc::default(),
                     path: path.clone(),
                     poisoned: false,
                 };
                 store.upgrade()?;
+                store.measure();
                 let (mut key_space, meta) = store.load()?;
                 key_space.set_value_store(store.values()?);
                 Ok((store, key_space, meta))
@@ -352,7 +359,7 @@ impl StateStore {
     pub fn reads(&self) -> Result<StateReads, StorageError> {
         Ok(StateReads {
             db: self.db.clone().ok_or(StorageError::Poisoned)?,
-            file: self.file.clone(),
+            size: self.size.clone(),
             path: self.path.clone(),
         })
     }
@@ -454,6 +461,7 @@ impl StateStore {
     ) -> Result<T, StorageError> {
         let path = self.path.display().to_string();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(self)));
+        self.measure();
         outcome.unwrap_or_else(|_| {
             self.poisoned = true;
             if let Some(db) = self.db.take() {
@@ -618,9 +626,16 @@ impl StateStore {
         result
     }
 
-    /// Size of the database file in bytes (0 if it cannot be read).
+    /// Size of the database file in bytes as of the last write (0 if it
+    /// could not be read).
     pub fn file_bytes(&self) -> u64 {
-        self.file.byte_len().unwrap_or(0)
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Records the file's size (after every write).
+    fn measure(&self) {
+        self.size
+            .store(self.file.byte_len().unwrap_or(0), Ordering::Relaxed);
     }
 }
 
@@ -629,7 +644,7 @@ impl StateStore {
 #[derive(Clone)]
 pub struct StateReads {
     db: Arc<Database>,
-    file: Arc<dyn DiskFile>,
+    size: Arc<AtomicU64>,
     path: PathBuf,
 }
 
@@ -654,9 +669,9 @@ impl StateReads {
         })
     }
 
-    /// Size of the database file in bytes (0 if it cannot be read).
+    /// Size of the database file in bytes as of the store's last write.
     pub fn file_bytes(&self) -> u64 {
-        self.file.byte_len().unwrap_or(0)
+        self.size.load(Ordering::Relaxed)
     }
 }
 

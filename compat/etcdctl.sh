@@ -559,6 +559,7 @@ Q_EP="http://127.0.0.1:${CLIENT[5]}"
 PIDS[5]=$!
 wait_healthy "$Q_EP"
 BIG=$(head -c 65536 /dev/zero | tr '\0' x)
+check "put a key to delete last" "OK" "$(ctl --endpoints="$Q_EP" put guard v)"
 FULL=""
 for n in $(seq 1 400); do
   OUT=$(ctl --endpoints="$Q_EP" put "big$n" "$BIG" || true)
@@ -571,8 +572,22 @@ check "reads are still served" "1" "$(ctl --endpoints="$Q_EP" get big1 --keys-on
 check_contains "a txn that writes is refused" "etcdserver: mvcc: database space exceeded" \
   "$(printf '\n\nput big1 y\n\n' | ctl --endpoints="$Q_EP" txn || true)"
 check "deletes are still served" "1" "$(ctl --endpoints="$Q_EP" del big1)"
+# etcd's runbook: delete, compact past the deletes, defragment, disarm.
+ctl --endpoints="$Q_EP" del big --prefix >/dev/null
+check "delete the last key" "1" "$(ctl --endpoints="$Q_EP" del guard)"
+Q_REV=$(ctl --endpoints="$Q_EP" endpoint status -w fields | sed -n 's/^"Revision" : //p')
+check "compaction under NOSPACE" "compacted revision $Q_REV" "$(ctl --endpoints="$Q_EP" compaction "$Q_REV")"
+Q_BEFORE=$(ctl --endpoints="$Q_EP" endpoint status -w fields | sed -n 's/^"DBSize" : //p')
+check "defrag" "Finished defragmenting etcd member[$Q_EP]" "$(ctl --endpoints="$Q_EP" defrag)"
+Q_AFTER=$(ctl --endpoints="$Q_EP" endpoint status -w fields | sed -n 's/^"DBSize" : //p')
+check "defrag shrinks the state file to a tenth" "yes" \
+  "$([ $((Q_AFTER * 10)) -lt "$Q_BEFORE" ] && echo yes || echo "$Q_BEFORE -> $Q_AFTER")"
 check_contains "alarm disarm" "alarm:NOSPACE" "$(ctl --endpoints="$Q_EP" alarm disarm)"
 check "no alarm after disarm" "" "$(ctl --endpoints="$Q_EP" alarm list)"
+check "writes again once the space is freed" "OK" "$(ctl --endpoints="$Q_EP" put big1 "$BIG")"
+check "defrag --cluster on the 3-member cluster" "3" \
+  "$(ctl --endpoints="$ALL" defrag --cluster | grep -c '^Finished defragmenting etcd member')"
+check "reads after defrag" "$(printf 'k1\nv1b')" "$(ctl --endpoints="$ALL" get k1)"
 
 echo
 echo "etcdctl: $PASSED passed, $FAILED failed"

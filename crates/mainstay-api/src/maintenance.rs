@@ -1,5 +1,5 @@
-//! `etcdserverpb.Maintenance`: Status, Hash, HashKV, Alarm, MoveLeader.
-//! Defragment, Snapshot and Downgrade answer Unimplemented until their issues.
+//! `etcdserverpb.Maintenance`: Status, Defragment, Hash, HashKV, Alarm,
+//! Snapshot, MoveLeader. Downgrade answers Unimplemented.
 
 use std::pin::Pin;
 
@@ -146,7 +146,14 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         let caller = self.api.caller(&request).await?;
         self.api.permit_admin(&caller)?;
-        Err(not_yet("defragment"))
+        let (before, after) = self.api.replica.defragment().await.map_err(|error| {
+            tracing::warn!(%error, "defragment");
+            Status::internal(format!("defragment: {error}"))
+        })?;
+        tracing::info!(before, after, "defragmented the state file");
+        Ok(Response::new(pb::DefragmentResponse {
+            header: self.header(),
+        }))
     }
 
     async fn hash(

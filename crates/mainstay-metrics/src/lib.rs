@@ -99,6 +99,8 @@ pub struct Disk {
     pub wal_fsync: Histogram,
     /// State store (backend) commit latency.
     pub backend_commit: Histogram,
+    /// Defragmentation latency (etcd's buckets: 100 ms doubling to 410 s).
+    pub backend_defrag: Histogram,
 }
 
 /// `etcd_network_*`.
@@ -280,6 +282,7 @@ impl Metrics {
         let disk = Disk {
             wal_fsync: disk_buckets(),
             backend_commit: disk_buckets(),
+            backend_defrag: Histogram::new(exponential_buckets(0.1, 2.0, 13)),
         };
         let network = Network {
             peer_sent_bytes: Family::default(),
@@ -451,6 +454,11 @@ impl Metrics {
             "etcd_disk_backend_commit_duration_seconds",
             "The latency distributions of commit called by backend",
             disk.backend_commit.clone(),
+        );
+        r.register(
+            "etcd_disk_backend_defrag_duration_seconds",
+            "The latency distribution of backend defragmentation.",
+            disk.backend_defrag.clone(),
         );
         let n = &network;
         r.register(

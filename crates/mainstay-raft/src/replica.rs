@@ -566,6 +566,16 @@ impl Replica {
             .map_err(|error| error.to_string())
     }
 
+    /// Defragments this member's state file (Maintenance.Defragment):
+    /// the file's size before and after.
+    pub async fn defragment(&self) -> Result<(u64, u64), String> {
+        self.inner
+            .state
+            .defragment()
+            .await
+            .map_err(|error| error.to_string())
+    }
+
     pub fn members(&self) -> Vec<(u64, MemberNode, bool)> {
         let metrics = self.inner.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership().clone();

@@ -397,6 +397,44 @@ impl StateMachine {
         self.shared.reads.reader().map_err(to_io)
     }
 
+    /// Defragments the state store (`StateStore::defragment`): commits the
+    /// buffer, then copies the state into a compact file and swaps it in.
+    /// Commits wait meanwhile (apply goes on into the buffer until it is
+    /// full), as etcd's writes wait for its defragmentation. Returns the
+    /// file's size before and after. A failure that left the old file in
+    /// place is only reported; one after the swap began stops the member.
+    pub(crate) async fn defragment(&self) -> Result<(u64, u64), io::Error> {
+        let mut store = self.shared.store.clone().lock_owned().await;
+        if let Some(reason) = self.shared.failure.borrow().clone() {
+            return Err(io::Error::other(reason));
+        }
+        let (changes, meta) = self.durable().take();
+        self.shared.commit(&mut store, &changes, &meta)?;
+        let started = std::time::Instant::now();
+        let outcome = tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|e| io::Error::other(format!("defragment: {e}")))?;
+        match outcome {
+            Ok(sizes) => {
+                self.shared
+                    .metrics
+                    .disk
+                    .backend_defrag
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(sizes)
+            }
+            Err(error @ mainstay_storage::DefragError::Abandoned(_)) => {
+                tracing::warn!(%error, "defragmentation failed; the old file serves on");
+                Err(io::Error::other(error.to_string()))
+            }
+            Err(error @ mainstay_storage::DefragError::Fatal(_)) => {
+                tracing::error!(%error, "defragmentation failed; stopping the member");
+                self.shared.failure.send_replace(Some(error.to_string()));
+                Err(io::Error::other(error.to_string()))
+            }
+        }
+    }
+
     /// Commits the whole buffer now, after any running commit (before a
     /// snapshot: the log behind it may be purged); returns the metadata it
     /// made durable.

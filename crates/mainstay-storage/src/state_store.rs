@@ -13,13 +13,15 @@
 //! instead of serving a wrong value. redb checks its own page structure.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use mainstay_auth::AuthState;
 use mainstay_mvcc::Alarms;
 use mainstay_mvcc::{Change, KeySpace, LeaseRecord, Live, Record, Revision, Value, ValueStore};
-use redb::{Builder, Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Builder, Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::disk::{Disk, DiskFile, RedbBackend};
@@ -113,8 +115,10 @@ pub struct StateStore {
     /// None once the engine panicked: it is left undropped (its drop would
     /// write to the damaged file, and panics again). Shared with the value
     /// readers (`values`).
-    db: Option<Arc<Database>>,
+    db: Option<DbCell>,
+    disk: Arc<dyn Disk>,
     file: Arc<dyn DiskFile>,
+    cache_bytes: u64,
     /// The file's size as of the last write, shared with the readers: the
     /// quota check reads it for every write request, so it is kept here
     /// rather than asked of the file system each time.
@@ -129,6 +133,16 @@ impl std::fmt::Debug for StateStore {
             .field("path", &self.path)
             .finish()
     }
+}
+
+/// The database the store writes, shared with its readers. Defragmenting
+/// replaces it (`StateStore::defragment`); a reader takes the current one for
+/// each read and keeps it for that read only, so a read begun before the swap
+/// finishes on the old file.
+type DbCell = Arc<RwLock<Arc<Database>>>;
+
+fn current(cell: &DbCell) -> Arc<Database> {
+    cell.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 fn history_key(key: &[u8], revision: Revision) -> Vec<u8> {
@@ -234,8 +248,10 @@ impl StateStore {
                     .create_with_backend(RedbBackend(file.clone()))
                     .map_err(|e| corrupt_db(&path, e))?;
                 let store = StateStore {
-                    db: Some(Arc::new(db)),
+                    db: Some(Arc::new(RwLock::new(Arc::new(db)))),
+                    disk: disk.clone(),
                     file: file.clone(),
+                    cache_bytes,
                     size: Arc::default(),
                     path: path.clone(),
                     poisoned: false,
@@ -475,8 +491,8 @@ impl StateStore {
         })
     }
 
-    fn db(&self) -> Result<&Database, StorageError> {
-        self.db.as_deref().ok_or(StorageError::Poisoned)
+    fn db(&self) -> Result<Arc<Database>, StorageError> {
+        self.db.as_ref().map(current).ok_or(StorageError::Poisoned)
     }
 
     /// A consistent copy of the committed state (the Raft adapter reads
@@ -626,6 +642,67 @@ impl StateStore {
         result
     }
 
+    /// Rewrites the state into a new file without the free pages that
+    /// deletes and compactions left, and swaps it in: etcd's defragmentation.
+    /// Writes wait meanwhile (the caller holds the store); reads go on against
+    /// the old file and move to the new one at the swap. Crash-safe: until the
+    /// rename `state.redb` is the old file, whole; after it the new one, synced
+    /// before. Returns the file's size before and after.
+    pub fn defragment(&mut self) -> Result<(u64, u64), DefragError> {
+        if self.poisoned {
+            return Err(DefragError::Fatal(StorageError::Poisoned));
+        }
+        let before = self.file_bytes();
+        let copy_path = self.path.with_extension("redb.defrag");
+        let copy = self
+            .disk
+            .open(&copy_path)
+            .and_then(|file| file.set_len(0).map(|()| file))
+            .map_err(|e| DefragError::Abandoned(StorageError::io("create state.redb.defrag", e)))?;
+        let cache = usize::try_from(self.cache_bytes).unwrap_or(usize::MAX);
+        let mut copied = None;
+        let outcome = self.guarded("defragmenting", |store| {
+            let db = Builder::new()
+                .set_cache_size(cache)
+                .create_with_backend(RedbBackend(copy.clone()))
+                .map_err(StorageError::db)?;
+            let old = store.db()?;
+            copy_state(&old, &db)?;
+            copied = Some(db);
+            Ok(())
+        });
+        let db = match (outcome, copied) {
+            (Ok(()), Some(db)) => db,
+            // The engine panicked (the old file is damaged): stop.
+            (Err(error), _) if self.poisoned => return Err(DefragError::Fatal(error)),
+            // Out of space, say: the old file serves on, untouched.
+            (Err(error), _) => return Err(DefragError::Abandoned(error)),
+            (Ok(()), None) => unreachable!("a copy that succeeded left its database"),
+        };
+        self.disk
+            .rename(&copy_path, &self.path)
+            .map_err(|e| DefragError::Abandoned(StorageError::io("rename state.redb.defrag", e)))?;
+        // From here the new file is `state.redb`: a failure leaves the
+        // directory entry's durability unknown, and the member must stop.
+        let cell = self
+            .db
+            .as_ref()
+            .ok_or(DefragError::Fatal(StorageError::Poisoned))?;
+        *cell.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(db);
+        self.file = copy;
+        self.measure();
+        if let Some(dir) = self.path.parent()
+            && let Err(e) = self.disk.sync_dir(dir)
+        {
+            self.poisoned = true;
+            return Err(DefragError::Fatal(StorageError::io(
+                "sync the data directory after defragmenting",
+                e,
+            )));
+        }
+        Ok((before, self.file_bytes()))
+    }
+
     /// Size of the database file in bytes as of the last write (0 if it
     /// could not be read).
     pub fn file_bytes(&self) -> u64 {
@@ -643,7 +720,7 @@ impl StateStore {
 /// clones share the database.
 #[derive(Clone)]
 pub struct StateReads {
-    db: Arc<Database>,
+    db: DbCell,
     size: Arc<AtomicU64>,
     path: PathBuf,
 }
@@ -659,12 +736,13 @@ impl std::fmt::Debug for StateReads {
 impl StateReads {
     /// One consistent read of the committed state.
     pub fn reader(&self) -> Result<StateReader, StorageError> {
-        let read = self
-            .db
+        let db = current(&self.db);
+        let read = db
             .begin_read()
             .map_err(|e| read_error(&self.path, e.into()))?;
         Ok(StateReader {
             read,
+            _db: db,
             path: self.path.clone(),
         })
     }
@@ -691,17 +769,122 @@ fn corrupt(path: &Path, reason: &'static str) -> StorageError {
     }
 }
 
+/// Why a defragmentation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DefragError {
+    /// No copy was made (out of space, say): the old file serves on.
+    #[error("defragment: {0}")]
+    Abandoned(StorageError),
+    /// The engine panicked on damaged pages, or the swap could not be made
+    /// durable: the member must stop.
+    #[error("defragment: {0}")]
+    Fatal(StorageError),
+}
+
+/// Rows, and bytes, in one transaction of a defragmentation copy: memory
+/// stays one batch, whatever the size of the state.
+const COPY_ROWS_MAX: usize = 10_000;
+const COPY_BYTES_MAX: usize = 32 << 20;
+
+/// Copies every table of `from` into the empty `to`, the last commit synced.
+/// A table this build does not know is refused rather than dropped.
+fn copy_state(from: &Database, to: &Database) -> Result<(), StorageError> {
+    let read = from.begin_read().map_err(StorageError::db)?;
+    let known = [HISTORY.name(), LEASES.name(), FORMAT.name(), META.name()];
+    for table in read.list_tables().map_err(StorageError::db)? {
+        if !known.contains(&table.name()) {
+            return Err(StorageError::Database(format!(
+                "table {:?} unknown to this build; not defragmenting",
+                table.name()
+            )));
+        }
+    }
+    copy_table(&read, to, HISTORY)?;
+    copy_table(&read, to, LEASES)?;
+    let mut write = to.begin_write().map_err(StorageError::db)?;
+    write
+        .set_durability(Durability::Immediate)
+        .map_err(StorageError::db)?;
+    for definition in [FORMAT, META] {
+        let source = match read.open_table(definition) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => continue,
+            Err(error) => return Err(StorageError::db(error)),
+        };
+        let mut target = write.open_table(definition).map_err(StorageError::db)?;
+        for row in source.iter().map_err(StorageError::db)? {
+            let (key, value) = row.map_err(StorageError::db)?;
+            target
+                .insert(key.value(), value.value())
+                .map_err(StorageError::db)?;
+        }
+    }
+    write.commit().map_err(StorageError::db)
+}
+
+/// Copies one table in transactions of at most `COPY_ROWS_MAX` rows or
+/// `COPY_BYTES_MAX` bytes, unsynced (the caller's last commit syncs).
+fn copy_table(
+    read: &redb::ReadTransaction,
+    to: &Database,
+    definition: TableDefinition<&[u8], &[u8]>,
+) -> Result<(), StorageError> {
+    let source = match read.open_table(definition) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(error) => return Err(StorageError::db(error)),
+    };
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let mut write = to.begin_write().map_err(StorageError::db)?;
+        write
+            .set_durability(Durability::None)
+            .map_err(StorageError::db)?;
+        let mut more = false;
+        {
+            let mut target = write.open_table(definition).map_err(StorageError::db)?;
+            let rows = match &after {
+                None => source.range::<&[u8]>(..),
+                Some(last) => source.range::<&[u8]>((
+                    std::ops::Bound::Excluded(last.as_slice()),
+                    std::ops::Bound::Unbounded,
+                )),
+            }
+            .map_err(StorageError::db)?;
+            let (mut count, mut bytes) = (0, 0);
+            for row in rows {
+                let (key, value) = row.map_err(StorageError::db)?;
+                target
+                    .insert(key.value(), value.value())
+                    .map_err(StorageError::db)?;
+                count += 1;
+                bytes += key.value().len() + value.value().len();
+                if count >= COPY_ROWS_MAX || bytes >= COPY_BYTES_MAX {
+                    after = Some(key.value().to_vec());
+                    more = true;
+                    break;
+                }
+            }
+        }
+        write.commit().map_err(StorageError::db)?;
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
 /// Reads a value back from the history table (`ValueStore`): one read
 /// transaction per value, on the database the store writes.
 struct StoredValues {
-    db: Arc<Database>,
+    db: DbCell,
     path: PathBuf,
 }
 
 impl StoredValues {
     fn read(&self, key: &[u8], revision: Revision) -> Result<Vec<u8>, StorageError> {
-        let read = self
-            .db
+        // Held until the read ends: a defragmentation may swap the file meanwhile.
+        let db = current(&self.db);
+        let read = db
             .begin_read()
             .map_err(|e| read_error(&self.path, e.into()))?;
         let table = read
@@ -753,6 +936,9 @@ type Parts = (
 /// One consistent read of the state store (see `StateStore::reader`).
 pub struct StateReader {
     read: redb::ReadTransaction,
+    /// The database the read is on, kept open for it: a defragmentation may
+    /// swap the store's file while the read goes on (a snapshot being sent).
+    _db: Arc<Database>,
     path: PathBuf,
 }
 

@@ -1,7 +1,13 @@
 //! Start-up with a damaged Raft log: a torn tail is cut and the member rejoins;
-//! corruption elsewhere makes it refuse to start.
+//! corruption elsewhere makes it refuse to start. Defragmentation shrinks the
+//! state file while writes go on.
 
 use std::time::Duration;
+
+use mainstay_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use mainstay_proto::etcdserverpb::{
+    CompactionRequest, DefragmentRequest, DeleteRangeRequest, PutRequest,
+};
 
 use crate::harness::{Options, TestCluster};
 
@@ -48,5 +54,85 @@ async fn corrupt_log_refuses_to_start() {
     let error = outcome.expect("member must exit").expect_err("must refuse");
     let text = format!("{error:#}");
     assert!(text.contains("refusing to start"), "{text}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defragment_shrinks_the_state_file_while_writes_go_on() {
+    // Goal: after deletes and a compaction, Defragment on a member gives a
+    // much smaller state file (Status's db_size), loses nothing, and every
+    // write acknowledged while it ran is there, also after a restart.
+    let mut cluster = TestCluster::start(3, Options::default()).await;
+    let mut kv = cluster.kv(1).await;
+    let big = vec![7u8; 8 << 10];
+    for i in 0..300 {
+        kv.put(PutRequest {
+            key: format!("big/{i:03}").into_bytes(),
+            value: big.clone(),
+            ..PutRequest::default()
+        })
+        .await
+        .expect("put");
+    }
+    kv.delete_range(DeleteRangeRequest {
+        key: b"big/".to_vec(),
+        range_end: b"big0".to_vec(),
+        ..DeleteRangeRequest::default()
+    })
+    .await
+    .expect("delete");
+    let revision = cluster.put(1, "kept", "1").await;
+    kv.compact(CompactionRequest {
+        revision,
+        physical: true,
+    })
+    .await
+    .expect("compact");
+    let before = cluster.status(1).await.expect("status").db_size;
+
+    let writer = {
+        let mut kv = cluster.kv(0).await;
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..200 {
+                let key = format!("during/{i:03}");
+                if kv
+                    .put(PutRequest {
+                        key: key.clone().into_bytes(),
+                        value: b"v".to_vec(),
+                        ..PutRequest::default()
+                    })
+                    .await
+                    .is_ok()
+                {
+                    acknowledged.push(key);
+                }
+            }
+            acknowledged
+        })
+    };
+    let url = format!("http://127.0.0.1:{}", cluster.members[1].client_port);
+    let mut maintenance = MaintenanceClient::connect(url).await.expect("connect");
+    maintenance
+        .defragment(DefragmentRequest {})
+        .await
+        .expect("defragment");
+    let after = cluster.status(1).await.expect("status").db_size;
+    assert!(
+        after * 4 < before,
+        "the deleted values' pages are gone: {before} -> {after} bytes"
+    );
+    let acknowledged = writer.await.expect("writer");
+    assert_eq!(acknowledged.len(), 200, "writes went on");
+    for key in &acknowledged {
+        cluster.eventually_sees(1, key, "v").await;
+    }
+    cluster.stop_member(1).await.expect("clean stop");
+    cluster.start_member(1).await;
+    cluster.eventually_sees(1, "kept", "1").await;
+    for key in &acknowledged {
+        cluster.eventually_sees(1, key, "v").await;
+    }
+    assert_eq!(cluster.get(1, "big/000", true).await, None);
     cluster.shutdown().await;
 }

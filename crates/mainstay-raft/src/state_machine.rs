@@ -397,42 +397,85 @@ impl StateMachine {
         self.shared.reads.reader().map_err(to_io)
     }
 
-    /// Defragments the state store (`StateStore::defragment`): commits the
-    /// buffer, then copies the state into a compact file and swaps it in.
-    /// Commits wait meanwhile (apply goes on into the buffer until it is
-    /// full), as etcd's writes wait for its defragmentation. Returns the
-    /// file's size before and after. A failure that left the old file in
+    /// Defragments the state store: copies the state into a compact file
+    /// while commits go on (`StateStore::begin_defragment`), catches the copy
+    /// up with what was committed meanwhile, then holds the store only to
+    /// write the last few batches, sync and swap. Reads and writes on this
+    /// member go on throughout (writes wait only for that last step). Returns
+    /// the file's size before and after. A failure that left the old file in
     /// place is only reported; one after the swap began stops the member.
     pub(crate) async fn defragment(&self) -> Result<(u64, u64), io::Error> {
-        let mut store = self.shared.store.clone().lock_owned().await;
-        if let Some(reason) = self.shared.failure.borrow().clone() {
-            return Err(io::Error::other(reason));
-        }
-        let (changes, meta) = self.durable().take();
-        self.shared.commit(&mut store, &changes, &meta)?;
+        /// Rounds of catching up before the store is held for the rest.
+        const CATCH_UP_ROUNDS_MAX: usize = 8;
+        /// Few enough batches to write while commits wait.
+        const CATCH_UP_SMALL: usize = 4;
         let started = std::time::Instant::now();
-        let outcome = tokio::task::spawn_blocking(move || store.defragment())
+        let begun = {
+            let mut store = self.shared.store.lock().await;
+            if let Some(reason) = self.shared.failure.borrow().clone() {
+                return Err(io::Error::other(reason));
+            }
+            // What is applied goes into the copy, not into its journal: a
+            // compaction just applied frees its pages before the copy.
+            let (changes, meta) = self.durable().take();
+            self.shared.commit(&mut store, &changes, &meta)?;
+            store.begin_defragment()
+        };
+        let mut copy = begun.map_err(|error| self.defrag_failed(error))?;
+        let mut round = 0;
+        loop {
+            let batches = if round == 0 {
+                Vec::new()
+            } else {
+                self.shared.store.lock().await.take_journal()
+            };
+            let first = round == 0;
+            let small = batches.len() <= CATCH_UP_SMALL;
+            let (back, outcome) = tokio::task::spawn_blocking(move || {
+                let outcome = if first {
+                    copy.copy()
+                } else {
+                    copy.replay(&batches)
+                };
+                (copy, outcome)
+            })
             .await
             .map_err(|e| io::Error::other(format!("defragment: {e}")))?;
-        match outcome {
-            Ok(sizes) => {
-                self.shared
-                    .metrics
-                    .disk
-                    .backend_defrag
-                    .observe(started.elapsed().as_secs_f64());
-                Ok(sizes)
+            copy = back;
+            if let Err(error) = outcome {
+                self.shared.store.lock().await.abandon_defragment();
+                return Err(self.defrag_failed(error));
             }
-            Err(error @ mainstay_storage::DefragError::Abandoned(_)) => {
-                tracing::warn!(%error, "defragmentation failed; the old file serves on");
-                Err(io::Error::other(error.to_string()))
-            }
-            Err(error @ mainstay_storage::DefragError::Fatal(_)) => {
-                tracing::error!(%error, "defragmentation failed; stopping the member");
-                self.shared.failure.send_replace(Some(error.to_string()));
-                Err(io::Error::other(error.to_string()))
+            round += 1;
+            if (!first && small) || round > CATCH_UP_ROUNDS_MAX {
+                break;
             }
         }
+        let mut store = self.shared.store.clone().lock_owned().await;
+        let outcome = tokio::task::spawn_blocking(move || store.finish_defragment(copy))
+            .await
+            .map_err(|e| io::Error::other(format!("defragment: {e}")))?;
+        let sizes = outcome.map_err(|error| self.defrag_failed(error))?;
+        self.shared
+            .metrics
+            .disk
+            .backend_defrag
+            .observe(started.elapsed().as_secs_f64());
+        Ok(sizes)
+    }
+
+    /// Logs a failed defragmentation; a fatal one stops the member.
+    fn defrag_failed(&self, error: mainstay_storage::DefragError) -> io::Error {
+        match &error {
+            mainstay_storage::DefragError::Abandoned(_) => {
+                tracing::warn!(%error, "defragmentation failed; the old file serves on");
+            }
+            mainstay_storage::DefragError::Fatal(_) => {
+                tracing::error!(%error, "defragmentation failed; stopping the member");
+                self.shared.failure.send_replace(Some(error.to_string()));
+            }
+        }
+        io::Error::other(error.to_string())
     }
 
     /// Commits the whole buffer now, after any running commit (before a

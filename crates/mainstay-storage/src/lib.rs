@@ -26,4 +26,6 @@ pub use log_store::{
     LogIdRecord, LogJob, LogStore, LogWriter, OpenReport, RECORD_BYTES_MAX, StoredEntry, VoteRecord,
 };
 pub use mem_disk::{CrashReport, MemDisk};
-pub use state_store::{DefragError, SnapshotData, StateMeta, StateReader, StateReads, StateStore};
+pub use state_store::{
+    DefragCopy, DefragError, SnapshotData, StateMeta, StateReader, StateReads, StateStore,
+};

@@ -125,6 +125,9 @@ pub struct StateStore {
     size: Arc<AtomicU64>,
     path: PathBuf,
     poisoned: bool,
+    /// While a defragmentation copies the state: every batch committed since
+    /// its copy began, to be written into the copy before the swap.
+    journal: Option<Vec<(Vec<Change>, StateMeta)>>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -255,6 +258,7 @@ impl StateStore {
                     size: Arc::default(),
                     path: path.clone(),
                     poisoned: false,
+                    journal: None,
                 };
                 store.upgrade()?;
                 store.measure();
@@ -407,71 +411,89 @@ impl StateStore {
         meta: &StateMeta,
         durable: bool,
     ) -> Result<(), StorageError> {
-        let mut write = self.db()?.begin_write().map_err(StorageError::db)?;
-        write
-            .set_durability(if durable {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })
-            .map_err(StorageError::db)?;
-        // The allocator state is saved with every durable commit, so opening
-        // after a crash reads it instead of walking every page of the file
-        // (0.4 s of a 200 MB restart); commits are a batch each, off the
-        // acknowledgement path, so their extra page costs little.
-        write.set_quick_repair(durable);
-        {
-            let mut history = write.open_table(HISTORY).map_err(StorageError::db)?;
-            for change in changes {
-                match change {
-                    Change::Append { key, record } => {
-                        let row = history_key(key, record.revision);
-                        let live = encode_live(&row, record)?;
-                        history
-                            .insert(row.as_slice(), live.as_slice())
-                            .map_err(StorageError::db)?;
-                    }
-                    Change::Remove { key, revision } => {
-                        history
-                            .remove(history_key(key, *revision).as_slice())
-                            .map_err(StorageError::db)?;
-                    }
-                    Change::LeasePut(lease) => {
-                        let mut leases = write.open_table(LEASES).map_err(StorageError::db)?;
-                        let key = lease.id.to_be_bytes();
-                        leases
-                            .insert(key.as_slice(), encode_lease(lease)?.as_slice())
-                            .map_err(StorageError::db)?;
-                    }
-                    Change::LeaseRemove(id) => {
-                        let mut leases = write.open_table(LEASES).map_err(StorageError::db)?;
-                        leases
-                            .remove(id.to_be_bytes().as_slice())
-                            .map_err(StorageError::db)?;
-                    }
-                    Change::Auth(auth) => {
-                        let mut table = write.open_table(META).map_err(StorageError::db)?;
-                        table
-                            .insert(AUTH_KEY, encode_auth(auth)?.as_slice())
-                            .map_err(StorageError::db)?;
-                    }
-                    Change::Alarms(alarms) => {
-                        let mut table = write.open_table(META).map_err(StorageError::db)?;
-                        table
-                            .insert(ALARMS_KEY, encode_alarms(alarms)?.as_slice())
-                            .map_err(StorageError::db)?;
-                    }
+        let db = self.db()?;
+        write_batch(&db, changes, meta, durable)?;
+        if let Some(journal) = self.journal.as_mut() {
+            journal.push((changes.to_vec(), meta.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// Writes one applied batch (its changes and the new metadata) in one
+/// transaction; `durable` syncs it with every commit before it.
+fn write_batch(
+    db: &Database,
+    changes: &[Change],
+    meta: &StateMeta,
+    durable: bool,
+) -> Result<(), StorageError> {
+    let mut write = db.begin_write().map_err(StorageError::db)?;
+    write
+        .set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(StorageError::db)?;
+    // The allocator state is saved with every durable commit, so opening
+    // after a crash reads it instead of walking every page of the file
+    // (0.4 s of a 200 MB restart); commits are a batch each, off the
+    // acknowledgement path, so their extra page costs little.
+    write.set_quick_repair(durable);
+    {
+        let mut history = write.open_table(HISTORY).map_err(StorageError::db)?;
+        for change in changes {
+            match change {
+                Change::Append { key, record } => {
+                    let row = history_key(key, record.revision);
+                    let live = encode_live(&row, record)?;
+                    history
+                        .insert(row.as_slice(), live.as_slice())
+                        .map_err(StorageError::db)?;
+                }
+                Change::Remove { key, revision } => {
+                    history
+                        .remove(history_key(key, *revision).as_slice())
+                        .map_err(StorageError::db)?;
+                }
+                Change::LeasePut(lease) => {
+                    let mut leases = write.open_table(LEASES).map_err(StorageError::db)?;
+                    let key = lease.id.to_be_bytes();
+                    leases
+                        .insert(key.as_slice(), encode_lease(lease)?.as_slice())
+                        .map_err(StorageError::db)?;
+                }
+                Change::LeaseRemove(id) => {
+                    let mut leases = write.open_table(LEASES).map_err(StorageError::db)?;
+                    leases
+                        .remove(id.to_be_bytes().as_slice())
+                        .map_err(StorageError::db)?;
+                }
+                Change::Auth(auth) => {
+                    let mut table = write.open_table(META).map_err(StorageError::db)?;
+                    table
+                        .insert(AUTH_KEY, encode_auth(auth)?.as_slice())
+                        .map_err(StorageError::db)?;
+                }
+                Change::Alarms(alarms) => {
+                    let mut table = write.open_table(META).map_err(StorageError::db)?;
+                    table
+                        .insert(ALARMS_KEY, encode_alarms(alarms)?.as_slice())
+                        .map_err(StorageError::db)?;
                 }
             }
-            let mut table = write.open_table(META).map_err(StorageError::db)?;
-            let encoded = encode_meta(meta)?;
-            table
-                .insert(META_KEY, encoded.as_slice())
-                .map_err(StorageError::db)?;
         }
-        write.commit().map_err(StorageError::db)
+        let mut table = write.open_table(META).map_err(StorageError::db)?;
+        let encoded = encode_meta(meta)?;
+        table
+            .insert(META_KEY, encoded.as_slice())
+            .map_err(StorageError::db)?;
     }
+    write.commit().map_err(StorageError::db)
+}
 
+impl StateStore {
     /// Runs a write on the database, turning a panic of the engine (redb
     /// asserts on some damaged pages instead of returning an error) into
     /// corruption, so the member stops with a clear error instead of dying.
@@ -513,6 +535,8 @@ impl StateStore {
         if self.poisoned {
             return Err(StorageError::Poisoned);
         }
+        // A defragmentation's copy cannot follow a whole new state: give it up.
+        self.journal = None;
         let result = self.guarded("installing a snapshot", |store| {
             let mut write = store.db()?.begin_write().map_err(StorageError::db)?;
             write
@@ -647,45 +671,86 @@ impl StateStore {
         result
     }
 
-    /// Rewrites the state into a new file without the free pages that
-    /// deletes and compactions left, and swaps it in: etcd's defragmentation.
-    /// Writes wait meanwhile (the caller holds the store); reads go on against
-    /// the old file and move to the new one at the swap. Crash-safe: until the
-    /// rename `state.redb` is the old file, whole; after it the new one, synced
-    /// before. Returns the file's size before and after.
-    pub fn defragment(&mut self) -> Result<(u64, u64), DefragError> {
+    /// Starts a defragmentation (etcd's: the state rewritten into a new file
+    /// without the free pages deletes and compactions left): creates
+    /// `state.redb.defrag` and a read of the state as it is now, which the
+    /// returned copy writes out (`DefragCopy::copy`) while this store goes on
+    /// committing. Every batch committed from now on is also kept in a journal
+    /// (`take_journal`), to be written into the copy before
+    /// `finish_defragment` swaps it in. Crash-safe: until the rename
+    /// `state.redb` is the old file, whole; after it the new one, synced
+    /// before; a leftover copy is truncated by the next run, never read.
+    pub fn begin_defragment(&mut self) -> Result<DefragCopy, DefragError> {
         if self.poisoned {
             return Err(DefragError::Fatal(StorageError::Poisoned));
         }
-        let before = self.file_bytes();
-        let copy_path = self.path.with_extension("redb.defrag");
-        let copy = self
+        let path = self.path.with_extension("redb.defrag");
+        let file = self
             .disk
-            .open(&copy_path)
+            .open(&path)
             .and_then(|file| file.set_len(0).map(|()| file))
             .map_err(|e| DefragError::Abandoned(StorageError::io("create state.redb.defrag", e)))?;
         let cache = usize::try_from(self.cache_bytes).unwrap_or(usize::MAX);
-        let mut copied = None;
-        let outcome = self.guarded("defragmenting", |store| {
-            let db = Builder::new()
-                .set_cache_size(cache)
-                .create_with_backend(RedbBackend(copy.clone()))
-                .map_err(StorageError::db)?;
-            let old = store.db()?;
-            copy_state(&old, &db)?;
-            copied = Some(db);
-            Ok(())
-        });
-        let db = match (outcome, copied) {
-            (Ok(()), Some(db)) => db,
-            // The engine panicked (the old file is damaged): stop.
-            (Err(error), _) if self.poisoned => return Err(DefragError::Fatal(error)),
-            // Out of space, say: the old file serves on, untouched.
-            (Err(error), _) => return Err(DefragError::Abandoned(error)),
-            (Ok(()), None) => unreachable!("a copy that succeeded left its database"),
+        let db = Builder::new()
+            .set_cache_size(cache)
+            .create_with_backend(RedbBackend(file.clone()))
+            .map_err(|e| DefragError::Abandoned(StorageError::db(e)))?;
+        let old = self.db().map_err(DefragError::Fatal)?;
+        let read = old
+            .begin_read()
+            .map_err(|e| DefragError::Fatal(read_error(&self.path, e.into())))?;
+        self.journal = Some(Vec::new());
+        Ok(DefragCopy {
+            path,
+            file,
+            db,
+            read,
+            _old: old,
+            before: self.file_bytes(),
+        })
+    }
+
+    /// The batches committed since the defragmentation began or since the
+    /// last call, for the copy to catch up with (`DefragCopy::replay`).
+    pub fn take_journal(&mut self) -> Vec<(Vec<Change>, StateMeta)> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Stops keeping a journal: the defragmentation was given up (its copy
+    /// is dropped; the old file serves on).
+    pub fn abandon_defragment(&mut self) {
+        self.journal = None;
+    }
+
+    /// Completes a defragmentation: writes the rest of the journal into the
+    /// copy (synced), renames it over `state.redb`, swaps it in for every
+    /// reader and syncs the directory. The caller holds the store, so nothing
+    /// commits meanwhile. Returns the file's size before and after.
+    pub fn finish_defragment(&mut self, copy: DefragCopy) -> Result<(u64, u64), DefragError> {
+        if self.poisoned {
+            return Err(DefragError::Fatal(StorageError::Poisoned));
+        }
+        let Some(journal) = self.journal.take() else {
+            // A snapshot replaced the state during the copy (`install`).
+            return Err(DefragError::Abandoned(StorageError::Database(
+                "the state was replaced by a snapshot during the copy; run it again".to_string(),
+            )));
         };
+        let DefragCopy {
+            path,
+            file,
+            db,
+            read,
+            _old,
+            before,
+        } = copy;
+        drop(read);
+        replay(&db, &journal, true).map_err(DefragError::Abandoned)?;
         self.disk
-            .rename(&copy_path, &self.path)
+            .rename(&path, &self.path)
             .map_err(|e| DefragError::Abandoned(StorageError::io("rename state.redb.defrag", e)))?;
         // From here the new file is `state.redb`: a failure leaves the
         // directory entry's durability unknown, and the member must stop.
@@ -694,7 +759,7 @@ impl StateStore {
             .as_ref()
             .ok_or(DefragError::Fatal(StorageError::Poisoned))?;
         *cell.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(db);
-        self.file = copy;
+        self.file = file;
         self.measure();
         if let Some(dir) = self.path.parent()
             && let Err(e) = self.disk.sync_dir(dir)
@@ -786,15 +851,72 @@ pub enum DefragError {
     Fatal(StorageError),
 }
 
+/// A defragmentation's copy in progress (`StateStore::begin_defragment`).
+pub struct DefragCopy {
+    path: PathBuf,
+    file: Arc<dyn DiskFile>,
+    db: Database,
+    /// The state as it was when the defragmentation began.
+    read: redb::ReadTransaction,
+    /// The database that read is on, kept open for it.
+    _old: Arc<Database>,
+    before: u64,
+}
+
+impl DefragCopy {
+    /// Copies the state as it was when the defragmentation began (blocking;
+    /// the store goes on committing meanwhile). The engine panicking on a
+    /// damaged page of the old file is fatal; any other failure (out of
+    /// space) gives the defragmentation up.
+    pub fn copy(&self) -> Result<(), DefragError> {
+        let copied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            copy_state(&self.read, &self.db)
+        }));
+        match copied {
+            Ok(result) => result.map_err(DefragError::Abandoned),
+            Err(_) => Err(DefragError::Fatal(StorageError::Corrupt {
+                path: self.path.display().to_string(),
+                at: "defragmenting".to_string(),
+                reason: "the database engine panicked on damaged pages",
+            })),
+        }
+    }
+
+    /// Writes batches the store committed meanwhile into the copy (unsynced:
+    /// `finish_defragment` syncs).
+    pub fn replay(&self, batches: &[(Vec<Change>, StateMeta)]) -> Result<(), DefragError> {
+        replay(&self.db, batches, false).map_err(DefragError::Abandoned)
+    }
+}
+
+/// Writes journaled batches into `db`; with `sync`, the last commit (an empty
+/// one if there are none) is durable.
+fn replay(
+    db: &Database,
+    batches: &[(Vec<Change>, StateMeta)],
+    sync: bool,
+) -> Result<(), StorageError> {
+    for (at, (changes, meta)) in batches.iter().enumerate() {
+        write_batch(db, changes, meta, sync && at + 1 == batches.len())?;
+    }
+    if sync && batches.is_empty() {
+        let mut write = db.begin_write().map_err(StorageError::db)?;
+        write
+            .set_durability(Durability::Immediate)
+            .map_err(StorageError::db)?;
+        write.commit().map_err(StorageError::db)?;
+    }
+    Ok(())
+}
+
 /// Rows, and bytes, in one transaction of a defragmentation copy: memory
 /// stays one batch, whatever the size of the state.
 const COPY_ROWS_MAX: usize = 10_000;
-const COPY_BYTES_MAX: usize = 32 << 20;
+const COPY_BYTES_MAX: usize = 16 << 20;
 
 /// Copies every table of `from` into the empty `to`, the last commit synced.
 /// A table this build does not know is refused rather than dropped.
-fn copy_state(from: &Database, to: &Database) -> Result<(), StorageError> {
-    let read = from.begin_read().map_err(StorageError::db)?;
+fn copy_state(read: &redb::ReadTransaction, to: &Database) -> Result<(), StorageError> {
     let known = [HISTORY.name(), LEASES.name(), FORMAT.name(), META.name()];
     for table in read.list_tables().map_err(StorageError::db)? {
         if !known.contains(&table.name()) {
@@ -804,8 +926,8 @@ fn copy_state(from: &Database, to: &Database) -> Result<(), StorageError> {
             )));
         }
     }
-    copy_table(&read, to, HISTORY)?;
-    copy_table(&read, to, LEASES)?;
+    copy_table(read, to, HISTORY)?;
+    copy_table(read, to, LEASES)?;
     let mut write = to.begin_write().map_err(StorageError::db)?;
     write
         .set_durability(Durability::Immediate)
@@ -828,7 +950,9 @@ fn copy_state(from: &Database, to: &Database) -> Result<(), StorageError> {
 }
 
 /// Copies one table in transactions of at most `COPY_ROWS_MAX` rows or
-/// `COPY_BYTES_MAX` bytes, unsynced (the caller's last commit syncs).
+/// `COPY_BYTES_MAX` bytes, each synced: the disk takes the copy a batch at a
+/// time, so the member's own fsyncs (its Raft log) never queue behind the
+/// whole copy's write-back at once.
 fn copy_table(
     read: &redb::ReadTransaction,
     to: &Database,
@@ -843,7 +967,7 @@ fn copy_table(
     loop {
         let mut write = to.begin_write().map_err(StorageError::db)?;
         write
-            .set_durability(Durability::None)
+            .set_durability(Durability::Immediate)
             .map_err(StorageError::db)?;
         let mut more = false;
         {

@@ -712,9 +712,25 @@ fn defragmenting_shrinks_the_file_and_keeps_every_row() {
         .expect("commit compaction");
     let values = store.values().expect("values");
     let open_read = store.reader().expect("reader");
-    let (state, meta) = store.reader().expect("reader").load(true).expect("load");
+    let (old_state, _) = store.reader().expect("reader").load(true).expect("load");
 
-    let (before, after) = store.defragment().expect("defragment");
+    // Commits go on while the copy is made: one before the copy, one after
+    // the journal was taken once, both in the new file after the swap.
+    let copy = store.begin_defragment().expect("begin");
+    let changes = apply(&mut space, put(5000, 8));
+    index += 1;
+    store
+        .commit(&changes, &meta_of(index, &space), true)
+        .expect("commit during the copy");
+    copy.copy().expect("copy");
+    copy.replay(&store.take_journal()).expect("catch up");
+    let changes = apply(&mut space, put(5001, 9));
+    index += 1;
+    store
+        .commit(&changes, &meta_of(index, &space), true)
+        .expect("commit after catching up");
+    let (state, meta) = store.reader().expect("reader").load(true).expect("load");
+    let (before, after) = store.finish_defragment(copy).expect("defragment");
     assert!(
         after * 2 < before,
         "the copy drops the compacted history's pages: {before} -> {after} bytes"
@@ -724,8 +740,9 @@ fn defragmenting_shrinks_the_file_and_keeps_every_row() {
     assert_eq!(copied, state, "every row copied");
     assert_eq!(copied_meta, meta);
     let (old_view, _) = open_read.load(true).expect("a read begun before the swap");
-    assert_eq!(old_view, state);
-    let revision = space.revision();
+    assert_eq!(old_view, old_state);
+    assert_eq!(meta.applied.map(|id| id.index), Some(index));
+    let revision = latest;
     assert_eq!(
         values.value(b"key/00999", revision).expect("value"),
         vec![3; 1024],
@@ -748,4 +765,45 @@ fn defragmenting_shrinks_the_file_and_keeps_every_row() {
         space.materialized().expect("values"),
         "the defragmented file and the write after it survive a crash"
     );
+}
+
+#[test]
+fn a_snapshot_installed_during_a_defragmentation_gives_it_up() {
+    // Goal: the copy follows commits (journal), not a whole new state; a
+    // snapshot installed meanwhile makes finishing refuse, leaving the
+    // installed state in the old file, which serves on.
+    let mem = MemDisk::new();
+    let disk: Arc<dyn Disk> = Arc::new(mem.clone());
+    let dir = Path::new("/i");
+    let (mut store, _, _) = StateStore::open(&disk, dir, 1 << 20).expect("open");
+    let mut space = KeySpace::new();
+    let changes = space
+        .apply(
+            &Command::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ..PutRequest::default()
+            }),
+            &ApplyContext::default(),
+        )
+        .changes;
+    let meta = StateMeta {
+        applied: Some(LogIdRecord {
+            term: 1,
+            node_id: 1,
+            index: 1,
+        }),
+        membership: vec![1],
+        revision: space.revision(),
+        compacted: 0,
+    };
+    store.commit(&changes, &meta, true).expect("commit");
+    let snapshot = store.snapshot().expect("snapshot");
+    let copy = store.begin_defragment().expect("begin");
+    copy.copy().expect("copy");
+    store.install(&snapshot).expect("install");
+    let error = store.finish_defragment(copy).expect_err("must give up");
+    assert!(matches!(error, DefragError::Abandoned(_)), "{error}");
+    let (loaded, _) = store.reader().expect("reader").load(true).expect("load");
+    assert_eq!(loaded.revision(), space.revision());
 }

@@ -451,8 +451,8 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("experimental-warning-apply-duration", Both, Duration, Ignored("Mainstay logs no slow-apply warnings yet")),
     flag("experimental-memory-mlock", Only35, Bool, Ignored(NO_BBOLT)),
     flag("experimental-txn-mode-write-with-shared-buffer", Only35, Bool, Ignored(NO_BBOLT)),
-    flag("experimental-stop-grpc-service-on-defrag", Only35, Bool, Ignored("Defragment is not implemented")),
-    flag("experimental-bootstrap-defrag-threshold-megabytes", Only35, Uint, Ignored("Defragment is not implemented")),
+    flag("experimental-stop-grpc-service-on-defrag", Only35, Bool, Ignored("a defragmenting member keeps serving; writes wait only for the swap")),
+    flag("experimental-bootstrap-defrag-threshold-megabytes", Only35, Uint, Ignored("no defragmentation at start-up; run `etcdctl defrag`")),
     flag("experimental-snapshot-catchup-entries", Only35, Uint, Implemented("the same setting as --snapshot-catchup-entries")),
     // Unsafe.
     flag("unsafe-no-fsync", Both, Bool, Ignored("Mainstay always fsyncs before it acknowledges")),

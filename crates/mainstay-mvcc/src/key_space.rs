@@ -102,8 +102,10 @@ impl Values {
         }
     }
 
-    /// See `KeySpace::key_value_lazy` (here so a writer can read a key's
-    /// history while it holds that history mutably).
+    /// A record as a `KeyValue` (None for a tombstone). Its value is read
+    /// only with `with_value`; else a value no longer in memory is left empty
+    /// and the flag says so. Here, not on `KeySpace`, so a writer can read a
+    /// key's history while it holds that history mutably.
     pub(crate) fn key_value_lazy(
         &self,
         key: &[u8],
@@ -286,34 +288,13 @@ impl KeySpace {
         for (key, history) in copy.keys.iter_mut() {
             for record in history.iter_mut() {
                 if let Some(live) = record.live.as_mut() {
-                    live.value = Value::Inline(self.value_of(key, record.revision, &live.value)?);
+                    live.value =
+                        Value::Inline(self.values.value_of(key, record.revision, &live.value)?);
                 }
             }
         }
         copy.values = Values::default();
         Ok(copy)
-    }
-
-    /// The bytes of a record's value, from memory or the store.
-    pub(crate) fn value_of(
-        &self,
-        key: &[u8],
-        revision: Revision,
-        value: &Value,
-    ) -> Result<Vec<u8>, MvccError> {
-        self.values.value_of(key, revision, value)
-    }
-
-    /// A record as a `KeyValue` (None for a tombstone). Its value is read
-    /// only with `with_value`; else a value no longer in memory is left empty
-    /// and the flag says so.
-    pub(crate) fn key_value_lazy(
-        &self,
-        key: &[u8],
-        record: &Record,
-        with_value: bool,
-    ) -> Result<Option<(KeyValue, bool)>, MvccError> {
-        self.values.key_value_lazy(key, record, with_value)
     }
 
     /// Like `live_in_range`, values read only `with_values` (see `key_value_lazy`).
@@ -326,7 +307,11 @@ impl KeySpace {
     ) -> Result<Vec<(KeyValue, bool)>, MvccError> {
         self.live_records(key, range_end, revision)
             .into_iter()
-            .filter_map(|(k, record)| self.key_value_lazy(k, record, with_values).transpose())
+            .filter_map(|(k, record)| {
+                self.values
+                    .key_value_lazy(k, record, with_values)
+                    .transpose()
+            })
             .collect()
     }
 
@@ -340,7 +325,7 @@ impl KeySpace {
             return Ok(None);
         };
         if let Some(live) = &record.live {
-            kv.value = self.value_of(key, record.revision, &live.value)?;
+            kv.value = self.values.value_of(key, record.revision, &live.value)?;
         }
         Ok(Some(kv))
     }
@@ -781,7 +766,7 @@ impl KeySpace {
                 match &record.live {
                     None => hasher.update(&[0]),
                     Some(live) => {
-                        let value = self.value_of(key, record.revision, &live.value)?;
+                        let value = self.values.value_of(key, record.revision, &live.value)?;
                         hasher.update(&[1]);
                         hasher.update(&live.create_revision.to_be_bytes());
                         hasher.update(&live.version.to_be_bytes());

@@ -110,14 +110,14 @@ impl<'a> Writer<'a> {
     }
 
     /// The key's current state; its value read only `with_value` (see
-    /// `KeySpace::key_value_lazy`): events carry a stored previous value
+    /// `Values::key_value_lazy`): events carry a stored previous value
     /// unread, and whoever sends them reads it if a watcher asks.
     fn latest(&self, key: &[u8], with_value: bool) -> Result<Option<(KeyValue, bool)>, MvccError> {
         let Some(history) = self.space.keys.get(key) else {
             return Ok(None);
         };
         match record_at(history, self.pending) {
-            Some(record) => self.space.key_value_lazy(key, record, with_value),
+            Some(record) => self.space.values.key_value_lazy(key, record, with_value),
             None => Ok(None),
         }
     }

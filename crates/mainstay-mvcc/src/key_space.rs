@@ -190,11 +190,23 @@ impl Change {
 /// The revision of an empty store, as in etcd: the first write gets revision 2.
 pub const INITIAL_REVISION: Revision = 1;
 
+/// A key as the keyspace's index holds it: up to 24 bytes inline, in the
+/// index's own nodes, longer ones on the heap. A lookup compares keys while
+/// it walks the tree; inline keys are compared where the node already is in
+/// cache instead of through a pointer each (measured: the index search was
+/// 5 % of a member's CPU under 64 writers, most of it waiting on memory).
+pub(crate) type IndexKey = smallvec::SmallVec<[u8; 24]>;
+
+/// `key` as the index holds it.
+pub(crate) fn index_key(key: &[u8]) -> IndexKey {
+    IndexKey::from_slice(key)
+}
+
 /// Every key's history plus the store revisions. See the module docs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeySpace {
     /// Per key, its records in strictly increasing revision order; never empty.
-    pub(crate) keys: BTreeMap<Vec<u8>, Vec<Record>>,
+    pub(crate) keys: BTreeMap<IndexKey, Vec<Record>>,
     /// The revision of the last effective write.
     pub(crate) revision: Revision,
     /// Reads below this revision fail with `Compacted`; 0 before any compaction.
@@ -337,13 +349,13 @@ impl KeySpace {
         revision: Revision,
         compacted: Revision,
     ) -> Self {
-        let mut keys: BTreeMap<Vec<u8>, Vec<Record>> = BTreeMap::new();
+        let mut keys: BTreeMap<IndexKey, Vec<Record>> = BTreeMap::new();
         for (key, record) in records {
             assert!(
                 record.revision <= revision,
                 "record above the store revision"
             );
-            keys.entry(key).or_default().push(record);
+            keys.entry(index_key(&key)).or_default().push(record);
         }
         for history in keys.values_mut() {
             history.sort_by_key(|record| record.revision);
@@ -365,7 +377,7 @@ impl KeySpace {
                 lease_keys
                     .entry(live.lease)
                     .or_default()
-                    .insert(key.clone());
+                    .insert(key.to_vec());
             }
         }
         KeySpace {
@@ -595,7 +607,7 @@ impl KeySpace {
         key: &'a [u8],
         range_end: &'a [u8],
     ) -> Box<dyn Iterator<Item = (&'a [u8], &'a Vec<Record>)> + 'a> {
-        let iter: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<Record>)>> = if range_end.is_empty() {
+        let iter: Box<dyn Iterator<Item = (&IndexKey, &Vec<Record>)>> = if range_end.is_empty() {
             Box::new(self.keys.get_key_value(key).into_iter())
         } else if range_end == [0] {
             Box::new(
@@ -703,7 +715,7 @@ impl KeySpace {
             };
             for record in history.drain(..drop) {
                 changes.push(Change::Remove {
-                    key: key.clone(),
+                    key: key.to_vec(),
                     revision: record.revision,
                 });
             }
@@ -750,7 +762,7 @@ impl KeySpace {
         };
         let mut histories = self
             .keys
-            .range::<Vec<u8>, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded));
+            .range::<[u8], _>((Bound::Included(start.as_slice()), Bound::Unbounded));
         for _ in 0..keys {
             let Some((key, history)) = histories.next() else {
                 return Ok(true);
@@ -777,7 +789,7 @@ impl KeySpace {
                 }
             }
         }
-        hash.next = histories.next().map(|(key, _)| key.clone());
+        hash.next = histories.next().map(|(key, _)| key.to_vec());
         Ok(hash.next.is_none())
     }
 }

@@ -83,13 +83,13 @@ impl<'a> Writer<'a> {
     /// Undoes every record this write appended.
     pub(crate) fn rollback(self) {
         for (key, _) in self.touched {
-            let Some(history) = self.space.keys.get_mut(&key) else {
+            let Some(history) = self.space.keys.get_mut(key.as_slice()) else {
                 unreachable!("touched key vanished during a write");
             };
             let last = history.pop().map(|record| record.revision);
             assert_eq!(last, Some(self.pending), "rollback of a record not ours");
             if history.is_empty() {
-                self.space.keys.remove(&key);
+                self.space.keys.remove(key.as_slice());
             }
         }
     }
@@ -103,7 +103,9 @@ impl<'a> Writer<'a> {
         match self.space.keys.get_mut(key) {
             Some(history) => push_record(history, record.clone()),
             None => {
-                self.space.keys.insert(key.to_vec(), vec![record.clone()]);
+                self.space
+                    .keys
+                    .insert(crate::key_space::index_key(key), vec![record.clone()]);
             }
         }
         self.touched.push((key.to_vec(), record));
@@ -140,7 +142,7 @@ impl<'a> Writer<'a> {
         // The key's history is looked up once: read for the previous state,
         // then appended to (the record is built below).
         let space = &mut *self.space;
-        let mut history = space.keys.get_mut(&request.key);
+        let mut history = space.keys.get_mut(request.key.as_slice());
         let previous = match history.as_deref().and_then(|h| record_at(h, self.pending)) {
             Some(record) => space
                 .values
@@ -187,7 +189,10 @@ impl<'a> Writer<'a> {
         match history.take() {
             Some(history) => push_record(history, record.clone()),
             None => {
-                space.keys.insert(request.key.clone(), vec![record.clone()]);
+                space.keys.insert(
+                    crate::key_space::index_key(&request.key),
+                    vec![record.clone()],
+                );
             }
         }
         self.touched.push((request.key.clone(), record));

@@ -38,15 +38,17 @@ done
 # of Maintenance calls, which Mainstay must accept as etcd does.
 ALL="http://127.0.0.1:${CLIENT[0]},http://127.0.0.1:${CLIENT[1]},http://127.0.0.1:${CLIENT[2]}"
 
+# start_member POSITION [STATE [CLUSTER [EXTRA FLAGS...]]]
 start_member() {
   local i=$1 state=${2:-new} cluster=${3:-$CLUSTER}
+  shift $(($# < 3 ? $# : 3))
   "$BIN" serve --name "${NAMES[$i]}" --data-dir "$WORK/${NAMES[$i]}" \
     --listen-client-urls "http://127.0.0.1:${CLIENT[$i]}" \
     --advertise-client-urls "http://127.0.0.1:${CLIENT[$i]}" \
     --listen-peer-urls "http://127.0.0.1:${PEER[$i]}" \
     --initial-advertise-peer-urls "http://127.0.0.1:${PEER[$i]}" \
     --initial-cluster "$cluster" --initial-cluster-token compat \
-    --initial-cluster-state "$state" >>"$WORK/${NAMES[$i]}.log" 2>&1 &
+    --initial-cluster-state "$state" "$@" >>"$WORK/${NAMES[$i]}.log" 2>&1 &
   PIDS[$i]=$!
 }
 
@@ -588,6 +590,77 @@ check "writes again once the space is freed" "OK" "$(ctl --endpoints="$Q_EP" put
 check "defrag --cluster on the 3-member cluster" "3" \
   "$(ctl --endpoints="$ALL" defrag --cluster | grep -c '^Finished defragmenting etcd member')"
 check "reads after defrag" "$(printf 'k1\nv1b')" "$(ctl --endpoints="$ALL" get k1)"
+
+# --- quorum loss: two of three members gone with their disks ---------------
+# etcd's runbook: restart the survivor with --force-new-cluster, then add the
+# others back with `member add` and empty data directories.
+F_CLUSTER=""
+F_ALL=""
+for j in 0 1 2; do
+  i=$((8 + j))
+  NAMES[$i]=f$((j + 1))
+  CLIENT[$i]=$((BASE + 80 + j * 10))
+  PEER[$i]=$((BASE + 81 + j * 10))
+  F_CLUSTER+="${F_CLUSTER:+,}${NAMES[$i]}=http://127.0.0.1:${PEER[$i]}"
+  F_ALL+="${F_ALL:+,}$(ep "$i")"
+done
+for i in 8 9 10; do start_member "$i" new "$F_CLUSTER"; done
+wait_healthy "$F_ALL"
+for n in $(seq 1 20); do ctl --endpoints="$F_ALL" put "fq/$n" "$n" >/dev/null; done
+F_LEASE=$(ctl --endpoints="$F_ALL" lease grant 600 | awk '{print $2}')
+ctl --endpoints="$F_ALL" put fq/leased yes --lease="$F_LEASE" >/dev/null
+F_REV=$(ctl --endpoints="$F_ALL" put fq/last yes -w fields | sed -n 's/^"Revision" : //p')
+for _ in $(seq 1 100); do
+  if [ "$(ctl --endpoints="$(ep 8)" get fq/last --consistency=s --print-value-only)" == "yes" ]; then break; fi
+  sleep 0.1
+done
+kill "${PIDS[8]}"
+wait "${PIDS[8]}" 2>/dev/null || true
+KILLED[8]=1
+start_member 8 new "$F_CLUSTER" --force-new-cluster
+F_EXITED=""
+for _ in $(seq 1 100); do
+  if ! kill -0 "${PIDS[8]}" 2>/dev/null; then F_EXITED=yes; break; fi
+  sleep 0.1
+done
+check "--force-new-cluster refused while the others serve" "yes" "$F_EXITED"
+check_contains "and the refusal says they still answer" "still answer" "$(grep 'force-new-cluster refused' "$WORK/f1.log")"
+for i in 9 10; do
+  KILLED[$i]=1
+  kill -9 "${PIDS[$i]}"
+  wait "${PIDS[$i]}" 2>/dev/null || true
+  rm -rf "${WORK:?}/${NAMES[$i]}"
+done
+start_member 8 new "$F_CLUSTER" --force-new-cluster
+KILLED[8]=""
+wait_healthy "$(ep 8)"
+check "forced: the survivor is the only member" "1" "$(ctl --endpoints="$(ep 8)" member list | grep -c started)"
+check "with every write it had" "22" "$(ctl --endpoints="$(ep 8)" get fq/ --prefix --keys-only | sed '/^$/d' | wc -l)"
+check "at the same revision" "$F_REV" "$(ctl --endpoints="$(ep 8)" endpoint status -w fields | sed -n 's/^"Revision" : //p')"
+check_contains "and the lease" "attached keys([fq/leased])" "$(ctl --endpoints="$(ep 8)" lease timetolive "$F_LEASE" --keys)"
+check "it writes alone" "OK" "$(ctl --endpoints="$(ep 8)" put fq/alone yes)"
+F_NOW="f1=http://127.0.0.1:${PEER[8]}"
+for j in 0 1; do
+  i=$((11 + j))
+  NAMES[$i]=f$((4 + j))
+  CLIENT[$i]=$((BASE + 110 + j * 10))
+  PEER[$i]=$((BASE + 111 + j * 10))
+  check_contains "member add ${NAMES[$i]} to the forced cluster" "added to cluster" \
+    "$(ctl --endpoints="$(ep 8)" member add "${NAMES[$i]}" --peer-urls="http://127.0.0.1:${PEER[$i]}")"
+  F_NOW+=",${NAMES[$i]}=http://127.0.0.1:${PEER[$i]}"
+  start_member "$i" existing "$F_NOW"
+  F_JOINED=""
+  for _ in $(seq 1 100); do
+    if [ "$(ctl --endpoints="$(ep "$i")" get fq/alone --consistency=s --print-value-only)" == "yes" ]; then F_JOINED=yes; break; fi
+    sleep 0.1
+  done
+  check "${NAMES[$i]} joins with an empty directory and catches up" "yes" "$F_JOINED"
+done
+F_ALL="$(ep 8),$(ep 11),$(ep 12)"
+check "three members again" "3" "$(ctl --endpoints="$F_ALL" member list | grep -c started)"
+check "the new members have every write" "23" \
+  "$(ctl --endpoints="$(ep 12)" get fq/ --prefix --keys-only --consistency=s | sed '/^$/d' | wc -l)"
+check "the cluster of three writes" "OK" "$(ctl --endpoints="$(ep 12)" put fq/whole yes)"
 
 echo
 echo "etcdctl: $PASSED passed, $FAILED failed"

@@ -11,6 +11,7 @@ mod auto_compaction;
 mod codec;
 mod corruption;
 mod error;
+mod force;
 mod forward;
 mod lease;
 mod lease_expiry;

@@ -72,6 +72,9 @@ pub struct ReplicaConfig {
     pub strict_reconfig_check: bool,
     /// How long a simple auth token lives after its last use (`--auth-token-ttl`).
     pub auth_token_ttl: Duration,
+    /// `--force-new-cluster`, with this member as it is started: before Raft
+    /// starts, make this member its cluster's only member (see `force`).
+    pub force_new_cluster: Option<MemberNode>,
     /// Where this member's metrics are recorded.
     pub metrics: mainstay_metrics::SharedMetrics,
 }
@@ -160,7 +163,7 @@ impl Replica {
     /// Opens storage and starts the Raft node (not yet part of any cluster
     /// unless its log says so; see `bootstrap`).
     pub async fn open(config: ReplicaConfig) -> Result<Replica, String> {
-        let (log_store, report) = LogStore::open(&config.disk, &config.data_dir)
+        let (mut log_store, report) = LogStore::open(&config.disk, &config.data_dir)
             .map_err(|e| format!("open raft log: {e}"))?;
         if report.torn_bytes > 0 {
             tracing::warn!(
@@ -171,6 +174,16 @@ impl Replica {
         let (state_store, key_space, meta) =
             StateStore::open(&config.disk, &config.data_dir, config.state_cache_bytes)
                 .map_err(|e| format!("open state store: {e}"))?;
+        if let Some(own) = &config.force_new_cluster {
+            crate::force::force_new_cluster(
+                &mut log_store,
+                &meta,
+                config.member_id,
+                own,
+                &config.dial,
+            )
+            .await?;
+        }
         let log = RaftLog::new(
             log_store,
             config.unsafe_skip_log_fsync,

@@ -132,6 +132,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MAINSTAY_STRICT_RECONFIG_CHECK", num_args = 0..=1,
           default_missing_value = "true", value_parser = bool_flag)]
     pub strict_reconfig_check: Option<bool>,
+    /// Quorum loss: keep this member's data and make it the only member of
+    /// its cluster (the other members are removed; add them back with
+    /// `member add`). Refused while an old member still answers.
+    #[arg(long, env = "MAINSTAY_FORCE_NEW_CLUSTER", num_args = 0..=1,
+          default_missing_value = "true", value_parser = bool_flag)]
+    pub force_new_cluster: Option<bool>,
     /// Serve etcd's JSON gateway (`/v3/...`) on client URLs (default true).
     #[arg(long, env = "MAINSTAY_ENABLE_GRPC_GATEWAY", num_args = 0..=1,
           default_missing_value = "true", value_parser = bool_flag)]
@@ -377,6 +383,9 @@ pub struct Config {
     /// etcd's strict reconfiguration check: refuse member changes that leave
     /// too few started voters for a quorum.
     pub strict_reconfig_check: bool,
+    /// `--force-new-cluster`: rewrite the stored membership to this member
+    /// alone before starting (see `mainstay_raft::ReplicaConfig`).
+    pub force_new_cluster: bool,
     /// Whether client URLs serve the JSON gateway (`--enable-grpc-gateway`).
     pub grpc_gateway: bool,
     /// `--auto-compaction-mode` and `--auto-compaction-retention` (None: off).
@@ -471,6 +480,7 @@ impl Default for Config {
             snapshot_catchup_entries: defaults::SNAPSHOT_CATCHUP_ENTRIES,
             watch_progress_notify_interval_ms: defaults::WATCH_PROGRESS_MS,
             strict_reconfig_check: true,
+            force_new_cluster: false,
             grpc_gateway: true,
             auto_compaction: None,
             concurrent_streams_max: defaults::CONCURRENT_STREAMS_MAX,
@@ -759,6 +769,7 @@ impl ServeArgs {
             "grpc-keepalive-interval" => self.grpc_keepalive_interval = Some(raw.duration()?),
             "grpc-keepalive-timeout" => self.grpc_keepalive_timeout = Some(raw.duration()?),
             "strict-reconfig-check" => self.strict_reconfig_check = Some(raw.bool()?),
+            "force-new-cluster" => self.force_new_cluster = Some(raw.bool()?),
             "enable-grpc-gateway" => self.enable_grpc_gateway = Some(raw.bool()?),
             "auto-compaction-mode" => self.auto_compaction_mode = Some(raw.text()),
             "auto-compaction-retention" => self.auto_compaction_retention = Some(raw.text()),
@@ -838,6 +849,7 @@ impl ServeArgs {
             grpc_keepalive_interval,
             grpc_keepalive_timeout,
             strict_reconfig_check,
+            force_new_cluster,
             enable_grpc_gateway,
             auto_compaction_mode,
             auto_compaction_retention,
@@ -901,6 +913,7 @@ impl ServeArgs {
             grpc_keepalive_interval: self.grpc_keepalive_interval.or(grpc_keepalive_interval),
             grpc_keepalive_timeout: self.grpc_keepalive_timeout.or(grpc_keepalive_timeout),
             strict_reconfig_check: self.strict_reconfig_check.or(strict_reconfig_check),
+            force_new_cluster: self.force_new_cluster.or(force_new_cluster),
             enable_grpc_gateway: self.enable_grpc_gateway.or(enable_grpc_gateway),
             auto_compaction_mode: self.auto_compaction_mode.or(auto_compaction_mode),
             auto_compaction_retention: self.auto_compaction_retention.or(auto_compaction_retention),
@@ -1283,6 +1296,7 @@ impl ServeArgs {
             snapshot_catchup_entries,
             watch_progress_notify_interval_ms,
             strict_reconfig_check: self.strict_reconfig_check.unwrap_or(true),
+            force_new_cluster: self.force_new_cluster.unwrap_or(false),
             grpc_gateway: self.enable_grpc_gateway.unwrap_or(true),
             auto_compaction,
             concurrent_streams_max,

@@ -461,6 +461,11 @@ async fn serve_member(
         unsafe_diverge_values: env.safety_breaks.diverge_values,
         strict_reconfig_check: config.strict_reconfig_check,
         auth_token_ttl: config.auth.token_ttl,
+        force_new_cluster: config.force_new_cluster.then(|| MemberNode {
+            name: config.name.clone(),
+            peer_urls: config.advertise_peer_urls.clone(),
+            client_urls: config.advertise_client_urls.clone(),
+        }),
         metrics: mainstay_metrics::Metrics::new(mainstay_api::ETCD_VERSION, member_id),
     })
     .await

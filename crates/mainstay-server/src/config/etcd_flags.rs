@@ -456,7 +456,7 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("experimental-snapshot-catchup-entries", Only35, Uint, Implemented("the same setting as --snapshot-catchup-entries")),
     // Unsafe.
     flag("unsafe-no-fsync", Both, Bool, Ignored("Mainstay always fsyncs before it acknowledges")),
-    flag("force-new-cluster", Both, Bool, refused(Inert::False, "Mainstay cannot rewrite a member's membership into a one-member cluster")),
+    flag("force-new-cluster", Both, Bool, Implemented("keeps this member's data, every entry of its log included, and makes it the only member; refused while an old member answers")),
     // etcd 3.6's names for two of the experimental flags above: Mainstay's own.
     flag("snapshot-catchup-entries", Etcd36, Uint, Implemented("entries kept behind a snapshot for slow followers (default 5000)")),
     flag("watch-progress-notify-interval", Etcd36, Duration, Implemented("a Go duration, or a whole number of milliseconds (default 10m, at least 100ms)")),

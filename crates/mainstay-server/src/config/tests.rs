@@ -253,8 +253,8 @@ fn judging_flags_mainstay_does_not_act_on() {
         ),
         ("peer-client-cert-file", "client.crt", "refuse"),
         ("listen-client-http-urls", "http://127.0.0.1:2382", "refuse"),
-        ("force-new-cluster", "true", "refuse"),
-        ("force-new-cluster", "false", "ignore"),
+        ("force-new-cluster", "true", "implemented"),
+        ("force-new-cluster", "false", "implemented"),
         ("auto-compaction-retention", "1", "implemented"),
         ("auto-compaction-mode", "revision", "implemented"),
         ("max-wals", "5", "ignore"),
@@ -456,8 +456,8 @@ fn a_refused_flag_stops_resolution_naming_it() {
         "{message}"
     );
     // Refusals come before any other problem.
-    let message = error(&["--election-timeout", "1", "--force-new-cluster"], &[]);
-    assert!(message.starts_with("--force-new-cluster=true"), "{message}");
+    let message = error(&["--election-timeout", "1", "--enable-v2"], &[]);
+    assert!(message.starts_with("--enable-v2=true"), "{message}");
     let (_dir, path) = file(
         "etcd.conf.yml",
         "name: infra1\npeer-transport-security:\n  client-cert-file: /etc/etcd/pc.crt\n",
@@ -509,6 +509,7 @@ fn implemented_flags_reach_the_config() {
     let config = resolve(
         &[
             "--strict-reconfig-check=false",
+            "--force-new-cluster",
             "--max-concurrent-streams",
             "100",
             "--grpc-keepalive-interval",
@@ -531,6 +532,7 @@ fn implemented_flags_reach_the_config() {
     )
     .expect("resolves");
     assert!(!config.strict_reconfig_check);
+    assert!(config.force_new_cluster);
     assert_eq!(config.concurrent_streams_max, 100);
     assert_eq!(config.grpc_keepalive_interval, None);
     assert_eq!(config.grpc_keepalive_timeout, Duration::from_secs(3));
@@ -554,6 +556,7 @@ fn implemented_flags_reach_the_config() {
 
     let defaults = resolve(&[], &[]).expect("resolves");
     assert!(defaults.strict_reconfig_check);
+    assert!(!defaults.force_new_cluster);
     assert_eq!(defaults.concurrent_streams_max, u32::MAX);
     assert_eq!(
         defaults.grpc_keepalive_interval,

@@ -1,6 +1,7 @@
 //! In-process clusters over real gRPC on loopback: replication, forwarding,
 //! linearizable reads, leader loss, restarts, snapshot catch-up, damaged logs,
-//! etcd's error contract, the Lock and Election services, and TLS for clients and peers.
+//! etcd's error contract, the Lock and Election services, TLS for clients and
+//! peers, and recovery from a lost quorum.
 
 mod alarms;
 mod auth;
@@ -14,6 +15,7 @@ mod http;
 mod lease;
 mod lock;
 mod peer_tls;
+mod quorum_loss;
 mod snapshot;
 mod storage;
 mod tls;

@@ -298,3 +298,123 @@ async fn a_restored_cluster_has_the_keys_and_moves_its_revision_on() {
     assert_eq!(ttl.granted_ttl, 300);
     new.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_streams_to_its_end_through_a_leader_change_and_a_member_add() {
+    // Goal: a snapshot being saved from the leader is a point-in-time copy
+    // that finishes whole while leadership moves away from its member, a
+    // learner is added and started, and writes go on: the file checks out
+    // (SHA-256, every page) and holds exactly the writes made before the
+    // call and the three members of that moment.
+    use mainstay_proto::etcdserverpb::cluster_client::ClusterClient;
+    let mut cluster = TestCluster::start(3, Options::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut kv = cluster.kv(leader).await;
+    let value = vec![b'v'; 1024];
+    let mut revision = 0;
+    for batch in 0..50 {
+        let puts = (0..64)
+            .map(|i| pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: format!("k{batch:02}-{i:02}").into_bytes(),
+                    value: value.clone(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        revision = kv
+            .txn(pb::TxnRequest {
+                success: puts,
+                ..Default::default()
+            })
+            .await
+            .expect("txn")
+            .into_inner()
+            .header
+            .expect("header")
+            .revision;
+    }
+    let channel = connect(&cluster, leader).await;
+    let mut stream = MaintenanceClient::new(channel.clone())
+        .snapshot(pb::SnapshotRequest {})
+        .await
+        .expect("snapshot")
+        .into_inner();
+    let mut messages = vec![stream.message().await.expect("first").expect("a message")];
+
+    // Leadership moves to another member...
+    let target = (leader + 1) % 3;
+    let target_id = cluster
+        .status(target)
+        .await
+        .and_then(|s| s.header)
+        .map(|h| h.member_id)
+        .expect("target id");
+    MaintenanceClient::new(channel.clone())
+        .move_leader(pb::MoveLeaderRequest { target_id })
+        .await
+        .expect("move leader");
+    // (MoveLeader answers once the target leads; the old leader's own
+    // status may say so a moment later.)
+    let mut moved = false;
+    for _ in 0..100 {
+        let mut leaders = Vec::new();
+        for i in [leader, target] {
+            leaders.push(cluster.status(i).await.map_or(0, |s| s.leader));
+        }
+        if leaders == [target_id, target_id] {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(moved, "leadership moved to member {target}");
+    // ...a learner is added and starts...
+    let (new, peer_url) = cluster.prepare_member().await;
+    ClusterClient::new(channel.clone())
+        .member_add(pb::MemberAddRequest {
+            peer_ur_ls: vec![peer_url],
+            is_learner: true,
+        })
+        .await
+        .expect("member add");
+    cluster.start_member(new).await;
+    cluster
+        .eventually_sees(new, "k49-63", "v".repeat(1024).as_str())
+        .await;
+    // ...and writes go on.
+    let after = cluster.put(target, "after", "1").await;
+    assert!(after > revision);
+
+    while let Some(message) = stream.message().await.expect("message") {
+        messages.push(message);
+    }
+    let (digest, blobs) = messages.split_last().expect("messages");
+    let file: Vec<u8> = blobs.iter().flat_map(|m| m.blob.clone()).collect();
+    assert!(file.len() > 3 * 1024 * 1024, "{} bytes", file.len());
+    assert_eq!(
+        digest.blob,
+        ring::digest::digest(&ring::digest::SHA256, &file).as_ref()
+    );
+    let db = Database::from_bytes(file).expect("a bbolt file");
+    let mut bucket = String::new();
+    let (mut rows, mut members, mut newest) = (0, 0, 0);
+    db.walk(&mut |item| {
+        match item {
+            Item::Bucket(name) => bucket = String::from_utf8_lossy(name).into_owned(),
+            Item::Entry(key, _) if bucket == "key" => {
+                rows += 1;
+                let main = i64::from_be_bytes(key[..8].try_into().expect("main"));
+                newest = newest.max(main);
+            }
+            Item::Entry(..) if bucket == "members" => members += 1,
+            Item::Entry(..) => {}
+        }
+        Ok(())
+    })
+    .expect("every page accounted for");
+    assert_eq!(rows, 50 * 64, "every write before the call, none after");
+    assert_eq!(newest, revision);
+    assert_eq!(members, 3, "the members when the snapshot began");
+    cluster.shutdown().await;
+}

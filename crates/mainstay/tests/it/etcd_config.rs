@@ -70,12 +70,16 @@ fn refused_flags_fail_fast_with_one_line_naming_them() {
         ),
         (&["--enable-v2=true"], &[], "--enable-v2=true: "),
         (&["--proxy", "on"], &[], "--proxy=on: "),
-        (&["--force-new-cluster"], &[], "--force-new-cluster=true: "),
+        (
+            &["--discovery", "https://discovery.etcd.io/x"],
+            &[],
+            "--discovery=",
+        ),
         (&["--wal-dir", "/var/lib/etcd/wal"], &[], "--wal-dir="),
         (
             &[],
-            &[("ETCD_FORCE_NEW_CLUSTER", "true")],
-            "--force-new-cluster=true (from ETCD_FORCE_NEW_CLUSTER): ",
+            &[("ETCD_DISCOVERY_SRV", "example.com")],
+            "--discovery-srv=\"example.com\" (from ETCD_DISCOVERY_SRV): ",
         ),
         (
             &["--config-file", &yaml],

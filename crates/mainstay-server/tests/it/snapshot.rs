@@ -5,6 +5,7 @@ use mainstay_bbolt::{Database, Item};
 use mainstay_proto::etcdserverpb as pb;
 use mainstay_proto::etcdserverpb::lease_client::LeaseClient;
 use mainstay_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use mainstay_proto::etcdserverpb::watch_client::WatchClient;
 use mainstay_proto::mvccpb::KeyValue;
 use prost::Message;
 use tonic::transport::Channel;
@@ -286,7 +287,44 @@ async fn a_restored_cluster_has_the_keys_and_moves_its_revision_on() {
         old_read.message(),
         "etcdserver: mvcc: required revision has been compacted"
     );
+    // A watcher of the old cluster resuming after the last event it saw is
+    // told to start over (compacted), never handed revisions from before.
     let channel = connect(&new, leader).await;
+    let (requests, receiver) = tokio::sync::mpsc::channel(1);
+    requests
+        .send(pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: b"k".to_vec(),
+                    range_end: b"l".to_vec(),
+                    start_revision: last + 1,
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .expect("send");
+    let mut watch = WatchClient::new(channel.clone())
+        .watch(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut cancelled = None;
+    while let Some(response) = watch.message().await.expect("watch response") {
+        assert!(
+            response.events.iter().all(|event| event
+                .kv
+                .as_ref()
+                .is_some_and(|kv| kv.mod_revision > last + 1000)),
+            "an event from before the bump: {response:?}"
+        );
+        if response.canceled {
+            cancelled = Some(response.compact_revision);
+            break;
+        }
+    }
+    assert_eq!(cancelled, Some(last + 1000), "cancelled as compacted");
+    drop(requests);
     let ttl = LeaseClient::new(channel)
         .lease_time_to_live(pb::LeaseTimeToLiveRequest {
             id: lease,

@@ -126,7 +126,7 @@ fn membership_in_effect(
 async fn answering(members: &[(u64, MemberNode)], dial: &Dial) -> Vec<String> {
     let asks = members.iter().flat_map(|(id, node)| {
         node.peer_urls.iter().map(move |url| async move {
-            crate::membership::fetch_cluster_view(dial, url)
+            crate::cluster_view::fetch_cluster_view(dial, url)
                 .await
                 .ok()
                 .map(|_| format!("{} ({id:x}) at {url}", node.name))

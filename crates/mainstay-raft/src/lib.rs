@@ -8,6 +8,7 @@
 mod append_times;
 mod applied;
 mod auto_compaction;
+mod cluster_view;
 mod codec;
 mod corruption;
 mod error;
@@ -32,6 +33,7 @@ mod write_batches;
 mod write_streams;
 
 pub use auto_compaction::{AutoCompaction, compact_automatically};
+pub use cluster_view::{ClusterView, fetch_cluster_view};
 pub use corruption::{
     HashReport, Verdict, check_hashes_periodically, initial_corruption_check, judge,
 };
@@ -39,7 +41,6 @@ pub use error::ReplicaError;
 pub use lease::LeaseClock;
 pub use lease_expiry::{EXPIRY_TICK, REVOKES_PER_SECOND_MAX, expire_leases};
 pub use mainstay_storage::StateReader;
-pub use membership::{ClusterView, fetch_cluster_view};
 pub use membership_rules::{
     LEARNERS_MAX, MemberChange, MemberChangeOutcome, MembershipError, cluster_id_for, member_id_for,
 };

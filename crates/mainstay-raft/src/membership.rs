@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Precondition};
-use serde::{Deserialize, Serialize};
 
+use crate::cluster_view::ClusterView;
 use crate::error::ReplicaError;
 use crate::forward::{LeaderCall, MembershipReply};
 use crate::membership_rules::{
@@ -17,34 +17,6 @@ use crate::membership_rules::{
 };
 use crate::replica::{Replica, Retry, Routed};
 use crate::type_config::MemberNode;
-
-/// The cluster as one member sees it: what a joining member asks for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterView {
-    /// The cluster id.
-    pub cluster_id: u64,
-    /// Every member: id, description, whether a learner.
-    pub members: Vec<(u64, MemberNode, bool)>,
-    /// Log index of the membership these members come from (0 if none).
-    pub membership_index: u64,
-    /// Whether that membership is applied here, so committed (an effective
-    /// membership may still be undone by a new leader).
-    pub settled: bool,
-}
-
-/// Asks the member at `peer_url` for its view of the cluster.
-pub async fn fetch_cluster_view(dial: &crate::Dial, peer_url: &str) -> Result<ClusterView, String> {
-    let channel = dial(peer_url)?;
-    let mut client = mainstay_proto::peer::raft_peer_client::RaftPeerClient::new(channel);
-    let reply = tokio::time::timeout(
-        std::time::Duration::from_secs(3),
-        client.members(mainstay_proto::peer::MembersRequest {}),
-    )
-    .await
-    .map_err(|_| format!("{peer_url}: timed out"))?
-    .map_err(|status| format!("{peer_url}: {}", status.message()))?;
-    crate::codec::decode_message(&reply.into_inner().view).map_err(|e| format!("{peer_url}: {e}"))
-}
 
 enum Local {
     Done(MemberChangeOutcome),
@@ -172,7 +144,7 @@ impl Replica {
                         })
             })
             .collect();
-        let matched = matched_indexes(&metrics);
+        let matched = crate::replica::matched_indexes(&metrics);
         let facts = Facts {
             members: &members,
             up: &up,
@@ -463,23 +435,6 @@ impl Replica {
             last_membership_log_id: *metrics.membership_config.log_id(),
         })
     }
-}
-
-/// On the leader: the index up to which each follower's log matches its own
-/// (followers with no match yet left out); empty elsewhere.
-pub(crate) fn matched_indexes(
-    metrics: &openraft::RaftMetrics<crate::type_config::TypeConfig>,
-) -> BTreeMap<u64, u64> {
-    metrics
-        .replication
-        .as_ref()
-        .map(|replication| {
-            replication
-                .iter()
-                .filter_map(|(id, log_id)| log_id.as_ref().map(|l| (*id, l.index)))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn membership_index(metrics: &openraft::RaftMetrics<crate::type_config::TypeConfig>) -> u64 {

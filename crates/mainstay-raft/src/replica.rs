@@ -672,7 +672,7 @@ impl Replica {
                 return None;
             }
             let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
-            let matched = crate::membership::matched_indexes(&metrics);
+            let matched = matched_indexes(&metrics);
             (voters, matched)
         };
         let target = crate::membership_rules::successor(me, &voters, &matched)?;
@@ -1147,4 +1147,21 @@ async fn count_leader_changes(
             last = leader;
         }
     }
+}
+
+/// On the leader: the index up to which each follower's log matches its own
+/// (followers with no match yet left out); empty elsewhere.
+pub(crate) fn matched_indexes(
+    metrics: &openraft::RaftMetrics<crate::type_config::TypeConfig>,
+) -> BTreeMap<u64, u64> {
+    metrics
+        .replication
+        .as_ref()
+        .map(|replication| {
+            replication
+                .iter()
+                .filter_map(|(id, log_id)| log_id.as_ref().map(|l| (*id, l.index)))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -301,7 +301,6 @@ impl clap::Args for EtcdFlags {
     }
 }
 
-const NO_HTTP: &str = "Mainstay serves no HTTP endpoints yet (only gRPC), so this has no effect";
 const V2: &str = "Mainstay serves only the v3 API";
 const V2_PROXY: &str = "only the v2 proxy (--proxy) uses it, and Mainstay does not run one";
 const DISCOVERY: &str = "only discovery uses it, and Mainstay bootstraps from --initial-cluster";
@@ -343,7 +342,7 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("initial-election-tick-advance", Both, Bool, Ignored("Mainstay's first election waits one ordinary election timeout; there are no ticks to advance")),
     flag("listen-peer-urls", Both, Text, Implemented("`http://IP:port` or `unix://path`")),
     flag("listen-client-urls", Both, Text, Implemented("`http://IP:port` or `unix://path`")),
-    flag("listen-client-http-urls", Only35, Text, refused(Inert::Empty, "Mainstay serves no HTTP endpoints yet (only gRPC)")),
+    flag("listen-client-http-urls", Only35, Text, refused(Inert::Empty, "HTTP (the JSON gateway, /health, /version) is served on --listen-client-urls beside gRPC, and /metrics and health on --listen-metrics-urls; an HTTP-only client listener is not supported")),
     flag("listen-metrics-urls", Both, Text, Implemented("/metrics, /health, /livez and /readyz on more URLs (https:// with the client certificate)")),
     flag("max-snapshots", Both, Uint, Ignored("Mainstay keeps one snapshot, in its state store")),
     flag("max-wals", Both, Uint, Ignored("Mainstay purges its Raft log itself once a snapshot covers it")),
@@ -412,8 +411,8 @@ pub(crate) static ETCD_FLAGS: &[EtcdFlag] = &[
     flag("experimental-peer-skip-client-san-verification", Both, Bool, Ignored("Mainstay does not match a peer's certificate against its address; restrict peers with --peer-cert-allowed-cn or --peer-cert-allowed-hostname")),
     flag("tls-min-version", Only35, Choice(&["TLS1.2", "TLS1.3"]), Implemented("TLS1.2 (default) or TLS1.3")),
     flag("tls-max-version", Only35, Choice(&["", "TLS1.2", "TLS1.3"]), Implemented("TLS1.2 or TLS1.3 (default: the newest)")),
-    flag("cors", Both, Text, Ignored(NO_HTTP)),
-    flag("host-whitelist", Both, Text, Ignored(NO_HTTP)),
+    flag("cors", Both, Text, Ignored("Mainstay's HTTP endpoints send no CORS headers, so browser pages from other origins cannot call them")),
+    flag("host-whitelist", Both, Text, Ignored("Mainstay does not check the Host header of HTTP requests")),
     // Logging.
     flag("logger", Both, Choice(&["zap", "capnslog"]), Ignored("Mainstay logs with tracing (--log-level, MAINSTAY_LOG)")),
     flag("log-outputs", Both, Text, Implemented("`default`, `stderr` or `stdout`; other targets (files, journald) are warned about and stderr is used")),

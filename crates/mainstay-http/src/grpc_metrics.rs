@@ -15,7 +15,7 @@ use axum::http::{Request, Response, header};
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use mainstay_metrics::CounterHandle as Counter;
-use mainstay_metrics::{Labels, SharedMetrics};
+use mainstay_metrics::{SharedMetrics, StaticLabels};
 
 /// The layer.
 #[derive(Clone)]
@@ -47,18 +47,93 @@ pub struct GrpcMetrics<S> {
     metrics: SharedMetrics,
 }
 
-/// go-grpc-prometheus's labels for a gRPC path (`/etcdserverpb.KV/Range`).
-fn call_labels(path: &str) -> Option<Labels> {
+/// The methods Mainstay serves, by service: go-grpc-prometheus counts calls of
+/// registered methods only, and a fixed table keeps a client sending made-up
+/// paths from adding label sets without end (and recording allocates nothing).
+const METHODS: &[(&str, &[&str])] = &[
+    (
+        "etcdserverpb.KV",
+        &["Range", "Put", "DeleteRange", "Txn", "Compact"],
+    ),
+    ("etcdserverpb.Watch", &["Watch"]),
+    (
+        "etcdserverpb.Lease",
+        &[
+            "LeaseGrant",
+            "LeaseRevoke",
+            "LeaseKeepAlive",
+            "LeaseTimeToLive",
+            "LeaseLeases",
+        ],
+    ),
+    (
+        "etcdserverpb.Cluster",
+        &[
+            "MemberAdd",
+            "MemberRemove",
+            "MemberUpdate",
+            "MemberList",
+            "MemberPromote",
+        ],
+    ),
+    (
+        "etcdserverpb.Maintenance",
+        &[
+            "Alarm",
+            "Status",
+            "Defragment",
+            "Hash",
+            "HashKV",
+            "Snapshot",
+            "MoveLeader",
+            "Downgrade",
+        ],
+    ),
+    (
+        "etcdserverpb.Auth",
+        &[
+            "AuthEnable",
+            "AuthDisable",
+            "AuthStatus",
+            "Authenticate",
+            "UserAdd",
+            "UserGet",
+            "UserList",
+            "UserDelete",
+            "UserChangePassword",
+            "UserGrantRole",
+            "UserRevokeRole",
+            "RoleAdd",
+            "RoleGet",
+            "RoleList",
+            "RoleDelete",
+            "RoleGrantPermission",
+            "RoleRevokePermission",
+        ],
+    ),
+    (
+        "v3electionpb.Election",
+        &["Campaign", "Proclaim", "Leader", "Observe", "Resign"],
+    ),
+    ("v3lockpb.Lock", &["Lock", "Unlock"]),
+    ("grpc.health.v1.Health", &["Check", "Watch"]),
+];
+
+/// go-grpc-prometheus's labels for a gRPC path (`/etcdserverpb.KV/Range`);
+/// `None` for a method Mainstay does not serve.
+fn call_labels(path: &str) -> Option<StaticLabels<3>> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    let kind = match method {
-        "Watch" | "LeaseKeepAlive" => "bidi_stream",
-        "Snapshot" | "Observe" => "server_stream",
+    let &(service, methods) = METHODS.iter().find(|(name, _)| *name == service)?;
+    let method: &'static str = methods.iter().find(|name| **name == method)?;
+    let kind = match (service, method) {
+        ("etcdserverpb.Watch", "Watch") | (_, "LeaseKeepAlive") => "bidi_stream",
+        (_, "Snapshot" | "Observe") | ("grpc.health.v1.Health", "Watch") => "server_stream",
         _ => "unary",
     };
-    Some(vec![
-        ("grpc_type", kind.to_string()),
-        ("grpc_service", service.to_string()),
-        ("grpc_method", method.to_string()),
+    Some([
+        ("grpc_type", kind),
+        ("grpc_service", service),
+        ("grpc_method", method),
     ])
 }
 
@@ -96,13 +171,13 @@ fn status_of(headers: &axum::http::HeaderMap) -> Option<i32> {
 /// A call not yet counted as handled; counted `Canceled` if dropped so.
 struct Pending {
     metrics: SharedMetrics,
-    labels: Option<Labels>,
+    labels: Option<StaticLabels<3>>,
 }
 
 impl Pending {
     fn handled(&mut self, code: i32) {
-        if let Some(mut labels) = self.labels.take() {
-            labels.push(("grpc_code", code_name(code).to_string()));
+        if let Some([kind, service, method]) = self.labels.take() {
+            let labels = [kind, service, method, ("grpc_code", code_name(code))];
             self.metrics.grpc.handled.get_or_create(&labels).inc();
         }
     }
@@ -270,16 +345,27 @@ mod tests {
                 "/etcdserverpb.Maintenance/Snapshot",
                 Some(("server_stream", "etcdserverpb.Maintenance", "Snapshot")),
             ),
+            (
+                "/grpc.health.v1.Health/Watch",
+                Some(("server_stream", "grpc.health.v1.Health", "Watch")),
+            ),
+            (
+                "/v3lockpb.Lock/Unlock",
+                Some(("unary", "v3lockpb.Lock", "Unlock")),
+            ),
+            // Not served: not counted, whatever a client sends.
+            ("/etcdserverpb.KV/Made-up", None),
+            ("/made.up.Service/Range", None),
             ("/health", None),
             ("", None),
         ];
         for (path, want) in table {
             let got = call_labels(path);
             let want = want.map(|(kind, service, method)| {
-                vec![
-                    ("grpc_type", kind.to_string()),
-                    ("grpc_service", service.to_string()),
-                    ("grpc_method", method.to_string()),
+                [
+                    ("grpc_type", kind),
+                    ("grpc_service", service),
+                    ("grpc_method", method),
                 ]
             });
             assert_eq!(got, want, "{path}");

@@ -544,11 +544,7 @@ fn record_apply(
     let success = if result.is_ok() { "true" } else { "false" };
     metrics
         .apply_duration
-        .get_or_create(&vec![
-            ("version", "v3".to_string()),
-            ("op", op.to_string()),
-            ("success", success.to_string()),
-        ])
+        .get_or_create(&[("version", "v3"), ("op", op), ("success", success)])
         .observe(took.as_secs_f64());
     if took > SLOW_APPLY {
         metrics.server.slow_apply.inc();

@@ -17,6 +17,7 @@ mod lock_workload;
 mod net;
 mod operator;
 mod rng;
+pub mod scale_out;
 mod simulation;
 mod watch_workload;
 mod workload;

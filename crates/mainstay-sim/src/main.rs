@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use mainstay_sim::scale_out::{self, ScaleOutOptions};
 use mainstay_sim::{FaultCounts, SimOptions, replay_command, run_guarded};
 
 struct Args {
@@ -20,6 +21,8 @@ struct Args {
     jobs: usize,
     worker: bool,
     options: SimOptions,
+    /// `--groups N`: the scale-out scheme instead of one cluster.
+    scale_out: Option<ScaleOutOptions>,
 }
 
 fn parse_range(text: &str) -> Result<Vec<u64>, String> {
@@ -40,6 +43,7 @@ fn parse() -> Result<Args, String> {
         jobs: 1,
         worker: false,
         options: SimOptions::default(),
+        scale_out: None,
     };
     let mut given = std::env::args().skip(1);
     while let Some(flag) = given.next() {
@@ -72,18 +76,130 @@ fn parse() -> Result<Args, String> {
                 args.options.auth = true;
                 args.options.safety_breaks.skip_read_permission = true;
             }
+            "--groups" => {
+                let groups: u64 = value()?.parse().map_err(|_| "bad --groups".to_string())?;
+                if !(1..=16).contains(&groups) {
+                    return Err("--groups must be 1 to 16".to_string());
+                }
+                args.scale_out
+                    .get_or_insert_with(ScaleOutOptions::default)
+                    .groups = groups;
+            }
+            "--throughput" => {
+                let clients: u64 = value()?
+                    .parse()
+                    .map_err(|_| "bad --throughput".to_string())?;
+                args.scale_out
+                    .get_or_insert_with(ScaleOutOptions::default)
+                    .throughput_clients = Some(clients.max(1));
+            }
+            "--break-oracle" => {
+                args.scale_out
+                    .get_or_insert_with(ScaleOutOptions::default)
+                    .breaks
+                    .no_oracle = true
+            }
+            "--break-stable-wait" => {
+                args.scale_out
+                    .get_or_insert_with(ScaleOutOptions::default)
+                    .breaks
+                    .no_stable_wait = true
+            }
+            "--break-watch-merge" => {
+                args.scale_out
+                    .get_or_insert_with(ScaleOutOptions::default)
+                    .breaks
+                    .watch_on_stable_only = true
+            }
             "--expect-violations" => args.expect_violations = true,
             "--worker" => args.worker = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
+    if let Some(scale_out) = args.scale_out.as_mut() {
+        scale_out.workload_seconds = args.options.workload_seconds;
+        scale_out.faults = args.options.faults;
+    }
     Ok(args)
+}
+
+/// The command that replays one seed of a scale-out run.
+fn scale_out_replay(seed: u64, options: &ScaleOutOptions) -> String {
+    let mut command = format!(
+        "cargo run -p mainstay-sim -- --groups {} --seed {seed} --workload-seconds {}",
+        options.groups, options.workload_seconds
+    );
+    if !options.faults {
+        command.push_str(" --no-faults");
+    }
+    if options.breaks.no_oracle {
+        command.push_str(" --break-oracle");
+    }
+    if options.breaks.no_stable_wait {
+        command.push_str(" --break-stable-wait");
+    }
+    if options.breaks.watch_on_stable_only {
+        command.push_str(" --break-watch-merge");
+    }
+    if let Some(clients) = options.throughput_clients {
+        command.push_str(&format!(" --throughput {clients}"));
+    }
+    command
+}
+
+/// One scale-out seed; a panic is a finding of the seed.
+fn run_scale_out(seed: u64, options: &ScaleOutOptions) -> bool {
+    let result =
+        std::panic::catch_unwind(|| scale_out::run(seed, options)).unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            scale_out::ScaleOutResult {
+                violations: vec![format!("panic: {message}")],
+                ..Default::default()
+            }
+        });
+    println!(
+        "seed {seed} {} members={} ops={} reads={} events={} {}",
+        if result.ok() { "ok" } else { "FAIL" },
+        options.groups * 3 + 3,
+        result.operations,
+        result.reads,
+        result.watch_events,
+        result.faults,
+    );
+    if options.throughput_clients.is_some() {
+        println!(
+            "  groups={} puts/s={:.0} put p50/p99 ms={:.1}/{:.1} read p50/p99 ms={:.1}/{:.1}",
+            options.groups,
+            result.puts_per_second,
+            result.put_ms.0,
+            result.put_ms.1,
+            result.read_ms.0,
+            result.read_ms.1
+        );
+    }
+    if !result.ok() {
+        for violation in &result.violations {
+            for line in violation.lines() {
+                println!("  {line}");
+            }
+        }
+        println!("  replay: {}", scale_out_replay(seed, options));
+    }
+    result.ok()
 }
 
 /// One line per seed, parsed back by the parent: `seed ok|FAIL ops faults...`.
 fn run_seeds(args: &Args) -> bool {
     let mut all_ok = true;
     for &seed in &args.seeds {
+        if let Some(scale_out) = &args.scale_out {
+            all_ok &= run_scale_out(seed, scale_out);
+            continue;
+        }
         let result = run_guarded(seed, &args.options);
         println!(
             "seed {seed} {} members={} ops={} {} trace={:016x}",
@@ -169,30 +285,52 @@ fn run_job(
         if args.options.safety_breaks.skip_read_permission {
             command.arg("--break-auth");
         }
+        if let Some(scale_out) = &args.scale_out {
+            command.arg("--groups").arg(scale_out.groups.to_string());
+            if scale_out.breaks.no_oracle {
+                command.arg("--break-oracle");
+            }
+            if scale_out.breaks.no_stable_wait {
+                command.arg("--break-stable-wait");
+            }
+            if scale_out.breaks.watch_on_stable_only {
+                command.arg("--break-watch-merge");
+            }
+            if let Some(clients) = scale_out.throughput_clients {
+                command.arg("--throughput").arg(clients.to_string());
+            }
+        }
         let mut child = command
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("spawn worker: {e}"))?;
         let mut finished = 0usize;
         let mut stop = false;
+        let mut failing = false;
         if let Some(stdout) = child.stdout.take() {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if line.starts_with("seed ") {
                     finished += 1;
-                    if args.expect_violations && line.split_whitespace().nth(2) != Some("ok") {
+                    failing = line.split_whitespace().nth(2) != Some("ok");
+                    if args.expect_violations && failing {
                         caught.store(true, Ordering::Relaxed);
                     }
                 }
+                // A failing seed's details end with its replay line: a
+                // self-test stops after them (what caught the bug shows), or
+                // at the next line once another job caught it.
+                let last_detail = line.starts_with("  replay:");
                 lines.push(line);
-                if args.expect_violations && caught.load(Ordering::Relaxed) {
+                if args.expect_violations
+                    && caught.load(Ordering::Relaxed)
+                    && (!failing || last_detail)
+                {
                     stop = true;
                     break;
                 }
             }
         }
         if stop {
-            // A failing seed prints its details after its `seed` line; they are
-            // not needed to know the bug was caught.
             let _ = child.kill();
             let _ = child.wait();
             return Ok(lines);
@@ -259,7 +397,7 @@ fn campaign(args: &Args) -> Result<bool, String> {
                     {
                         match name {
                             "ops" => operations += value,
-                            "members" | "trace" => {}
+                            "members" | "trace" | "reads" | "events" => {}
                             _ => faults.bump(name, value),
                         }
                     }

@@ -113,7 +113,7 @@ pub fn replay_command(seed: u64) -> String {
 }
 
 /// The data directory of a member on the simulated disk.
-fn data_dir(name: &str) -> PathBuf {
+pub(crate) fn data_dir(name: &str) -> PathBuf {
     Path::new("/sim").join(name)
 }
 
@@ -123,7 +123,7 @@ const HASH_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// The member that diverges under `SimOptions::diverge`.
 const DIVERGING: &str = "m1";
 
-fn member_config(name: &str, names: &[String], snapshot_count: u64) -> Config {
+pub(crate) fn member_config(name: &str, names: &[String], snapshot_count: u64) -> Config {
     let initial_cluster: BTreeMap<String, String> = names
         .iter()
         .map(|n| (n.clone(), format!("http://{n}:2380")))
@@ -1534,7 +1534,7 @@ fn liveness(
 /// simulated network they get. Starting each run at a multiple of 64 makes the
 /// order a function of the seed alone (found when seed 42 gave one trace on a
 /// process's first run and another on its second).
-fn align_task_ids() {
+pub(crate) fn align_task_ids() {
     const ALIGN: u64 = 64;
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
         return;

@@ -212,3 +212,53 @@ fn replay() {
         replay_command(seed)
     );
 }
+
+#[test]
+fn scale_out_scheme_passes_and_its_broken_variants_are_caught() {
+    // Goal: the scale-out simulation (docs/design/scale-out.md §8) passes on
+    // the chosen scheme with faults, and each deliberately broken variant is
+    // caught by the check it targets.
+    use mainstay_sim::scale_out::{Breaks, ScaleOutOptions, run as scale_out};
+    let options = ScaleOutOptions {
+        groups: 2,
+        workload_seconds: 8,
+        ..ScaleOutOptions::default()
+    };
+    let passed = scale_out(1, &options);
+    assert!(passed.ok(), "{}", passed.violations.join("\n"));
+    assert!(passed.operations > 100, "{passed:?}");
+    assert!(passed.reads > 50 && passed.watch_events > 50, "{passed:?}");
+    assert!(passed.faults.total() > 0, "{passed:?}");
+    let broken = |breaks: Breaks| {
+        scale_out(
+            1,
+            &ScaleOutOptions {
+                breaks,
+                ..options.clone()
+            },
+        )
+        .violations
+        .join("\n")
+    };
+    let no_oracle = broken(Breaks {
+        no_oracle: true,
+        ..Breaks::default()
+    });
+    assert!(
+        no_oracle.contains("two acknowledged writes at revision"),
+        "{no_oracle}"
+    );
+    let no_wait = broken(Breaks {
+        no_stable_wait: true,
+        ..Breaks::default()
+    });
+    assert!(
+        no_wait.contains("missing the acknowledged write"),
+        "{no_wait}"
+    );
+    let merge = broken(Breaks {
+        watch_on_stable_only: true,
+        ..Breaks::default()
+    });
+    assert!(merge.contains("emitted revision"), "{merge}");
+}

@@ -271,6 +271,23 @@ check "watch --prev-kv" "$(printf 'PUT\nw1\nv1\nPUT\nw1\nv1\nw1\nv2\nDELETE\nw1\
   "$(watch_for --endpoints="$ALL" watch --prev-kv --rev="$WREV" w1)"
 check "watch -i (interactive)" "$(printf 'PUT\nw2\nx\n')" \
   "$( (echo "watch --rev=$WREV w2"; sleep 4) | watch_for --endpoints="$ALL" watch -i)"
+# A revision's events in the order the Txn wrote them (etcd's sub-revision),
+# from history on another member and live.
+ORDER="$WORK/order-watch.out"
+etcdctl --endpoints="$(ep "$FOLLOWER")" watch --prefix o/ >"$ORDER" 2>&1 &
+WATCHER=$!
+sleep 1
+# (-w fields prints a header per operation as well: the first is the Txn's.)
+TXN_OUT=$(printf '\nput o/zz 1\nput o/aa 2\nput o/mm 3\n\n\n' |
+  ctl --endpoints="$(ep "$LEADER")" txn -w fields)
+TREV=$(awk '/^"Revision"/ { print $3; exit }' <<<"$TXN_OUT")
+sleep 1
+kill "$WATCHER" 2>/dev/null || true
+wait "$WATCHER" 2>/dev/null || true
+check "watch: a Txn's events in its order (live)" "$(printf 'PUT\no/zz\n1\nPUT\no/aa\n2\nPUT\no/mm\n3')" \
+  "$(cat "$ORDER")"
+check "watch --rev: a Txn's events in its order (history)" "$(printf 'PUT\no/zz\n1\nPUT\no/aa\n2\nPUT\no/mm\n3\n')" \
+  "$(watch_for --endpoints="$(ep "$FOLLOWER")" watch --prefix --rev="$TREV" o/)"
 LIVE="$WORK/live-watch.out"
 etcdctl --endpoints="$(ep "$FOLLOWER")" watch live >"$LIVE" 2>&1 &
 WATCHER=$!

@@ -214,19 +214,33 @@ pub(crate) fn feed(
         )],
     )?;
 
-    // The history, one row at a time: `sub` counts the changes of a revision.
+    // The history, one revision at a time (rows come in key order within a
+    // revision): etcd's `sub` is the position of a change within its
+    // revision, which is `Record::sub`'s order (records stored before it was
+    // kept all have 0 and keep key order), numbered 0, 1, … so the bucket's
+    // keys are sorted and distinct.
     sink.bucket(b"key")?;
-    let mut last: Option<(i64, i64)> = None;
-    read.visit_records::<SnapshotError>(true, &mut |user_key, record| {
-        let sub = match last {
-            Some((revision, sub)) if revision == record.revision => sub + 1,
-            _ => 0,
+    let mut revision_rows: Vec<(Vec<u8>, Record)> = Vec::new();
+    let flush =
+        |rows: &mut Vec<(Vec<u8>, Record)>, sink: &mut dyn Sink| -> Result<(), SnapshotError> {
+            rows.sort_by_key(|(_, record)| record.sub);
+            for (sub, (user_key, record)) in rows.drain(..).enumerate() {
+                let (key, value) = key_entry(&user_key, sub as i64, record);
+                sink.entry(&key, &value)?;
+            }
+            Ok(())
         };
-        last = Some((record.revision, sub));
-        let (key, value) = key_entry(user_key, sub, record);
-        sink.entry(&key, &value)?;
+    read.visit_records::<SnapshotError>(true, &mut |user_key, record| {
+        if revision_rows
+            .first()
+            .is_some_and(|(_, first)| first.revision != record.revision)
+        {
+            flush(&mut revision_rows, sink)?;
+        }
+        revision_rows.push((user_key.to_vec(), record));
         Ok(())
     })?;
+    flush(&mut revision_rows, sink)?;
 
     let leases = read
         .leases()?
@@ -291,6 +305,7 @@ mod tests {
                 value: mainstay_mvcc::Value::Inline(b"v".to_vec()),
                 lease: 0,
             }),
+            sub: 0,
         };
         let (a, _) = key_entry(b"k", 0, put(2));
         let (b, _) = key_entry(b"k", 1, put(2));
@@ -304,6 +319,7 @@ mod tests {
             Record {
                 revision: 3,
                 live: None,
+                sub: 0,
             },
         );
         assert_eq!(deleted.len(), 18);
@@ -491,6 +507,11 @@ pub fn read_file(
                 let main = be_u64(key)
                     .and_then(|m| i64::try_from(m).ok())
                     .ok_or_else(|| damaged("a revision out of range"))?;
+                let sub = key
+                    .get(9..17)
+                    .and_then(be_u64)
+                    .and_then(|s| u32::try_from(s).ok())
+                    .ok_or_else(|| damaged("a sub-revision out of range"))?;
                 let kv = KeyValue::decode(value).map_err(|_| damaged("an undecodable key"))?;
                 let live = (key.len() == 17).then_some(mainstay_mvcc::Live {
                     create_revision: kv.create_revision,
@@ -505,6 +526,7 @@ pub fn read_file(
                     Record {
                         revision: main,
                         live,
+                        sub,
                     },
                 ))?;
             }

@@ -422,8 +422,9 @@ impl WatchStream {
             // fetch them from history rather than skip them.
             self.catch_up_all(revision - 1).await?;
         }
-        let mut events: Vec<Event> = applied.events.as_ref().clone();
-        events.sort_by(|a, b| a.kv.key.cmp(&b.kv.key));
+        // In the order the request wrote them, as etcd sends a revision's
+        // events (and as `KeySpace::events` replays them).
+        let events: Vec<Event> = applied.events.as_ref().clone();
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             let Some(watcher) = self.watchers.get(&id) else {

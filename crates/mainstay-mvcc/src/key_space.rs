@@ -140,6 +140,11 @@ pub struct Record {
     pub revision: Revision,
     /// The key's state from then on; `None` is a deletion (tombstone).
     pub live: Option<Live>,
+    /// Position among the records of its revision, in the order the request
+    /// wrote them (etcd's sub-revision): a revision's watch events come in
+    /// this order, as etcd sends them. 0 on records stored before it was kept
+    /// (those then come in key order). Not part of the keyspace hash.
+    pub sub: u32,
 }
 
 /// A lease as the replicated state keeps it. No clock: when it expires is decided
@@ -508,8 +513,8 @@ impl KeySpace {
     }
 
     /// The events of revisions `from..=to` on keys in `[key, range_end)`, in
-    /// revision order and, within one revision, in key order (live watch
-    /// delivery sorts the same way). `from` must be at least the compacted
+    /// revision order and, within one revision, in the order the request
+    /// wrote them (`Record::sub`, as live delivery). `from` must be at least the compacted
     /// revision: compaction keeps every record of that revision (tombstones
     /// included, unlike etcd), and drops what is below it, so events there could
     /// be missing and are refused rather than lost silently.
@@ -553,11 +558,16 @@ impl KeySpace {
                         prev_value_stored: false,
                     },
                 };
-                events.push((record.revision, event));
+                events.push(((record.revision, record.sub), event));
             }
         }
-        // Stable: keys were visited in order, so equal revisions stay key-ordered.
-        events.sort_by_key(|(revision, _)| *revision);
+        // Stable: keys were visited in order, so records without a position
+        // (stored before it was kept, all 0) stay key-ordered.
+        events.sort_by_key(|(at, _)| *at);
+        let events = events
+            .into_iter()
+            .map(|((revision, _), event)| (revision, event))
+            .collect();
         Ok(events)
     }
 

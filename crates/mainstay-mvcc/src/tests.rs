@@ -1045,3 +1045,65 @@ fn byte_strings_keep_their_stored_encoding() {
         Some(live)
     );
 }
+
+#[test]
+fn a_revisions_events_come_in_the_order_the_request_wrote_them() {
+    // Goal: etcd's order within one revision (its sub-revision): a Txn's
+    // puts in operation order, a DeleteRange's keys in key order at its place
+    // in the Txn; the same live, from history, and after a restore.
+    let mut space = KeySpace::new();
+    put(&mut space, "b1", "x"); // 2
+    put(&mut space, "b2", "x"); // 3
+    let txn = TxnRequest {
+        compare: Vec::new(),
+        success: vec![
+            put_op("zz", "1"),
+            RequestOp::DeleteRange(DeleteRangeRequest {
+                key: b"b".to_vec(),
+                range_end: b"c".to_vec(),
+                prev_kv: false,
+            }),
+            put_op("/aa", "2"),
+            put_op("mm", "3"),
+        ],
+        failure: Vec::new(),
+    };
+    let applied = space.apply(&Command::Txn(txn), &CTX);
+    assert!(applied.result.is_ok());
+    let want = ["zz", "b1", "b2", "/aa", "mm"];
+    let live: Vec<String> = applied
+        .events
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.kv.key).into_owned())
+        .collect();
+    assert_eq!(live, want, "live");
+    for (what, space) in [("history", space.clone()), ("restored", restored(&space))] {
+        let events = space.events(&[0], &[0], 4, 4).expect("events");
+        let keys: Vec<String> = events
+            .iter()
+            .map(|(_, e)| String::from_utf8_lossy(&e.kv.key).into_owned())
+            .collect();
+        assert_eq!(keys, want, "{what}");
+    }
+    // Records stored before positions were kept (all 0) replay in key order.
+    let mut old: Vec<(Vec<u8>, Record)> = space
+        .records()
+        .map(|(key, record)| (key.to_vec(), record.clone()))
+        .collect();
+    for (_, record) in &mut old {
+        record.sub = 0;
+    }
+    let old = KeySpace::restore(
+        old,
+        space.leases().collect::<Vec<_>>(),
+        space.revision(),
+        space.compacted_revision(),
+    );
+    let keys: Vec<String> = old
+        .events(&[0], &[0], 4, 4)
+        .expect("events")
+        .iter()
+        .map(|(_, e)| String::from_utf8_lossy(&e.kv.key).into_owned())
+        .collect();
+    assert_eq!(keys, ["/aa", "b1", "b2", "mm", "zz"]);
+}

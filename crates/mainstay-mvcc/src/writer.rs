@@ -98,6 +98,7 @@ impl<'a> Writer<'a> {
         let record = Record {
             revision: self.pending,
             live,
+            sub: self.touched.len() as u32,
         };
         // One lookup for a key that exists (the common case), no copy of the key.
         match self.space.keys.get_mut(key) {
@@ -185,6 +186,7 @@ impl<'a> Writer<'a> {
                 value: Value::Inline(value),
                 lease,
             }),
+            sub: self.touched.len() as u32,
         };
         match history.take() {
             Some(history) => push_record(history, record.clone()),

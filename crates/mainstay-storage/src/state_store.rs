@@ -49,8 +49,9 @@ const LEASES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("leases");
 const AUTH_KEY: &str = "auth";
 /// Key (in `META`) of the raised alarms.
 const ALARMS_KEY: &str = "alarms";
-/// 3: with the auth state; 4: with the alarms.
-const SNAPSHOT_FORMAT: u32 = 4;
+/// 3: with the auth state; 4: with the alarms; 5: records with their
+/// position within their revision (`Record::sub`).
+const SNAPSHOT_FORMAT: u32 = 5;
 
 /// State-machine metadata committed with every batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,9 +190,31 @@ fn unseal<'a>(key: &[u8], sealed: &'a [u8]) -> Option<&'a [u8]> {
     (hasher.finalize().to_le_bytes() == crc).then_some(value)
 }
 
+/// A history row's value: the encoded `Record::live`, then `Record::sub` (a
+/// varint, absent from rows written before it was kept: readers of
+/// `Option<Live>` alone ignore it, so older builds read newer rows).
 fn encode_live(key: &[u8], record: &Record) -> Result<Vec<u8>, StorageError> {
-    let live = postcard::to_allocvec(&record.live).map_err(|_| StorageError::Encode)?;
-    Ok(seal(key, live))
+    let mut value = postcard::to_allocvec(&record.live).map_err(|_| StorageError::Encode)?;
+    if record.sub != 0 {
+        let sub = postcard::to_allocvec(&record.sub).map_err(|_| StorageError::Encode)?;
+        value.extend_from_slice(&sub);
+    }
+    Ok(seal(key, value))
+}
+
+/// The inverse of `encode_live`: `(live, sub)`, sub 0 when the row has none.
+fn decode_live(value: &[u8]) -> Option<(Option<Live>, u32)> {
+    let (live, rest) = postcard::take_from_bytes::<Option<Live>>(value).ok()?;
+    let sub = if rest.is_empty() {
+        0
+    } else {
+        let (sub, rest) = postcard::take_from_bytes::<u32>(rest).ok()?;
+        if !rest.is_empty() {
+            return None;
+        }
+        sub
+    };
+    Some((live, sub))
 }
 
 /// An error opening the database: corruption when redb says so, else I/O.
@@ -1026,8 +1049,8 @@ impl StoredValues {
             .ok_or_else(|| corrupt(&self.path, "history row missing for a stored value"))?;
         let value = unseal(&row, sealed.value())
             .ok_or_else(|| corrupt(&self.path, "history row checksum mismatch"))?;
-        let live: Option<Live> = postcard::from_bytes(value)
-            .map_err(|_| corrupt(&self.path, "undecodable history record"))?;
+        let (live, _) =
+            decode_live(value).ok_or_else(|| corrupt(&self.path, "undecodable history record"))?;
         match live.map(|live| live.value) {
             Some(Value::Inline(bytes)) => Ok(bytes),
             _ => Err(corrupt(&self.path, "history row without the value")),
@@ -1174,7 +1197,8 @@ impl StateReader {
     }
 
     /// Visits every retained record (user key, record) in revision order,
-    /// then key order within a revision, one row in memory at a time; with
+    /// then key order within a revision (`Record::sub` says the order they
+    /// were written in), one row in memory at a time; with
     /// `values` the values too, else `Value::Stored`.
     pub fn visit_records<E: From<StorageError>>(
         &self,
@@ -1193,12 +1217,19 @@ impl StateReader {
                 .ok_or_else(|| self.corrupt("history row checksum mismatch"))?;
             let (user_key, revision) = split_history_key(key.value())
                 .ok_or_else(|| self.corrupt("malformed history key"))?;
-            let mut live: Option<Live> = postcard::from_bytes(value)
-                .map_err(|_| self.corrupt("undecodable history record"))?;
+            let (mut live, sub) =
+                decode_live(value).ok_or_else(|| self.corrupt("undecodable history record"))?;
             if !values && let Some(live) = live.as_mut() {
                 live.value = Value::Stored;
             }
-            visit(&user_key, Record { revision, live })?;
+            visit(
+                &user_key,
+                Record {
+                    revision,
+                    live,
+                    sub,
+                },
+            )?;
         }
         Ok(())
     }
@@ -1239,6 +1270,35 @@ mod format_tests {
 
     fn os() -> Arc<dyn Disk> {
         Arc::new(OsDisk)
+    }
+
+    #[test]
+    fn a_rows_position_in_its_revision_round_trips_and_old_rows_read_as_0() {
+        let live = Some(Live {
+            create_revision: 2,
+            version: 1,
+            value: Value::Inline(b"v".to_vec()),
+            lease: 0,
+        });
+        for sub in [0, 1, 300, u32::MAX] {
+            let record = Record {
+                revision: 2,
+                live: live.clone(),
+                sub,
+            };
+            let sealed = encode_live(b"row", &record).expect("encode");
+            let value = unseal(b"row", &sealed).expect("seal");
+            assert_eq!(decode_live(value), Some((live.clone(), sub)));
+            // What a build without positions reads: the same `live`.
+            let older: Option<Live> = postcard::from_bytes(value).expect("older reader");
+            assert_eq!(older, live);
+        }
+        // A row written before positions were kept.
+        let old = postcard::to_allocvec(&live).expect("encode");
+        assert_eq!(decode_live(&old), Some((live.clone(), 0)));
+        let mut trailing = old.clone();
+        trailing.extend_from_slice(&[1, 2]);
+        assert_eq!(decode_live(&trailing), None, "bytes after the position");
     }
 
     /// Rows as format 1 kept them: (user key ++ revision, sealed value).

@@ -174,8 +174,9 @@ async fn a_snapshot_is_etcds_file_with_every_revision_lease_and_member() {
             (2, 0, false, &b"a"[..], &b"1"[..]),
             (3, 0, false, b"b", b"2"),
             (4, 0, false, b"a", b"3"),
-            (5, 0, false, b"x", b"t"),
-            (5, 1, false, b"y", b"t"),
+            // The Txn put y, then x: etcd's sub-revisions follow its operations.
+            (5, 0, false, b"y", b"t"),
+            (5, 1, false, b"x", b"t"),
             (6, 0, true, b"b", b""),
         ]
     );

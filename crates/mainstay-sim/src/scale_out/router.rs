@@ -431,8 +431,9 @@ async fn follow_group(
                     break;
                 }
                 // The block mark goes after every put of the response: the
-                // events of one revision come in one response, in no promised
-                // order (Mainstay sorts them by key, etcd by operation).
+                // events of one revision come in one response, in the order
+                // of the Txn's operations (the mark is written last), but a
+                // merger should not depend on that order.
                 let mut delivered = None;
                 for event in response.events {
                     let Some(kv) = event.kv else { continue };

@@ -224,6 +224,11 @@ enum Fault {
     CrashSequencer,
     /// Cut a host off from every other host, then repair.
     Isolate(String),
+    /// A host's messages out are lost, what comes in still arrives.
+    OneWay(String),
+    /// Hold every message to and from a host, then deliver them in a burst
+    /// (the network's view of a stopped process: SIGSTOP).
+    Pause(String),
 }
 
 impl Fault {
@@ -233,6 +238,8 @@ impl Fault {
             Fault::CrashLeader(_) => "leader_crashes",
             Fault::CrashSequencer => "sequencer_crashes",
             Fault::Isolate(_) => "isolations",
+            Fault::OneWay(_) => "one_way",
+            Fault::Pause(_) => "pauses",
         }
     }
 }
@@ -248,7 +255,21 @@ fn plan(
     let mut out = Vec::new();
     let groups = layout.groups();
     while at + Duration::from_secs(2) < workload {
-        let fault = match rng.below(7) {
+        let host = |rng: &mut Rng| {
+            // A member of a data or the meta group, a group leader or the sequencer.
+            match rng.below(4) {
+                0 => layout.leader(rng.below(groups)),
+                1 => "seq".to_string(),
+                2 => meta[rng.below(meta.len() as u64) as usize].clone(),
+                _ => {
+                    let members = &layout.members[rng.below(groups) as usize];
+                    members[rng.below(members.len() as u64) as usize].clone()
+                }
+            }
+        };
+        let fault = match rng.below(9) {
+            7 => Fault::OneWay(host(rng)),
+            8 => Fault::Pause(host(rng)),
             0 | 1 => {
                 let g = rng.below(groups) as usize;
                 let members = &layout.members[g];
@@ -449,11 +470,18 @@ pub fn run(seed: u64, options: &ScaleOutOptions) -> ScaleOutResult {
             Fault::CrashLeader(name) => sim.crash(name.as_str()),
             Fault::CrashSequencer => sim.crash("seq"),
             Fault::Isolate(name) => {
-                for other in hosts.iter().filter(|h| *h != name) {
+                for other in hosts.iter().chain(&client_hosts).filter(|h| *h != name) {
                     sim.partition(name.as_str(), other.as_str());
                 }
-                for client in &client_hosts {
-                    sim.partition(name.as_str(), client.as_str());
+            }
+            Fault::OneWay(name) => {
+                for other in hosts.iter().chain(&client_hosts).filter(|h| *h != name) {
+                    sim.partition_oneway(name.as_str(), other.as_str());
+                }
+            }
+            Fault::Pause(name) => {
+                for other in hosts.iter().chain(&client_hosts).filter(|h| *h != name) {
+                    sim.hold(name.as_str(), other.as_str());
                 }
             }
         }
@@ -465,11 +493,18 @@ pub fn run(seed: u64, options: &ScaleOutOptions) -> ScaleOutResult {
             Fault::CrashMember(name) | Fault::CrashLeader(name) => sim.bounce(name.as_str()),
             Fault::CrashSequencer => sim.bounce("seq"),
             Fault::Isolate(name) => {
-                for other in hosts.iter().filter(|h| *h != name) {
+                for other in hosts.iter().chain(&client_hosts).filter(|h| *h != name) {
                     sim.repair(name.as_str(), other.as_str());
                 }
-                for client in &client_hosts {
-                    sim.repair(name.as_str(), client.as_str());
+            }
+            Fault::OneWay(name) => {
+                for other in hosts.iter().chain(&client_hosts).filter(|h| *h != name) {
+                    sim.repair_oneway(name.as_str(), other.as_str());
+                }
+            }
+            Fault::Pause(name) => {
+                for other in hosts.iter().chain(&client_hosts).filter(|h| *h != name) {
+                    sim.release(name.as_str(), other.as_str());
                 }
             }
         }

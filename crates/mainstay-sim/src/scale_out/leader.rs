@@ -16,8 +16,9 @@ use mainstay_proto::etcdserverpb::{
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
+use super::scheme::{Breaks, CostModel, encode_value};
+use super::sequencer;
 use super::wire::{self, Line};
-use super::{Breaks, CostModel, encode_value, sequencer};
 
 /// The port a group leader takes puts on.
 pub(crate) const PORT: u16 = 7000;

@@ -15,8 +15,9 @@ use mainstay_proto::etcdserverpb::{RangeRequest, WatchCreateRequest, WatchReques
 use tonic::transport::Channel;
 
 use super::checks::{Found, SnapshotRead, WatchLog};
+use super::scheme::{Breaks, Layout, decode_value};
 use super::wire::{self, Line};
-use super::{Breaks, Layout, decode_value, leader, sequencer};
+use super::{leader, sequencer};
 use crate::rng::Rng;
 use crate::workload::{History, now_micros};
 

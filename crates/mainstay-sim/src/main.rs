@@ -126,25 +126,37 @@ fn parse() -> Result<Args, String> {
 /// The command that replays one seed of a scale-out run.
 fn scale_out_replay(seed: u64, options: &ScaleOutOptions) -> String {
     let mut command = format!(
-        "cargo run -p mainstay-sim -- --groups {} --seed {seed} --workload-seconds {}",
-        options.groups, options.workload_seconds
+        "cargo run -p mainstay-sim -- --seed {seed} --workload-seconds {}",
+        options.workload_seconds
     );
     if !options.faults {
         command.push_str(" --no-faults");
     }
-    if options.breaks.no_oracle {
-        command.push_str(" --break-oracle");
-    }
-    if options.breaks.no_stable_wait {
-        command.push_str(" --break-stable-wait");
-    }
-    if options.breaks.watch_on_stable_only {
-        command.push_str(" --break-watch-merge");
-    }
-    if let Some(clients) = options.throughput_clients {
-        command.push_str(&format!(" --throughput {clients}"));
+    for arg in scale_out_args(options) {
+        command.push(' ');
+        command.push_str(&arg);
     }
     command
+}
+
+/// The flags that give a worker (or a replay) the same scale-out options
+/// (seeds, workload length and faults are passed as for every run).
+fn scale_out_args(options: &ScaleOutOptions) -> Vec<String> {
+    let mut args = vec!["--groups".to_string(), options.groups.to_string()];
+    for (on, flag) in [
+        (options.breaks.no_oracle, "--break-oracle"),
+        (options.breaks.no_stable_wait, "--break-stable-wait"),
+        (options.breaks.watch_on_stable_only, "--break-watch-merge"),
+    ] {
+        if on {
+            args.push(flag.to_string());
+        }
+    }
+    if let Some(clients) = options.throughput_clients {
+        args.push("--throughput".to_string());
+        args.push(clients.to_string());
+    }
+    args
 }
 
 /// One scale-out seed; a panic is a finding of the seed.
@@ -286,19 +298,7 @@ fn run_job(
             command.arg("--break-auth");
         }
         if let Some(scale_out) = &args.scale_out {
-            command.arg("--groups").arg(scale_out.groups.to_string());
-            if scale_out.breaks.no_oracle {
-                command.arg("--break-oracle");
-            }
-            if scale_out.breaks.no_stable_wait {
-                command.arg("--break-stable-wait");
-            }
-            if scale_out.breaks.watch_on_stable_only {
-                command.arg("--break-watch-merge");
-            }
-            if let Some(clients) = scale_out.throughput_clients {
-                command.arg("--throughput").arg(clients.to_string());
-            }
+            command.args(scale_out_args(scale_out));
         }
         let mut child = command
             .stdout(Stdio::piped())

@@ -10,13 +10,11 @@
 use std::time::Duration;
 
 use mainstay_proto::etcdserverpb::kv_client::KvClient;
-use mainstay_proto::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, request_op,
-};
+use mainstay_proto::etcdserverpb::{RangeRequest, RequestOp, TxnRequest};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
-use super::scheme::{Breaks, CostModel, encode_value};
+use super::scheme::{Breaks, CostModel, counter_cas, counter_is, encode_value, put_op};
 use super::sequencer;
 use super::wire::{self, Line};
 
@@ -96,11 +94,7 @@ impl Group {
                 .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
                 .unwrap_or(0);
             let next = current + 1;
-            let request = TxnRequest {
-                compare: vec![epoch_compare(current)],
-                success: vec![put_op(EPOCH_KEY.to_vec(), next.to_string().into_bytes())],
-                failure: Vec::new(),
-            };
+            let request = counter_cas(EPOCH_KEY, current as i64, next as i64);
             match tokio::time::timeout(wire::ATTEMPT, self.kv().txn(request)).await {
                 Ok(Ok(reply)) if reply.get_ref().succeeded => return next,
                 Ok(Ok(_)) => {}
@@ -119,36 +113,6 @@ impl Group {
                 Some((start.parse().ok()?, end.parse().ok()?))
             })
             .unwrap_or((0, 1))
-    }
-}
-
-fn epoch_compare(epoch: u64) -> Compare {
-    if epoch == 0 {
-        Compare {
-            result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Create as i32,
-            key: EPOCH_KEY.to_vec(),
-            target_union: Some(compare::TargetUnion::CreateRevision(0)),
-            range_end: Vec::new(),
-        }
-    } else {
-        Compare {
-            result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Value as i32,
-            key: EPOCH_KEY.to_vec(),
-            target_union: Some(compare::TargetUnion::Value(epoch.to_string().into_bytes())),
-            range_end: Vec::new(),
-        }
-    }
-}
-
-fn put_op(key: Vec<u8>, value: Vec<u8>) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestPut(PutRequest {
-            key,
-            value,
-            ..Default::default()
-        })),
     }
 }
 
@@ -326,7 +290,7 @@ pub(crate) async fn host(setup: LeaderSetup) -> turmoil::Result {
             format!("{start} {end}").into_bytes(),
         ));
         let request = TxnRequest {
-            compare: vec![epoch_compare(epoch)],
+            compare: vec![counter_is(EPOCH_KEY, epoch as i64)],
             success,
             failure: Vec::new(),
         };

@@ -1,8 +1,13 @@
 //! What the scale-out parts share (a leaf: it uses none of them): the
 //! deliberate bugs, the cost model, how a stored value carries its global
-//! revision, and the layout of groups and key ranges.
+//! revision, the layout of groups and key ranges, and the compare-and-set of
+//! a counter key (the leader's epoch, the sequencer's ceiling).
 
 use std::time::Duration;
+
+use mainstay_proto::etcdserverpb::{
+    Compare, PutRequest, RequestOp, TxnRequest, compare, request_op,
+};
 
 /// Deliberate bugs of the scheme (self-tests: the checks must catch them).
 #[derive(Clone, Copy, Debug, Default)]
@@ -90,5 +95,47 @@ impl Layout {
 
     pub(crate) fn leader(&self, group: u64) -> String {
         format!("lead{group}")
+    }
+}
+
+/// The compare "counter key `key` holds `value`" (0: the key is absent).
+pub(crate) fn counter_is(key: &[u8], value: i64) -> Compare {
+    let (target, union) = if value == 0 {
+        (
+            compare::CompareTarget::Create,
+            compare::TargetUnion::CreateRevision(0),
+        )
+    } else {
+        (
+            compare::CompareTarget::Value,
+            compare::TargetUnion::Value(value.to_string().into_bytes()),
+        )
+    };
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: target as i32,
+        key: key.to_vec(),
+        target_union: Some(union),
+        range_end: Vec::new(),
+    }
+}
+
+/// A put as a Txn operation.
+pub(crate) fn put_op(key: Vec<u8>, value: Vec<u8>) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key,
+            value,
+            ..Default::default()
+        })),
+    }
+}
+
+/// Sets counter key `key` from `current` to `next` if nobody changed it.
+pub(crate) fn counter_cas(key: &[u8], current: i64, next: i64) -> TxnRequest {
+    TxnRequest {
+        compare: vec![counter_is(key, current)],
+        success: vec![put_op(key.to_vec(), next.to_string().into_bytes())],
+        failure: Vec::new(),
     }
 }

@@ -8,12 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mainstay_proto::etcdserverpb::RangeRequest;
 use mainstay_proto::etcdserverpb::kv_client::KvClient;
-use mainstay_proto::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, request_op,
-};
 use tonic::transport::Channel;
 
+use super::scheme::counter_cas;
 use super::wire::{self, Line};
 
 /// Revisions persisted ahead at a time: a restarted sequencer starts at the
@@ -202,34 +201,7 @@ async fn persist_ceiling(meta: &mut [KvClient<Channel>], ceiling: i64) {
         if current >= ceiling {
             return;
         }
-        let current_text = current.to_string().into_bytes();
-        let request = TxnRequest {
-            compare: vec![if current == 0 {
-                Compare {
-                    result: compare::CompareResult::Equal as i32,
-                    target: compare::CompareTarget::Create as i32,
-                    key: CEILING_KEY.to_vec(),
-                    target_union: Some(compare::TargetUnion::CreateRevision(0)),
-                    range_end: Vec::new(),
-                }
-            } else {
-                Compare {
-                    result: compare::CompareResult::Equal as i32,
-                    target: compare::CompareTarget::Value as i32,
-                    key: CEILING_KEY.to_vec(),
-                    target_union: Some(compare::TargetUnion::Value(current_text)),
-                    range_end: Vec::new(),
-                }
-            }],
-            success: vec![RequestOp {
-                request: Some(request_op::Request::RequestPut(PutRequest {
-                    key: CEILING_KEY.to_vec(),
-                    value: ceiling.to_string().into_bytes(),
-                    ..Default::default()
-                })),
-            }],
-            failure: Vec::new(),
-        };
+        let request = counter_cas(CEILING_KEY, current, ceiling);
         for kv in meta.iter_mut() {
             if let Ok(Ok(_)) = tokio::time::timeout(wire::TIMEOUT, kv.txn(request.clone())).await {
                 break;

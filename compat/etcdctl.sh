@@ -597,10 +597,21 @@ check "delete the last key" "1" "$(ctl --endpoints="$Q_EP" del guard)"
 Q_REV=$(ctl --endpoints="$Q_EP" endpoint status -w fields | sed -n 's/^"Revision" : //p')
 check "compaction under NOSPACE" "compacted revision $Q_REV" "$(ctl --endpoints="$Q_EP" compaction "$Q_REV")"
 Q_BEFORE=$(ctl --endpoints="$Q_EP" endpoint status -w fields | sed -n 's/^"DBSize" : //p')
+# dbSizeInUse says beforehand about what the defragmentation will leave
+# (once the compaction's commit lands: the state commits every 100 ms).
+for _ in $(seq 1 20); do
+  Q_IN_USE=$(ctl --endpoints="$Q_EP" endpoint status -w json | sed -n 's/.*"dbSizeInUse":\([0-9]*\).*/\1/p')
+  [ -n "$Q_IN_USE" ] && [ $((Q_IN_USE * 10)) -lt "$Q_BEFORE" ] && break
+  sleep 0.1
+done
+check "dbSizeInUse after the compaction is under a tenth of dbSize" "yes" \
+  "$([ -n "$Q_IN_USE" ] && [ $((Q_IN_USE * 10)) -lt "$Q_BEFORE" ] && echo yes || echo "in use $Q_IN_USE of $Q_BEFORE")"
 check "defrag" "Finished defragmenting etcd member[$Q_EP]" "$(ctl --endpoints="$Q_EP" defrag)"
 Q_AFTER=$(ctl --endpoints="$Q_EP" endpoint status -w fields | sed -n 's/^"DBSize" : //p')
 check "defrag shrinks the state file to a tenth" "yes" \
   "$([ $((Q_AFTER * 10)) -lt "$Q_BEFORE" ] && echo yes || echo "$Q_BEFORE -> $Q_AFTER")"
+check "the defragmented file is within a quarter of the dbSizeInUse before it" "yes" \
+  "$([ $((Q_AFTER * 4)) -le $((Q_IN_USE * 5)) ] && [ $((Q_AFTER * 4)) -ge $((Q_IN_USE * 3)) ] && echo yes || echo "in use $Q_IN_USE, after $Q_AFTER")"
 check_contains "alarm disarm" "alarm:NOSPACE" "$(ctl --endpoints="$Q_EP" alarm disarm)"
 check "no alarm after disarm" "" "$(ctl --endpoints="$Q_EP" alarm list)"
 check "writes again once the space is freed" "OK" "$(ctl --endpoints="$Q_EP" put big1 "$BIG")"

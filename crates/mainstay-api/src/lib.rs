@@ -175,7 +175,7 @@ impl Api {
     async fn check_quota(&self, command: &mainstay_mvcc::Command) -> Result<(), tonic::Status> {
         let cost = quota::command_cost(command);
         if !quota::over_quota(
-            self.replica.db_bytes(),
+            self.replica.quota_bytes(),
             cost,
             self.limits.quota_backend_bytes,
         ) {

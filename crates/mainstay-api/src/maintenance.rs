@@ -129,7 +129,7 @@ impl Maintenance for MaintenanceService {
             raft_term: status.term,
             raft_applied_index: status.applied_index,
             errors,
-            db_size_in_use: db_size,
+            db_size_in_use: i64::try_from(status.db_in_use_bytes).unwrap_or(i64::MAX),
             is_learner: status.is_learner,
             storage_version: ETCD_VERSION.to_string(),
             db_size_quota: i64::try_from(self.api.limits.quota_backend_bytes).unwrap_or(i64::MAX),

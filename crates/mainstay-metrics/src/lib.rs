@@ -166,6 +166,9 @@ pub struct Mvcc {
     pub txn: Counter,
     /// Physically allocated bytes of the state store.
     pub db_total_size: Gauge,
+    /// What the state store's file would hold after a defragmentation
+    /// (etcd's "logically in use").
+    pub db_total_size_in_use: Gauge,
     /// Time to hash the whole keyspace (`Maintenance.Hash`).
     pub hash_duration: Histogram,
     /// Time to hash the keyspace up to a revision (`HashKV`, the corruption check).
@@ -327,6 +330,7 @@ impl Metrics {
             delete: Counter::default(),
             txn: Counter::default(),
             db_total_size: Gauge::default(),
+            db_total_size_in_use: Gauge::default(),
             hash_duration: hash_buckets(),
             hash_rev_duration: hash_buckets(),
             keys: Gauge::default(),
@@ -575,6 +579,11 @@ impl Metrics {
             "etcd_mvcc_db_total_size_in_bytes",
             "Total size of the underlying database physically allocated in bytes",
             m.db_total_size.clone(),
+        );
+        r.register(
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "Total size of the underlying database logically in use in bytes",
+            m.db_total_size_in_use.clone(),
         );
         r.register(
             "etcd_mvcc_hash_duration_seconds",

@@ -100,6 +100,8 @@ pub struct ReplicaStatus {
     pub is_leader: bool,
     /// Bytes of the state database file.
     pub db_bytes: u64,
+    /// Of those, what a defragmentation would keep (etcd's `dbSizeInUse`).
+    pub db_in_use_bytes: u64,
     /// Bytes of the Raft log file.
     pub log_bytes: u64,
     /// Last log index covered by the latest snapshot.
@@ -257,6 +259,7 @@ impl Replica {
             Duration::from_secs(5) + Duration::from_millis(2 * config.election_timeout_ms);
         let append_times = log.append_times();
         tokio::spawn(count_leader_changes(raft.metrics(), config.metrics.clone()));
+        tokio::spawn(state.clone().commit_when_idle(raft.metrics()));
         Ok(Replica {
             inner: Arc::new(Inner {
                 config,
@@ -278,10 +281,16 @@ impl Replica {
         })
     }
 
-    /// Size of the state database file, in bytes (what the quota is checked
-    /// against, as etcd checks its bbolt file's size).
+    /// Size of the state database file, in bytes.
     pub fn db_bytes(&self) -> u64 {
         self.inner.state.db_bytes()
+    }
+
+    /// What the backend quota is checked against: the state file's size
+    /// (as etcd checks its bbolt file's), less an empty file's
+    /// (`mainstay_storage::quota_bytes`).
+    pub fn quota_bytes(&self) -> u64 {
+        mainstay_storage::quota_bytes(self.db_bytes())
     }
 
     /// This member's Raft role: `leader`, `follower`, `candidate`,
@@ -318,6 +327,7 @@ impl Replica {
         server.proposals_applied.set(gauge(status.applied_index));
         let mvcc = &metrics.mvcc;
         mvcc.db_total_size.set(gauge(status.db_bytes));
+        mvcc.db_total_size_in_use.set(gauge(status.db_in_use_bytes));
         let (keys, revision, compacted) = self.read(|space| {
             (
                 space.live_keys(),
@@ -530,6 +540,7 @@ impl Replica {
             is_learner: membership.learner_ids().any(|l| l == id),
             is_leader: metrics.state == ServerState::Leader,
             db_bytes: self.inner.state.db_bytes(),
+            db_in_use_bytes: self.inner.state.db_in_use_bytes(),
             log_bytes: self.inner.log.file_bytes(),
             snapshot_index: metrics.snapshot.map(|l| l.index),
             purged_index: metrics.purged.map(|l| l.index),

@@ -27,5 +27,6 @@ pub use log_store::{
 };
 pub use mem_disk::{CrashReport, MemDisk};
 pub use state_store::{
-    DefragCopy, DefragError, SnapshotData, StateMeta, StateReader, StateReads, StateStore,
+    DefragCopy, DefragError, EMPTY_FILE_BYTES, SnapshotData, StateMeta, StateReader, StateReads,
+    StateStore, in_use_bytes, quota_bytes,
 };

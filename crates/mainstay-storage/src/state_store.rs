@@ -124,6 +124,10 @@ pub struct StateStore {
     /// quota check reads it for every write request, so it is kept here
     /// rather than asked of the file system each time.
     size: Arc<AtomicU64>,
+    /// Bytes of every row of every table (`row_bytes`), kept up to date by
+    /// each commit from what it inserts and what the rows it replaces or
+    /// removes held; shared with the readers (`StateReads::in_use_bytes`).
+    rows: Arc<AtomicU64>,
     path: PathBuf,
     poisoned: bool,
     /// While a defragmentation copies the state: every batch committed since
@@ -279,6 +283,7 @@ impl StateStore {
                     file: file.clone(),
                     cache_bytes,
                     size: Arc::default(),
+                    rows: Arc::default(),
                     path: path.clone(),
                     poisoned: false,
                     journal: None,
@@ -299,9 +304,19 @@ impl StateStore {
         })
     }
 
-    /// The keyspace as stored, values left on disk.
+    /// The keyspace as stored, values left on disk; counts the rows' bytes
+    /// on the way.
     fn load(&self) -> Result<(KeySpace, StateMeta), StorageError> {
-        self.reader()?.load(false)
+        let (key_space, meta, rows) = self.reader()?.load_counted(false)?;
+        self.rows.store(rows, Ordering::Relaxed);
+        Ok((key_space, meta))
+    }
+
+    /// Counts the rows' bytes again (after the whole state was replaced).
+    fn recount(&self) -> Result<(), StorageError> {
+        let rows = self.reader()?.row_bytes()?;
+        self.rows.store(rows, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Reads values back for a keyspace whose values left memory.
@@ -403,6 +418,7 @@ impl StateStore {
         Ok(StateReads {
             db: self.db.clone().ok_or(StorageError::Poisoned)?,
             size: self.size.clone(),
+            rows: self.rows.clone(),
             path: self.path.clone(),
         })
     }
@@ -435,7 +451,12 @@ impl StateStore {
         durable: bool,
     ) -> Result<(), StorageError> {
         let db = self.db()?;
-        write_batch(&db, changes, meta, durable)?;
+        let grown = write_batch(&db, changes, meta, durable)?;
+        let _ = self
+            .rows
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |rows| {
+                Some(rows.saturating_add_signed(grown))
+            });
         if let Some(journal) = self.journal.as_mut() {
             journal.push((changes.to_vec(), meta.clone()));
         }
@@ -444,13 +465,15 @@ impl StateStore {
 }
 
 /// Writes one applied batch (its changes and the new metadata) in one
-/// transaction; `durable` syncs it with every commit before it.
+/// transaction; `durable` syncs it with every commit before it. Returns how
+/// many bytes of rows it added (negative when it removed more).
 fn write_batch(
     db: &Database,
     changes: &[Change],
     meta: &StateMeta,
     durable: bool,
-) -> Result<(), StorageError> {
+) -> Result<i64, StorageError> {
+    let mut grown = RowGrowth::default();
     let mut write = db.begin_write().map_err(StorageError::db)?;
     write
         .set_durability(if durable {
@@ -471,49 +494,119 @@ fn write_batch(
                 Change::Append { key, record } => {
                     let row = history_key(key, record.revision);
                     let live = encode_live(&row, record)?;
-                    history
+                    grown.add(&row, &live);
+                    if let Some(old) = history
                         .insert(row.as_slice(), live.as_slice())
-                        .map_err(StorageError::db)?;
+                        .map_err(StorageError::db)?
+                    {
+                        grown.remove(&row, old.value());
+                    }
                 }
                 Change::Remove { key, revision } => {
-                    history
-                        .remove(history_key(key, *revision).as_slice())
-                        .map_err(StorageError::db)?;
+                    let row = history_key(key, *revision);
+                    if let Some(old) = history.remove(row.as_slice()).map_err(StorageError::db)? {
+                        grown.remove(&row, old.value());
+                    }
                 }
                 Change::LeasePut(lease) => {
                     let mut leases = write.open_table(LEASES).map_err(StorageError::db)?;
                     let key = lease.id.to_be_bytes();
-                    leases
-                        .insert(key.as_slice(), encode_lease(lease)?.as_slice())
-                        .map_err(StorageError::db)?;
+                    let value = encode_lease(lease)?;
+                    grown.add(&key, &value);
+                    if let Some(old) = leases
+                        .insert(key.as_slice(), value.as_slice())
+                        .map_err(StorageError::db)?
+                    {
+                        grown.remove(&key, old.value());
+                    }
                 }
                 Change::LeaseRemove(id) => {
                     let mut leases = write.open_table(LEASES).map_err(StorageError::db)?;
-                    leases
-                        .remove(id.to_be_bytes().as_slice())
-                        .map_err(StorageError::db)?;
+                    let key = id.to_be_bytes();
+                    if let Some(old) = leases.remove(key.as_slice()).map_err(StorageError::db)? {
+                        grown.remove(&key, old.value());
+                    }
                 }
                 Change::Auth(auth) => {
                     let mut table = write.open_table(META).map_err(StorageError::db)?;
-                    table
-                        .insert(AUTH_KEY, encode_auth(auth)?.as_slice())
-                        .map_err(StorageError::db)?;
+                    grown.put_meta(&mut table, AUTH_KEY, &encode_auth(auth)?)?;
                 }
                 Change::Alarms(alarms) => {
                     let mut table = write.open_table(META).map_err(StorageError::db)?;
-                    table
-                        .insert(ALARMS_KEY, encode_alarms(alarms)?.as_slice())
-                        .map_err(StorageError::db)?;
+                    grown.put_meta(&mut table, ALARMS_KEY, &encode_alarms(alarms)?)?;
                 }
             }
         }
         let mut table = write.open_table(META).map_err(StorageError::db)?;
-        let encoded = encode_meta(meta)?;
-        table
-            .insert(META_KEY, encoded.as_slice())
-            .map_err(StorageError::db)?;
+        grown.put_meta(&mut table, META_KEY, &encode_meta(meta)?)?;
     }
-    write.commit().map_err(StorageError::db)
+    write.commit().map_err(StorageError::db)?;
+    Ok(grown.0)
+}
+
+/// Bytes redb keeps for a row beside its key and value (the end offsets of a
+/// variable-width key and value, 4 bytes each).
+const ROW_OVERHEAD: u64 = 8;
+
+/// What a row costs in `StateStore::rows`.
+fn row_bytes(key: &[u8], value: &[u8]) -> u64 {
+    (key.len() as u64)
+        .saturating_add(value.len() as u64)
+        .saturating_add(ROW_OVERHEAD)
+}
+
+/// The bytes of rows one transaction added, less those it replaced or removed.
+#[derive(Default)]
+struct RowGrowth(i64);
+
+impl RowGrowth {
+    fn add(&mut self, key: &[u8], value: &[u8]) {
+        self.0 = self
+            .0
+            .saturating_add(i64::try_from(row_bytes(key, value)).unwrap_or(i64::MAX));
+    }
+
+    fn remove(&mut self, key: &[u8], value: &[u8]) {
+        self.0 = self
+            .0
+            .saturating_sub(i64::try_from(row_bytes(key, value)).unwrap_or(i64::MAX));
+    }
+
+    /// Writes one row of `META`, counting it.
+    fn put_meta(
+        &mut self,
+        table: &mut redb::Table<'_, &'static str, &'static [u8]>,
+        key: &'static str,
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        self.add(key.as_bytes(), value);
+        if let Some(old) = table.insert(key, value).map_err(StorageError::db)? {
+            self.remove(key.as_bytes(), old.value());
+        }
+        Ok(())
+    }
+}
+
+/// The size of a state file with nothing in it: redb lays out its header,
+/// its region tracker and 64 KiB of free pages when it creates a file (a test
+/// checks the number against the engine). etcd's empty bbolt file is 20-32
+/// KiB; the quota counts what a file holds beyond this (see `quota_bytes`).
+pub const EMPTY_FILE_BYTES: u64 = 73_728;
+
+/// What the state file would hold after a defragmentation, as far as its
+/// rows say: the empty file, plus twice the rows' bytes (redb splits a full
+/// leaf in two halves, and a tree written in key order, as the history is,
+/// keeps its leaves about half full), never more than the file.
+pub fn in_use_bytes(file_bytes: u64, row_bytes: u64) -> u64 {
+    EMPTY_FILE_BYTES
+        .saturating_add(row_bytes.saturating_mul(2))
+        .min(file_bytes)
+}
+
+/// What the backend quota counts of a file of `file_bytes`: what it holds
+/// beyond an empty file (`EMPTY_FILE_BYTES`).
+pub fn quota_bytes(file_bytes: u64) -> u64 {
+    file_bytes.saturating_sub(EMPTY_FILE_BYTES)
 }
 
 impl StateStore {
@@ -603,6 +696,7 @@ impl StateStore {
             self.poisoned = true;
         }
         result?;
+        self.recount()?;
         // The store holds every value durably now: none stays in memory.
         let records = data.records.iter().map(|(key, record)| {
             let mut record = record.clone();
@@ -691,7 +785,8 @@ impl StateStore {
         if result.is_err() {
             self.poisoned = true;
         }
-        result
+        result?;
+        self.recount()
     }
 
     /// Starts a defragmentation (etcd's: the state rewritten into a new file
@@ -802,6 +897,12 @@ impl StateStore {
         self.size.load(Ordering::Relaxed)
     }
 
+    /// The running count of the rows' bytes (`rows`).
+    #[cfg(test)]
+    pub(crate) fn counted_rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
     /// Records the file's size (after every write).
     fn measure(&self) {
         self.size
@@ -815,6 +916,7 @@ impl StateStore {
 pub struct StateReads {
     db: DbCell,
     size: Arc<AtomicU64>,
+    rows: Arc<AtomicU64>,
     path: PathBuf,
 }
 
@@ -843,6 +945,12 @@ impl StateReads {
     /// Size of the database file in bytes as of the store's last write.
     pub fn file_bytes(&self) -> u64 {
         self.size.load(Ordering::Relaxed)
+    }
+
+    /// etcd's `dbSizeInUse`: what the file would hold after a
+    /// defragmentation, from its rows' bytes (`in_use_bytes`).
+    pub fn in_use_bytes(&self) -> u64 {
+        in_use_bytes(self.file_bytes(), self.rows.load(Ordering::Relaxed))
     }
 }
 
@@ -1076,6 +1184,9 @@ impl ValueStore for StoredValues {
 /// Receives each history record with its user key.
 pub type RecordVisitor<'a, E> = dyn FnMut(&[u8], Record) -> Result<(), E> + 'a;
 
+/// Receives each history record with its user key and its row's bytes.
+type RowVisitor<'a, E> = dyn FnMut(&[u8], Record, u64) -> Result<(), E> + 'a;
+
 /// What one read of the store holds: metadata, records, leases.
 type Parts = (
     StateMeta,
@@ -1106,28 +1217,77 @@ impl StateReader {
     /// The keyspace and metadata as of this read; with `values`, every value
     /// in memory, else every value left in the store (`Value::Stored`).
     pub fn load(&self, values: bool) -> Result<(KeySpace, StateMeta), StorageError> {
-        let (meta, records, leases, auth, alarms) = self.parts(values)?;
+        self.load_counted(values)
+            .map(|(key_space, meta, _)| (key_space, meta))
+    }
+
+    /// `load`, and the bytes of every row of the file (`row_bytes`).
+    fn load_counted(&self, values: bool) -> Result<(KeySpace, StateMeta, u64), StorageError> {
+        let ((meta, records, leases, auth, alarms), history) = self.parts(values)?;
+        let rows = history.saturating_add(self.small_tables_bytes()?);
         let mut key_space = KeySpace::restore(records, leases, meta.revision, meta.compacted);
         key_space.set_auth(auth);
         key_space.set_alarms(alarms);
-        Ok((key_space, meta))
+        Ok((key_space, meta, rows))
     }
 
     /// The metadata, every record (in the table's order: revision, then key)
-    /// and every lease, as of this read.
-    fn parts(&self, values: bool) -> Result<Parts, StorageError> {
+    /// and every lease, as of this read; and the history rows' bytes.
+    fn parts(&self, values: bool) -> Result<(Parts, u64), StorageError> {
         let mut records = Vec::new();
-        self.visit_records::<StorageError>(values, &mut |key, record| {
+        let mut bytes = 0u64;
+        self.visit_rows::<StorageError>(values, &mut |key, record, row| {
             records.push((key.to_vec(), record));
+            bytes = bytes.saturating_add(row);
             Ok(())
         })?;
         Ok((
-            self.meta()?,
-            records,
-            self.leases()?,
-            self.auth()?,
-            self.alarms()?,
+            (
+                self.meta()?,
+                records,
+                self.leases()?,
+                self.auth()?,
+                self.alarms()?,
+            ),
+            bytes,
         ))
+    }
+
+    /// The bytes of every row of the file (`row_bytes`), read as stored.
+    pub fn row_bytes(&self) -> Result<u64, StorageError> {
+        let history = self.table_bytes(HISTORY)?;
+        Ok(history.saturating_add(self.small_tables_bytes()?))
+    }
+
+    /// The bytes of the rows of every table but the history.
+    fn small_tables_bytes(&self) -> Result<u64, StorageError> {
+        let mut bytes = self.table_bytes(LEASES)?;
+        for definition in [META, FORMAT] {
+            let table = match self.read.open_table(definition) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                Err(error) => return Err(self.read_error(error.into())),
+            };
+            for row in table.iter().map_err(|e| self.read_error(e.into()))? {
+                let (key, value) = row.map_err(|e| self.read_error(e.into()))?;
+                bytes = bytes.saturating_add(row_bytes(key.value().as_bytes(), value.value()));
+            }
+        }
+        Ok(bytes)
+    }
+
+    fn table_bytes(&self, definition: TableDefinition<&[u8], &[u8]>) -> Result<u64, StorageError> {
+        let table = match self.read.open_table(definition) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(error) => return Err(self.read_error(error.into())),
+        };
+        let mut bytes = 0u64;
+        for row in table.iter().map_err(|e| self.read_error(e.into()))? {
+            let (key, value) = row.map_err(|e| self.read_error(e.into()))?;
+            bytes = bytes.saturating_add(row_bytes(key.value(), value.value()));
+        }
+        Ok(bytes)
     }
 
     /// A sealed row of `META`, decoded; `None` when absent.
@@ -1205,6 +1365,15 @@ impl StateReader {
         values: bool,
         visit: &mut RecordVisitor<'_, E>,
     ) -> Result<(), E> {
+        self.visit_rows(values, &mut |key, record, _| visit(key, record))
+    }
+
+    /// `visit_records`, each record with its row's bytes (`row_bytes`).
+    fn visit_rows<E: From<StorageError>>(
+        &self,
+        values: bool,
+        visit: &mut RowVisitor<'_, E>,
+    ) -> Result<(), E> {
         let table = match self.read.open_table(HISTORY) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
@@ -1213,6 +1382,7 @@ impl StateReader {
         let rows = table.iter().map_err(|e| self.read_error(e.into()))?;
         for row in rows {
             let (key, value) = row.map_err(|e| self.read_error(e.into()))?;
+            let bytes = row_bytes(key.value(), value.value());
             let value = unseal(key.value(), value.value())
                 .ok_or_else(|| self.corrupt("history row checksum mismatch"))?;
             let (user_key, revision) = split_history_key(key.value())
@@ -1229,6 +1399,7 @@ impl StateReader {
                     live,
                     sub,
                 },
+                bytes,
             )?;
         }
         Ok(())
@@ -1239,7 +1410,7 @@ impl StateReader {
     /// then revision order.
     pub fn snapshot(&self) -> Result<SnapshotData, StorageError> {
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.parts(true)));
-        let (meta, mut records, leases, auth, alarms) = read.unwrap_or_else(|_| {
+        let ((meta, mut records, leases, auth, alarms), _) = read.unwrap_or_else(|_| {
             Err(StorageError::Corrupt {
                 path: self.path.display().to_string(),
                 at: "reading a snapshot".to_string(),

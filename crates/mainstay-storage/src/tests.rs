@@ -248,6 +248,7 @@ fn state_store_commits_and_reloads() {
     let other = tempfile::tempdir().expect("tempdir");
     let (mut fresh, _, _) = StateStore::open(&os(), other.path(), 1 << 20).expect("open");
     let installed = fresh.install(&decoded).expect("install");
+    rows_counted_as_stored(&fresh);
     assert_eq!(installed.materialized().expect("values"), space);
     drop(fresh);
     let (_, reloaded, reloaded_meta) =
@@ -637,6 +638,7 @@ fn leases_persist_with_their_keys_and_travel_in_snapshots() {
     store
         .commit(&revoke.changes, &meta(&space), true)
         .expect("commit");
+    rows_counted_as_stored(&store);
     drop(store);
     mem.crash(dir, &mut |_| 0);
     let (_, loaded, _) = StateStore::open(&disk, dir, 1 << 20).expect("reopen");
@@ -648,6 +650,38 @@ fn leases_persist_with_their_keys_and_travel_in_snapshots() {
             .expect("readable")
             .is_none()
     );
+}
+
+/// The store's running count of its rows' bytes equals a count of the rows
+/// as stored.
+fn rows_counted_as_stored(store: &StateStore) {
+    let stored = store.reader().expect("reader").row_bytes().expect("count");
+    assert_eq!(store.counted_rows(), stored, "rows counted by the commits");
+}
+
+#[test]
+fn in_use_and_quota_bytes_leave_out_the_empty_file() {
+    // Goal: dbSizeInUse is the empty file plus twice the rows (half-full
+    // leaves), never above the file; the quota counts what the file holds
+    // beyond an empty one.
+    let empty = EMPTY_FILE_BYTES;
+    for (file, rows, in_use) in [
+        (empty, 0, empty),
+        (empty, 100, empty),
+        (1 << 20, 100, empty + 200),
+        (1 << 20, 1 << 20, 1 << 20),
+        (u64::MAX, u64::MAX, u64::MAX),
+    ] {
+        assert_eq!(in_use_bytes(file, rows), in_use, "file {file}, rows {rows}");
+    }
+    for (file, counted) in [
+        (0, 0),
+        (empty, 0),
+        (empty + 1, 1),
+        (1 << 20, (1 << 20) - empty),
+    ] {
+        assert_eq!(quota_bytes(file), counted, "file {file}");
+    }
 }
 
 #[test]
@@ -686,6 +720,12 @@ fn defragmenting_shrinks_the_file_and_keeps_every_row() {
         .and_then(|file| file.write_at(0, b"not a database"))
         .expect("leftover");
     let (mut store, _, _) = StateStore::open(&disk, dir, 1 << 20).expect("open");
+    assert_eq!(
+        store.file_bytes(),
+        EMPTY_FILE_BYTES,
+        "an empty state file is EMPTY_FILE_BYTES (the engine's own layout)"
+    );
+    rows_counted_as_stored(&store);
     let mut space = KeySpace::new();
     let mut index = 0;
     for round in 0..4u8 {
@@ -710,6 +750,7 @@ fn defragmenting_shrinks_the_file_and_keeps_every_row() {
     store
         .commit(&changes, &meta_of(index, &space), true)
         .expect("commit compaction");
+    rows_counted_as_stored(&store);
     let values = store.values().expect("values");
     let open_read = store.reader().expect("reader");
     let (old_state, _) = store.reader().expect("reader").load(true).expect("load");
@@ -730,11 +771,19 @@ fn defragmenting_shrinks_the_file_and_keeps_every_row() {
         .commit(&changes, &meta_of(index, &space), true)
         .expect("commit after catching up");
     let (state, meta) = store.reader().expect("reader").load(true).expect("load");
+    let in_use = store.reads().expect("reads").in_use_bytes();
     let (before, after) = store.finish_defragment(copy).expect("defragment");
     assert!(
         after * 2 < before,
         "the copy drops the compacted history's pages: {before} -> {after} bytes"
     );
+    // dbSizeInUse said, before the swap, about what the copy came to.
+    assert!(
+        in_use * 4 >= after * 3 && in_use * 3 <= after * 4,
+        "in use {in_use} bytes before defragmenting, {after} after"
+    );
+    assert_eq!(store.reads().expect("reads").in_use_bytes(), in_use);
+    rows_counted_as_stored(&store);
     assert_eq!(store.file_bytes(), after);
     let (copied, copied_meta) = store.reader().expect("reader").load(true).expect("load");
     assert_eq!(copied, state, "every row copied");
@@ -757,7 +806,8 @@ fn defragmenting_shrinks_the_file_and_keeps_every_row() {
     std::mem::forget(store);
     mem.power_off(dir);
     mem.crash(dir, &mut |_| 0);
-    let (_, loaded, loaded_meta) = StateStore::open(&disk, dir, 1 << 20).expect("reopen");
+    let (reopened, loaded, loaded_meta) = StateStore::open(&disk, dir, 1 << 20).expect("reopen");
+    rows_counted_as_stored(&reopened);
     assert_eq!(loaded_meta.applied.map(|id| id.index), Some(index));
     assert_eq!(loaded.revision(), space.revision());
     assert_eq!(

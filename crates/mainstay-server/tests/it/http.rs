@@ -391,6 +391,13 @@ async fn metrics_have_etcds_names_and_move_under_load() {
     ] {
         assert_eq!(sample(&after, name), Some(value), "{name}:\n{after}");
     }
+    // In use: the empty file plus the rows, never more than the file.
+    let total = sample(&after, "etcd_mvcc_db_total_size_in_bytes").expect("db size");
+    let in_use = sample(&after, "etcd_mvcc_db_total_size_in_use_in_bytes").expect("in use");
+    assert!(
+        in_use >= 73_728.0 && in_use <= total,
+        "in use {in_use}, total {total}"
+    );
     for line in [
         "# TYPE etcd_server_proposals_committed_total gauge",
         "# TYPE etcd_server_leader_changes_seen counter",

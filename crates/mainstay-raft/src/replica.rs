@@ -259,7 +259,6 @@ impl Replica {
             Duration::from_secs(5) + Duration::from_millis(2 * config.election_timeout_ms);
         let append_times = log.append_times();
         tokio::spawn(count_leader_changes(raft.metrics(), config.metrics.clone()));
-        tokio::spawn(state.clone().commit_when_idle(raft.metrics()));
         Ok(Replica {
             inner: Arc::new(Inner {
                 config,

@@ -138,11 +138,6 @@ impl Durable {
             || self.last_durable.elapsed() >= DURABLE_EVERY
     }
 
-    /// Whether anything was applied since the last commit started.
-    fn pending(&self) -> bool {
-        self.entries_since_durable > 0 || !self.pending.is_empty()
-    }
-
     /// Whether apply must wait for the running commit before buffering more.
     fn full(&self) -> bool {
         self.pending_bytes >= PENDING_BYTES_MAX
@@ -353,31 +348,6 @@ impl StateMachine {
             .unwrap_or_else(|p| p.into_inner());
         let hash = key_space.hash(0).unwrap_or(0);
         (applied, key_space.revision(), hash)
-    }
-
-    /// Commits what apply left buffered once it is due, when nothing more
-    /// is applied to trigger it (etcd's backend commits on its own ticker):
-    /// an idle member's file, its size and `dbSizeInUse` catch up within
-    /// `DURABLE_EVERY`, and a restart has that much less to re-apply. Ends
-    /// when Raft stops.
-    pub(crate) async fn commit_when_idle(
-        self,
-        raft_metrics: openraft_rt_tokio::TokioWatchReceiver<
-            openraft::RaftMetrics<crate::type_config::TypeConfig>,
-        >,
-    ) {
-        use openraft_rt::watch::WatchReceiver;
-        let mut ticker = tokio::time::interval(DURABLE_EVERY);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            if raft_metrics.borrow_watched().state == openraft::ServerState::Shutdown {
-                return;
-            }
-            if self.durable().pending() {
-                self.commit_if_due().await;
-            }
-        }
     }
 
     /// Starts a commit of the buffer if one is due and none is running;

@@ -419,11 +419,18 @@ fn campaign(args: &Args) -> Result<bool, String> {
     if args.expect_violations {
         // A self-test: the deliberate bug must be caught by at least one seed;
         // the campaign stopped at the first one that caught it.
-        println!(
-            "self-test: the deliberate bug was caught after {} of {} seeds",
-            passed + failed,
-            args.seeds.len()
-        );
+        if failed > 0 {
+            println!(
+                "self-test: the deliberate bug was caught after {} of {} seeds",
+                passed + failed,
+                args.seeds.len()
+            );
+        } else {
+            println!(
+                "self-test FAILED: no seed of {} caught the deliberate bug",
+                args.seeds.len()
+            );
+        }
         return Ok(failed > 0);
     }
     println!("simulation: {passed} passed, {failed} failed");

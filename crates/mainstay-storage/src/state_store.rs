@@ -494,38 +494,19 @@ fn write_batch(
                 Change::Append { key, record } => {
                     let row = history_key(key, record.revision);
                     let live = encode_live(&row, record)?;
-                    grown.add(&row, &live);
-                    if let Some(old) = history
-                        .insert(row.as_slice(), live.as_slice())
-                        .map_err(StorageError::db)?
-                    {
-                        grown.remove(&row, old.value());
-                    }
+                    grown.insert(&mut history, &row, &live)?;
                 }
                 Change::Remove { key, revision } => {
-                    let row = history_key(key, *revision);
-                    if let Some(old) = history.remove(row.as_slice()).map_err(StorageError::db)? {
-                        grown.remove(&row, old.value());
-                    }
+                    grown.delete(&mut history, &history_key(key, *revision))?;
                 }
                 Change::LeasePut(lease) => {
                     let mut leases = write.open_table(LEASES).map_err(StorageError::db)?;
                     let key = lease.id.to_be_bytes();
-                    let value = encode_lease(lease)?;
-                    grown.add(&key, &value);
-                    if let Some(old) = leases
-                        .insert(key.as_slice(), value.as_slice())
-                        .map_err(StorageError::db)?
-                    {
-                        grown.remove(&key, old.value());
-                    }
+                    grown.insert(&mut leases, &key, &encode_lease(lease)?)?;
                 }
                 Change::LeaseRemove(id) => {
                     let mut leases = write.open_table(LEASES).map_err(StorageError::db)?;
-                    let key = id.to_be_bytes();
-                    if let Some(old) = leases.remove(key.as_slice()).map_err(StorageError::db)? {
-                        grown.remove(&key, old.value());
-                    }
+                    grown.delete(&mut leases, &id.to_be_bytes())?;
                 }
                 Change::Auth(auth) => {
                     let mut table = write.open_table(META).map_err(StorageError::db)?;
@@ -570,6 +551,32 @@ impl RowGrowth {
         self.0 = self
             .0
             .saturating_sub(i64::try_from(row_bytes(key, value)).unwrap_or(i64::MAX));
+    }
+
+    /// Writes one row of a byte-keyed table, counting it and what it replaced.
+    fn insert(
+        &mut self,
+        table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        self.add(key, value);
+        if let Some(old) = table.insert(key, value).map_err(StorageError::db)? {
+            self.remove(key, old.value());
+        }
+        Ok(())
+    }
+
+    /// Removes one row of a byte-keyed table, counting what it held.
+    fn delete(
+        &mut self,
+        table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+        key: &[u8],
+    ) -> Result<(), StorageError> {
+        if let Some(old) = table.remove(key).map_err(StorageError::db)? {
+            self.remove(key, old.value());
+        }
+        Ok(())
     }
 
     /// Writes one row of `META`, counting it.

@@ -10,10 +10,14 @@
 //!
 //! Header blocks are HPACK-compressed against a dynamic table kept in step on
 //! both ends, so one block cannot be patched on its own: we track the client's
-//! table (with loona-hpack) and re-encode every block without the dynamic table,
-//! so h2's decoder never depends on state we did not send it. Fields that only
-//! use the static table are copied unchanged, which keeps the cost per request
-//! at a few microseconds.
+//! table (with loona-hpack). While every `:authority` is valid, blocks go to h2
+//! unchanged (its table mirrors the client's; most clients never need more,
+//! and h2 then decodes table references instead of literals). From the first
+//! block that needs a fix, every block is re-encoded without the dynamic table,
+//! starting with an update that empties h2's, so h2's decoder never again
+//! depends on state we did not send it; that block is decoded from a copy of the
+//! table as it stood before it (`shadow`). Fields that only use the static table
+//! are copied unchanged, which keeps the cost per request at a few microseconds.
 //!
 //! It must wrap the *plaintext* stream: with tonic's own TLS the wrapper would
 //! see ciphertext, find no HTTP/2 preface and stay out of the way.
@@ -100,10 +104,108 @@ pub struct AuthorityFix<S> {
     output: BytesMut,
     open: Option<OpenBlock>,
     fragment: Vec<u8>,
+    /// The client's dynamic table, kept in step with every block.
     decoder: Decoder<'static>,
     encoder: Encoder<'static>,
-    /// Whether our dynamic table size update to 0 has been sent (see `finish_block`).
+    /// Blocks go to h2 unchanged (its table then mirrors the client's) until
+    /// one carries an `:authority` h2 would refuse; from then on every block
+    /// is transcoded (see `finish_block`).
+    passthrough: bool,
+    /// While passing through: the client's table as of the last block passed,
+    /// so a refused block is transcoded against the table it was encoded with.
+    shadow: Decoder<'static>,
+    /// While passing through: the current block's table changes, replayed on
+    /// `shadow` once the block has passed (bytes, and where each run ends or
+    /// a size update comes).
+    replay_bytes: Vec<u8>,
+    replay: Vec<Replay>,
+    /// Scratch for fields on their way to the decoder.
+    plain: Vec<u8>,
+    /// Whether our dynamic table size update to 0 has been sent (see `transcode`).
     table_zeroed: bool,
+}
+
+/// A table change of a block passed through, to replay on `shadow`.
+enum Replay {
+    /// Literals with incremental indexing: `replay_bytes` up to this offset.
+    Fields(usize),
+    /// A dynamic table size update.
+    Size(usize),
+}
+
+/// One field representation of a header block (RFC 7541 §6).
+struct Field<'a> {
+    /// 7: indexed; 6: literal with incremental indexing; 5: dynamic table size
+    /// update; 4: literal without indexing or never indexed.
+    prefix: u8,
+    /// The table index (0: the name is a literal), or the new table size.
+    index: usize,
+    /// The prefix integer's bytes.
+    head: &'a [u8],
+    /// A literal's name (when not indexed) and value: raw, and string data.
+    strings: [Option<(&'a [u8], &'a [u8])>; 2],
+    /// All of its bytes.
+    len: usize,
+}
+
+impl Field<'_> {
+    /// Static entries other than `:authority` (index 1), referenced or named
+    /// without indexing: no table effect, never the authority.
+    fn is_static_only(&self) -> bool {
+        (2..=61).contains(&self.index) && matches!(self.prefix, 7 | 4)
+    }
+
+    /// Appends the field for our decoder, Huffman-coded strings expanded.
+    fn push_plain(&self, plain: &mut Vec<u8>) -> io::Result<()> {
+        plain.extend_from_slice(self.head);
+        for (raw, data) in self.strings.into_iter().flatten() {
+            if raw[0] & 0x80 == 0 {
+                plain.extend_from_slice(raw);
+            } else {
+                let decoded = HUFFMAN.with_borrow_mut(|h| h.decode(data));
+                let decoded = decoded.map_err(|e| invalid(format!("HPACK Huffman: {e:?}")))?;
+                encode_integer_into(decoded.len(), 7, 0, plain)?;
+                plain.extend_from_slice(&decoded);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The field at the start of `rest`.
+fn next_field(rest: &[u8]) -> io::Result<Field<'_>> {
+    let first = rest.first().copied().unwrap_or(0);
+    let (prefix, literal) = match first {
+        0x80.. => (7, false), // indexed field
+        0x40.. => (6, true),  // literal with incremental indexing
+        0x20.. => (5, false), // dynamic table size update
+        _ => (4, true),       // literal without indexing / never indexed
+    };
+    let (index, used) = hpack_int(rest, prefix)?;
+    // A literal carries its value, preceded by its name when not indexed.
+    let mut strings = [None, None];
+    let mut end = used;
+    let count = if !literal {
+        0
+    } else if index == 0 {
+        2
+    } else {
+        1
+    };
+    for slot in strings.iter_mut().take(count) {
+        let (len, n) = hpack_int(&rest[end..], 7)?;
+        let data = rest.get(end + n..end + n + len);
+        let data = data.ok_or_else(|| invalid("truncated HPACK string"))?;
+        *slot = Some((&rest[end..end + n + len], data));
+        end += n + len;
+    }
+    Ok(Field {
+        prefix,
+        index,
+        head: &rest[..used],
+        strings,
+        len: end,
+    })
 }
 
 impl<S> AuthorityFix<S> {
@@ -123,6 +225,11 @@ impl<S> AuthorityFix<S> {
             fragment: Vec::new(),
             decoder,
             encoder,
+            passthrough: true,
+            shadow: Decoder::new(),
+            replay_bytes: Vec::new(),
+            replay: Vec::new(),
+            plain: Vec::new(),
             table_zeroed: false,
         }
     }
@@ -237,13 +344,103 @@ impl<S> AuthorityFix<S> {
         }
     }
 
-    /// Transcodes the complete header block, fixing `:authority`, and queues
-    /// the result as HEADERS (+ CONTINUATION) frames.
+    /// Queues the complete header block as HEADERS (+ CONTINUATION) frames:
+    /// unchanged while passing through, else transcoded with `:authority` fixed.
     fn finish_block(&mut self) -> io::Result<()> {
         let Some(open) = self.open.take() else {
             return Err(invalid("no open header block"));
         };
         let fragment = std::mem::take(&mut self.fragment);
+        let passes = self.passthrough && self.check_block(&fragment)?;
+        let transcoded = if passes {
+            None
+        } else {
+            Some(self.transcode(&fragment)?)
+        };
+        self.emit(&open, transcoded.as_deref().unwrap_or(&fragment));
+        if fragment.capacity() <= KEEP_CAPACITY {
+            self.fragment = fragment;
+            self.fragment.clear();
+        }
+        Ok(())
+    }
+
+    /// While passing through: decodes the block against the client's table and
+    /// tells whether h2 can take it as it is (every `:authority` in it valid;
+    /// those in the dynamic table were checked when they entered it). A block
+    /// that cannot ends the passthrough: our table goes back to where it was
+    /// before the block (`shadow`), for `transcode`.
+    fn check_block(&mut self, fragment: &[u8]) -> io::Result<bool> {
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        self.replay_bytes.clear();
+        self.replay.clear();
+        let (mut valid, mut decoded) = (true, 0);
+        let mut rest = fragment;
+        while !rest.is_empty() {
+            let field = next_field(rest)?;
+            if field.prefix == 5 {
+                if field.index > HPACK_TABLE_MAX {
+                    return Err(invalid("HPACK table size update above 4096"));
+                }
+                valid &= self.check_fields(&plain, &mut decoded)?;
+                plain.clear();
+                self.decoder.set_max_table_size(field.index);
+                self.replay.push(Replay::Size(field.index));
+            } else if !field.is_static_only() {
+                let start = plain.len();
+                field.push_plain(&mut plain)?;
+                if field.prefix == 6 {
+                    self.replay_bytes.extend_from_slice(&plain[start..]);
+                    self.replay.push(Replay::Fields(self.replay_bytes.len()));
+                }
+            }
+            rest = &rest[field.len..];
+        }
+        valid &= self.check_fields(&plain, &mut decoded)?;
+        self.plain = plain;
+        if !valid {
+            self.decoder = std::mem::take(&mut self.shadow);
+            self.passthrough = false;
+            return Ok(false);
+        }
+        let mut from = 0;
+        for step in &self.replay {
+            match *step {
+                Replay::Size(size) => self.shadow.set_max_table_size(size),
+                Replay::Fields(to) => {
+                    self.shadow
+                        .decode_with_cb(&self.replay_bytes[from..to], |_, _| {})
+                        .map_err(|e| invalid(format!("HPACK decoding: {e}")))?;
+                    from = to;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Decodes `plain` (no Huffman); false if it holds an `:authority` h2
+    /// refuses. `decoded` counts the bytes the fields expand to.
+    fn check_fields(&mut self, plain: &[u8], decoded: &mut usize) -> io::Result<bool> {
+        let mut valid = true;
+        if !plain.is_empty() {
+            self.decoder
+                .decode_with_cb(plain, |name, value| {
+                    *decoded += name.len() + value.len();
+                    if &*name == b":authority" && Authority::try_from(&*value).is_err() {
+                        valid = false;
+                    }
+                })
+                .map_err(|e| invalid(format!("HPACK decoding: {e}")))?;
+        }
+        if *decoded > MAX_HEADER_BLOCK {
+            return Err(invalid("decoded header block too large"));
+        }
+        Ok(valid)
+    }
+
+    /// The block re-encoded without the dynamic table, `:authority` fixed.
+    fn transcode(&mut self, fragment: &[u8]) -> io::Result<Vec<u8>> {
         let mut block = Vec::with_capacity(fragment.len() + 64);
         if !self.table_zeroed {
             // Shrinks h2's table to 0, so the literals-with-indexing our encoder
@@ -255,73 +452,35 @@ impl<S> AuthorityFix<S> {
         // dynamic table or `:authority` go through loona-hpack; runs of them are
         // collected in `plain`, with Huffman-coded strings expanded.
         let mut plain = Vec::new();
-        let mut rest = &fragment[..];
-        while let Some(&first) = rest.first() {
-            let (prefix, literal) = match first {
-                0x80.. => (7, false), // indexed field
-                0x40.. => (6, true),  // literal with incremental indexing
-                0x20.. => (5, false), // dynamic table size update
-                _ => (4, true),       // literal without indexing / never indexed
-            };
-            let (index, used) = hpack_int(rest, prefix)?;
-            if prefix == 5 {
+        let mut rest = fragment;
+        while !rest.is_empty() {
+            let field = next_field(rest)?;
+            if field.prefix == 5 {
                 // Applied to our table only; h2's stays at size 0.
-                if index > HPACK_TABLE_MAX {
+                if field.index > HPACK_TABLE_MAX {
                     return Err(invalid("HPACK table size update above 4096"));
                 }
                 self.reencode(&mut plain, &mut block)?;
-                self.decoder.set_max_table_size(index);
-                rest = &rest[used..];
-                continue;
-            }
-            // A literal carries its value, preceded by its name when not indexed.
-            let mut strings = [None, None];
-            let mut end = used;
-            let count = if !literal {
-                0
-            } else if index == 0 {
-                2
-            } else {
-                1
-            };
-            for slot in strings.iter_mut().take(count) {
-                let (len, n) = hpack_int(&rest[end..], 7)?;
-                let data = rest.get(end + n..end + n + len);
-                let data = data.ok_or_else(|| invalid("truncated HPACK string"))?;
-                *slot = Some((&rest[end..end + n + len], data));
-                end += n + len;
-            }
-            // Static entries other than `:authority` (index 1), referenced or
-            // named without indexing, are copied as they are: no table effect,
-            // and no Huffman decoding (h2 clients send `:path` this way).
-            if (2..=61).contains(&index) && prefix != 6 {
+                self.decoder.set_max_table_size(field.index);
+            } else if field.is_static_only() {
+                // Copied as they are: no Huffman decoding (h2 clients send
+                // `:path` this way).
                 self.reencode(&mut plain, &mut block)?;
-                block.extend_from_slice(&rest[..end]);
+                block.extend_from_slice(&rest[..field.len]);
             } else {
-                plain.extend_from_slice(&rest[..used]);
-                for (raw, data) in strings.into_iter().flatten() {
-                    if raw[0] & 0x80 == 0 {
-                        plain.extend_from_slice(raw);
-                    } else {
-                        let decoded = HUFFMAN.with_borrow_mut(|h| h.decode(data));
-                        let decoded =
-                            decoded.map_err(|e| invalid(format!("HPACK Huffman: {e:?}")))?;
-                        encode_integer_into(decoded.len(), 7, 0, &mut plain)?;
-                        plain.extend_from_slice(&decoded);
-                    }
-                }
+                field.push_plain(&mut plain)?;
             }
-            rest = &rest[end..];
+            rest = &rest[field.len..];
         }
         self.reencode(&mut plain, &mut block)?;
         if block.len() > MAX_HEADER_BLOCK {
             return Err(invalid("decoded header block too large"));
         }
-        if fragment.capacity() <= KEEP_CAPACITY {
-            self.fragment = fragment;
-            self.fragment.clear();
-        }
+        Ok(block)
+    }
 
+    /// Queues `block` as a HEADERS frame and as many CONTINUATIONs as it needs.
+    fn emit(&mut self, open: &OpenBlock, block: &[u8]) {
         let prio = open.priority.as_ref().map_or(&[][..], |p| &p[..]);
         let mut flags = if open.end_stream { END_STREAM } else { 0 };
         if open.priority.is_some() {
@@ -343,7 +502,7 @@ impl<S> AuthorityFix<S> {
             }
             self.output.put_slice(chunk);
             if rest.is_empty() {
-                return Ok(());
+                return;
             }
             (chunk, rest) = rest.split_at(rest.len().min(OUT_FRAME_MAX));
             (kind, flags) = (CONTINUATION, 0);
@@ -608,9 +767,10 @@ mod tests {
     }
 
     /// Decodes the header blocks of our output, as h2 would (one decoder for the
-    /// connection), and checks that each block also decodes with a fresh decoder:
-    /// proof that we never reference the dynamic table.
-    fn decode_blocks(frames: &[Frame]) -> Vec<Headers> {
+    /// connection), and checks that each block from the `transcoded`th on also
+    /// decodes with a fresh decoder: proof that once transcoding, we never
+    /// reference the dynamic table.
+    fn decode_blocks(frames: &[Frame], transcoded: usize) -> Vec<Headers> {
         let (mut conn, mut blocks, mut block) = (Decoder::new(), Vec::new(), Vec::new());
         for (kind, flags, _, payload) in frames {
             match *kind {
@@ -621,10 +781,12 @@ mod tests {
             assert_eq!(flags & PADDED, 0);
             if flags & END_HEADERS != 0 {
                 let headers = conn.decode(&block).expect("decode");
-                assert_eq!(
-                    Decoder::new().decode(&block).expect("fresh decode"),
-                    headers
-                );
+                if blocks.len() >= transcoded {
+                    assert_eq!(
+                        Decoder::new().decode(&block).expect("fresh decode"),
+                        headers
+                    );
+                }
                 blocks.push(headers);
                 block.clear();
             }
@@ -709,7 +871,7 @@ mod tests {
         assert_eq!(frames[1].3[..5], [0x80, 0, 0, 0, 16]);
         assert_eq!(frames[2].3, [7; 40]);
         let fixed = request(Some("127.0.0.1:2379"));
-        assert_eq!(decode_blocks(&frames), [fixed.clone(), fixed]);
+        assert_eq!(decode_blocks(&frames, 0), [fixed.clone(), fixed]);
 
         for (pieces, read_size) in [(1, 1), (1, 4096), (input.len(), 1)] {
             let pieces = input.chunks(pieces).collect();
@@ -750,8 +912,47 @@ mod tests {
             input.extend(frame(HEADERS, END_HEADERS, stream, &block));
         }
         let out = run(vec![&input], 4096).await.expect("run");
-        let blocks = decode_blocks(&parse_frames(&out[24..]));
+        let blocks = decode_blocks(&parse_frames(&out[24..]), 0);
         assert_eq!(blocks, [request(None), request(Some("etcd-0.local:2379"))]);
+    }
+
+    /// Valid blocks reach h2 unchanged, dynamic table references included;
+    /// the first block with a malformed `:authority` (after a field it adds to
+    /// the table) is transcoded from the table as it was before it, and so is
+    /// every later block.
+    #[tokio::test]
+    async fn passes_valid_blocks_through_until_an_authority_needs_fixing() {
+        let valid = request(Some("etcd-0:2379"));
+        let (inserting, indexed) = encode_indexing(&valid);
+        let mut fixing = vec![0x40, 5];
+        fixing.extend(b"x-new");
+        fixing.extend([1, b'1', 0x41, 10]);
+        fixing.extend(b"http://h:1");
+        let later = [0x80 | 62, 0x80 | 63, 0x80 | 64];
+        let mut input = PREFACE.to_vec();
+        for (i, block) in [&inserting[..], &indexed, &fixing, &later]
+            .iter()
+            .enumerate()
+        {
+            input.extend(frame(HEADERS, END_HEADERS, 2 * i as u32 + 1, block));
+        }
+        for read_size in [4096, 7] {
+            let out = run(input.chunks(11).collect(), read_size)
+                .await
+                .expect("run");
+            let frames = parse_frames(&out[24..]);
+            assert_eq!(frames[0].3, inserting);
+            assert_eq!(frames[1].3, indexed);
+            assert_eq!(frames[2].3[0], 0x20, "h2's table emptied");
+            let fixed = headers(&[(":authority", "h:1")]);
+            let want = [
+                valid.clone(),
+                valid.clone(),
+                [headers(&[("x-new", "1")]), fixed.clone()].concat(),
+                [fixed, headers(&[("x-new", "1"), ("x-custom", "v1")])].concat(),
+            ];
+            assert_eq!(decode_blocks(&frames, 2), want);
+        }
     }
 
     #[tokio::test]
@@ -773,7 +974,8 @@ mod tests {
         input.extend(frame(HEADERS, END_HEADERS, 1, &a));
         input.extend(frame(HEADERS, END_HEADERS, 3, &b));
         let out = run(vec![&input], 4096).await.expect("run");
-        let blocks = decode_blocks(&parse_frames(&out[24..]));
+        assert_eq!(out, input, "no authority to fix: passed through");
+        let blocks = decode_blocks(&parse_frames(&out[24..]), usize::MAX);
         assert_eq!(blocks[1], headers(&[("x-c", "3"), ("x-c", "3")]));
 
         // After an eviction, index 63 (formerly x-a) no longer exists.
@@ -845,7 +1047,7 @@ mod tests {
             input.extend(frame(HEADERS, END_HEADERS, 2 * i as u32 + 1, block));
         }
         let out = run(input.chunks(3).collect(), 5).await.expect("run");
-        let blocks = decode_blocks(&parse_frames(&out[24..]));
+        let blocks = decode_blocks(&parse_frames(&out[24..]), 0);
         let authority = headers(&[(":authority", "127.0.0.1:2379")]);
         let get = [
             (":method", "GET"),
@@ -889,7 +1091,7 @@ mod tests {
             ]
         );
         h[3].1 = b"etcd:2379".to_vec();
-        assert_eq!(decode_blocks(&frames), [h]);
+        assert_eq!(decode_blocks(&frames, 0), [h]);
     }
 
     #[tokio::test]

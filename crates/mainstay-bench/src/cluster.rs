@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use mainstay_proto::etcdserverpb::kv_client::KvClient;
 use mainstay_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use mainstay_proto::etcdserverpb::{RangeRequest, StatusRequest};
+use mainstay_proto::etcdserverpb::{MoveLeaderRequest, RangeRequest, StatusRequest};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
@@ -198,6 +198,77 @@ impl Cluster {
     /// on timeout or an exited member, fails with the tail of every log.
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
         self.wait_members(Instant::now(), true, timeout).await
+    }
+
+    /// Makes member `target` the leader (etcd's MoveLeader, sent to the
+    /// current leader) and waits until every member names it. Every workload
+    /// starts with the same member leading in both systems: a client of one
+    /// member goes through the leader or a follower by design, not by which
+    /// member won the first election.
+    pub async fn place_leader(&mut self, target: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        // When MoveLeader was last sent: sent again only if leadership is
+        // still elsewhere 2 s later (a transfer that failed, or an election).
+        let mut asked: Option<Instant> = None;
+        loop {
+            match self.statuses().await {
+                Ok(statuses) => {
+                    let ids: Vec<u64> = statuses.iter().map(|(id, _)| *id).collect();
+                    let leaders: Vec<u64> = statuses.iter().map(|(_, leader)| *leader).collect();
+                    if leaders.iter().all(|leader| *leader == ids[target]) {
+                        return Ok(());
+                    }
+                    let current = ids
+                        .iter()
+                        .position(|id| leaders.iter().all(|leader| leader == id));
+                    let due = asked.is_none_or(|at| at.elapsed() > Duration::from_secs(2));
+                    if let (Some(current), true) = (current, due) {
+                        asked = Some(Instant::now());
+                        eprintln!("    leader m{current} → m{target}");
+                        let channel = probe_channel(&self.client_urls[current])?;
+                        let request = MoveLeaderRequest {
+                            target_id: ids[target],
+                        };
+                        // Answered once the transfer is done or has failed;
+                        // either way the loop reads where leadership is.
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            MaintenanceClient::new(channel).move_leader(request),
+                        )
+                        .await;
+                    }
+                }
+                Err(e) if Instant::now() > deadline => {
+                    bail!("{}: leader not placed on m{target}: {e:#}", self.system)
+                }
+                Err(_) => {}
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: leader not on m{target} after {timeout:?}\n{}",
+                    self.system,
+                    self.log_tails(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Each member's id and the leader it names, member 0 first.
+    async fn statuses(&self) -> anyhow::Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        for url in &self.client_urls {
+            let status = tokio::time::timeout(
+                PROBE_TIMEOUT,
+                MaintenanceClient::new(probe_channel(url)?).status(StatusRequest {}),
+            )
+            .await
+            .context("status timed out")??
+            .into_inner();
+            let id = status.header.map(|h| h.member_id).unwrap_or_default();
+            out.push((id, status.leader));
+        }
+        Ok(out)
     }
 
     /// SIGKILLs every member at once, reaps them, and spawns them again with the

@@ -66,6 +66,11 @@ struct Args {
 
 /// How long a fresh cluster may take to serve.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The member that leads when a workload starts, in both systems: member 1,
+/// so the one client of `put1` (member 0) goes through a follower, as two
+/// clients in three do in a spread load, and the `watch` workload's writer
+/// (member 1) writes at the leader while its watcher (member 0) follows.
+const LEADER: usize = 1;
 
 struct Plan {
     reps: u32,
@@ -169,6 +174,7 @@ async fn run_all(plan: &Plan, work: &Path) -> anyhow::Result<Vec<RunResult>> {
                 eprintln!("rep {rep}: {system} {} ...", workload.name());
                 let mut cluster = Cluster::start(system, plan.binary(system), &dir, &mut ports)?;
                 cluster.wait_ready(READY_TIMEOUT).await?;
+                cluster.place_leader(LEADER, READY_TIMEOUT).await?;
                 let outcome = workload::run(workload, &mut cluster, &plan.settings)
                     .await
                     .with_context(|| {

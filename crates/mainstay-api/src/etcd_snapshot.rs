@@ -57,7 +57,7 @@ fn key_entry(user_key: &[u8], sub: i64, record: Record) -> (Vec<u8>, Vec<u8>) {
             version: live.version,
             value: match live.value {
                 mainstay_mvcc::Value::Inline(bytes) => bytes,
-                mainstay_mvcc::Value::Stored => Vec::new(),
+                mainstay_mvcc::Value::Pending(_) | mainstay_mvcc::Value::Stored => Vec::new(),
             },
             lease: live.lease,
         },

@@ -5,12 +5,16 @@
 //! The index (every key's records: revisions, versions, leases) is in memory
 //! and deterministic; `mainstay-storage` persists the `Change`s a write returns
 //! and rebuilds a `KeySpace` with `restore` on start-up. A value is in memory
-//! (`Value::Inline`) from its write until the state store holds it durably;
-//! then it is dropped (`evict`) and read back from the store (`ValueStore`)
-//! when a read, an event or a compare needs it, so memory grows with keys and
-//! revisions, not with the size of values.
+//! from its write until the state store holds it durably: its record says
+//! `Value::Pending(n)`, the bytes are number `n` of the keyspace's pending
+//! values, kept in write order. Once a state commit holds every write up to a
+//! revision, the values up to it are dropped from the front of that queue
+//! (`release_values`: no key is looked up) and a record whose number is gone
+//! reads its value back from the store (`ValueStore`) when a read, an event or
+//! a compare needs it, so memory grows with keys and revisions, not with the
+//! size of values.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -35,13 +39,18 @@ pub struct Live {
     pub lease: i64,
 }
 
-/// A record's value: in memory, or only in the state store (under the
-/// record's key and revision). Encoded as the bytes themselves; a `Stored`
-/// value cannot be encoded (whoever encodes records reads them from the store).
+/// A record's value: the bytes, in the keyspace's pending values until the
+/// state store holds them, or only in the state store (under the record's key
+/// and revision). Encoded as the bytes themselves; a `Pending` or `Stored`
+/// value cannot be encoded (whoever encodes records reads them through the
+/// keyspace or from the store).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
-    /// The bytes.
+    /// The bytes (records a write hands to the store, records decoded).
     Inline(Vec<u8>),
+    /// Number `n` of the keyspace's pending values while it is there (see
+    /// `PendingValues`); read from the store once it is not.
+    Pending(u64),
     /// Durable in the state store; read through the keyspace's `ValueStore`.
     Stored,
 }
@@ -50,8 +59,64 @@ impl Serialize for Value {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Value::Inline(bytes) => serializer.serialize_bytes(bytes),
-            Value::Stored => Err(serde::ser::Error::custom("a stored value is not in memory")),
+            Value::Pending(_) | Value::Stored => {
+                Err(serde::ser::Error::custom("the value is not in the record"))
+            }
         }
+    }
+}
+
+/// Values written and not yet durable, in write order, numbered from `first`
+/// on; each with its record's revision, so that a state commit holding every
+/// write up to a revision drops exactly those from the front.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PendingValues {
+    first: u64,
+    values: VecDeque<(Revision, Vec<u8>)>,
+}
+
+impl PendingValues {
+    /// Adds the value of a record at `revision` (not below the last one
+    /// added); returns its number.
+    pub(crate) fn push(&mut self, revision: Revision, bytes: Vec<u8>) -> u64 {
+        assert!(
+            self.values.back().is_none_or(|(last, _)| *last <= revision),
+            "pending values out of revision order"
+        );
+        let number = self.first + self.values.len() as u64;
+        self.values.push_back((revision, bytes));
+        number
+    }
+
+    /// Value number `n`, unless it was released.
+    fn get(&self, n: u64) -> Option<&Vec<u8>> {
+        let at = usize::try_from(n.checked_sub(self.first)?).ok()?;
+        self.values.get(at).map(|(_, bytes)| bytes)
+    }
+
+    /// Drops the values of records at `revision` added last (a write rolled
+    /// back; its records are gone too).
+    pub(crate) fn unpush(&mut self, revision: Revision) {
+        while self.values.back().is_some_and(|(at, _)| *at == revision) {
+            self.values.pop_back();
+        }
+    }
+
+    /// Drops the values of records at or below `revision`; how many.
+    fn release(&mut self, revision: Revision) -> usize {
+        let mut released = 0;
+        while self.values.front().is_some_and(|(at, _)| *at <= revision) {
+            self.values.pop_front();
+            self.first += 1;
+            released += 1;
+        }
+        released
+    }
+
+    /// Drops every value.
+    fn clear(&mut self) {
+        self.first += self.values.len() as u64;
+        self.values.clear();
     }
 }
 
@@ -68,18 +133,27 @@ pub trait ValueStore: Send + Sync {
     fn value(&self, key: &[u8], revision: Revision) -> Result<Vec<u8>, String>;
 }
 
-/// A keyspace's value store, if it has one (compared equal always: it is
-/// where values live, not part of the state).
+/// Where a keyspace's values are: the pending ones, and the value store if it
+/// has one (compared equal always: they are where values live, not part of
+/// the state).
 #[derive(Clone, Default)]
-pub(crate) struct Values(Option<Arc<dyn ValueStore>>);
+pub(crate) struct Values {
+    store: Option<Arc<dyn ValueStore>>,
+    pub(crate) pending: PendingValues,
+}
 
 impl fmt::Debug for Values {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Values(store)"
-        } else {
-            "Values(none)"
-        })
+        write!(
+            f,
+            "Values({}, {} pending)",
+            if self.store.is_some() {
+                "store"
+            } else {
+                "none"
+            },
+            self.pending.values.len()
+        )
     }
 }
 
@@ -91,12 +165,27 @@ impl Values {
         revision: Revision,
         value: &Value,
     ) -> Result<Vec<u8>, MvccError> {
-        match (value, &self.0) {
-            (Value::Inline(bytes), _) => Ok(bytes.clone()),
-            (Value::Stored, Some(store)) => store
+        match self.in_memory(value) {
+            Some(bytes) => Ok(bytes.clone()),
+            None => self.stored(key, revision),
+        }
+    }
+
+    /// A value's bytes if memory has them.
+    fn in_memory<'a>(&'a self, value: &'a Value) -> Option<&'a Vec<u8>> {
+        match value {
+            Value::Inline(bytes) => Some(bytes),
+            Value::Pending(n) => self.pending.get(*n),
+            Value::Stored => None,
+        }
+    }
+
+    fn stored(&self, key: &[u8], revision: Revision) -> Result<Vec<u8>, MvccError> {
+        match &self.store {
+            Some(store) => store
                 .value(key, revision)
                 .map_err(MvccError::ValueUnreadable),
-            (Value::Stored, None) => Err(MvccError::ValueUnreadable(
+            None => Err(MvccError::ValueUnreadable(
                 "no value store for an evicted value".to_string(),
             )),
         }
@@ -116,10 +205,10 @@ impl Values {
         else {
             return Ok(None);
         };
-        match (&live.value, with_value) {
-            (Value::Inline(bytes), _) => kv.value = bytes.clone(),
-            (Value::Stored, true) => kv.value = self.value_of(key, record.revision, &live.value)?,
-            (Value::Stored, false) => return Ok(Some((kv, true))),
+        match (self.in_memory(&live.value), with_value) {
+            (Some(bytes), _) => kv.value = bytes.clone(),
+            (None, true) => kv.value = self.stored(key, record.revision)?,
+            (None, false) => return Ok(Some((kv, true))),
         }
         Ok(Some((kv, false)))
     }
@@ -269,25 +358,20 @@ impl KeySpace {
 
     /// Gives the keyspace the store its evicted values are read from.
     pub fn set_value_store(&mut self, store: Arc<dyn ValueStore>) {
-        self.values = Values(Some(store));
+        self.values.store = Some(store);
     }
 
-    /// Drops from memory the value of `key`'s record at `revision` (the store
-    /// now holds it durably). No-op if that record is gone or has no value.
-    pub fn evict(&mut self, key: &[u8], revision: Revision) {
-        let Some(history) = self.keys.get_mut(key) else {
-            return;
-        };
-        let Ok(at) = history.binary_search_by_key(&revision, |record| record.revision) else {
-            return;
-        };
-        if let Some(live) = history[at].live.as_mut() {
-            live.value = Value::Stored;
-        }
+    /// Drops from memory the values of every write at or below `revision`
+    /// (the store now holds them durably: the caller committed every write up
+    /// to it); their records read them from the store from now on. Returns
+    /// how many values were dropped.
+    pub fn release_values(&mut self, revision: Revision) -> usize {
+        self.values.pending.release(revision)
     }
 
     /// Drops every value from memory (the store holds all of them durably).
     pub fn evict_all(&mut self) {
+        self.values.pending.clear();
         for live in self
             .keys
             .values_mut()
@@ -475,7 +559,9 @@ impl KeySpace {
         self.compacted
     }
 
-    /// Every record, in key then revision order (for snapshots and hashing).
+    /// Every record, in key then revision order. A value still in memory is
+    /// `Value::Pending`, a number only this keyspace resolves: records meant
+    /// to stand alone come from `materialized()`.
     pub fn records(&self) -> impl Iterator<Item = (&[u8], &Record)> {
         self.keys
             .iter()

@@ -15,6 +15,7 @@ const CTX: ApplyContext = ApplyContext {
 
 /// A keyspace rebuilt from what storage would persist of `space`.
 fn restored(space: &KeySpace) -> KeySpace {
+    let space = space.materialized().expect("every value in memory");
     let records: Vec<(Vec<u8>, Record)> = space
         .records()
         .map(|(key, record)| (key.to_vec(), record.clone()))
@@ -415,7 +416,7 @@ fn restore_round_trip_and_hash() {
     put(&mut space, "b", "2");
     delete(&mut space, "a", "");
     let restored = restored(&space);
-    assert_eq!(restored, space);
+    assert_eq!(restored, space.materialized().expect("values"));
     assert_eq!(restored.hash(0), space.hash(0));
     let mut other = space.clone();
     put(&mut other, "c", "3");
@@ -693,7 +694,7 @@ fn leases_grant_attach_and_revoke_in_one_revision() {
 
     // Restoring from persisted records and leases rebuilds the index.
     let restored = restored(&space);
-    assert_eq!(restored, space);
+    assert_eq!(restored, space.materialized().expect("values"));
     assert_eq!(restored.lease_keys(a), vec![b"k1".to_vec()]);
 }
 
@@ -755,6 +756,87 @@ impl ValueStore for MapValues {
     }
 }
 
+/// Every value of `space`, as a store holding them all would give them.
+fn store_of(space: &KeySpace) -> BTreeMap<(Vec<u8>, Revision), Vec<u8>> {
+    space
+        .materialized()
+        .expect("every value in memory")
+        .records()
+        .filter_map(|(key, record)| {
+            record.live.as_ref().map(|live| match &live.value {
+                Value::Inline(bytes) => ((key.to_vec(), record.revision), bytes.clone()),
+                Value::Pending(_) | Value::Stored => unreachable!("materialized"),
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn released_values_are_read_from_the_store_and_later_ones_from_memory() {
+    // Goal: releasing the values up to a revision (a state commit holding
+    // every write up to it) makes exactly those reads go to the store; values
+    // of later writes are still answered from memory; a rolled-back write's
+    // value leaves nothing pending behind; reads give the same answers
+    // throughout.
+    let mut space = KeySpace::new();
+    put(&mut space, "a", "1");
+    put(&mut space, "b", "2");
+    let full = {
+        let mut copy = space.clone();
+        put(&mut copy, "a", "3");
+        put(&mut copy, "c", "4");
+        store_of(&copy)
+    };
+    let store = std::sync::Arc::new(MapValues {
+        values: full,
+        failing: false.into(),
+        reads: 0.into(),
+    });
+    space.set_value_store(store.clone());
+    let committed = space.revision();
+    put(&mut space, "a", "3");
+    // A Txn whose second put fails (a lease that does not exist) rolls back
+    // its first put, value included.
+    let failing = TxnRequest {
+        compare: vec![],
+        success: vec![
+            RequestOp::Put(PutRequest {
+                key: b"x".to_vec(),
+                value: b"gone".to_vec(),
+                ..PutRequest::default()
+            }),
+            RequestOp::Put(PutRequest {
+                key: b"y".to_vec(),
+                lease: 99,
+                ..PutRequest::default()
+            }),
+        ],
+        failure: vec![],
+    };
+    let failed = space.apply(&Command::Txn(failing), &CTX);
+    assert_eq!(failed.result, Err(MvccError::LeaseNotFound));
+    assert!(failed.changes.is_empty());
+    put(&mut space, "c", "4");
+    let answers = |space: &KeySpace| get_range(space, "a", "d");
+    let expected = answers(&space);
+    assert_eq!(store.reads.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(space.release_values(committed), 2, "a=1 and b=2");
+    assert_eq!(answers(&space), expected);
+    assert_eq!(
+        store.reads.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "b=2 from the store; a=3 and c=4 from memory"
+    );
+    assert_eq!(
+        space.release_values(space.revision()),
+        2,
+        "a=3 and c=4; no x"
+    );
+    assert_eq!(answers(&space), expected);
+    assert_eq!(store.reads.load(std::sync::atomic::Ordering::Relaxed), 4);
+    assert_eq!(space.release_values(space.revision()), 0);
+}
+
 #[test]
 fn evicted_values_are_read_from_the_store_and_a_failing_store_is_an_error() {
     // Goal: after eviction every read, event, compare and hash gives the same
@@ -767,15 +849,7 @@ fn evicted_values_are_read_from_the_store_and_a_failing_store_is_an_error() {
     put(&mut space, "a", "3");
     let before = space.clone();
     let hash = space.hash(0).expect("hash");
-    let values: BTreeMap<(Vec<u8>, Revision), Vec<u8>> = space
-        .records()
-        .filter_map(|(key, record)| {
-            record.live.as_ref().map(|live| match &live.value {
-                Value::Inline(bytes) => ((key.to_vec(), record.revision), bytes.clone()),
-                Value::Stored => unreachable!("nothing evicted yet"),
-            })
-        })
-        .collect();
+    let values = store_of(&space);
     let store = std::sync::Arc::new(MapValues {
         values,
         failing: false.into(),
@@ -789,7 +863,10 @@ fn evicted_values_are_read_from_the_store_and_a_failing_store_is_an_error() {
             .as_ref()
             .is_none_or(|live| live.value == Value::Stored)
     }));
-    assert_eq!(space.materialized().expect("values"), before);
+    assert_eq!(
+        space.materialized().expect("values"),
+        before.materialized().expect("values")
+    );
     assert_eq!(space.hash(0).expect("hash"), hash);
     assert_eq!(get_range(&space, "a", "c"), get_range(&before, "a", "c"));
     assert_eq!(
@@ -1087,6 +1164,8 @@ fn a_revisions_events_come_in_the_order_the_request_wrote_them() {
     }
     // Records stored before positions were kept (all 0) replay in key order.
     let mut old: Vec<(Vec<u8>, Record)> = space
+        .materialized()
+        .expect("values")
         .records()
         .map(|(key, record)| (key.to_vec(), record.clone()))
         .collect();

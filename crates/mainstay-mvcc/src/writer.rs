@@ -80,8 +80,9 @@ impl<'a> Writer<'a> {
         (self.events, changes)
     }
 
-    /// Undoes every record this write appended.
+    /// Undoes every record this write appended, and their pending values.
     pub(crate) fn rollback(self) {
+        self.space.values.pending.unpush(self.pending);
         for (key, _) in self.touched {
             let Some(history) = self.space.keys.get_mut(key.as_slice()) else {
                 unreachable!("touched key vanished during a write");
@@ -178,26 +179,37 @@ impl<'a> Writer<'a> {
             value: value.clone(),
             lease,
         };
+        // The keyspace's record numbers the value among the pending ones (a
+        // state commit drops it from there without looking the key up); the
+        // record handed to the store carries the bytes.
+        let live = Live {
+            create_revision,
+            version,
+            value: Value::Pending(space.values.pending.push(self.pending, value.clone())),
+            lease,
+        };
         let record = Record {
             revision: self.pending,
-            live: Some(Live {
-                create_revision,
-                version,
-                value: Value::Inline(value),
-                lease,
-            }),
+            live: Some(live.clone()),
             sub: self.touched.len() as u32,
         };
         match history.take() {
-            Some(history) => push_record(history, record.clone()),
+            Some(history) => push_record(history, record),
             None => {
-                space.keys.insert(
-                    crate::key_space::index_key(&request.key),
-                    vec![record.clone()],
-                );
+                space
+                    .keys
+                    .insert(crate::key_space::index_key(&request.key), vec![record]);
             }
         }
-        self.touched.push((request.key.clone(), record));
+        let stored = Record {
+            revision: self.pending,
+            live: Some(Live {
+                value: Value::Inline(value),
+                ..live
+            }),
+            sub: self.touched.len() as u32,
+        };
+        self.touched.push((request.key.clone(), stored));
         self.events.push(Event {
             kind: EventKind::Put,
             kv,

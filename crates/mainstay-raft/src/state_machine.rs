@@ -96,7 +96,7 @@ fn change_bytes(change: &mainstay_mvcc::Change) -> usize {
         mainstay_mvcc::Change::Append { key, record } => {
             let value = match record.live.as_ref().map(|live| &live.value) {
                 Some(mainstay_mvcc::Value::Inline(bytes)) => bytes.len(),
-                Some(mainstay_mvcc::Value::Stored) | None => 0,
+                Some(mainstay_mvcc::Value::Pending(_) | mainstay_mvcc::Value::Stored) | None => 0,
             };
             64 + key.len() + value
         }
@@ -602,18 +602,19 @@ impl Shared {
         Ok(())
     }
 
-    /// Drops from memory the values the store now holds durably. Lock order:
-    /// `durable`, then `key_space` (a caller may hold the first).
+    /// Drops from memory the values the store now holds durably: `committed`
+    /// is every change applied since the last commit, in apply order, so its
+    /// last record's revision covers every value written up to it. Lock
+    /// order: `durable`, then `key_space` (a caller may hold the first).
     fn evict(&self, committed: &[mainstay_mvcc::Change]) {
-        if committed.is_empty() {
+        let Some(through) = committed.iter().rev().find_map(|change| match change {
+            mainstay_mvcc::Change::Append { record, .. } => Some(record.revision),
+            _ => None,
+        }) else {
             return;
-        }
+        };
         let mut key_space = self.key_space.write().unwrap_or_else(|p| p.into_inner());
-        for change in committed {
-            if let mainstay_mvcc::Change::Append { key, record } = change {
-                key_space.evict(key, record.revision);
-            }
-        }
+        key_space.release_values(through);
     }
 }
 

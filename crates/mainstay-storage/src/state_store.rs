@@ -1535,7 +1535,10 @@ mod format_tests {
         }
         for _ in 0..2 {
             let (store, loaded, _) = StateStore::open(&os(), dir.path(), 1 << 20).expect("open");
-            assert_eq!(loaded.materialized().expect("values"), space);
+            assert_eq!(
+                loaded.materialized().expect("values"),
+                space.materialized().expect("values")
+            );
             let read = store.db().expect("db").begin_read().expect("read");
             assert!(
                 matches!(

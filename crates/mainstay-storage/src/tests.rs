@@ -237,7 +237,10 @@ fn state_store_commits_and_reloads() {
     }
     let (store, loaded, loaded_meta) =
         StateStore::open(&os(), dir.path(), 1 << 20).expect("reopen");
-    assert_eq!(loaded.materialized().expect("values"), space);
+    assert_eq!(
+        loaded.materialized().expect("values"),
+        space.materialized().expect("values")
+    );
     assert_eq!(loaded_meta, meta);
     let snapshot = store.snapshot().expect("snapshot");
     let decoded = SnapshotData::decode(&snapshot.encode().expect("encode")).expect("decode");
@@ -249,11 +252,17 @@ fn state_store_commits_and_reloads() {
     let (mut fresh, _, _) = StateStore::open(&os(), other.path(), 1 << 20).expect("open");
     let installed = fresh.install(&decoded).expect("install");
     rows_counted_as_stored(&fresh);
-    assert_eq!(installed.materialized().expect("values"), space);
+    assert_eq!(
+        installed.materialized().expect("values"),
+        space.materialized().expect("values")
+    );
     drop(fresh);
     let (_, reloaded, reloaded_meta) =
         StateStore::open(&os(), other.path(), 1 << 20).expect("reopen");
-    assert_eq!(reloaded.materialized().expect("values"), space);
+    assert_eq!(
+        reloaded.materialized().expect("values"),
+        space.materialized().expect("values")
+    );
     assert_eq!(reloaded_meta, meta);
 }
 
@@ -615,7 +624,10 @@ fn leases_persist_with_their_keys_and_travel_in_snapshots() {
     }
     mem.crash(dir, &mut |_| 0);
     let (mut store, loaded, _) = StateStore::open(&disk, dir, 1 << 20).expect("reopen");
-    assert_eq!(loaded.materialized().expect("values"), space);
+    assert_eq!(
+        loaded.materialized().expect("values"),
+        space.materialized().expect("values")
+    );
     assert_eq!(loaded.lease_keys(77), vec![b"held".to_vec()]);
     let snapshot = store.snapshot().expect("snapshot");
     assert_eq!(snapshot.leases.len(), 1);
@@ -628,7 +640,7 @@ fn leases_persist_with_their_keys_and_travel_in_snapshots() {
             .expect("install")
             .materialized()
             .expect("values"),
-        space
+        space.materialized().expect("values")
     );
 
     let revoke = space.apply(
@@ -642,7 +654,10 @@ fn leases_persist_with_their_keys_and_travel_in_snapshots() {
     drop(store);
     mem.crash(dir, &mut |_| 0);
     let (_, loaded, _) = StateStore::open(&disk, dir, 1 << 20).expect("reopen");
-    assert_eq!(loaded.materialized().expect("values"), space);
+    assert_eq!(
+        loaded.materialized().expect("values"),
+        space.materialized().expect("values")
+    );
     assert_eq!(loaded.lease(77), None);
     assert!(
         loaded

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use mainstay_mvcc::{Event, EventKind, KeySpace, KeyValue, MvccError, Revision};
 use mainstay_proto::etcdserverpb as pb;
 use mainstay_proto::etcdserverpb::watch_server::Watch;
@@ -646,11 +646,19 @@ impl Watch for WatchService {
             leaderless_since: None,
             credentials,
         };
-        tokio::spawn(async move {
+        // The stream's loop runs inside the response body, polled by the
+        // task that writes the body: an applied event wakes that task
+        // directly instead of a task of its own that then wakes it through
+        // the channel. Dropping the body (the client left) drops the loop.
+        let driver = async move {
             if let Ended::Status(status) = stream.run(inbound, events).await {
                 let _ = replies.send(Err(status)).await;
             }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+        };
+        let driver = futures::stream::once(driver).filter_map(|()| std::future::ready(None));
+        Ok(Response::new(Box::pin(futures::stream::select(
+            ReceiverStream::new(outbound),
+            driver,
+        ))))
     }
 }

@@ -149,6 +149,18 @@ struct Field<'a> {
 }
 
 impl Field<'_> {
+    /// The new size if this is a dynamic table size update (one above the
+    /// size both ends agreed is an error), else None.
+    fn table_size(&self) -> io::Result<Option<usize>> {
+        if self.prefix != 5 {
+            return Ok(None);
+        }
+        if self.index > HPACK_TABLE_MAX {
+            return Err(invalid("HPACK table size update above 4096"));
+        }
+        Ok(Some(self.index))
+    }
+
     /// Static entries other than `:authority` (index 1), referenced or named
     /// without indexing: no table effect, never the authority.
     fn is_static_only(&self) -> bool {
@@ -379,14 +391,11 @@ impl<S> AuthorityFix<S> {
         let mut rest = fragment;
         while !rest.is_empty() {
             let field = next_field(rest)?;
-            if field.prefix == 5 {
-                if field.index > HPACK_TABLE_MAX {
-                    return Err(invalid("HPACK table size update above 4096"));
-                }
+            if let Some(size) = field.table_size()? {
                 valid &= self.check_fields(&plain, &mut decoded)?;
                 plain.clear();
-                self.decoder.set_max_table_size(field.index);
-                self.replay.push(Replay::Size(field.index));
+                self.decoder.set_max_table_size(size);
+                self.replay.push(Replay::Size(size));
             } else if !field.is_static_only() {
                 let start = plain.len();
                 field.push_plain(&mut plain)?;
@@ -455,13 +464,10 @@ impl<S> AuthorityFix<S> {
         let mut rest = fragment;
         while !rest.is_empty() {
             let field = next_field(rest)?;
-            if field.prefix == 5 {
+            if let Some(size) = field.table_size()? {
                 // Applied to our table only; h2's stays at size 0.
-                if field.index > HPACK_TABLE_MAX {
-                    return Err(invalid("HPACK table size update above 4096"));
-                }
                 self.reencode(&mut plain, &mut block)?;
-                self.decoder.set_max_table_size(field.index);
+                self.decoder.set_max_table_size(size);
             } else if field.is_static_only() {
                 // Copied as they are: no Huffman decoding (h2 clients send
                 // `:path` this way).

@@ -1,21 +1,23 @@
 //! Outgoing peer traffic: openraft's network traits over our `RaftPeer` gRPC
 //! service. Every call has a deadline (a partition can swallow a reply).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use mainstay_proto::peer::raft_peer_client::RaftPeerClient;
 use mainstay_proto::peer::{RaftPayload, SnapshotChunk};
 use openraft::OptionalSend;
-use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::alias::{LogIdOf, SnapshotOf, VoteOf};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError,
+    StreamAppendResult, TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::mpsc;
@@ -133,6 +135,219 @@ struct AppendStream {
     replies: tonic::Streaming<RaftPayload>,
 }
 
+/// AppendEntries messages sent on one stream and not yet answered, at most.
+/// More than one lets a commit reach a follower while the entries it commits
+/// are still being written there (etcd pipelines its appends too); a small cap
+/// keeps messages large under load (what waits goes out in the next one).
+pub const APPENDS_IN_FLIGHT_MAX: usize = 8;
+
+/// One sent, unanswered AppendEntries message: what its answer acknowledges.
+struct InFlight {
+    prev: Option<LogIdOf<TypeConfig>>,
+    last: Option<LogIdOf<TypeConfig>>,
+    bytes: usize,
+    sent: tokio::time::Instant,
+}
+
+/// What one `stream_append` call drives: openraft's requests out on the
+/// `AppendStream` as they come (up to `APPENDS_IN_FLIGHT_MAX` unanswered), the
+/// peer's answers back in order. Ends when openraft's input ends and every
+/// message is answered (the gRPC stream is kept for the next call), or at the
+/// first failure or refusal (the gRPC stream is dropped with it, so no late
+/// answer is ever read as another message's).
+struct Pipeline<'s, S> {
+    connection: &'s mut PeerConnection,
+    /// Opened (or taken from the connection) when the first message goes out:
+    /// a failure to open is that message's failure, as for any other.
+    stream: Option<AppendStream>,
+    /// `None` once openraft's input ended.
+    input: Option<S>,
+    in_flight: VecDeque<InFlight>,
+    /// How long the oldest message may wait for its answer.
+    ttl: Duration,
+}
+
+type AppendItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+impl<'s, S> Pipeline<'s, S>
+where
+    S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    /// The next answer (sending whatever openraft hands over meanwhile), and
+    /// the pipeline if it goes on.
+    async fn next_reply(mut self) -> Option<(AppendItem, Option<Self>)> {
+        loop {
+            let Some(oldest) = self.in_flight.front().map(|m| m.sent) else {
+                // Nothing to wait for but the next request.
+                let Some(input) = self.input.as_mut() else {
+                    self.connection.append = self.stream;
+                    return None;
+                };
+                match input.next().await {
+                    Some(rpc) => {
+                        if let Err(error) = self.send_in_time(rpc).await {
+                            return Some((Err(error), None));
+                        }
+                    }
+                    None => self.input = None,
+                }
+                continue;
+            };
+            let room = self.in_flight.len() < APPENDS_IN_FLIGHT_MAX;
+            let Some(stream) = self.stream.as_mut() else {
+                // Messages in flight went out on a stream.
+                return Some((Err(network_error("append stream lost")), None));
+            };
+            tokio::select! {
+                biased;
+                reply = stream.replies.message() => {
+                    let (item, goes_on) = self.answer(reply);
+                    return Some((item, goes_on.then_some(self)));
+                }
+                rpc = next_of(&mut self.input), if room => match rpc {
+                    Some(rpc) => {
+                        if let Err(error) = self.send_in_time(rpc).await {
+                            return Some((Err(error), None));
+                        }
+                    }
+                    None => self.input = None,
+                },
+                () = tokio::time::sleep_until(oldest + self.ttl) => {
+                    return Some((Err(self.timed_out()), None));
+                }
+            }
+        }
+    }
+
+    /// The peer did not answer (or take a message) within `ttl`.
+    fn timed_out(&mut self) -> RPCError<TypeConfig> {
+        // The connection may be half-open (the peer died without a reset):
+        // the next call dials afresh.
+        let connection = &mut *self.connection;
+        connection.pool.evict(&connection.node);
+        connection.append_failed();
+        unreachable(format!("peer {} timed out", connection.target))
+    }
+
+    /// `send` within `ttl`: opening the stream or handing a message to a
+    /// peer that stopped reading can wait forever.
+    async fn send_in_time(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<(), RPCError<TypeConfig>> {
+        match tokio::time::timeout(self.ttl, self.send(rpc)).await {
+            Ok(sent) => sent,
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<(), RPCError<TypeConfig>> {
+        let connection = &mut *self.connection;
+        let payload = RaftPayload {
+            payload: encode_message(&rpc).map_err(network_error)?,
+            to: connection.target,
+        };
+        let stream = match self.stream.as_mut() {
+            Some(stream) => stream,
+            None => match connection.append_stream().await {
+                Ok(stream) => self.stream.insert(stream),
+                Err(error) => {
+                    connection.append_failed();
+                    return Err(error);
+                }
+            },
+        };
+        let now = tokio::time::Instant::now();
+        if self.in_flight.is_empty() {
+            connection.check_late(now);
+        }
+        self.in_flight.push_back(InFlight {
+            prev: rpc.prev_log_id,
+            last: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
+            bytes: payload.payload.len(),
+            sent: now,
+        });
+        if stream.requests.send(payload).await.is_err() {
+            connection.append_failed();
+            return Err(unreachable(format!(
+                "peer {}: append stream closed",
+                connection.target
+            )));
+        }
+        Ok(())
+    }
+
+    /// The oldest message's answer, and whether the messages after it still
+    /// stand: not after a failure or refusal, nor after a partial success
+    /// (the peer took less than the message held; openraft starts over from
+    /// what it took).
+    fn answer(&mut self, reply: Result<Option<RaftPayload>, tonic::Status>) -> (AppendItem, bool) {
+        let connection = &mut *self.connection;
+        let target = connection.target;
+        let reply = match reply {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
+                connection.append_failed();
+                let error = unreachable(format!("peer {target}: append stream ended"));
+                return (Err(error), false);
+            }
+            Err(status) => {
+                connection.append_failed();
+                return (Err(status_error(target, &status)), false);
+            }
+        };
+        let Some(message) = self.in_flight.pop_front() else {
+            connection.append_failed();
+            let error = network_error(format!("peer {target}: an answer to no message"));
+            return (Err(error), false);
+        };
+        connection.answered(message.bytes, message.sent, reply.payload.len());
+        let item = append_result(target, &reply.payload, message.prev, message.last);
+        let goes_on = matches!(&item, Ok(Ok(matching)) if *matching == message.last);
+        (item, goes_on)
+    }
+}
+
+/// A peer's answer to an AppendEntries message covering `(prev, last]`, as
+/// openraft's stream result.
+fn append_result(
+    target: u64,
+    payload: &[u8],
+    prev: Option<LogIdOf<TypeConfig>>,
+    last: Option<LogIdOf<TypeConfig>>,
+) -> AppendItem {
+    let decoded: Result<AppendEntriesResponse<TypeConfig>, String> =
+        decode_message(payload).map_err(network_error)?;
+    let response =
+        decoded.map_err(|remote| RPCError::Unreachable(Unreachable::from_string(remote)))?;
+    match response {
+        AppendEntriesResponse::Success => Ok(Ok(last)),
+        AppendEntriesResponse::PartialSuccess(matching) => Ok(Ok(matching)),
+        AppendEntriesResponse::HigherVote(vote) => Ok(Err(StreamAppendError::HigherVote(vote))),
+        AppendEntriesResponse::Conflict => match prev {
+            Some(prev) => Ok(Err(StreamAppendError::Conflict(prev))),
+            // Nothing precedes the first entry: no log can conflict there.
+            None => Err(network_error(format!(
+                "peer {target}: a conflict before the first entry"
+            ))),
+        },
+    }
+}
+
+/// The next item of `input`; never ready once it ended.
+async fn next_of<S>(input: &mut Option<S>) -> Option<S::Item>
+where
+    S: futures::Stream + Unpin,
+{
+    match input {
+        Some(input) => input.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A failed peer call's status as openraft's error: Unavailable (the peer is
 /// down or unreachable) makes openraft back off instead of retrying at once.
 fn status_error(target: u64, status: &tonic::Status) -> RPCError<TypeConfig> {
@@ -155,43 +370,19 @@ fn unreachable(message: String) -> RPCError<TypeConfig> {
 }
 
 impl PeerConnection {
-    /// Sends one AppendEntries message on the open stream (opening one first
-    /// if needed) and reads its reply. Any failure drops the stream: the next
-    /// call opens a new one.
-    async fn append_exchange(
-        &mut self,
-        payload: RaftPayload,
-    ) -> Result<RaftPayload, RPCError<TypeConfig>> {
-        let mut stream = match self.append.take() {
-            Some(stream) => stream,
-            None => {
-                let (requests, outgoing) = mpsc::channel(1);
-                let replies = self
-                    .client()?
-                    .append_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
-                    .await
-                    .map_err(|status| status_error(self.target, &status))?
-                    .into_inner();
-                AppendStream { requests, replies }
-            }
-        };
-        if stream.requests.send(payload).await.is_err() {
-            return Err(unreachable(format!(
-                "peer {}: append stream closed",
-                self.target
-            )));
+    /// The open `AppendStream`, or a new one.
+    async fn append_stream(&mut self) -> Result<AppendStream, RPCError<TypeConfig>> {
+        if let Some(stream) = self.append.take() {
+            return Ok(stream);
         }
-        match stream.replies.message().await {
-            Ok(Some(reply)) => {
-                self.append = Some(stream);
-                Ok(reply)
-            }
-            Ok(None) => Err(unreachable(format!(
-                "peer {}: append stream ended",
-                self.target
-            ))),
-            Err(status) => Err(status_error(self.target, &status)),
-        }
+        let (requests, outgoing) = mpsc::channel(1);
+        let replies = self
+            .client()?
+            .append_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+            .await
+            .map_err(|status| status_error(self.target, &status))?
+            .into_inner();
+        Ok(AppendStream { requests, replies })
     }
 
     /// Records a call's bytes and round trip, or its failure.
@@ -209,12 +400,49 @@ impl PeerConnection {
                 self.metrics.peer_rtt(self.target, rtt);
                 self.health.contact(self.target, rtt);
             }
-            Err(_) => {
-                self.metrics.peer_send_failed(self.target);
-                self.health.failed(self.target);
-            }
+            Err(_) => self.failed(),
         }
         reply
+    }
+
+    /// An append's answer: its bytes and round trip.
+    fn answered(&mut self, sent: usize, started: tokio::time::Instant, received: usize) {
+        let now = tokio::time::Instant::now();
+        let rtt = now.duration_since(started);
+        self.metrics.peer_sent(self.target, sent);
+        self.metrics.peer_received(self.target, received);
+        self.metrics.peer_rtt(self.target, rtt);
+        self.health.contact(self.target, rtt);
+        self.last_answered_append = Some(now);
+    }
+
+    /// A call that failed.
+    fn failed(&self) {
+        self.metrics.peer_send_failed(self.target);
+        self.health.failed(self.target);
+    }
+
+    /// An append that failed.
+    fn append_failed(&mut self) {
+        self.failed();
+        self.last_answered_append = None;
+    }
+
+    /// An append leaving at `now` with nothing in flight: if the peer answered
+    /// the last one long ago, the leader itself was slow to send (etcd
+    /// blames the disk first).
+    fn check_late(&self, now: tokio::time::Instant) {
+        if let Some(last) = self.last_answered_append
+            && now.duration_since(last) > 2 * self.heartbeat
+        {
+            self.metrics.server.heartbeat_send_failures.inc();
+            tracing::warn!(
+                to = format_args!("{:x}", self.target),
+                gap = ?now.duration_since(last),
+                expected = ?self.heartbeat,
+                "leader failed to send out heartbeat on time; took too long, leader is overloaded likely from slow disk"
+            );
+        }
     }
 
     fn client(&self) -> Result<RaftPeerClient<PeerChannel>, RPCError<TypeConfig>> {
@@ -267,45 +495,62 @@ impl PeerConnection {
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = Vec<u8>;
 
+    /// One message through the pipeline (openraft sends appends as streams;
+    /// this is the single-message form of the same path).
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let payload = RaftPayload {
-            payload: encode_message(&rpc).map_err(network_error)?,
-            to: self.target,
-        };
-        let sent = payload.payload.len();
-        let started = tokio::time::Instant::now();
-        if let Some(last) = self.last_answered_append
-            && started.duration_since(last) > 2 * self.heartbeat
-        {
-            // The peer answered the last one long ago, yet this one leaves
-            // only now: the leader itself is slow (etcd blames the disk first).
-            self.metrics.server.heartbeat_send_failures.inc();
-            tracing::warn!(
-                to = format_args!("{:x}", self.target),
-                gap = ?started.duration_since(last),
-                expected = ?self.heartbeat,
-                "leader failed to send out heartbeat on time; took too long, leader is overloaded likely from slow disk"
-            );
+        let input = futures::stream::once(std::future::ready(rpc));
+        let mut replies = self.stream_append(input, option).await?;
+        let reply = replies.next().await;
+        // Ends the stream (nothing is in flight), keeping the gRPC stream open.
+        let _ = replies.next().await;
+        drop(replies);
+        match reply {
+            Some(result) => Ok(AppendEntriesResponse::from(result?)),
+            None => Err(unreachable(format!(
+                "peer {}: append stream ended",
+                self.target
+            ))),
         }
-        let reply = tokio::time::timeout(option.hard_ttl(), self.append_exchange(payload))
-            .await
-            .map_err(|_| {
-                // The connection may be half-open (the peer died without a
-                // reset): the next call dials afresh (the stream was dropped).
-                self.pool.evict(&self.node);
-                unreachable(format!("peer {} timed out", self.target))
-            })
-            .and_then(|reply| reply);
-        let reply = self.record(sent, started, reply);
-        self.last_answered_append = reply.is_ok().then(tokio::time::Instant::now);
-        let reply = reply?;
-        let decoded: Result<AppendEntriesResponse<TypeConfig>, String> =
-            decode_message(&reply.payload).map_err(network_error)?;
-        decoded.map_err(|remote| RPCError::Unreachable(Unreachable::from_string(remote)))
+    }
+
+    /// Pipelined appends (see `append_pipeline`): up to
+    /// `APPENDS_IN_FLIGHT_MAX` messages on the open `AppendStream` before the
+    /// first is answered, answers in order.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + OptionalSend
+            + Unpin
+            + 'static,
+    {
+        Box::pin(async move {
+            let pipeline = Pipeline {
+                connection: self,
+                stream: None,
+                input: Some(input),
+                in_flight: VecDeque::new(),
+                ttl: option.hard_ttl(),
+            };
+            let replies: BoxStream<'s, _> = Box::pin(futures::stream::unfold(
+                Some(pipeline),
+                |pipeline| async move { pipeline?.next_reply().await },
+            ));
+            Ok(replies)
+        })
     }
 
     async fn vote(
@@ -417,3 +662,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         decoded.map_err(|remote| StreamingError::Unreachable(Unreachable::from_string(remote)))
     }
 }
+
+#[cfg(test)]
+#[path = "network_tests.rs"]
+mod tests;

@@ -8,7 +8,10 @@ use mainstay_proto::peer::{
 };
 use openraft::EntryPayload;
 use openraft::alias::{EntryOf, SnapshotMetaOf, SnapshotOf, VoteOf};
-use openraft::raft::{AppendEntriesRequest, SnapshotResponse, TransferLeaderRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError,
+    TransferLeaderRequest, VoteRequest,
+};
 use openraft::vote::RaftLeaderId;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
@@ -137,26 +140,94 @@ impl PeerService {
     }
 }
 
-/// One AppendEntries message of an `AppendStream`: its reply, or the status
-/// that ends the stream (a message for another member, undecodable bytes).
-async fn serve_append(replica: &Replica, request: RaftPayload) -> Result<RaftPayload, Status> {
+/// openraft's answers to a stream of AppendEntries messages.
+type AppendAnswers = std::pin::Pin<
+    Box<
+        dyn futures::Stream<
+                Item = Result<
+                    openraft::raft::StreamAppendResult<TypeConfig>,
+                    openraft::errors::Fatal<TypeConfig>,
+                >,
+            > + Send
+            + 'static,
+    >,
+>;
+
+/// One AppendEntries message of an `AppendStream`, checked: for this member,
+/// decodable, every command in it decodable.
+fn open_append(
+    replica: &Replica,
+    request: RaftPayload,
+) -> Result<AppendEntriesRequest<TypeConfig>, Status> {
     addressed_to(replica, request.to)?;
     let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.payload)?;
     check_entries(&rpc.entries)?;
-    let result = replica
-        .inner
-        .raft
-        .append_entries(rpc)
-        .await
-        .map_err(|e| e.to_string());
-    if matches!(&result, Ok(response) if !matches!(response, openraft::raft::AppendEntriesResponse::HigherVote(_)))
-    {
-        // A leader this member accepts just reached it.
-        replica.note_leader_contact();
-    }
-    encode_message(&result)
-        .map(|payload| RaftPayload { payload, to: 0 })
-        .map_err(Status::internal)
+    Ok(rpc)
+}
+
+/// Serves an `AppendStream` pipelined: each message goes to openraft as soon
+/// as it arrives (`Raft::stream_append`), not after the previous one is
+/// answered, so a commit reaches the state machine while the entries before
+/// it are still being written; answers go back one per message, in order. A
+/// refused message ends the stream with its status after the answers to the
+/// messages before it; the stream also ends with the member.
+async fn serve_appends(requests: Streaming<RaftPayload>, replica: Replica) -> AppendReplies {
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(None::<Status>));
+    let input = futures::stream::unfold(
+        Some((requests, replica.clone(), refused.clone())),
+        |state| async move {
+            let (mut requests, replica, refused) = state?;
+            let message = tokio::select! {
+                message = requests.message() => message,
+                _ = replica.stopped() => return None,
+            };
+            let checked = match message {
+                Ok(Some(request)) => open_append(&replica, request),
+                Ok(None) => return None,
+                Err(status) => Err(status),
+            };
+            match checked {
+                Ok(rpc) => Some((rpc, Some((requests, replica, refused)))),
+                Err(status) => {
+                    *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                    None
+                }
+            }
+        },
+    );
+    let stopping = replica.clone();
+    // openraft spawns the task that hands the messages to its core, and its
+    // runtime derives a spawned task's random seed from the caller's scope
+    // (see `Runtime`): this handler is not one of openraft's tasks, so it
+    // enters the member's seed (the task draws nothing random).
+    let raft = replica.inner.raft.clone();
+    let answers = crate::type_config::Runtime::scope(replica.inner.config.seed, async move {
+        let answers: AppendAnswers = Box::pin(raft.stream_append(Box::pin(input)));
+        answers
+    })
+    .await;
+    let answers = answers
+        .map(move |result| {
+            let result = result
+                .map(|appended| {
+                    if !matches!(appended, Err(StreamAppendError::HigherVote(_))) {
+                        // A leader this member accepts just reached it.
+                        replica.note_leader_contact();
+                    }
+                    AppendEntriesResponse::from(appended)
+                })
+                .map_err(|fatal| fatal.to_string());
+            encode_message(&result)
+                .map(|payload| RaftPayload { payload, to: 0 })
+                .map_err(Status::internal)
+        })
+        .take_until(Box::pin(async move { stopping.stopped().await }));
+    let refusal =
+        futures::stream::once(
+            async move { refused.lock().unwrap_or_else(|p| p.into_inner()).take() },
+        )
+        .filter_map(|status| std::future::ready(status.map(Err)));
+    Box::pin(answers.chain(refusal))
 }
 
 /// One batch of a `ForwardWriteStream`: the leader proposes every write and
@@ -240,12 +311,9 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<AppendReplies>, Status> {
-        // Messages are served one after another, as openraft sends them.
-        Ok(Response::new(serve_in_order(
-            request.into_inner(),
-            self.replica.clone(),
-            |replica, request| async move { serve_append(&replica, request).await },
-        )))
+        Ok(Response::new(
+            serve_appends(request.into_inner(), self.replica.clone()).await,
+        ))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -391,7 +391,8 @@ async fn a_leader_can_remove_itself_and_the_client_hears_it() {
 async fn raft_messages_for_another_member_id_are_refused() {
     // Goal: a member answers Raft traffic only when it is addressed by its own id,
     // so a replaced member's old and new incarnations, reachable at one peer URL,
-    // are never mistaken for each other. Method: send a vote addressed to another id.
+    // are never mistaken for each other, and undecodable ones change nothing.
+    // Method: send a vote and an append addressed to another id, then garbage.
     use mainstay_proto::peer::RaftPayload;
     use mainstay_proto::peer::raft_peer_client::RaftPeerClient;
     let cluster = TestCluster::start(3, Options::default()).await;
@@ -424,6 +425,26 @@ async fn raft_messages_for_another_member_id_are_refused() {
         .await
         .expect_err("undecodable");
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    // The same on the append stream (served pipelined): the refused message
+    // ends the stream with its status, and the member goes on.
+    for (to, code) in [
+        (me ^ 1, tonic::Code::FailedPrecondition),
+        (me, tonic::Code::InvalidArgument),
+    ] {
+        let message = RaftPayload {
+            payload: vec![0xff; 8],
+            to,
+        };
+        let mut answers = peer
+            .append_stream(futures::stream::iter(vec![message]))
+            .await
+            .expect("stream opened")
+            .into_inner();
+        let error = answers.message().await.expect_err("refused");
+        assert_eq!(error.code(), code, "{error:?}");
+    }
+    cluster.put(0, "after", "refusals").await;
+    cluster.eventually_sees(1, "after", "refusals").await;
     cluster.shutdown().await;
 }
 

@@ -221,15 +221,24 @@ fn decode_live(value: &[u8]) -> Option<(Option<Live>, u32)> {
     Some((live, sub))
 }
 
-/// An error opening the database: corruption when redb says so, else I/O.
+/// An error opening the database: corruption when redb says so or reads
+/// past the file's end (only damaged bytes point there), else I/O.
 fn corrupt_db(path: &Path, error: redb::DatabaseError) -> StorageError {
-    match error {
-        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => StorageError::Corrupt {
-            path: path.display().to_string(),
-            at: "opening the database".to_string(),
-            reason: "the database engine found damaged pages",
-        },
-        other => StorageError::db(other),
+    let reason = match &error {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
+            "the database engine found damaged pages"
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            "a page points past the end of the file"
+        }
+        _ => return StorageError::db(error),
+    };
+    StorageError::Corrupt {
+        path: path.display().to_string(),
+        at: "opening the database".to_string(),
+        reason,
     }
 }
 
@@ -961,10 +970,24 @@ impl StateReads {
     }
 }
 
-/// A read error while loading: damaged pages are corruption, the rest I/O.
+/// A read error while loading: damaged pages are corruption, and so are a
+/// table whose stored definition is not ours (the definitions are fixed for
+/// a format version, which is checked first) and a page past the file's end;
+/// the rest is I/O.
 fn read_error(path: &Path, error: redb::Error) -> StorageError {
     match error {
         redb::Error::Corrupted(_) => corrupt(path, "the database engine found damaged pages"),
+        redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TypeDefinitionChanged { .. }
+        | redb::Error::TableIsMultimap(_)
+        | redb::Error::TableIsNotMultimap(_) => {
+            corrupt(path, "a table's stored definition is damaged")
+        }
+        // redb reads only pages it was told exist: one past the end of the
+        // file was pointed at by damaged bytes.
+        redb::Error::Io(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+            corrupt(path, "a page points past the end of the file")
+        }
         other => StorageError::db(other),
     }
 }

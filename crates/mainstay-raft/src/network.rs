@@ -136,25 +136,93 @@ struct AppendStream {
 }
 
 /// AppendEntries messages sent on one stream and not yet answered, at most.
-/// More than one lets a commit reach a follower while the entries it commits
-/// are still being written there (etcd pipelines its appends too); a small cap
-/// keeps messages large under load (what waits goes out in the next one).
 pub const APPENDS_IN_FLIGHT_MAX: usize = 8;
 
-/// One sent, unanswered AppendEntries message: what its answer acknowledges.
-struct InFlight {
+/// Command bytes past which a held message takes no more requests.
+const HELD_BYTES_MAX: usize = 4 << 20;
+
+/// What one answer acknowledges: openraft's request for `(prev, last]`.
+#[derive(Clone, Copy)]
+struct Part {
     prev: Option<LogIdOf<TypeConfig>>,
     last: Option<LogIdOf<TypeConfig>>,
+}
+
+/// One message: openraft's requests, consecutive ones merged into one.
+struct Message {
+    rpc: AppendEntriesRequest<TypeConfig>,
+    parts: Vec<Part>,
+    bytes: usize,
+}
+
+impl Message {
+    fn new(rpc: AppendEntriesRequest<TypeConfig>) -> Message {
+        let part = Part {
+            prev: rpc.prev_log_id,
+            last: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
+        };
+        let bytes = command_bytes(&rpc);
+        Message {
+            rpc,
+            parts: vec![part],
+            bytes,
+        }
+    }
+
+    /// Takes `rpc` in if it continues this message's entries for the same
+    /// leader and the message is not full; gives it back otherwise.
+    fn merge(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Option<AppendEntriesRequest<TypeConfig>> {
+        let last = self.parts.last().and_then(|part| part.last);
+        if rpc.prev_log_id != last || rpc.vote != self.rpc.vote || self.bytes >= HELD_BYTES_MAX {
+            return Some(rpc);
+        }
+        let part = Part {
+            prev: rpc.prev_log_id,
+            last: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
+        };
+        self.bytes += command_bytes(&rpc);
+        self.parts.push(part);
+        self.rpc.entries.extend(rpc.entries);
+        self.rpc.leader_commit = self.rpc.leader_commit.max(rpc.leader_commit);
+        None
+    }
+}
+
+fn command_bytes(rpc: &AppendEntriesRequest<TypeConfig>) -> usize {
+    rpc.entries
+        .iter()
+        .map(|entry| match &entry.payload {
+            openraft::EntryPayload::Normal(proposal) => proposal.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// One sent, unanswered message.
+struct InFlight {
+    parts: Vec<Part>,
+    carries_entries: bool,
     bytes: usize,
     sent: tokio::time::Instant,
 }
 
 /// What one `stream_append` call drives: openraft's requests out on the
-/// `AppendStream` as they come (up to `APPENDS_IN_FLIGHT_MAX` unanswered), the
-/// peer's answers back in order. Ends when openraft's input ends and every
-/// message is answered (the gRPC stream is kept for the next call), or at the
-/// first failure or refusal (the gRPC stream is dropped with it, so no late
-/// answer is ever read as another message's).
+/// `AppendStream`, the peer's answers back in order, one result per request.
+///
+/// A request without entries (a commit update) leaves at once, up to
+/// `APPENDS_IN_FLIGHT_MAX` unanswered messages: a commit reaches a follower
+/// while the entries it commits are still being written there (etcd pipelines
+/// its appends too). Entries travel one message at a time: requests that come
+/// while entries are in flight wait, merged into one message, and leave when
+/// the answer comes, so a busy leader still sends few large messages.
+///
+/// Ends when openraft's input ends and every message is answered (the gRPC
+/// stream is kept for the next call), or at the first failure or refusal (the
+/// gRPC stream is dropped with it, so no late answer is ever read as another
+/// message's).
 struct Pipeline<'s, S> {
     connection: &'s mut PeerConnection,
     /// Opened (or taken from the connection) when the first message goes out:
@@ -162,7 +230,12 @@ struct Pipeline<'s, S> {
     stream: Option<AppendStream>,
     /// `None` once openraft's input ended.
     input: Option<S>,
+    /// Requests waiting for entries in flight to be answered, in order.
+    held: VecDeque<Message>,
     in_flight: VecDeque<InFlight>,
+    /// Results not yet handed to openraft (a merged message's answer
+    /// answers each of its requests).
+    ready: VecDeque<StreamAppendResult<TypeConfig>>,
     /// How long the oldest message may wait for its answer.
     ttl: Duration,
 }
@@ -173,10 +246,16 @@ impl<'s, S> Pipeline<'s, S>
 where
     S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
 {
-    /// The next answer (sending whatever openraft hands over meanwhile), and
+    /// The next result (sending whatever openraft hands over meanwhile), and
     /// the pipeline if it goes on.
     async fn next_reply(mut self) -> Option<(AppendItem, Option<Self>)> {
         loop {
+            if let Err(error) = self.send_due().await {
+                return Some((Err(error), None));
+            }
+            if let Some(result) = self.ready.pop_front() {
+                return Some((Ok(result), Some(self)));
+            }
             let Some(oldest) = self.in_flight.front().map(|m| m.sent) else {
                 // Nothing to wait for but the next request.
                 let Some(input) = self.input.as_mut() else {
@@ -184,16 +263,12 @@ where
                     return None;
                 };
                 match input.next().await {
-                    Some(rpc) => {
-                        if let Err(error) = self.send_in_time(rpc).await {
-                            return Some((Err(error), None));
-                        }
-                    }
+                    Some(rpc) => self.hold(rpc),
                     None => self.input = None,
                 }
                 continue;
             };
-            let room = self.in_flight.len() < APPENDS_IN_FLIGHT_MAX;
+            let room = self.in_flight.len() + self.held.len() < APPENDS_IN_FLIGHT_MAX;
             let Some(stream) = self.stream.as_mut() else {
                 // Messages in flight went out on a stream.
                 return Some((Err(network_error("append stream lost")), None));
@@ -205,11 +280,7 @@ where
                     return Some((item, goes_on.then_some(self)));
                 }
                 rpc = next_of(&mut self.input), if room => match rpc {
-                    Some(rpc) => {
-                        if let Err(error) = self.send_in_time(rpc).await {
-                            return Some((Err(error), None));
-                        }
-                    }
+                    Some(rpc) => self.hold(rpc),
                     None => self.input = None,
                 },
                 () = tokio::time::sleep_until(oldest + self.ttl) => {
@@ -217,6 +288,32 @@ where
                 }
             }
         }
+    }
+
+    /// Queues `rpc` behind the held messages, merged into the last if it can.
+    fn hold(&mut self, rpc: AppendEntriesRequest<TypeConfig>) {
+        let rpc = match self.held.back_mut() {
+            Some(last) => last.merge(rpc),
+            None => Some(rpc),
+        };
+        if let Some(rpc) = rpc {
+            self.held.push_back(Message::new(rpc));
+        }
+    }
+
+    /// Sends the held messages that may leave now: in order, while no
+    /// entries are in flight or the next carries none.
+    async fn send_due(&mut self) -> Result<(), RPCError<TypeConfig>> {
+        while let Some(next) = self.held.front() {
+            let entries_in_flight = self.in_flight.iter().any(|m| m.carries_entries);
+            if entries_in_flight && !next.rpc.entries.is_empty() {
+                break;
+            }
+            if let Some(message) = self.held.pop_front() {
+                self.send_in_time(message).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The peer did not answer (or take a message) within `ttl`.
@@ -231,23 +328,17 @@ where
 
     /// `send` within `ttl`: opening the stream or handing a message to a
     /// peer that stopped reading can wait forever.
-    async fn send_in_time(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-    ) -> Result<(), RPCError<TypeConfig>> {
-        match tokio::time::timeout(self.ttl, self.send(rpc)).await {
+    async fn send_in_time(&mut self, message: Message) -> Result<(), RPCError<TypeConfig>> {
+        match tokio::time::timeout(self.ttl, self.send(message)).await {
             Ok(sent) => sent,
             Err(_) => Err(self.timed_out()),
         }
     }
 
-    async fn send(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-    ) -> Result<(), RPCError<TypeConfig>> {
+    async fn send(&mut self, message: Message) -> Result<(), RPCError<TypeConfig>> {
         let connection = &mut *self.connection;
         let payload = RaftPayload {
-            payload: encode_message(&rpc).map_err(network_error)?,
+            payload: encode_message(&message.rpc).map_err(network_error)?,
             to: connection.target,
         };
         let stream = match self.stream.as_mut() {
@@ -265,8 +356,8 @@ where
             connection.check_late(now);
         }
         self.in_flight.push_back(InFlight {
-            prev: rpc.prev_log_id,
-            last: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
+            parts: message.parts,
+            carries_entries: !message.rpc.entries.is_empty(),
             bytes: payload.payload.len(),
             sent: now,
         });
@@ -280,10 +371,10 @@ where
         Ok(())
     }
 
-    /// The oldest message's answer, and whether the messages after it still
-    /// stand: not after a failure or refusal, nor after a partial success
-    /// (the peer took less than the message held; openraft starts over from
-    /// what it took).
+    /// The oldest message's answer: the first of its requests' results (the
+    /// rest wait in `ready`), and whether the pipeline goes on: not after a
+    /// failure or refusal, nor after a partial success (the peer took less
+    /// than the message held; openraft starts over from what it took).
     fn answer(&mut self, reply: Result<Option<RaftPayload>, tonic::Status>) -> (AppendItem, bool) {
         let connection = &mut *self.connection;
         let target = connection.target;
@@ -305,9 +396,22 @@ where
             return (Err(error), false);
         };
         connection.answered(message.bytes, message.sent, reply.payload.len());
-        let item = append_result(target, &reply.payload, message.prev, message.last);
-        let goes_on = matches!(&item, Ok(Ok(matching)) if *matching == message.last);
-        (item, goes_on)
+        let (Some(first), Some(whole_last)) = (
+            message.parts.first(),
+            message.parts.last().map(|part| part.last),
+        ) else {
+            return (Err(network_error("a message of no request")), false);
+        };
+        let item = append_result(target, &reply.payload, first.prev, whole_last);
+        match item {
+            Ok(Ok(matching)) if matching == whole_last => {
+                // Every request of the message is taken.
+                self.ready
+                    .extend(message.parts[1..].iter().map(|part| Ok(part.last)));
+                (Ok(Ok(first.last)), true)
+            }
+            other => (other, false),
+        }
     }
 }
 
@@ -542,7 +646,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 connection: self,
                 stream: None,
                 input: Some(input),
+                held: VecDeque::new(),
                 in_flight: VecDeque::new(),
+                ready: VecDeque::new(),
                 ttl: option.hard_ttl(),
             };
             let replies: BoxStream<'s, _> = Box::pin(futures::stream::unfold(

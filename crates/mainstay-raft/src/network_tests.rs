@@ -251,6 +251,16 @@ fn append(index: u64) -> AppendEntriesRequest<TypeConfig> {
     }
 }
 
+/// The leader's commit update after entry `index`: no entries.
+fn commit(index: u64) -> AppendEntriesRequest<TypeConfig> {
+    AppendEntriesRequest {
+        vote: Vote::new_committed(1, 1),
+        prev_log_id: Some(log_id(index)),
+        leader_commit: Some(log_id(index)),
+        entries: Vec::new(),
+    }
+}
+
 fn option() -> RPCOption {
     // Long enough that no answer here is late.
     RPCOption::new(Duration::from_secs(60))
@@ -261,8 +271,11 @@ type Item = Result<
     RPCError<TypeConfig>,
 >;
 
-async fn run(connection: &mut PeerConnection, indexes: &[u64]) -> Vec<Item> {
-    let input = futures::stream::iter(indexes.iter().map(|i| append(*i)).collect::<Vec<_>>());
+async fn run(
+    connection: &mut PeerConnection,
+    requests: Vec<AppendEntriesRequest<TypeConfig>>,
+) -> Vec<Item> {
+    let input = futures::stream::iter(requests);
     let answers = connection
         .stream_append(input, option())
         .await
@@ -271,7 +284,7 @@ async fn run(connection: &mut PeerConnection, indexes: &[u64]) -> Vec<Item> {
 }
 
 #[tokio::test]
-async fn appends_leave_before_earlier_ones_are_answered_and_answers_keep_their_order() {
+async fn commit_updates_leave_before_the_entries_are_answered_and_answers_keep_their_order() {
     // The peer answers nothing until it holds three messages: a leader that
     // waited for each answer before the next would stall for `HOLD_LIMIT`
     // per message and the log would interleave.
@@ -280,15 +293,12 @@ async fn appends_leave_before_earlier_ones_are_answered_and_answers_keep_their_o
         answers: Vec::new(),
     }])
     .await;
-    let results = run(&mut connection, &[1, 2, 3]).await;
+    let results = run(&mut connection, vec![append(1), commit(1), commit(1)]).await;
     let acknowledged: Vec<_> = results
         .into_iter()
         .map(|item| item.expect("answered").expect("accepted"))
         .collect();
-    assert_eq!(
-        acknowledged,
-        vec![Some(log_id(1)), Some(log_id(2)), Some(log_id(3))]
-    );
+    assert_eq!(acknowledged, vec![Some(log_id(1)); 3]);
     assert_eq!(
         *events.lock().expect("events"),
         vec!["in 0", "in 1", "in 2", "out 0", "out 1", "out 2"]
@@ -316,14 +326,14 @@ async fn a_refusal_ends_the_pipeline_and_the_next_call_opens_a_new_stream() {
         ],
     }])
     .await;
-    let results = run(&mut connection, &[1, 2, 3]).await;
+    let results = run(&mut connection, vec![append(1), commit(1), commit(1)]).await;
     assert_eq!(results.len(), 2, "{results:?}");
     assert_eq!(results[0].as_ref().expect("answered"), &Ok(Some(log_id(1))));
     assert_eq!(
         results[1].as_ref().expect("answered"),
         &Err(StreamAppendError::Conflict(log_id(1)))
     );
-    let results = run(&mut connection, &[2, 3, 4]).await;
+    let results = run(&mut connection, vec![append(2), commit(2), commit(2)]).await;
     assert_eq!(results.len(), 3, "{results:?}");
     assert!(
         results.iter().all(|r| matches!(r, Ok(Ok(_)))),
@@ -341,10 +351,35 @@ async fn a_conflict_before_the_first_entry_is_a_network_error() {
         answers: vec![AppendEntriesResponse::Conflict],
     }])
     .await;
-    let results = run(&mut connection, &[1]).await;
+    let results = run(&mut connection, vec![append(1)]).await;
     assert_eq!(results.len(), 1, "{results:?}");
     assert!(
         matches!(results[0], Err(RPCError::Network(_))),
         "{results:?}"
+    );
+}
+
+#[tokio::test]
+async fn entries_wait_for_the_entries_in_flight_and_leave_merged() {
+    // Three requests with entries, the peer answering at once: the second
+    // and third wait for the first's answer and leave as one message, yet
+    // each request gets its own result.
+    let (mut connection, events, _streams) = connect(vec![Script {
+        hold: 1,
+        answers: Vec::new(),
+    }])
+    .await;
+    let results = run(&mut connection, vec![append(1), append(2), append(3)]).await;
+    let acknowledged: Vec<_> = results
+        .into_iter()
+        .map(|item| item.expect("answered").expect("accepted"))
+        .collect();
+    assert_eq!(
+        acknowledged,
+        vec![Some(log_id(1)), Some(log_id(2)), Some(log_id(3))]
+    );
+    assert_eq!(
+        *events.lock().expect("events"),
+        vec!["in 0", "out 0", "in 1", "out 1"]
     );
 }

@@ -148,6 +148,15 @@ struct Part {
     last: Option<LogIdOf<TypeConfig>>,
 }
 
+impl Part {
+    fn of(rpc: &AppendEntriesRequest<TypeConfig>) -> Part {
+        Part {
+            prev: rpc.prev_log_id,
+            last: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
+        }
+    }
+}
+
 /// One message: openraft's requests, consecutive ones merged into one.
 struct Message {
     rpc: AppendEntriesRequest<TypeConfig>,
@@ -157,15 +166,10 @@ struct Message {
 
 impl Message {
     fn new(rpc: AppendEntriesRequest<TypeConfig>) -> Message {
-        let part = Part {
-            prev: rpc.prev_log_id,
-            last: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
-        };
-        let bytes = command_bytes(&rpc);
         Message {
+            parts: vec![Part::of(&rpc)],
+            bytes: command_bytes(&rpc),
             rpc,
-            parts: vec![part],
-            bytes,
         }
     }
 
@@ -179,12 +183,8 @@ impl Message {
         if rpc.prev_log_id != last || rpc.vote != self.rpc.vote || self.bytes >= HELD_BYTES_MAX {
             return Some(rpc);
         }
-        let part = Part {
-            prev: rpc.prev_log_id,
-            last: rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id),
-        };
         self.bytes += command_bytes(&rpc);
-        self.parts.push(part);
+        self.parts.push(Part::of(&rpc));
         self.rpc.entries.extend(rpc.entries);
         self.rpc.leader_commit = self.rpc.leader_commit.max(rpc.leader_commit);
         None
@@ -498,25 +498,25 @@ impl PeerConnection {
     ) -> Result<RaftPayload, RPCError<TypeConfig>> {
         match &reply {
             Ok(reply) => {
-                let rtt = started.elapsed();
-                self.metrics.peer_sent(self.target, sent);
-                self.metrics.peer_received(self.target, reply.payload.len());
-                self.metrics.peer_rtt(self.target, rtt);
-                self.health.contact(self.target, rtt);
+                self.contact(sent, reply.payload.len(), started.elapsed());
             }
             Err(_) => self.failed(),
         }
         reply
     }
 
-    /// An append's answer: its bytes and round trip.
-    fn answered(&mut self, sent: usize, started: tokio::time::Instant, received: usize) {
-        let now = tokio::time::Instant::now();
-        let rtt = now.duration_since(started);
+    /// A call's answer: its bytes both ways and its round trip.
+    fn contact(&self, sent: usize, received: usize, rtt: Duration) {
         self.metrics.peer_sent(self.target, sent);
         self.metrics.peer_received(self.target, received);
         self.metrics.peer_rtt(self.target, rtt);
         self.health.contact(self.target, rtt);
+    }
+
+    /// An append's answer (see `contact`).
+    fn answered(&mut self, sent: usize, started: tokio::time::Instant, received: usize) {
+        let now = tokio::time::Instant::now();
+        self.contact(sent, received, now.duration_since(started));
         self.last_answered_append = Some(now);
     }
 

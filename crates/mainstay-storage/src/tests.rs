@@ -480,6 +480,25 @@ fn every_flipped_bit_in_the_log_is_refused() {
     assert_eq!(mem_log(&mem, dir).last_index(), Some(3));
 }
 
+/// A state store in `dir` holding one durable put of `value` at key `k`.
+fn store_one_put(disk: &Arc<dyn Disk>, dir: &Path, value: &[u8]) {
+    let mut space = KeySpace::new();
+    let put = PutRequest {
+        key: b"k".to_vec(),
+        value: value.to_vec(),
+        ..PutRequest::default()
+    };
+    let changes = space
+        .apply(&Command::Put(put), &ApplyContext::default())
+        .changes;
+    let (mut store, _, _) = StateStore::open(disk, dir, 1 << 20).expect("open");
+    let meta = StateMeta {
+        revision: space.revision(),
+        ..StateMeta::default()
+    };
+    store.commit(&changes, &meta, true).expect("commit");
+}
+
 #[test]
 fn a_flipped_bit_in_a_stored_value_is_refused() {
     // Goal: the state store's row checksums catch a flipped bit in a value.
@@ -487,28 +506,7 @@ fn a_flipped_bit_in_a_stored_value_is_refused() {
     let disk: Arc<dyn Disk> = Arc::new(mem.clone());
     let dir = Path::new("/m");
     let value = b"a-distinctive-value-0123456789".to_vec();
-    let mut space = KeySpace::new();
-    let put = PutRequest {
-        key: b"k".to_vec(),
-        value: value.clone(),
-        ..PutRequest::default()
-    };
-    let changes = space
-        .apply(&Command::Put(put), &ApplyContext::default())
-        .changes;
-    {
-        let (mut store, _, _) = StateStore::open(&disk, dir, 1 << 20).expect("open");
-        store
-            .commit(
-                &changes,
-                &StateMeta {
-                    revision: space.revision(),
-                    ..StateMeta::default()
-                },
-                true,
-            )
-            .expect("commit");
-    }
+    store_one_put(&disk, dir, &value);
     let path = dir.join("state.redb");
     let image = mem.durable_image(&path).expect("image");
     let at = image
@@ -884,23 +882,7 @@ fn a_damaged_table_definition_is_refused_as_corruption() {
     let mem = MemDisk::new();
     let disk: Arc<dyn Disk> = Arc::new(mem.clone());
     let dir = Path::new("/m");
-    let mut space = KeySpace::new();
-    let put = PutRequest {
-        key: b"k".to_vec(),
-        value: b"v".to_vec(),
-        ..PutRequest::default()
-    };
-    let changes = space
-        .apply(&Command::Put(put), &ApplyContext::default())
-        .changes;
-    {
-        let (mut store, _, _) = StateStore::open(&disk, dir, 1 << 20).expect("open");
-        let meta = StateMeta {
-            revision: space.revision(),
-            ..StateMeta::default()
-        };
-        store.commit(&changes, &meta, true).expect("commit");
-    }
+    store_one_put(&disk, dir, b"v");
     let path = dir.join("state.redb");
     let image = mem.durable_image(&path).expect("image");
     let name = b"kv_by_revision";

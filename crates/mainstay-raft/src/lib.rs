@@ -24,6 +24,7 @@ mod peer_channel;
 mod peer_health;
 mod peer_service;
 mod proposal;
+mod proposals;
 mod read_rounds;
 mod replica;
 mod state_machine;

@@ -20,6 +20,7 @@ use crate::log_store::RaftLog;
 use crate::network::{PeerNetwork, PeerPool};
 use crate::peer_channel::Dial;
 use crate::proposal::Proposal;
+use crate::proposals::Joined;
 use crate::state_machine::{AppliedEvents, StateMachine};
 use crate::type_config::{MemberNode, Runtime, TypeConfig, WriteOutcome};
 use crate::write_batches::WriteReply;
@@ -118,6 +119,10 @@ pub(crate) enum ReadIndexReply {
     Failed(ReplicaError),
 }
 
+/// Where openraft answers a write proposed on this member.
+type WriteResponder =
+    openraft::impls::ProgressResponder<TypeConfig, openraft::raft::ClientWriteResult<TypeConfig>>;
+
 pub(crate) struct Inner {
     pub(crate) config: ReplicaConfig,
     pub(crate) raft: RaftHandle,
@@ -137,6 +142,8 @@ pub(crate) struct Inner {
     leader_contact: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Linearizable reads waiting for a shared read-index round.
     read_rounds: crate::read_rounds::ReadRounds,
+    /// Writes proposed here, on their way to openraft together (`Proposals`).
+    proposals: crate::proposals::Proposals<(Proposal, WriteResponder)>,
     /// Client writes waiting to be forwarded to the leader in a batch.
     write_batches: crate::write_batches::WriteBatches,
     /// Streams to the leader that forwarded writes travel on.
@@ -271,6 +278,7 @@ impl Replica {
                 membership_lock: tokio::sync::Mutex::new(()),
                 leader_contact: std::sync::Mutex::new(None),
                 read_rounds: crate::read_rounds::ReadRounds::default(),
+                proposals: crate::proposals::Proposals::default(),
                 write_batches: crate::write_batches::WriteBatches::default(),
                 write_streams: crate::write_streams::WriteStreams::default(),
                 serving: std::sync::atomic::AtomicBool::new(false),
@@ -835,7 +843,26 @@ impl Replica {
         } else {
             None
         };
-        match self.inner.raft.client_write(command).await {
+        let (responder, answer) = WriteResponder::complete_only();
+        match self.inner.proposals.join((command, responder)) {
+            Joined::Direct((command, responder)) => {
+                // A stopped openraft drops the responder: the answer says so.
+                let _ = self
+                    .inner
+                    .raft
+                    .client_write_ff(command, Some(responder))
+                    .await;
+            }
+            Joined::Queued { start: true } => {
+                tokio::spawn(self.clone().send_proposals());
+            }
+            Joined::Queued { start: false } => {}
+        }
+        // No answer: openraft stopped (it dropped the responder).
+        let Ok(answered) = answer.await else {
+            return LocalWrite::Failed(ReplicaError::Stopped);
+        };
+        match answered {
             Ok(response) => match response.data.outcome {
                 Some(outcome) => LocalWrite::Done(WriteOutcome {
                     outcome,
@@ -844,17 +871,35 @@ impl Replica {
                 }),
                 None => LocalWrite::Failed(ReplicaError::Stopped),
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(ClientWriteError::ForwardToLeader(forward)) => {
                 LocalWrite::NotLeader(forward.leader_id)
             }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+            Err(ClientWriteError::LogEntryDiscarded(_)) => {
                 LocalWrite::Failed(ReplicaError::LeaderChanged)
             }
-            Err(RaftError::APIError(error)) => {
+            Err(error) => {
                 tracing::warn!(%error, "unexpected write error");
                 LocalWrite::Failed(ReplicaError::Stopped)
             }
-            Err(RaftError::Fatal(_)) => LocalWrite::Failed(ReplicaError::Stopped),
+        }
+    }
+
+    /// Hands queued writes to openraft, each time after one runtime turn,
+    /// until a turn finds none (`Proposals`).
+    async fn send_proposals(self) {
+        loop {
+            tokio::task::yield_now().await;
+            let Some(batch) = self.inner.proposals.take() else {
+                return;
+            };
+            for (command, responder) in batch {
+                // A stopped openraft drops the responder: its write's answer says so.
+                let _ = self
+                    .inner
+                    .raft
+                    .client_write_ff(command, Some(responder))
+                    .await;
+            }
         }
     }
 

@@ -59,8 +59,6 @@ struct Queued {
 pub struct RaftLog {
     store: Arc<Mutex<LogStore>>,
     jobs: mpsc::Sender<Queued>,
-    /// Staged committed-id records that ride on the next queued job.
-    unsent: Arc<Mutex<Option<LogJob>>>,
     failure: watch::Receiver<Option<String>>,
     /// The highest index acknowledged on disk (append callbacks fired Ok),
     /// lowered by truncations: what a crash must not take back.
@@ -95,7 +93,6 @@ impl RaftLog {
         RaftLog {
             store: Arc::new(Mutex::new(store)),
             jobs,
-            unsent: Arc::default(),
             failure,
             acknowledged,
             opened_last,
@@ -125,11 +122,6 @@ impl RaftLog {
     }
 
     async fn queue(&self, job: LogJob, sync: bool, waiter: Waiter) -> Result<(), io::Error> {
-        let held = self.unsent.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let job = match held {
-            Some(held) => held.then(job),
-            None => job,
-        };
         self.jobs
             .send(Queued { job, sync, waiter })
             .await
@@ -342,19 +334,7 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
             .stage_committed(committed.as_ref().map(log_id_to_record))
             .map_err(to_io)?;
         match (job, committed) {
-            // Not queued on its own (a wake-up of the writer thread per commit
-            // update): it joins the next queued job, in staging order, and the
-            // next fsync makes it durable as before. A lost one is recovered
-            // from the state machine's applied id or the leader.
-            (Some(job), Some(_)) => {
-                let mut unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
-                let job = match unsent.take() {
-                    Some(held) => held.then(job),
-                    None => job,
-                };
-                *unsent = Some(job);
-                Ok(())
-            }
+            (Some(job), Some(_)) => self.queue(job, false, Waiter::Nobody).await,
             _ => Ok(()),
         }
     }

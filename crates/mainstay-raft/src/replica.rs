@@ -845,14 +845,7 @@ impl Replica {
         };
         let (responder, answer) = WriteResponder::complete_only();
         match self.inner.proposals.join((command, responder)) {
-            Joined::Direct((command, responder)) => {
-                // A stopped openraft drops the responder: the answer says so.
-                let _ = self
-                    .inner
-                    .raft
-                    .client_write_ff(command, Some(responder))
-                    .await;
-            }
+            Joined::Direct((command, responder)) => self.hand_over(command, responder).await,
             Joined::Queued { start: true } => {
                 tokio::spawn(self.clone().send_proposals());
             }
@@ -893,14 +886,19 @@ impl Replica {
                 return;
             };
             for (command, responder) in batch {
-                // A stopped openraft drops the responder: its write's answer says so.
-                let _ = self
-                    .inner
-                    .raft
-                    .client_write_ff(command, Some(responder))
-                    .await;
+                self.hand_over(command, responder).await;
             }
         }
+    }
+
+    /// Hands one write to openraft. A stopped openraft drops the responder:
+    /// the write's answer says so.
+    async fn hand_over(&self, command: Proposal, responder: WriteResponder) {
+        let _ = self
+            .inner
+            .raft
+            .client_write_ff(command, Some(responder))
+            .await;
     }
 
     /// Proposes on this member only (no forwarding) and waits until applied;

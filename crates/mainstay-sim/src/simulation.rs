@@ -180,11 +180,7 @@ pub fn run_guarded(seed: u64, options: &SimOptions) -> SimResult {
 
 /// Runs one seed. Never panics on a finding: findings are returned.
 pub fn run(seed: u64, options: &SimOptions) -> SimResult {
-    // One simulation at a time per process, each starting tokio's task ids at
-    // the same place (see `align_task_ids`).
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _alone = lock(&ONE_AT_A_TIME);
-    align_task_ids();
+    let _alone = alone_in_process();
     let mut rng = Rng::new(seed);
     let size = options
         .members
@@ -1526,6 +1522,18 @@ fn liveness(
     }
 }
 
+/// One simulation at a time per process, of either kind (this one or the
+/// scale-out scheme's), each starting tokio's task ids at the same place: a
+/// simulation running alongside would take task ids in between (see
+/// `align_task_ids`; found when seed 42 replayed differently while the
+/// scale-out test ran on another test thread).
+pub(crate) fn alone_in_process() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let alone = lock(&ONE_AT_A_TIME);
+    align_task_ids();
+    alone
+}
+
 /// Same seed, same trace, whatever ran before in the process. tokio numbers
 /// every task from one process-wide counter, and when a host crashes it drops
 /// the host's tasks shard by shard, the shard being the task id modulo a small
@@ -1534,7 +1542,7 @@ fn liveness(
 /// simulated network they get. Starting each run at a multiple of 64 makes the
 /// order a function of the seed alone (found when seed 42 gave one trace on a
 /// process's first run and another on its second).
-pub(crate) fn align_task_ids() {
+fn align_task_ids() {
     const ALIGN: u64 = 64;
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
         return;
@@ -1560,10 +1568,17 @@ fn trace_hash(
     election_log: &[election_workload::Observation],
 ) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    // MAINSTAY_SIM_TRACE=<file> writes the hashed lines: two runs of a seed
+    // that hash differently show where they part with `diff`.
+    let mut dump = std::env::var_os("MAINSTAY_SIM_TRACE").map(|_| String::new());
     let mut feed = |text: &str| {
         for byte in text.bytes().chain([b'\n']) {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        if let Some(dump) = dump.as_mut() {
+            dump.push_str(text);
+            dump.push('\n');
         }
     };
     for operation in history {
@@ -1583,6 +1598,12 @@ fn trace_hash(
     }
     for observation in election_log {
         feed(&format!("{observation:?}"));
+    }
+    if let (Some(dump), Some(path)) = (dump, std::env::var_os("MAINSTAY_SIM_TRACE")) {
+        let path = std::path::PathBuf::from(path).with_extension(format!("{hash:016x}"));
+        if let Err(error) = std::fs::write(&path, dump) {
+            eprintln!("cannot write the trace to {}: {error}", path.display());
+        }
     }
     hash
 }

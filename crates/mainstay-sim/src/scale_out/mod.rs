@@ -27,7 +27,7 @@ use mainstay_storage::MemDisk;
 
 use crate::fault::FaultCounts;
 use crate::rng::Rng;
-use crate::simulation::{align_task_ids, data_dir, member_config};
+use crate::simulation::{alone_in_process, data_dir, member_config};
 use crate::workload::History;
 
 pub use scheme::Breaks;
@@ -218,9 +218,7 @@ fn percentiles(mut micros: Vec<u64>) -> (f64, f64) {
 
 /// Runs one seed of the scale-out scheme.
 pub fn run(seed: u64, options: &ScaleOutOptions) -> ScaleOutResult {
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _alone = lock(&ONE_AT_A_TIME);
-    align_task_ids();
+    let _alone = alone_in_process();
     let mut rng = Rng::new(seed);
     let throughput = options.throughput_clients;
     let groups = options.groups.max(1);

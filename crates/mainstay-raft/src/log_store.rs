@@ -6,9 +6,10 @@
 //! fsyncs once (group commit); then it fires the append callbacks ("on disk")
 //! and answers votes. Truncations and purges need no fsync of their own (see
 //! `LogStore`): they ride on the next one, and so does the committed id, which
-//! is written at once (a killed process keeps it) but fsynced only with the
-//! next append: it can be recovered from the leader, as etcd leaves a
-//! commit-only HardState unsynced. A member that restarts may therefore apply
+//! is not even queued on its own (a wake-up of the writer per commit update):
+//! its record joins the next queued job, ahead of it, and is written and
+//! fsynced with it. It can be recovered from the state machine's applied id
+//! or the leader, as etcd leaves a commit-only HardState unsynced. A member that restarts may therefore apply
 //! less than it showed before a crash that lost unsynced data; it serves
 //! clients again only after catching up with the leader (`Replica::catch_up`).
 //! A failed write is published in `failure` and stops the member. openraft
@@ -59,6 +60,8 @@ struct Queued {
 pub struct RaftLog {
     store: Arc<Mutex<LogStore>>,
     jobs: mpsc::Sender<Queued>,
+    /// Staged committed-id records that ride on the next queued job.
+    unsent: Arc<Mutex<Option<LogJob>>>,
     failure: watch::Receiver<Option<String>>,
     /// The highest index acknowledged on disk (append callbacks fired Ok),
     /// lowered by truncations: what a crash must not take back.
@@ -93,6 +96,7 @@ impl RaftLog {
         RaftLog {
             store: Arc::new(Mutex::new(store)),
             jobs,
+            unsent: Arc::default(),
             failure,
             acknowledged,
             opened_last,
@@ -122,6 +126,11 @@ impl RaftLog {
     }
 
     async fn queue(&self, job: LogJob, sync: bool, waiter: Waiter) -> Result<(), io::Error> {
+        let held = self.unsent.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let job = match held {
+            Some(held) => held.then(job),
+            None => job,
+        };
         self.jobs
             .send(Queued { job, sync, waiter })
             .await
@@ -334,7 +343,19 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
             .stage_committed(committed.as_ref().map(log_id_to_record))
             .map_err(to_io)?;
         match (job, committed) {
-            (Some(job), Some(_)) => self.queue(job, false, Waiter::Nobody).await,
+            // Not queued on its own (a wake-up of the writer thread per commit
+            // update): it joins the next queued job, in staging order, and the
+            // next fsync makes it durable as before. A lost one is recovered
+            // from the state machine's applied id or the leader.
+            (Some(job), Some(_)) => {
+                let mut unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
+                let job = match unsent.take() {
+                    Some(held) => held.then(job),
+                    None => job,
+                };
+                *unsent = Some(job);
+                Ok(())
+            }
             _ => Ok(()),
         }
     }

@@ -138,6 +138,14 @@ pub struct LogJob {
     ops: Vec<JobOp>,
 }
 
+impl LogJob {
+    /// This job, then `later` (staged after it).
+    pub fn then(mut self, later: LogJob) -> LogJob {
+        self.ops.extend(later.ops);
+        self
+    }
+}
+
 #[derive(Debug)]
 enum JobOp {
     /// Framed records to append at `offset` (the file's end when staged).

@@ -355,6 +355,39 @@ fn staged_jobs_are_durable_only_after_a_synced_write() {
 }
 
 #[test]
+fn a_job_joined_to_a_later_one_is_written_first_in_the_same_write() {
+    // Goal: `LogJob::then` keeps staging order (the writer asserts offsets).
+    // A committed id staged on its own and joined to the next staged append
+    // goes down ahead of it, and the append's fsync makes both durable.
+    let mem = MemDisk::new();
+    let disk: Arc<dyn Disk> = Arc::new(mem.clone());
+    let dir = Path::new("/j");
+    let (mut log, _) = LogStore::open(&disk, dir).expect("open");
+    let writer = log.writer();
+    let first = log.stage_append(vec![entry(1, 1)]).expect("stage");
+    writer
+        .lock()
+        .expect("writer")
+        .write(&[first], true)
+        .expect("write");
+    let committed = log
+        .stage_committed(Some(entry(1, 1).log_id))
+        .expect("stage")
+        .expect("a job");
+    let append = log.stage_append(vec![entry(2, 1)]).expect("stage");
+    writer
+        .lock()
+        .expect("writer")
+        .write(&[committed.then(append)], true)
+        .expect("write");
+    drop(log);
+    mem.crash(dir, &mut |_| 0);
+    let (log, _) = LogStore::open(&disk, dir).expect("reopen");
+    assert_eq!(log.committed(), Some(entry(1, 1).log_id));
+    assert_eq!(log.last_index(), Some(2));
+}
+
+#[test]
 fn only_durable_state_commits_survive_a_crash() {
     // Goal: a commit without durability is lost by a crash that drops unsynced
     // writes; a durable commit keeps itself and every commit before it.

@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::Api;
 use crate::convert::key_value;
 use crate::identity::Credentials;
+use crate::watch_index::WatchIndex;
 use mainstay_auth::PermissionKind;
 
 /// Replies buffered per stream before the stream task waits for the client.
@@ -88,7 +89,10 @@ struct Watcher {
     no_delete: bool,
     progress_notify: bool,
     fragment: bool,
-    /// The next revision this watcher owes the client.
+    /// The next revision this watcher owes the client, unless the stream's
+    /// `processed` is past it: a revision none of whose events the watcher
+    /// wants does not visit it, so what it owes is
+    /// `max(next, processed + 1)` (`WatchStream::owed`).
     next: Revision,
     /// When this watcher last sent anything (for progress notifications).
     last_sent: Instant,
@@ -136,6 +140,9 @@ struct WatchStream {
     api: Api,
     replies: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
+    /// The watchers by key range: an applied event visits only the
+    /// watchers whose range holds its key.
+    index: WatchIndex,
     next_id: i64,
     /// Every revision up to this one has been handled for every watcher.
     processed: Revision,
@@ -159,7 +166,8 @@ impl WatchStream {
     /// Drops a watcher (counted in `etcd_debugging_mvcc_watcher_total`).
     fn forget(&mut self, id: i64) -> Option<Watcher> {
         let removed = self.watchers.remove(&id);
-        if removed.is_some() {
+        if let Some(watcher) = &removed {
+            self.index.remove(id, &watcher.key, &watcher.range_end);
             self.api.replica.metrics().mvcc.watchers.dec();
         }
         removed
@@ -197,10 +205,20 @@ impl WatchStream {
         }
     }
 
-    /// Sends `events` (all of one watcher, revision-ordered) in replies that
-    /// never split a revision, unless the watcher asked for fragments and one
-    /// revision alone exceeds the reply size limit.
-    async fn deliver(&mut self, id: i64, events: Vec<(Revision, Event)>) -> Result<(), Ended> {
+    /// What watcher `id` owes the client next (see `Watcher::next`).
+    fn owed(&self, watcher: &Watcher) -> Revision {
+        watcher.next.max(self.processed + 1)
+    }
+
+    /// Sends the events `id` wants of `events` (revision-ordered) in replies
+    /// that never split a revision, unless the watcher asked for fragments and
+    /// one revision alone exceeds the reply size limit. Events are borrowed:
+    /// only what this watcher sends is copied, into its reply.
+    async fn deliver<'e>(
+        &mut self,
+        id: i64,
+        events: impl IntoIterator<Item = (Revision, &'e Event)>,
+    ) -> Result<(), Ended> {
         let Some(watcher) = self.watchers.get(&id) else {
             return Ok(());
         };
@@ -209,14 +227,14 @@ impl WatchStream {
         let mut batches: Vec<(Revision, Vec<mvccpb::Event>)> = Vec::new();
         let mut current: Vec<mvccpb::Event> = Vec::new();
         let mut current_revision = 0;
-        for (revision, event) in &events {
+        for (revision, event) in events {
             if !watcher.wants(event) {
                 continue;
             }
-            if revision != &current_revision && current.len() >= EVENTS_PER_REPLY {
+            if revision != current_revision && current.len() >= EVENTS_PER_REPLY {
                 batches.push((current_revision, std::mem::take(&mut current)));
             }
-            current_revision = *revision;
+            current_revision = revision;
             let prev_kv = if watcher.prev_kv {
                 self.prev_kv(event)
             } else {
@@ -266,7 +284,11 @@ impl WatchStream {
         });
         match history {
             (Ok(events), _) => {
-                self.deliver(id, events).await?;
+                self.deliver(
+                    id,
+                    events.iter().map(|(revision, event)| (*revision, event)),
+                )
+                .await?;
                 if let Some(watcher) = self.watchers.get_mut(&id) {
                     watcher.next = to + 1;
                 }
@@ -382,6 +404,7 @@ impl WatchStream {
         } else {
             self.processed
         };
+        self.index.insert(id, &watcher.key, &watcher.range_end);
         if self.watchers.insert(id, watcher).is_none() {
             self.api.replica.metrics().mvcc.watchers.inc();
         }
@@ -422,22 +445,30 @@ impl WatchStream {
             // fetch them from history rather than skip them.
             self.catch_up_all(revision - 1).await?;
         }
-        // In the order the request wrote them, as etcd sends a revision's
-        // events (and as `KeySpace::events` replays them).
-        let events: Vec<Event> = applied.events.as_ref().clone();
-        let ids: Vec<i64> = self.watchers.keys().copied().collect();
-        for id in ids {
+        // Every watcher now owes `revision` or a later one. Only the watchers
+        // whose range holds an event's key are visited, in id order, each
+        // with its events in the order the request wrote them, as etcd sends
+        // a revision's events (and as `KeySpace::events` replays them).
+        let events = applied.events;
+        let mut wanted: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for (at, event) in events.iter().enumerate() {
+            self.index.matching(&event.kv.key, |id| {
+                let positions = wanted.entry(id).or_default();
+                if positions.last() != Some(&at) {
+                    positions.push(at);
+                }
+            });
+        }
+        for (id, positions) in wanted {
             let Some(watcher) = self.watchers.get(&id) else {
                 continue;
             };
-            if watcher.next > revision {
+            if self.owed(watcher) > revision {
+                // Starts at a later revision.
                 continue;
             }
-            if watcher.next < revision {
-                self.catch_up(id, revision - 1).await?;
-            }
-            let batch = events.iter().map(|e| (revision, e.clone())).collect();
-            self.deliver(id, batch).await?;
+            self.deliver(id, positions.iter().map(|at| (revision, &events[*at])))
+                .await?;
             if let Some(watcher) = self.watchers.get_mut(&id) {
                 watcher.next = revision + 1;
             }
@@ -448,6 +479,10 @@ impl WatchStream {
 
     /// Every watcher up to `to` from history (after the stream lagged).
     async fn catch_up_all(&mut self, to: Revision) -> Result<(), Ended> {
+        let processed = self.processed;
+        for watcher in self.watchers.values_mut() {
+            watcher.next = watcher.next.max(processed + 1);
+        }
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
             self.catch_up(id, to).await?;
@@ -639,6 +674,7 @@ impl Watch for WatchService {
             api: self.api.clone(),
             replies: replies.clone(),
             watchers: BTreeMap::new(),
+            index: WatchIndex::default(),
             next_id: 0,
             processed,
             progress_interval: self.progress_interval,

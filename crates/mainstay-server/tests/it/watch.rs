@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use mainstay_proto::etcdserverpb::watch_client::WatchClient;
 use mainstay_proto::etcdserverpb::{
-    CompactionRequest, DeleteRangeRequest, RangeRequest, WatchCancelRequest, WatchCreateRequest,
-    WatchProgressRequest, WatchRequest, WatchResponse, watch_create_request, watch_request,
+    CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+    request_op, watch_create_request, watch_request,
 };
 use mainstay_proto::mvccpb::event::EventType;
 use tokio::sync::mpsc;
@@ -271,6 +272,140 @@ async fn watchers_get_history_then_live_events_as_etcd_sends_them() {
     assert_eq!(
         summary(&replayed),
         vec![(DELETE, "a/y".into(), String::new(), 8, Some("1".into()))]
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_revision_reaches_exactly_the_watchers_whose_range_holds_its_keys() {
+    // Goal: on one stream holding watchers of every kind of range (one key,
+    // a prefix, from a key on, every key, an empty range, one that starts
+    // later, one cancelled), a revision writing several keys reaches each
+    // watcher with exactly the events in its range, in write order, in one
+    // reply; a watcher that matched nothing for many revisions still gets
+    // the next event in its range (the stream's key-range index).
+    let cluster = TestCluster::start(3, Options::default()).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut stream = Stream::open(&cluster, leader).await;
+    let watchers: Vec<(i64, WatchCreateRequest)> = vec![
+        (
+            1,
+            WatchCreateRequest {
+                key: b"k/b".to_vec(),
+                ..Default::default()
+            },
+        ),
+        (2, prefix("k/")),
+        (
+            3,
+            WatchCreateRequest {
+                key: b"k/b".to_vec(),
+                range_end: vec![0],
+                ..Default::default()
+            },
+        ),
+        (
+            4,
+            WatchCreateRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            },
+        ),
+        (
+            5,
+            WatchCreateRequest {
+                key: b"k/z".to_vec(),
+                range_end: b"k/a".to_vec(),
+                ..Default::default()
+            },
+        ),
+        (
+            6,
+            WatchCreateRequest {
+                start_revision: 1000,
+                ..prefix("k/")
+            },
+        ),
+        (7, prefix("k/")),
+        (
+            8,
+            WatchCreateRequest {
+                key: b"z".to_vec(),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (id, create) in watchers {
+        stream
+            .create(WatchCreateRequest {
+                watch_id: id,
+                ..create
+            })
+            .await;
+        let created = stream.next().await;
+        assert_eq!(
+            (created.watch_id, created.created, created.canceled),
+            (id, true, false)
+        );
+    }
+    stream
+        .send(watch_request::RequestUnion::CancelRequest(
+            WatchCancelRequest { watch_id: 7 },
+        ))
+        .await;
+    assert!(stream.next().await.canceled);
+    // Many revisions no watcher but 4 wants, then one writing three keys.
+    for i in 0..20 {
+        cluster.put(leader, &format!("other{i}"), "v").await;
+    }
+    let mut kv = cluster.kv(leader).await;
+    let put = |key: &str| RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })),
+    };
+    let written = kv
+        .txn(TxnRequest {
+            success: vec![put("k/c"), put("k/a"), put("k/b")],
+            ..Default::default()
+        })
+        .await
+        .expect("txn")
+        .into_inner();
+    let revision = written.header.expect("header").revision;
+    cluster.put(leader, "z", "last").await;
+    let mut got: Vec<(i64, Vec<String>)> = Vec::new();
+    // Watchers 3 and 4 get the 20 puts one reply each (left out below), then
+    // the txn, then "z".
+    loop {
+        let response = stream.next().await;
+        let keys: Vec<String> = summary(&response).into_iter().map(|e| e.1).collect();
+        if keys.iter().all(|k| k.starts_with("other")) {
+            assert!([3, 4].contains(&response.watch_id), "{response:?}");
+            continue;
+        }
+        got.push((response.watch_id, keys));
+        if response.watch_id == 8 {
+            break;
+        }
+    }
+    got.sort();
+    let keys = |k: &[&str]| k.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        got,
+        vec![
+            (1, keys(&["k/b"])),
+            (2, keys(&["k/c", "k/a", "k/b"])),
+            (3, keys(&["k/c", "k/b"])),
+            (3, keys(&["z"])),
+            (4, keys(&["k/c", "k/a", "k/b"])),
+            (4, keys(&["z"])),
+            (8, keys(&["z"])),
+        ],
+        "revision {revision}"
     );
     cluster.shutdown().await;
 }

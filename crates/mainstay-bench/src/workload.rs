@@ -40,6 +40,9 @@ pub enum Workload {
     Txn16,
     /// Put → watch event latency.
     Watch,
+    /// Put → watch event latency with 1000 watchers of one key each on one
+    /// stream, and the servers' CPU per put.
+    Watch1k,
     /// Resident memory after a bulk load.
     Rss,
     /// Time to serve again after SIGKILL of all members with a dataset.
@@ -50,7 +53,7 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in the order they run.
-    pub const ALL: [Workload; 10] = [
+    pub const ALL: [Workload; 11] = [
         Workload::Put1,
         Workload::Put64,
         Workload::Put256,
@@ -58,6 +61,7 @@ impl Workload {
         Workload::GetSer64,
         Workload::Txn16,
         Workload::Watch,
+        Workload::Watch1k,
         Workload::Rss,
         Workload::Restart,
         Workload::Idle,
@@ -73,6 +77,7 @@ impl Workload {
             Workload::GetSer64 => "get-ser64",
             Workload::Txn16 => "txn16",
             Workload::Watch => "watch",
+            Workload::Watch1k => "watch1k",
             Workload::Rss => "rss",
             Workload::Restart => "restart",
             Workload::Idle => "idle",
@@ -145,7 +150,8 @@ pub async fn run(
         Workload::GetLin64 => gets(cluster, settings, false).await,
         Workload::GetSer64 => gets(cluster, settings, true).await,
         Workload::Txn16 => txns(cluster, settings, 16).await,
-        Workload::Watch => watch(cluster, settings).await,
+        Workload::Watch => watch(cluster, settings, 1).await,
+        Workload::Watch1k => watch(cluster, settings, WATCH1K_WATCHERS).await,
         Workload::Rss => rss(cluster, settings).await,
         Workload::Restart => restart(cluster, settings).await,
         Workload::Idle => idle(cluster, settings).await,
@@ -325,12 +331,18 @@ async fn txns(cluster: &Cluster, s: &Settings, clients: usize) -> anyhow::Result
     Ok(latency_outcome(&mut m, false))
 }
 
-/// The watch workload's writer: `w/<n>`, the value starting with the send time
-/// (nanoseconds since `base`, little-endian).
+/// Watchers of `watch1k`, one key each, on one stream.
+const WATCH1K_WATCHERS: u64 = 1000;
+
+/// The watch workloads' writer: `w/<n>` (`w/<n mod keys>` when each watcher
+/// watches one key), the value starting with the send time (nanoseconds since
+/// `base`, little-endian).
 struct WatchWriter {
     kv: KvClient<Channel>,
     base: Instant,
     n: u64,
+    /// Keys written in turn; 0 for a new key each put.
+    keys: u64,
     value: Arc<Vec<u8>>,
     last_revision: Arc<AtomicI64>,
 }
@@ -340,8 +352,13 @@ impl Client for WatchWriter {
         let mut value = self.value.to_vec();
         let nanos = self.base.elapsed().as_nanos() as u64;
         value[..8].copy_from_slice(&nanos.to_le_bytes());
+        let n = if self.keys == 0 {
+            self.n
+        } else {
+            self.n % self.keys
+        };
         let put = PutRequest {
-            key: format!("w/{}", self.n).into_bytes(),
+            key: format!("w/{n}").into_bytes(),
             value,
             ..Default::default()
         };
@@ -355,23 +372,36 @@ impl Client for WatchWriter {
     }
 }
 
-async fn watch(cluster: &Cluster, s: &Settings) -> anyhow::Result<Outcome> {
+/// `watchers` = 1: one watcher of the prefix `w/`, a new key each put.
+/// More: that many watchers of one key each (`w/0`, `w/1`, …) on the same
+/// stream, written in turn, so each event is for one watcher of many.
+async fn watch(cluster: &Cluster, s: &Settings, watchers: u64) -> anyhow::Result<Outcome> {
     let urls = cluster.client_urls();
     let watch_channel = driver::channel(&urls[0])?;
     let write_channel = driver::channel(&urls[1 % urls.len()])?;
-    let (requests, receiver) = tokio::sync::mpsc::channel(4);
-    requests
-        .send(WatchRequest {
-            request_union: Some(watch_request::RequestUnion::CreateRequest(
-                WatchCreateRequest {
-                    key: b"w/".to_vec(),
-                    range_end: b"w0".to_vec(),
-                    ..Default::default()
-                },
-            )),
-        })
-        .await
-        .context("watch request")?;
+    let creates: Vec<WatchCreateRequest> = if watchers == 1 {
+        vec![WatchCreateRequest {
+            key: b"w/".to_vec(),
+            range_end: b"w0".to_vec(),
+            ..Default::default()
+        }]
+    } else {
+        (0..watchers)
+            .map(|n| WatchCreateRequest {
+                key: format!("w/{n}").into_bytes(),
+                ..Default::default()
+            })
+            .collect()
+    };
+    let (requests, receiver) = tokio::sync::mpsc::channel(creates.len() + 1);
+    for create in creates {
+        requests
+            .send(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+            })
+            .await
+            .context("watch request")?;
+    }
     let mut stream = tokio::time::timeout(
         Duration::from_secs(10),
         WatchClient::new(watch_channel)
@@ -380,13 +410,17 @@ async fn watch(cluster: &Cluster, s: &Settings) -> anyhow::Result<Outcome> {
     .await
     .context("watch timed out")??
     .into_inner();
-    loop {
+    let mut created = 0;
+    while created < watchers {
         let reply = tokio::time::timeout(Duration::from_secs(10), stream.message())
             .await
             .context("watch creation timed out")??
             .context("watch stream ended")?;
+        if reply.canceled {
+            bail!("watch refused: {}", reply.cancel_reason);
+        }
         if reply.created {
-            break;
+            created += 1;
         }
     }
 
@@ -399,6 +433,7 @@ async fn watch(cluster: &Cluster, s: &Settings) -> anyhow::Result<Outcome> {
         kv: KvClient::new(write_channel),
         base,
         n: 0,
+        keys: if watchers == 1 { 0 } else { watchers },
         value: s.value.clone(),
         last_revision: last_revision.clone(),
     };
@@ -409,18 +444,22 @@ async fn watch(cluster: &Cluster, s: &Settings) -> anyhow::Result<Outcome> {
         .context("watcher did not see the last write")?
         .context("watcher task")??;
     drop(requests);
+    let mut metrics = vec![
+        (
+            "put→event p50 ms",
+            latencies.percentile_ms(50.0).unwrap_or(f64::NAN),
+        ),
+        (
+            "put→event p99 ms",
+            latencies.percentile_ms(99.0).unwrap_or(f64::NAN),
+        ),
+        ("writer ops/s", m.ops_per_second()),
+    ];
+    if watchers > 1 {
+        metrics.push(("CPU/op ms", m.cpu_ms_per_op()));
+    }
     Ok(Outcome {
-        metrics: vec![
-            (
-                "put→event p50 ms",
-                latencies.percentile_ms(50.0).unwrap_or(f64::NAN),
-            ),
-            (
-                "put→event p99 ms",
-                latencies.percentile_ms(99.0).unwrap_or(f64::NAN),
-            ),
-            ("writer ops/s", m.ops_per_second()),
-        ],
+        metrics,
         errors: m.errors,
     })
 }

@@ -233,7 +233,7 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         };
-        let mut key = |next: &mut dyn FnMut(u64) -> u64| -> Vec<u8> {
+        let key = |next: &mut dyn FnMut(u64) -> u64| -> Vec<u8> {
             (0..next(3)).map(|_| b'a' + next(4) as u8).collect()
         };
         let mut index = WatchIndex::default();

@@ -46,7 +46,8 @@ struct Args {
     #[arg(long)]
     seconds: Option<u64>,
     /// Only these workloads (comma-separated): put1, put64, put256, get-lin64,
-    /// get-ser64, txn16, watch, watch1k, rss, restart, idle.
+    /// get-ser64, txn16, watch, watch1k, watch1k-streams, rss, restart,
+    /// idle.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Systems to run (comma-separated).

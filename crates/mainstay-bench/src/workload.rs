@@ -15,6 +15,7 @@ use mainstay_proto::etcdserverpb::{
     compare, request_op, response_op, watch_request,
 };
 use tokio::sync::oneshot;
+use tokio_stream::StreamExt;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
@@ -43,6 +44,8 @@ pub enum Workload {
     /// Put → watch event latency with 1000 watchers of one key each on one
     /// stream, and the servers' CPU per put.
     Watch1k,
+    /// The same with each of the 1000 watchers on a stream of its own.
+    Watch1kStreams,
     /// Resident memory after a bulk load.
     Rss,
     /// Time to serve again after SIGKILL of all members with a dataset.
@@ -53,7 +56,7 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in the order they run.
-    pub const ALL: [Workload; 11] = [
+    pub const ALL: [Workload; 12] = [
         Workload::Put1,
         Workload::Put64,
         Workload::Put256,
@@ -62,6 +65,7 @@ impl Workload {
         Workload::Txn16,
         Workload::Watch,
         Workload::Watch1k,
+        Workload::Watch1kStreams,
         Workload::Rss,
         Workload::Restart,
         Workload::Idle,
@@ -78,6 +82,7 @@ impl Workload {
             Workload::Txn16 => "txn16",
             Workload::Watch => "watch",
             Workload::Watch1k => "watch1k",
+            Workload::Watch1kStreams => "watch1k-streams",
             Workload::Rss => "rss",
             Workload::Restart => "restart",
             Workload::Idle => "idle",
@@ -150,8 +155,11 @@ pub async fn run(
         Workload::GetLin64 => gets(cluster, settings, false).await,
         Workload::GetSer64 => gets(cluster, settings, true).await,
         Workload::Txn16 => txns(cluster, settings, 16).await,
-        Workload::Watch => watch(cluster, settings, 1).await,
-        Workload::Watch1k => watch(cluster, settings, WATCH1K_WATCHERS).await,
+        Workload::Watch => watch(cluster, settings, 1, 1).await,
+        Workload::Watch1k => watch(cluster, settings, WATCH1K_WATCHERS, 1).await,
+        Workload::Watch1kStreams => {
+            watch(cluster, settings, WATCH1K_WATCHERS, WATCH1K_WATCHERS).await
+        }
         Workload::Rss => rss(cluster, settings).await,
         Workload::Restart => restart(cluster, settings).await,
         Workload::Idle => idle(cluster, settings).await,
@@ -331,8 +339,10 @@ async fn txns(cluster: &Cluster, s: &Settings, clients: usize) -> anyhow::Result
     Ok(latency_outcome(&mut m, false))
 }
 
-/// Watchers of `watch1k`, one key each, on one stream.
+/// Watchers of `watch1k` and `watch1k-streams`, one key each.
 const WATCH1K_WATCHERS: u64 = 1000;
+/// Watch streams per HTTP/2 connection of `watch1k-streams`.
+const STREAMS_PER_CONNECTION: u64 = 125;
 
 /// The watch workloads' writer: `w/<n>` (`w/<n mod keys>` when each watcher
 /// watches one key), the value starting with the send time (nanoseconds since
@@ -373,11 +383,17 @@ impl Client for WatchWriter {
 }
 
 /// `watchers` = 1: one watcher of the prefix `w/`, a new key each put.
-/// More: that many watchers of one key each (`w/0`, `w/1`, …) on the same
-/// stream, written in turn, so each event is for one watcher of many.
-async fn watch(cluster: &Cluster, s: &Settings, watchers: u64) -> anyhow::Result<Outcome> {
+/// More: that many watchers of one key each (`w/0`, `w/1`, …), written in
+/// turn, so each event is for one watcher of many; spread over `streams`
+/// watch streams (watcher n on stream n mod `streams`), 125 streams per
+/// HTTP/2 connection, all on member 0.
+async fn watch(
+    cluster: &Cluster,
+    s: &Settings,
+    watchers: u64,
+    streams: u64,
+) -> anyhow::Result<Outcome> {
     let urls = cluster.client_urls();
-    let watch_channel = driver::channel(&urls[0])?;
     let write_channel = driver::channel(&urls[1 % urls.len()])?;
     let creates: Vec<WatchCreateRequest> = if watchers == 1 {
         vec![WatchCreateRequest {
@@ -393,42 +409,57 @@ async fn watch(cluster: &Cluster, s: &Settings, watchers: u64) -> anyhow::Result
             })
             .collect()
     };
-    let (requests, receiver) = tokio::sync::mpsc::channel(creates.len() + 1);
-    for create in creates {
-        requests
-            .send(WatchRequest {
-                request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
-            })
-            .await
-            .context("watch request")?;
+    let streams = streams.clamp(1, watchers.max(1));
+    let connections: Vec<Channel> = (0..streams.div_ceil(STREAMS_PER_CONNECTION))
+        .map(|_| driver::channel(&urls[0]))
+        .collect::<anyhow::Result<_>>()?;
+    let mut per_stream: Vec<Vec<WatchCreateRequest>> = (0..streams).map(|_| Vec::new()).collect();
+    for (n, create) in creates.into_iter().enumerate() {
+        per_stream[n % streams as usize].push(create);
     }
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(10),
-        WatchClient::new(watch_channel)
-            .watch(tokio_stream::wrappers::ReceiverStream::new(receiver)),
-    )
-    .await
-    .context("watch timed out")??
-    .into_inner();
-    let mut created = 0;
-    while created < watchers {
-        let reply = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .context("watch creation timed out")??
-            .context("watch stream ended")?;
-        if reply.canceled {
-            bail!("watch refused: {}", reply.cancel_reason);
+    let mut requests = Vec::new();
+    let mut opened = tokio_stream::StreamMap::new();
+    for (n, creates) in per_stream.into_iter().enumerate() {
+        let (sender, receiver) = tokio::sync::mpsc::channel(creates.len() + 1);
+        let wanted = creates.len();
+        for create in creates {
+            sender
+                .send(WatchRequest {
+                    request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+                })
+                .await
+                .context("watch request")?;
         }
-        if reply.created {
-            created += 1;
+        let channel = connections[n / STREAMS_PER_CONNECTION as usize % connections.len()].clone();
+        let mut stream = tokio::time::timeout(
+            Duration::from_secs(10),
+            WatchClient::new(channel).watch(tokio_stream::wrappers::ReceiverStream::new(receiver)),
+        )
+        .await
+        .context("watch timed out")??
+        .into_inner();
+        let mut created = 0;
+        while created < wanted {
+            let reply = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .context("watch creation timed out")??
+                .context("watch stream ended")?;
+            if reply.canceled {
+                bail!("watch refused: {}", reply.cancel_reason);
+            }
+            if reply.created {
+                created += 1;
+            }
         }
+        requests.push(sender);
+        opened.insert(n, stream);
     }
 
     let base = Instant::now();
     let window = window(s);
     let last_revision = Arc::new(AtomicI64::new(0));
     let (stop, stopped) = oneshot::channel();
-    let watcher = tokio::spawn(watch_events(stream, base, window, stopped));
+    let watcher = tokio::spawn(watch_events(opened, base, window, stopped));
     let writer = WatchWriter {
         kv: KvClient::new(write_channel),
         base,
@@ -467,7 +498,10 @@ async fn watch(cluster: &Cluster, s: &Settings, watchers: u64) -> anyhow::Result
 /// Receives events until one at or past the revision sent on `stop`; returns
 /// the put→event latency of every event whose put was sent within `window`.
 async fn watch_events(
-    mut stream: Streaming<mainstay_proto::etcdserverpb::WatchResponse>,
+    mut streams: tokio_stream::StreamMap<
+        usize,
+        Streaming<mainstay_proto::etcdserverpb::WatchResponse>,
+    >,
     base: Instant,
     window: Window,
     mut stop: oneshot::Receiver<i64>,
@@ -481,8 +515,9 @@ async fn watch_events(
         }
         tokio::select! {
             last = &mut stop, if stop_at.is_none() => stop_at = Some(last.unwrap_or(0)),
-            reply = stream.message() => {
-                let reply = reply.context("watch stream")?.context("watch stream ended")?;
+            reply = streams.next() => {
+                let (_, reply) = reply.context("watch streams ended")?;
+                let reply = reply.context("watch stream")?;
                 if reply.canceled {
                     bail!("watch canceled: {}", reply.cancel_reason);
                 }

@@ -21,6 +21,7 @@ mod recipe;
 mod size_limit;
 mod status;
 mod watch;
+mod watch_hub;
 mod watch_index;
 
 use mainstay_raft::Replica;

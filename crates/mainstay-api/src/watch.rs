@@ -1,19 +1,21 @@
 //! `etcdserverpb.Watch`: many watchers multiplexed on one bidirectional stream,
 //! served by any member from its own applied state.
 //!
-//! One task per stream owns its watchers. Live events come from the replica's
-//! broadcast of applied revisions; history (a start revision in the past, or a
-//! stream that fell behind the broadcast) comes from the MVCC keyspace. Each
-//! watcher remembers the next revision it owes the client, so every revision
-//! reaches it exactly once, in order, whole (one revision is never split across
-//! responses unless the client asked for fragments), from either source.
-//! Memory per stream is bounded: replies wait in a bounded channel, and a stream
-//! that cannot keep up stops reading the broadcast, lags, and later catches up
-//! from history; a watcher that fell behind compaction is cancelled with
-//! `compact_revision`, never skipped silently.
+//! Each stream is one loop that owns its watchers. Live events come from the
+//! service's `WatchHub`, which hands a stream only the applied revisions one of
+//! its watchers wants (into the stream's inbox) and wakes it; history (a start
+//! revision in the past, or a stream that fell behind) comes from the MVCC
+//! keyspace. Each watcher remembers the next revision it owes the client, so
+//! every revision reaches it exactly once, in order, whole (one revision is
+//! never split across responses unless the client asked for fragments), from
+//! either source. Memory per stream is bounded: replies wait in a bounded
+//! channel, and a stream that cannot keep up lets its inbox overflow, lags, and
+//! later catches up from history; a watcher that fell behind compaction is
+//! cancelled with `compact_revision`, never skipped silently.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -23,7 +25,7 @@ use mainstay_proto::etcdserverpb::watch_server::Watch;
 use mainstay_proto::mvccpb;
 use mainstay_raft::AppliedEvents;
 use prost::Message;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -31,7 +33,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::Api;
 use crate::convert::key_value;
 use crate::identity::Credentials;
-use crate::watch_index::WatchIndex;
+use crate::watch_hub::{Inbox, WatchHub};
+use crate::watch_index::{WatchId, WatchIndex};
 use mainstay_auth::PermissionKind;
 
 /// Replies buffered per stream before the stream task waits for the client.
@@ -47,12 +50,12 @@ pub const WATCHERS_PER_STREAM_MAX: usize = 10_000;
 /// notifications.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Times a stream fell behind the applied-events broadcast and caught up from
+/// Times a stream fell behind (its inbox overflowed) and caught up from
 /// history (process-wide; the metrics endpoint will export it).
 static STREAM_LAGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// How many times, in this process, a watch stream fell behind the broadcast
-/// of applied revisions and caught up from the keyspace's history instead.
+/// How many times, in this process, a watch stream fell behind the applied
+/// revisions handed to it and caught up from the keyspace's history instead.
 pub fn stream_lags_total() -> u64 {
     STREAM_LAGS.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -68,6 +71,9 @@ const COMPACTED: &str = "mvcc: required revision has been compacted";
 pub struct WatchService {
     api: Api,
     progress_interval: Duration,
+    /// Every stream's watchers, so a revision wakes only the streams it
+    /// concerns.
+    hub: Arc<WatchHub>,
 }
 
 impl WatchService {
@@ -77,6 +83,7 @@ impl WatchService {
         WatchService {
             api,
             progress_interval,
+            hub: Arc::default(),
         }
     }
 }
@@ -99,6 +106,8 @@ struct Watcher {
     /// Held while the watcher wants prev_kv: applied events then carry
     /// previous values (see `Replica::want_prev_values`).
     _prev_values: Option<mainstay_raft::PrevValues>,
+    /// Its id in the service's `WatchHub`.
+    hub_id: WatchId,
 }
 
 impl Watcher {
@@ -143,6 +152,10 @@ struct WatchStream {
     /// The watchers by key range: an applied event visits only the
     /// watchers whose range holds its key.
     index: WatchIndex,
+    /// The service's watchers of every stream, and this stream's inbox of
+    /// the revisions its watchers want.
+    hub: Arc<WatchHub>,
+    inbox: Arc<Inbox>,
     next_id: i64,
     /// Every revision up to this one has been handled for every watcher.
     processed: Revision,
@@ -155,10 +168,13 @@ struct WatchStream {
 
 impl Drop for WatchStream {
     fn drop(&mut self) {
+        for (_, watcher) in std::mem::take(&mut self.watchers) {
+            self.hub
+                .unregister(watcher.hub_id, &watcher.key, &watcher.range_end);
+            self.api.replica.metrics().mvcc.watchers.dec();
+        }
         let mvcc = &self.api.replica.metrics().mvcc;
         mvcc.watch_streams.dec();
-        mvcc.watchers
-            .dec_by(i64::try_from(self.watchers.len()).unwrap_or(i64::MAX));
     }
 }
 
@@ -168,6 +184,8 @@ impl WatchStream {
         let removed = self.watchers.remove(&id);
         if let Some(watcher) = &removed {
             self.index.remove(id, &watcher.key, &watcher.range_end);
+            self.hub
+                .unregister(watcher.hub_id, &watcher.key, &watcher.range_end);
             self.api.replica.metrics().mvcc.watchers.dec();
         }
         removed
@@ -378,6 +396,11 @@ impl WatchStream {
             self.next_id
         };
         let filters = request.filters.clone();
+        // From here on every revision this watcher wants reaches the inbox;
+        // up to `dispatched` it comes from history.
+        let (hub_id, dispatched) = self
+            .hub
+            .register(&self.inbox, &request.key, &request.range_end);
         let watcher = Watcher {
             key: request.key,
             range_end: request.range_end,
@@ -395,14 +418,17 @@ impl WatchStream {
             },
             last_sent: Instant::now(),
             _prev_values: prev_values,
+            hub_id,
         };
         // A prev_kv watcher takes from history everything applied before its
-        // guard (the broadcast may still hold such revisions, applied without
-        // previous values); others take history up to what this stream handled.
+        // guard (the inbox may still get such revisions, applied without
+        // previous values); others take history up to what this stream
+        // handled, or what the hub had dispatched when it registered the
+        // watcher (those revisions never reach the inbox for it).
         let history_to = if watcher.prev_kv {
-            current.max(self.processed)
+            current.max(self.processed).max(dispatched)
         } else {
-            self.processed
+            self.processed.max(dispatched)
         };
         self.index.insert(id, &watcher.key, &watcher.range_end);
         if self.watchers.insert(id, watcher).is_none() {
@@ -434,16 +460,16 @@ impl WatchStream {
         Ok(())
     }
 
-    /// One applied revision from the broadcast.
+    /// One applied revision from the inbox.
     async fn live(&mut self, applied: AppliedEvents) -> Result<(), Ended> {
         let revision = applied.revision;
         if revision <= self.processed {
             return Ok(());
         }
         if revision > self.processed + 1 {
-            // Missed revisions (should not happen on a contiguous broadcast):
-            // fetch them from history rather than skip them.
-            self.catch_up_all(revision - 1).await?;
+            // The revisions in between concern none of this stream's
+            // watchers (the hub hands a stream only those that do).
+            self.processed = revision - 1;
         }
         // Every watcher now owes `revision` or a later one. Only the watchers
         // whose range holds an event's key are visited, in id order, each
@@ -491,23 +517,29 @@ impl WatchStream {
         Ok(())
     }
 
-    /// Handles what the broadcast already holds, so a progress answer is as
+    /// Handles what the inbox already holds, so a progress answer is as
     /// fresh as this member's applied state.
-    async fn drain(
-        &mut self,
-        events: &mut broadcast::Receiver<AppliedEvents>,
-    ) -> Result<(), Ended> {
-        loop {
-            match events.try_recv() {
-                Ok(applied) => self.live(applied).await?,
-                Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                    STREAM_LAGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let current = self.api.replica.read(|space| space.revision());
-                    self.catch_up_all(current).await?;
-                }
-                Err(_) => return Ok(()),
-            }
+    async fn drain(&mut self) -> Result<(), Ended> {
+        // Read first: the inbox then holds every revision up to it that
+        // concerns this stream.
+        let dispatched = self.hub.dispatched();
+        let taken = self.inbox.take(dispatched);
+        if taken.lagged {
+            STREAM_LAGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Up to what is applied now: at least every revision dropped.
+            let current = self.api.replica.read(|space| space.revision());
+            self.catch_up_all(current).await?;
         }
+        for applied in taken.revisions {
+            self.live(applied).await?;
+        }
+        self.processed = self.processed.max(dispatched);
+        if self.hub.closed() {
+            return Err(Ended::Status(Status::unavailable(
+                "etcdserver: server stopped",
+            )));
+        }
+        Ok(())
     }
 
     async fn tick(&mut self) -> Result<(), Ended> {
@@ -549,32 +581,21 @@ impl WatchStream {
         Ok(())
     }
 
-    async fn run(
-        mut self,
-        mut inbound: Streaming<pb::WatchRequest>,
-        mut events: broadcast::Receiver<AppliedEvents>,
-    ) -> Ended {
+    async fn run(mut self, mut inbound: Streaming<pb::WatchRequest>) -> Ended {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let inbox = self.inbox.clone();
         loop {
             let step = tokio::select! {
                 message = inbound.message() => match message {
-                    Ok(Some(request)) => self.handle(request, &mut events).await,
+                    Ok(Some(request)) => self.handle(request).await,
                     Ok(None) | Err(_) => Err(Ended::Gone),
                 },
-                applied = events.recv() => match applied {
-                    Ok(applied) => self.live(applied).await,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::debug!(missed, "watch stream lagged; catching up from history");
-                        STREAM_LAGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let current = self.api.replica.read(|space| space.revision());
-                        self.catch_up_all(current).await
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        Err(Ended::Status(Status::unavailable("etcdserver: server stopped")))
-                    }
+                () = inbox.woken() => self.drain().await,
+                _ = ticker.tick() => match self.drain().await {
+                    Ok(()) => self.tick().await,
+                    Err(ended) => Err(ended),
                 },
-                _ = ticker.tick() => self.tick().await,
             };
             if let Err(ended) = step {
                 return ended;
@@ -582,22 +603,18 @@ impl WatchStream {
         }
     }
 
-    async fn handle(
-        &mut self,
-        request: pb::WatchRequest,
-        events: &mut broadcast::Receiver<AppliedEvents>,
-    ) -> Result<(), Ended> {
+    async fn handle(&mut self, request: pb::WatchRequest) -> Result<(), Ended> {
         use pb::watch_request::RequestUnion;
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => {
-                self.drain(events).await?;
+                self.drain().await?;
                 self.create(create).await
             }
             Some(RequestUnion::CancelRequest(cancel)) => self.cancel(cancel.watch_id).await,
             Some(RequestUnion::ProgressRequest(_)) => {
                 // Every event up to `processed` has been sent on this stream,
                 // and nothing later: that is the progress mark (etcd #15220).
-                self.drain(events).await?;
+                self.drain().await?;
                 self.send(pb::WatchResponse {
                     header: self.header(self.processed),
                     watch_id: -1,
@@ -665,8 +682,7 @@ impl Watch for WatchService {
         }
         let credentials = Credentials::of(&request);
         let inbound = request.into_inner();
-        // Subscribe before reading the revision: nothing applied in between is missed.
-        let events = self.api.replica.subscribe();
+        self.hub.start(&self.api.replica);
         let processed = self.api.replica.read(|space| space.revision());
         let (replies, outbound) = mpsc::channel(REPLIES_BUFFERED);
         self.api.replica.metrics().mvcc.watch_streams.inc();
@@ -675,6 +691,8 @@ impl Watch for WatchService {
             replies: replies.clone(),
             watchers: BTreeMap::new(),
             index: WatchIndex::default(),
+            hub: self.hub.clone(),
+            inbox: self.hub.inbox(),
             next_id: 0,
             processed,
             progress_interval: self.progress_interval,
@@ -687,7 +705,7 @@ impl Watch for WatchService {
         // directly instead of a task of its own that then wakes it through
         // the channel. Dropping the body (the client left) drops the loop.
         let driver = async move {
-            if let Ended::Status(status) = stream.run(inbound, events).await {
+            if let Ended::Status(status) = stream.run(inbound).await {
                 let _ = replies.send(Err(status)).await;
             }
         };

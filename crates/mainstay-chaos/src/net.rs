@@ -28,6 +28,15 @@ fn run(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the host has a network device of this name.
+fn link_exists(name: &str) -> bool {
+    Command::new("ip")
+        .args(["link", "show", name])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 impl Net {
     /// Creates the bridge and one namespace per member (removing leftovers of
     /// an earlier run with the same subnet first).
@@ -47,7 +56,7 @@ impl Net {
         run(&["ip", "link", "set", &bridge, "up"])?;
         for i in 0..members {
             let ns = net.namespace(i);
-            let veth = format!("msv{subnet}-{i}");
+            let veth = net.veth(i);
             run(&["ip", "netns", "add", &ns])?;
             run(&[
                 "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
@@ -66,6 +75,11 @@ impl Net {
             ])?;
         }
         Ok(net)
+    }
+
+    /// The host end of member `i`'s veth pair.
+    fn veth(&self, i: usize) -> String {
+        format!("msv{}-{i}", self.subnet)
     }
 
     fn bridge(&self) -> String {
@@ -117,12 +131,26 @@ impl Net {
         Ok(())
     }
 
-    /// Removes the namespaces and the bridge (errors ignored: some may be gone).
+    /// Removes the veths, namespaces and the bridge (errors ignored: some may
+    /// be gone). The host end of each veth is deleted first and explicitly:
+    /// deleting a namespace frees its devices later, in a kernel work queue,
+    /// so a run right after another one found `msv90-1` still there.
     pub fn remove(&self) {
-        for i in 0..self.members.max(5) {
+        let slots = self.members.max(5);
+        for i in 0..slots {
+            let _ = run(&["ip", "link", "del", &self.veth(i)]);
             let _ = run(&["ip", "netns", "del", &self.namespace(i)]);
         }
         let _ = run(&["ip", "link", "del", &self.bridge()]);
+        // Bounded wait until no device of this run is left.
+        for _ in 0..50 {
+            let left =
+                (0..slots).any(|i| link_exists(&self.veth(i))) || link_exists(&self.bridge());
+            if !left {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 }
 

@@ -35,6 +35,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Forwarded commands stay shared bytes from the follower's encoder to
         // the leader's log (mainstay-raft's `Proposal`).
         .bytes(".mainstay.peer.ForwardWritesRequest.commands")
+        // Values stay shared bytes from the request to the command, and from
+        // the keyspace to a response or a watch event (mainstay-mvcc's
+        // `KeyValue::value`).
+        .bytes(".etcdserverpb.PutRequest.value")
+        .bytes(".mvccpb.KeyValue.value")
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;

@@ -57,7 +57,9 @@ fn key_entry(user_key: &[u8], sub: i64, record: Record) -> (Vec<u8>, Vec<u8>) {
             version: live.version,
             value: match live.value {
                 mainstay_mvcc::Value::Inline(bytes) => bytes,
-                mainstay_mvcc::Value::Pending(_) | mainstay_mvcc::Value::Stored => Vec::new(),
+                mainstay_mvcc::Value::Pending(_) | mainstay_mvcc::Value::Stored => {
+                    Default::default()
+                }
             },
             lease: live.lease,
         },
@@ -302,7 +304,7 @@ mod tests {
             live: Some(mainstay_mvcc::Live {
                 create_revision: 2,
                 version: 1,
-                value: mainstay_mvcc::Value::Inline(b"v".to_vec()),
+                value: mainstay_mvcc::Value::Inline(b"v".to_vec().into()),
                 lease: 0,
             }),
             sub: 0,

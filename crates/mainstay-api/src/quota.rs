@@ -54,7 +54,7 @@ mod tests {
     fn put(key: &str, value: usize) -> PutRequest {
         PutRequest {
             key: key.as_bytes().to_vec(),
-            value: vec![b'v'; value],
+            value: vec![b'v'; value].into(),
             ..PutRequest::default()
         }
     }

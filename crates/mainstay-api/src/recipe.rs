@@ -163,7 +163,7 @@ fn read_first_created(prefix: &[u8]) -> RequestOp {
 fn put(key: &[u8], value: &[u8], lease: i64) -> RequestOp {
     RequestOp::Put(PutRequest {
         key: key.to_vec(),
-        value: value.to_vec(),
+        value: value.to_vec().into(),
         lease,
         ..PutRequest::default()
     })

@@ -258,7 +258,7 @@ pub async fn load(
                 loop {
                     let put = PutRequest {
                         key: key(n),
-                        value: value.to_vec(),
+                        value: value.to_vec().into(),
                         ..Default::default()
                     };
                     let error = match tokio::time::timeout(REQUEST_TIMEOUT, kv.put(put)).await {

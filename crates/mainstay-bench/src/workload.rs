@@ -113,7 +113,7 @@ pub struct Settings {
     pub restart_bytes: u64,
     /// Clock ticks per second of `/proc/<pid>/stat`.
     pub ticks_per_second: u64,
-    /// The 256-byte value, fixed per run.
+    /// The value (256 bytes unless `--value-bytes` says otherwise), fixed per run.
     pub value: Arc<Vec<u8>>,
     /// The 4 KiB value of `restart`, fixed per run.
     pub big_value: Arc<Vec<u8>>,
@@ -193,7 +193,7 @@ impl Client for PutClient {
     async fn call(&mut self) -> anyhow::Result<()> {
         let put = PutRequest {
             key: bench_key(self.rng.below(WRITE_KEYS)),
-            value: self.value.to_vec(),
+            value: self.value.to_vec().into(),
             ..Default::default()
         };
         self.kv.put(put).await?;
@@ -299,7 +299,7 @@ impl Client for CasClient {
             success: vec![RequestOp {
                 request: Some(request_op::Request::RequestPut(PutRequest {
                     key: self.key.clone(),
-                    value: self.value.to_vec(),
+                    value: self.value.to_vec().into(),
                     ..Default::default()
                 })),
             }],
@@ -369,7 +369,7 @@ impl Client for WatchWriter {
         };
         let put = PutRequest {
             key: format!("w/{n}").into_bytes(),
-            value,
+            value: value.into(),
             ..Default::default()
         };
         self.n += 1;

@@ -136,7 +136,7 @@ async fn write_comes_back(net: &Net, size: usize, bound: Duration) -> Option<Dur
             let mut kv = KvClient::new(channel);
             let put = kv.put(PutRequest {
                 key: b"probe".to_vec(),
-                value: b"1".to_vec(),
+                value: b"1".to_vec().into(),
                 ..Default::default()
             });
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), put).await {
@@ -188,7 +188,7 @@ async fn reference_events(url: &str, revision: i64) -> anyhow::Result<Vec<Watche
         let is_progress = reply.events.is_empty() && !reply.created && !reply.canceled;
         for event in reply.events {
             if let Some(kv) = event.kv {
-                let value = (event.r#type == 0).then_some(kv.value);
+                let value = (event.r#type == 0).then(|| kv.value.to_vec());
                 events.push((kv.mod_revision, kv.key, value));
             }
         }
@@ -306,7 +306,7 @@ async fn run(args: Args) -> anyhow::Result<Vec<String>> {
                         value: reply
                             .kvs
                             .first()
-                            .map(|kv| (kv.value.clone(), kv.mod_revision)),
+                            .map(|kv| (kv.value.to_vec(), kv.mod_revision)),
                         header_revision: reply.header.map_or(0, |h| h.revision),
                     })
                 }

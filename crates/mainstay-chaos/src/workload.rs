@@ -101,7 +101,7 @@ pub async fn client(
         let (input, outcome) = if choice < 35 {
             let request = PutRequest {
                 key: key.clone(),
-                value: value.clone(),
+                value: value.clone().into(),
                 ..Default::default()
             };
             let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, kv.put(request)).await {
@@ -163,7 +163,7 @@ pub async fn client(
                     let value = reply
                         .kvs
                         .first()
-                        .map(|kv| (kv.value.clone(), kv.mod_revision));
+                        .map(|kv| (kv.value.to_vec(), kv.mod_revision));
                     seen_mod[index] = value.as_ref().map_or(0, |(_, m)| *m);
                     session(
                         &records,
@@ -224,7 +224,7 @@ pub async fn client(
                 success: vec![RequestOp {
                     request: Some(request_op::Request::RequestPut(PutRequest {
                         key: key.clone(),
-                        value: value.clone(),
+                        value: value.clone().into(),
                         ..Default::default()
                     })),
                 }],
@@ -316,7 +316,7 @@ pub async fn watcher(slot: usize, url: String, stop: Instant, records: Shared) {
                     let mut records = lock(&records);
                     for event in reply.events {
                         let Some(kv) = event.kv else { continue };
-                        let value = (event.r#type == 0).then_some(kv.value);
+                        let value = (event.r#type == 0).then(|| kv.value.to_vec());
                         next = kv.mod_revision + 1;
                         records.watched[slot].push((kv.mod_revision, kv.key, value));
                     }

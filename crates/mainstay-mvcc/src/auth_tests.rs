@@ -1,5 +1,6 @@
 //! What `apply` does with callers: every member checks at apply time.
 
+use bytes::Bytes;
 use mainstay_auth::{AuthError, AuthRequest, Caller, Permission, PermissionKind};
 
 use crate::*;
@@ -21,7 +22,7 @@ fn as_(caller: &Caller, command: Command) -> Command {
 fn put(key: &str) -> PutRequest {
     PutRequest {
         key: key.into(),
-        value: b"v".to_vec(),
+        value: Bytes::from_static(b"v"),
         ..PutRequest::default()
     }
 }

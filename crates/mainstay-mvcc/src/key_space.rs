@@ -19,6 +19,7 @@ use std::fmt;
 use std::ops::Bound;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::MvccError;
@@ -47,7 +48,7 @@ pub struct Live {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
     /// The bytes (records a write hands to the store, records decoded).
-    Inline(Vec<u8>),
+    Inline(Bytes),
     /// Number `n` of the keyspace's pending values while it is there (see
     /// `PendingValues`); read from the store once it is not.
     Pending(u64),
@@ -72,13 +73,13 @@ impl Serialize for Value {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PendingValues {
     first: u64,
-    values: VecDeque<(Revision, Vec<u8>)>,
+    values: VecDeque<(Revision, Bytes)>,
 }
 
 impl PendingValues {
     /// Adds the value of a record at `revision` (not below the last one
     /// added); returns its number.
-    pub(crate) fn push(&mut self, revision: Revision, bytes: Vec<u8>) -> u64 {
+    pub(crate) fn push(&mut self, revision: Revision, bytes: Bytes) -> u64 {
         assert!(
             self.values.back().is_none_or(|(last, _)| *last <= revision),
             "pending values out of revision order"
@@ -89,7 +90,7 @@ impl PendingValues {
     }
 
     /// Value number `n`, unless it was released.
-    fn get(&self, n: u64) -> Option<&Vec<u8>> {
+    fn get(&self, n: u64) -> Option<&Bytes> {
         let at = usize::try_from(n.checked_sub(self.first)?).ok()?;
         self.values.get(at).map(|(_, bytes)| bytes)
     }
@@ -122,7 +123,7 @@ impl PendingValues {
 
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        serde_bytes::ByteBuf::deserialize(deserializer).map(|bytes| Value::Inline(bytes.into_vec()))
+        crate::shared_bytes::deserialize(deserializer).map(Value::Inline)
     }
 }
 
@@ -130,7 +131,7 @@ impl<'de> Deserialize<'de> for Value {
 pub trait ValueStore: Send + Sync {
     /// The value of `key`'s record at `revision`. An error means the store
     /// cannot give it (I/O, damage): the member must stop.
-    fn value(&self, key: &[u8], revision: Revision) -> Result<Vec<u8>, String>;
+    fn value(&self, key: &[u8], revision: Revision) -> Result<Bytes, String>;
 }
 
 /// Where a keyspace's values are: the pending ones, and the value store if it
@@ -164,7 +165,7 @@ impl Values {
         key: &[u8],
         revision: Revision,
         value: &Value,
-    ) -> Result<Vec<u8>, MvccError> {
+    ) -> Result<Bytes, MvccError> {
         match self.in_memory(value) {
             Some(bytes) => Ok(bytes.clone()),
             None => self.stored(key, revision),
@@ -172,7 +173,7 @@ impl Values {
     }
 
     /// A value's bytes if memory has them.
-    fn in_memory<'a>(&'a self, value: &'a Value) -> Option<&'a Vec<u8>> {
+    fn in_memory<'a>(&'a self, value: &'a Value) -> Option<&'a Bytes> {
         match value {
             Value::Inline(bytes) => Some(bytes),
             Value::Pending(n) => self.pending.get(*n),
@@ -180,7 +181,7 @@ impl Values {
         }
     }
 
-    fn stored(&self, key: &[u8], revision: Revision) -> Result<Vec<u8>, MvccError> {
+    fn stored(&self, key: &[u8], revision: Revision) -> Result<Bytes, MvccError> {
         match &self.store {
             Some(store) => store
                 .value(key, revision)
@@ -904,7 +905,7 @@ fn key_value_without_value(key: &[u8], record: &Record) -> Option<KeyValue> {
         create_revision: live.create_revision,
         mod_revision: record.revision,
         version: live.version,
-        value: Vec::new(),
+        value: Bytes::new(),
         lease: live.lease,
     })
 }

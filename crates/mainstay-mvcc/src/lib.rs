@@ -10,6 +10,7 @@ mod authorize;
 mod command;
 mod error;
 mod key_space;
+pub mod shared_bytes;
 mod types;
 mod validate;
 mod writer;

@@ -1,6 +1,7 @@
 //! Semantics tests (each following an etcd behaviour) and a property test of
 //! `KeySpace::apply` + `range` against a plain reference model.
 
+use bytes::Bytes;
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
@@ -31,7 +32,7 @@ fn restored(space: &KeySpace) -> KeySpace {
 fn put(space: &mut KeySpace, key: &str, value: &str) -> Applied {
     let request = PutRequest {
         key: key.into(),
-        value: value.into(),
+        value: Bytes::copy_from_slice(value.as_bytes()),
         ..PutRequest::default()
     };
     space.apply(&Command::Put(request), &CTX)
@@ -89,7 +90,7 @@ fn revisions_follow_etcd() {
     // History stays readable.
     assert_eq!(
         space.get(b"a", 3).expect("readable").expect("old").value,
-        b"2"
+        &b"2"[..]
     );
     assert!(space.get(b"a", 4).expect("readable").is_none());
 }
@@ -192,7 +193,7 @@ fn compaction_and_revision_errors() {
     assert_eq!(space.range(&at(3)), Err(MvccError::Compacted));
     assert_eq!(
         space.range(&at(4)).expect("at compacted").kvs[0].value,
-        b"2"
+        &b"2"[..]
     );
     assert_eq!(space.range(&at(6)), Err(MvccError::FutureRevision));
     assert_eq!(
@@ -231,17 +232,17 @@ fn put_options() {
     let Ok(CommandResponse::Put(response)) = applied.result else {
         panic!("put failed")
     };
-    assert_eq!(response.prev_kv.expect("prev").value, b"keep");
+    assert_eq!(response.prev_kv.expect("prev").value, &b"keep"[..]);
     assert_eq!(
         space
             .get(b"x", space.revision())
             .expect("readable")
             .expect("x")
             .value,
-        b"keep"
+        &b"keep"[..]
     );
     let both = PutRequest {
-        value: b"v".to_vec(),
+        value: Bytes::from_static(b"v"),
         ..ignore
     };
     assert_eq!(
@@ -271,7 +272,7 @@ fn compare(key: &str, result: CompareResult, target: CompareTarget) -> Compare {
 fn put_op(key: &str, value: &str) -> RequestOp {
     RequestOp::Put(PutRequest {
         key: key.into(),
-        value: value.into(),
+        value: Bytes::copy_from_slice(value.as_bytes()),
         ..PutRequest::default()
     })
 }
@@ -456,7 +457,7 @@ impl Model {
                 create_revision: previous.as_ref().map_or(revision, |p| p.create_revision),
                 mod_revision: revision,
                 version: previous.map_or(1, |p| p.version + 1),
-                value: value.to_vec(),
+                value: Bytes::copy_from_slice(value),
                 lease: 0,
             },
         );
@@ -514,7 +515,7 @@ proptest! {
         for op in ops {
             match op {
                 Op::Put(k, v) => {
-                    let applied = space.apply(&Command::Put(PutRequest { key: key_of(k), value: vec![v], ..Default::default() }), &CTX);
+                    let applied = space.apply(&Command::Put(PutRequest { key: key_of(k), value: Bytes::from(vec![v]), ..Default::default() }), &CTX);
                     let mut next = model.current().clone();
                     Model::put(&mut next, model.revision() + 1, &key_of(k), &[v]);
                     model.snapshots.push(next);
@@ -535,7 +536,7 @@ proptest! {
                     let key = key_of(key);
                     let txn = TxnRequest {
                         compare: vec![Compare { result: CompareResult::Equal, target: CompareTarget::Version(expect_version), key: key.clone(), range_end: vec![] }],
-                        success: vec![RequestOp::Put(PutRequest { key: key.clone(), value: vec![value], ..Default::default() })],
+                        success: vec![RequestOp::Put(PutRequest { key: key.clone(), value: Bytes::from(vec![value]), ..Default::default() })],
                         failure: vec![RequestOp::Range(RangeRequest { key: key.clone(), ..Default::default() })],
                     };
                     let applied = space.apply(&Command::Txn(txn), &CTX);
@@ -602,7 +603,7 @@ fn grant(space: &mut KeySpace, id: i64, ttl: i64, log_index: u64) -> Result<i64,
 fn leased_put(space: &mut KeySpace, key: &str, lease: i64) -> Applied {
     let request = PutRequest {
         key: key.into(),
-        value: b"v".to_vec(),
+        value: Bytes::from_static(b"v"),
         lease,
         ..PutRequest::default()
     };
@@ -724,7 +725,7 @@ fn a_watch_from_the_compacted_revision_gets_all_of_its_events() {
         };
         assert_eq!(first.1.kind, kind, "at {revision}");
         assert_eq!(
-            first.1.prev_kv.as_ref().map(|kv| kv.value.as_slice()),
+            first.1.prev_kv.as_ref().map(|kv| &kv.value[..]),
             Some(prev.as_slice()),
             "prev_kv at {revision}"
         );
@@ -737,13 +738,13 @@ fn a_watch_from_the_compacted_revision_gets_all_of_its_events() {
 
 /// A value store over a copy of what was written, which can be made to fail.
 struct MapValues {
-    values: BTreeMap<(Vec<u8>, Revision), Vec<u8>>,
+    values: BTreeMap<(Vec<u8>, Revision), Bytes>,
     failing: std::sync::atomic::AtomicBool,
     reads: std::sync::atomic::AtomicUsize,
 }
 
 impl ValueStore for MapValues {
-    fn value(&self, key: &[u8], revision: Revision) -> Result<Vec<u8>, String> {
+    fn value(&self, key: &[u8], revision: Revision) -> Result<Bytes, String> {
         self.reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
@@ -757,7 +758,7 @@ impl ValueStore for MapValues {
 }
 
 /// Every value of `space`, as a store holding them all would give them.
-fn store_of(space: &KeySpace) -> BTreeMap<(Vec<u8>, Revision), Vec<u8>> {
+fn store_of(space: &KeySpace) -> BTreeMap<(Vec<u8>, Revision), Bytes> {
     space
         .materialized()
         .expect("every value in memory")
@@ -802,7 +803,7 @@ fn released_values_are_read_from_the_store_and_later_ones_from_memory() {
         success: vec![
             RequestOp::Put(PutRequest {
                 key: b"x".to_vec(),
-                value: b"gone".to_vec(),
+                value: Bytes::from_static(b"gone"),
                 ..PutRequest::default()
             }),
             RequestOp::Put(PutRequest {
@@ -914,12 +915,12 @@ fn evicted_values_are_read_from_the_store_and_a_failing_store_is_an_error() {
             .get(&prev.key, prev.mod_revision)
             .expect("readable")
             .map(|kv| kv.value),
-        Some(b"3".to_vec())
+        Some(Bytes::from_static(b"3"))
     );
     let applied = written.apply(
         &Command::Put(PutRequest {
             key: b"a".to_vec(),
-            value: b"6".to_vec(),
+            value: Bytes::from_static(b"6"),
             prev_kv: true,
             ..PutRequest::default()
         }),
@@ -927,7 +928,10 @@ fn evicted_values_are_read_from_the_store_and_a_failing_store_is_an_error() {
     );
     match applied.result {
         Ok(CommandResponse::Put(response)) => {
-            assert_eq!(response.prev_kv.map(|kv| kv.value), Some(b"4".to_vec()));
+            assert_eq!(
+                response.prev_kv.map(|kv| kv.value),
+                Some(Bytes::from_static(b"4"))
+            );
         }
         other => panic!("put: {other:?}"),
     }
@@ -951,7 +955,7 @@ fn evicted_values_are_read_from_the_store_and_a_failing_store_is_an_error() {
     let applied = space.apply(
         &Command::Put(PutRequest {
             key: b"a".to_vec(),
-            value: b"5".to_vec(),
+            value: Bytes::from_static(b"5"),
             prev_kv: true,
             ..PutRequest::default()
         }),
@@ -1088,7 +1092,7 @@ fn byte_strings_keep_their_stored_encoding() {
     }
     let put = Command::Put(PutRequest {
         key: b"k".to_vec(),
-        value: vec![0xff; 130],
+        value: Bytes::from(vec![0xff; 130]),
         lease: 3,
         prev_kv: true,
         ..PutRequest::default()
@@ -1112,7 +1116,7 @@ fn byte_strings_keep_their_stored_encoding() {
     let live = Some(Live {
         create_revision: 2,
         version: 1,
-        value: Value::Inline(b"v".to_vec()),
+        value: Value::Inline(Bytes::from_static(b"v")),
         lease: 0,
     });
     let stored = postcard::to_allocvec(&live).expect("encodes");

@@ -2,6 +2,7 @@
 //! field for field, but belong to us: `mainstay-api` converts at the boundary, and
 //! the Raft log stores these (see `Command`), never the generated wire types.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// The MVCC store revision: one per effective write request, starting at 1.
@@ -19,9 +20,9 @@ pub struct KeyValue {
     pub mod_revision: Revision,
     /// Number of puts since creation (1 on creation).
     pub version: i64,
-    /// The value.
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
+    /// The value (shared, not copied: see `shared_bytes`).
+    #[serde(with = "crate::shared_bytes")]
+    pub value: Bytes,
     /// Attached lease ID, 0 for none.
     pub lease: i64,
 }
@@ -131,9 +132,9 @@ pub struct PutRequest {
     /// The key; never empty.
     #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
-    /// The value.
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
+    /// The value (shared, not copied: see `shared_bytes`).
+    #[serde(with = "crate::shared_bytes")]
+    pub value: Bytes,
     /// Lease to attach, 0 for none.
     pub lease: i64,
     /// Return the previous key-value.

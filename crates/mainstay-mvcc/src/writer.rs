@@ -381,7 +381,7 @@ fn compare_key_value(compare: &Compare, kv: &KeyValue) -> bool {
         CompareTarget::Version(v) => kv.version.cmp(v),
         CompareTarget::Create(v) => kv.create_revision.cmp(v),
         CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
-        CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+        CompareTarget::Value(v) => kv.value[..].cmp(v.as_slice()),
         CompareTarget::Lease(v) => kv.lease.cmp(v),
     };
     match compare.result {

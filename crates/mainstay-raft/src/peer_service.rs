@@ -160,7 +160,10 @@ fn open_append(
     request: RaftPayload,
 ) -> Result<AppendEntriesRequest<TypeConfig>, Status> {
     addressed_to(replica, request.to)?;
-    let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.payload)?;
+    // The entries' commands are slices of the message, not copies of it.
+    let payload = bytes::Bytes::from(request.payload);
+    let rpc: AppendEntriesRequest<TypeConfig> =
+        mainstay_mvcc::shared_bytes::decode(&payload, decode)?;
     check_entries(&rpc.entries)?;
     Ok(rpc)
 }

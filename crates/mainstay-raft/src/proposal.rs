@@ -11,7 +11,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use mainstay_mvcc::Command;
+use mainstay_mvcc::{Command, shared_bytes};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The stored payload's first byte for a command (`PersistedPayload::Command`).
@@ -42,14 +42,15 @@ impl Proposal {
         self.0.clone()
     }
 
-    /// The command.
+    /// The command. Its values are slices of these bytes, not copies
+    /// (`shared_bytes`).
     pub fn decode(&self) -> Result<Command, String> {
-        match self.0.split_first() {
+        shared_bytes::decode(&self.0, |bytes| match bytes.split_first() {
             Some((&COMMAND_TAG, command)) => {
                 postcard::from_bytes(command).map_err(|e| format!("undecodable command: {e}"))
             }
             _ => Err("not a command".to_string()),
-        }
+        })
     }
 
     /// Ok if the bytes decode to a command: how bytes from a peer are checked
@@ -96,7 +97,7 @@ impl Serialize for Proposal {
 
 impl<'de> Deserialize<'de> for Proposal {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Bytes::deserialize(deserializer).map(Proposal)
+        shared_bytes::deserialize(deserializer).map(Proposal)
     }
 }
 
@@ -113,7 +114,7 @@ mod tests {
         vec![
             Command::Put(PutRequest {
                 key: b"k".to_vec(),
-                value: vec![7; 300],
+                value: vec![7; 300].into(),
                 ..PutRequest::default()
             }),
             Command::DeleteRange(DeleteRangeRequest {

@@ -567,9 +567,11 @@ fn record_apply(
 fn diverge(command: &mut mainstay_mvcc::Command) {
     match command {
         mainstay_mvcc::Command::Put(put) => {
-            if let Some(last) = put.value.last_mut() {
+            let mut value = put.value.to_vec();
+            if let Some(last) = value.last_mut() {
                 *last ^= 0x01;
             }
+            put.value = value.into();
         }
         mainstay_mvcc::Command::Authorized { command, .. } => diverge(command),
         _ => {}
@@ -890,7 +892,7 @@ mod tests {
     fn put(index: u64) -> EntryOf<TypeConfig> {
         let command = Command::Put(PutRequest {
             key: format!("k{index}").into_bytes(),
-            value: vec![7; 16],
+            value: vec![7; 16].into(),
             ..Default::default()
         });
         Entry {

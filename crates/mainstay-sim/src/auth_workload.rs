@@ -326,7 +326,7 @@ pub async fn user(
         let answer = if write {
             let put = pb::PutRequest {
                 key: key_name(key),
-                value: format!("u{id}-{counter}").into_bytes(),
+                value: format!("u{id}-{counter}").into_bytes().into(),
                 ..Default::default()
             };
             tokio::time::timeout(REQUEST_TIMEOUT, kv.put(with(put, Some(&token))))

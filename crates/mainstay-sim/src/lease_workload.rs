@@ -169,7 +169,7 @@ pub async fn lease_client(
         let put = |suffix: &str| RequestOp {
             request: Some(request_op::Request::RequestPut(PutRequest {
                 key: [prefix.as_slice(), suffix.as_bytes()].concat(),
-                value: b"v".to_vec(),
+                value: b"v".to_vec().into(),
                 lease: granted.id,
                 ..Default::default()
             })),

@@ -157,7 +157,7 @@ fn fenced_write(own_key: &[u8], value: &[u8]) -> TxnRequest {
         success: vec![RequestOp {
             request: Some(request_op::Request::RequestPut(PutRequest {
                 key: FENCE_KEY.to_vec(),
-                value: value.to_vec(),
+                value: value.to_vec().into(),
                 ..Default::default()
             })),
         }],

@@ -1449,7 +1449,7 @@ fn liveness(
         loop {
             let put = PutRequest {
                 key: b"liveness".to_vec(),
-                value: b"ok".to_vec(),
+                value: b"ok".to_vec().into(),
                 ..Default::default()
             };
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), kv.put(put)).await {
@@ -1463,7 +1463,7 @@ fn liveness(
                         .into_inner()
                         .kvs
                         .first()
-                        .is_some_and(|kv| kv.value == b"ok")
+                        .is_some_and(|kv| kv.value == &b"ok"[..])
                 {
                     *lock(&flag) = true;
                     return Ok(());

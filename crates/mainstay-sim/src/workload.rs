@@ -88,7 +88,7 @@ pub async fn client(
             };
             let request = PutRequest {
                 key,
-                value,
+                value: value.into(),
                 ..Default::default()
             };
             let reply = tokio::time::timeout(REQUEST_TIMEOUT, kv.put(request)).await;
@@ -114,7 +114,7 @@ pub async fn client(
             let outcome = match reply {
                 Ok(Ok(r)) => {
                     let r = r.into_inner();
-                    let value = r.kvs.first().map(|kv| (kv.value.clone(), kv.mod_revision));
+                    let value = r.kvs.first().map(|kv| (kv.value.to_vec(), kv.mod_revision));
                     seen_mod[key_index] = value.as_ref().map_or(0, |(_, m)| *m);
                     let header = r.header.unwrap_or_default();
                     let revision = header.revision;
@@ -176,7 +176,7 @@ pub async fn client(
                 success: vec![RequestOp {
                     request: Some(request_op::Request::RequestPut(PutRequest {
                         key,
-                        value,
+                        value: value.into(),
                         ..Default::default()
                     })),
                 }],

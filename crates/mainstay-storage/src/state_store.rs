@@ -1171,7 +1171,7 @@ struct StoredValues {
 }
 
 impl StoredValues {
-    fn read(&self, key: &[u8], revision: Revision) -> Result<Vec<u8>, StorageError> {
+    fn read(&self, key: &[u8], revision: Revision) -> Result<bytes::Bytes, StorageError> {
         // Held until the read ends: a defragmentation may swap the file meanwhile.
         let db = current(&self.db);
         let read = db
@@ -1197,7 +1197,7 @@ impl StoredValues {
 }
 
 impl ValueStore for StoredValues {
-    fn value(&self, key: &[u8], revision: Revision) -> Result<Vec<u8>, String> {
+    fn value(&self, key: &[u8], revision: Revision) -> Result<bytes::Bytes, String> {
         // redb may panic on damaged pages: that is corruption, not a crash.
         let read =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read(key, revision)));
@@ -1478,7 +1478,7 @@ mod format_tests {
         let live = Some(Live {
             create_revision: 2,
             version: 1,
-            value: Value::Inline(b"v".to_vec()),
+            value: Value::Inline(b"v".to_vec().into()),
             lease: 0,
         });
         for sub in [0, 1, 300, u32::MAX] {
@@ -1512,7 +1512,7 @@ mod format_tests {
         for (key, value) in [("a", "1"), ("b", "2"), ("a", "3")] {
             let put = PutRequest {
                 key: key.as_bytes().to_vec(),
-                value: value.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec().into(),
                 ..PutRequest::default()
             };
             for change in space

@@ -209,7 +209,7 @@ fn state_store_commits_and_reloads() {
     for i in 0..10u8 {
         let put = PutRequest {
             key: vec![b'k', i],
-            value: vec![i],
+            value: vec![i].into(),
             ..PutRequest::default()
         };
         changes.extend(
@@ -409,7 +409,7 @@ fn only_durable_state_commits_survive_a_crash() {
             .apply(
                 &Command::Put(PutRequest {
                     key: key.as_bytes().to_vec(),
-                    value: b"v".to_vec(),
+                    value: b"v".to_vec().into(),
                     ..PutRequest::default()
                 }),
                 &ApplyContext::default(),
@@ -518,7 +518,7 @@ fn store_one_put(disk: &Arc<dyn Disk>, dir: &Path, value: &[u8]) {
     let mut space = KeySpace::new();
     let put = PutRequest {
         key: b"k".to_vec(),
-        value: value.to_vec(),
+        value: value.to_vec().into(),
         ..PutRequest::default()
     };
     let changes = space
@@ -640,7 +640,7 @@ fn leases_persist_with_their_keys_and_travel_in_snapshots() {
         .changes;
     let put = PutRequest {
         key: b"held".to_vec(),
-        value: b"v".to_vec(),
+        value: b"v".to_vec().into(),
         lease: 77,
         ..PutRequest::default()
     };
@@ -756,7 +756,7 @@ fn defragmenting_shrinks_the_file_and_keeps_every_row() {
     let put = |key: usize, fill: u8| {
         Command::Put(PutRequest {
             key: format!("key/{key:05}").into_bytes(),
-            value: vec![fill; 1024],
+            value: vec![fill; 1024].into(),
             ..PutRequest::default()
         })
     };
@@ -877,7 +877,7 @@ fn a_snapshot_installed_during_a_defragmentation_gives_it_up() {
         .apply(
             &Command::Put(PutRequest {
                 key: b"k".to_vec(),
-                value: b"v".to_vec(),
+                value: b"v".to_vec().into(),
                 ..PutRequest::default()
             }),
             &ApplyContext::default(),

@@ -11,7 +11,7 @@ fn kv(key: &str, create_revision: Revision, mod_revision: Revision, value: &str)
         create_revision,
         mod_revision,
         version: 1,
-        value: value.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec().into(),
         lease: 0,
     }
 }

@@ -42,7 +42,7 @@ async fn put(
     let mut kv = cluster.kv(i).await;
     kv.put(PutRequest {
         key: key.as_bytes().to_vec(),
-        value: vec![b'x'; bytes],
+        value: vec![b'x'; bytes].into(),
         ..PutRequest::default()
     })
     .await

@@ -89,7 +89,7 @@ fn with<T>(message: T, token: Option<&str>) -> Request<T> {
 fn put(key: &str, prev_kv: bool, lease: i64) -> pb::PutRequest {
     pb::PutRequest {
         key: key.into(),
-        value: b"v".to_vec(),
+        value: b"v".to_vec().into(),
         prev_kv,
         lease,
         ..Default::default()

@@ -551,7 +551,7 @@ async fn a_rolling_restart_under_writes_costs_each_request_at_most_one_retry() {
                         let mut kv = KvClient::connect(url).await.ok()?;
                         kv.put(PutRequest {
                             key: key.clone().into_bytes(),
-                            value: b"v".to_vec(),
+                            value: b"v".to_vec().into(),
                             ..PutRequest::default()
                         })
                         .await

@@ -57,7 +57,7 @@ async fn leader_value(client: &mut ElectionClient<Channel>) -> Result<Vec<u8>, t
         name: b"e".to_vec(),
     };
     let response = client.leader(request).await?.into_inner();
-    Ok(response.kv.expect("leader kv").value)
+    Ok(response.kv.expect("leader kv").value.to_vec())
 }
 
 /// The next observed value and its header's revision (the value's own
@@ -69,7 +69,7 @@ async fn observed(stream: &mut Streaming<LeaderResponse>) -> (i64, Vec<u8>) {
         .expect("observe stream healthy")
         .expect("observe stream open");
     let kv = response.kv.expect("observed kv");
-    (response.header.expect("header").revision, kv.value)
+    (response.header.expect("header").revision, kv.value.to_vec())
 }
 
 fn assert_unknown(status: &tonic::Status, message: &str) {

@@ -12,7 +12,7 @@ fn put_op(key: &str) -> RequestOp {
     RequestOp {
         request: Some(request_op::Request::RequestPut(PutRequest {
             key: key.into(),
-            value: b"v".to_vec(),
+            value: b"v".to_vec().into(),
             ..Default::default()
         })),
     }
@@ -111,7 +111,7 @@ async fn refused_requests_use_etcds_codes_and_messages() {
     ));
     let large = PutRequest {
         key: b"big".to_vec(),
-        value: vec![7; 1_600_000],
+        value: vec![7; 1_600_000].into(),
         ..Default::default()
     };
     let large = kv.put(large).await.expect_err("too large");
@@ -125,7 +125,7 @@ async fn refused_requests_use_etcds_codes_and_messages() {
     // status and words, on every service.
     let huge = PutRequest {
         key: b"huge".to_vec(),
-        value: vec![7; 2_200_000],
+        value: vec![7; 2_200_000].into(),
         ..Default::default()
     };
     let huge_length = prost::Message::encoded_len(&huge);

@@ -305,7 +305,7 @@ impl TestCluster {
         let mut kv = self.kv(i).await;
         let request = PutRequest {
             key: key.into(),
-            value: value.into(),
+            value: value.as_bytes().to_vec().into(),
             ..Default::default()
         };
         let response = answer(i, "put", kv.put(request))
@@ -326,7 +326,7 @@ impl TestCluster {
             .await
             .expect("range")
             .into_inner();
-        response.kvs.into_iter().next().map(|kv| kv.value)
+        response.kvs.into_iter().next().map(|kv| kv.value.to_vec())
     }
 
     /// Polls a serializable read on member `i` until it sees `value`.

@@ -34,7 +34,7 @@ async fn put_with_lease(cluster: &TestCluster, i: usize, key: &str, lease: i64) 
     let response = kv
         .put(PutRequest {
             key: key.into(),
-            value: b"v".to_vec(),
+            value: b"v".to_vec().into(),
             lease,
             ..Default::default()
         })

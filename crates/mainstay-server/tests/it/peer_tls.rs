@@ -53,7 +53,7 @@ async fn members_replicate_over_mutual_tls_and_refuse_strangers() {
     for n in 0..20 {
         kv.put(PutRequest {
             key: format!("k{n}").into_bytes(),
-            value: b"v".to_vec(),
+            value: b"v".to_vec().into(),
             ..Default::default()
         })
         .await
@@ -117,7 +117,7 @@ async fn members_replicate_over_mutual_tls_and_refuse_strangers() {
     cluster.stop_member(2).await.expect("stops");
     kv.put(PutRequest {
         key: b"k-late".to_vec(),
-        value: b"v".to_vec(),
+        value: b"v".to_vec().into(),
         ..Default::default()
     })
     .await

@@ -56,7 +56,7 @@ async fn a_forced_new_cluster_grows_from_one_survivor_back_to_three() {
     let mut kv = cluster.kv(leader).await;
     kv.put(pb::PutRequest {
         key: b"leased".to_vec(),
-        value: b"yes".to_vec(),
+        value: b"yes".to_vec().into(),
         lease,
         ..Default::default()
     })

@@ -71,7 +71,7 @@ async fn a_snapshot_is_etcds_file_with_every_revision_lease_and_member() {
     let put = |key: &str| pb::RequestOp {
         request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
             key: key.into(),
-            value: b"t".to_vec(),
+            value: b"t".to_vec().into(),
             ..Default::default()
         })),
     };
@@ -166,7 +166,7 @@ async fn a_snapshot_is_etcds_file_with_every_revision_lease_and_member() {
         .collect();
     let summary: Vec<Row<'_>> = history
         .iter()
-        .map(|(main, sub, tomb, kv)| (*main, *sub, *tomb, kv.key.as_slice(), kv.value.as_slice()))
+        .map(|(main, sub, tomb, kv)| (*main, *sub, *tomb, kv.key.as_slice(), &kv.value[..]))
         .collect();
     assert_eq!(
         summary,
@@ -356,7 +356,7 @@ async fn a_snapshot_streams_to_its_end_through_a_leader_change_and_a_member_add(
             .map(|i| pb::RequestOp {
                 request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
                     key: format!("k{batch:02}-{i:02}").into_bytes(),
-                    value: value.clone(),
+                    value: value.clone().into(),
                     ..Default::default()
                 })),
             })

@@ -68,7 +68,7 @@ async fn defragment_shrinks_the_state_file_while_writes_go_on() {
     for i in 0..300 {
         kv.put(PutRequest {
             key: format!("big/{i:03}").into_bytes(),
-            value: big.clone(),
+            value: big.clone().into(),
             ..PutRequest::default()
         })
         .await
@@ -99,7 +99,7 @@ async fn defragment_shrinks_the_state_file_while_writes_go_on() {
                 if kv
                     .put(PutRequest {
                         key: key.clone().into_bytes(),
-                        value: b"v".to_vec(),
+                        value: b"v".to_vec().into(),
                         ..PutRequest::default()
                     })
                     .await

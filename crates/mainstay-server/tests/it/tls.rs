@@ -148,7 +148,7 @@ async fn round_trip(port: u16, client: &Client<'_>) -> Result<(), String> {
     let mut kv = KvClient::new(channel);
     kv.put(PutRequest {
         key: b"tls".to_vec(),
-        value: b"yes".to_vec(),
+        value: b"yes".to_vec().into(),
         ..Default::default()
     })
     .await
@@ -161,7 +161,7 @@ async fn round_trip(port: u16, client: &Client<'_>) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
         .into_inner();
-    if got.kvs.first().map(|kv| kv.value.as_slice()) != Some(b"yes".as_slice()) {
+    if got.kvs.first().map(|kv| &kv.value[..]) != Some(b"yes".as_slice()) {
         return Err(format!("read back {got:?}"));
     }
     Ok(())

@@ -363,7 +363,7 @@ async fn one_revision_reaches_exactly_the_watchers_whose_range_holds_its_keys() 
     let put = |key: &str| RequestOp {
         request: Some(request_op::Request::RequestPut(PutRequest {
             key: key.into(),
-            value: b"v".to_vec(),
+            value: b"v".to_vec().into(),
             ..Default::default()
         })),
     };
@@ -563,7 +563,7 @@ async fn a_stream_that_lags_the_broadcast_catches_up_from_history() {
             for i in (writer..WRITES).step_by(16) {
                 kv.put(mainstay_proto::etcdserverpb::PutRequest {
                     key: format!("slow/{i:05}").into_bytes(),
-                    value: value.clone().into_bytes(),
+                    value: value.clone().into_bytes().into(),
                     ..Default::default()
                 })
                 .await

@@ -74,7 +74,7 @@ impl Group {
             };
             match tokio::time::timeout(wire::ATTEMPT, self.kv().range(request)).await {
                 Ok(Ok(reply)) => {
-                    return reply.into_inner().kvs.first().map(|kv| kv.value.clone());
+                    return reply.into_inner().kvs.first().map(|kv| kv.value.to_vec());
                 }
                 _ => {
                     self.failed();

@@ -118,7 +118,7 @@ impl GroupReader {
                     .into_inner()
                     .kvs
                     .into_iter()
-                    .map(|kv| (kv.key, kv.value, kv.mod_revision))
+                    .map(|kv| (kv.key, kv.value.to_vec(), kv.mod_revision))
                     .collect(),
             ),
             _ => {

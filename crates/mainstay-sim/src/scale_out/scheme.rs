@@ -125,7 +125,7 @@ pub(crate) fn put_op(key: Vec<u8>, value: Vec<u8>) -> RequestOp {
     RequestOp {
         request: Some(request_op::Request::RequestPut(PutRequest {
             key,
-            value,
+            value: value.into(),
             ..Default::default()
         })),
     }

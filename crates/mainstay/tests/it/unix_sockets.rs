@@ -88,7 +88,7 @@ async fn a_cluster_on_unix_sockets_serves_a_tonic_client() {
     let mut first = KvClient::new(unix_channel(root.join("m1.client")));
     let put = PutRequest {
         key: b"over".to_vec(),
-        value: b"unix".to_vec(),
+        value: b"unix".to_vec().into(),
         ..PutRequest::default()
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -113,6 +113,6 @@ async fn a_cluster_on_unix_sockets_serves_a_tonic_client() {
         .await
         .unwrap_or_else(|status| panic!("range through m3: {status}\n{}", logs(root)))
         .into_inner();
-    let values: Vec<&[u8]> = response.kvs.iter().map(|kv| kv.value.as_slice()).collect();
+    let values: Vec<&[u8]> = response.kvs.iter().map(|kv| &kv.value[..]).collect();
     assert_eq!(values, vec![b"unix".as_slice()], "{}", logs(root));
 }

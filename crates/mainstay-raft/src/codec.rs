@@ -192,6 +192,16 @@ pub fn encode_message<T: Serialize>(message: &T) -> Result<Vec<u8>, String> {
     postcard::to_allocvec(message).map_err(|e| format!("encode peer message: {e}"))
 }
 
+/// `encode_message` into a buffer of `capacity` bytes to begin with (a
+/// message of many entries is not copied over and over as the buffer grows).
+pub fn encode_message_within<T: Serialize>(
+    message: &T,
+    capacity: usize,
+) -> Result<Vec<u8>, String> {
+    postcard::to_extend(message, Vec::with_capacity(capacity))
+        .map_err(|e| format!("encode peer message: {e}"))
+}
+
 /// Decodes a transient peer message.
 pub fn decode_message<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| format!("decode peer message: {e}"))

@@ -27,7 +27,7 @@ use crate::peer_channel::PeerChannel;
 
 use crate::peer_channel::Dial;
 
-use crate::codec::{decode_message, encode_message};
+use crate::codec::{decode_message, encode_message, encode_message_within};
 use crate::type_config::{MemberNode, TypeConfig};
 
 /// Snapshot bytes per streamed chunk.
@@ -338,7 +338,12 @@ where
     async fn send(&mut self, message: Message) -> Result<(), RPCError<TypeConfig>> {
         let connection = &mut *self.connection;
         let payload = RaftPayload {
-            payload: encode_message(&message.rpc).map_err(network_error)?,
+            // Sized for the commands plus each entry's log id and framing.
+            payload: encode_message_within(
+                &message.rpc,
+                message.bytes + 32 * message.rpc.entries.len() + 128,
+            )
+            .map_err(network_error)?,
             to: connection.target,
         };
         let stream = match self.stream.as_mut() {

@@ -65,6 +65,10 @@ const PREALLOCATE_AHEAD: u64 = 128 << 10;
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
 /// Rewrite the file once this many bytes are garbage (purged or truncated entries).
 const GARBAGE_BYTES_MAX: u64 = 64 << 20;
+/// An append job at least this long is written as it is, not copied into
+/// the batch's buffer first (a few small jobs are cheaper copied than written
+/// one system call each).
+const DIRECT_WRITE_BYTES: usize = 16 << 10;
 
 const KIND_ENTRY: u8 = 1;
 const KIND_TRUNCATE: u8 = 2;
@@ -193,7 +197,12 @@ impl LogWriter {
                         self.end + pending.len() as u64,
                         "raft log jobs written out of order"
                     );
-                    pending.extend_from_slice(bytes);
+                    if bytes.len() >= DIRECT_WRITE_BYTES {
+                        self.flush_pending(&mut pending)?;
+                        self.append_bytes(bytes)?;
+                    } else {
+                        pending.extend_from_slice(bytes);
+                    }
                 }
                 JobOp::Rewrite { bytes } => {
                     self.flush_pending(&mut pending)?;
@@ -214,11 +223,18 @@ impl LogWriter {
         if pending.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_at(self.end, pending)
-            .map_err(|e| StorageError::io("append to raft.log", e))?;
-        self.end += pending.len() as u64;
+        self.append_bytes(pending)?;
         pending.clear();
+        Ok(())
+    }
+
+    /// Writes `bytes` at the end of the file (not synced), then tops up the
+    /// preallocated zeros after it.
+    fn append_bytes(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.file
+            .write_at(self.end, bytes)
+            .map_err(|e| StorageError::io("append to raft.log", e))?;
+        self.end += bytes.len() as u64;
         let (from, to) = top_up(self.end, self.allocated);
         if to > from {
             let zeros = vec![0; (to - from) as usize];
@@ -400,6 +416,11 @@ impl LogStore {
         for (kind, body) in records {
             frame(&mut bytes, *kind, body);
         }
+        self.stage_bytes(bytes)
+    }
+
+    /// Stages framed records to follow the file's last byte.
+    fn stage_bytes(&mut self, bytes: Vec<u8>) -> LogJob {
         let offset = self.file_bytes;
         self.file_bytes += bytes.len() as u64;
         LogJob {
@@ -426,12 +447,15 @@ impl LogStore {
             }
             next = Some(entry.log_id.index + 1);
         }
-        let mut records = Vec::new();
+        // Each chunk is encoded straight into its frame in one buffer, sized
+        // up front: a payload's bytes are copied once on their way to the file.
+        let payload_bytes: usize = entries.iter().map(|e| e.payload.len() + 32).sum();
+        let mut bytes = Vec::with_capacity(payload_bytes + 2 * (HEADER_BYTES + 1));
         let mut chunk: Vec<&StoredEntry> = Vec::new();
         let mut chunk_bytes = 0;
         for entry in &entries {
             if !chunk.is_empty() && chunk_bytes + entry.payload.len() > RECORD_BYTES_MAX / 2 {
-                records.push((KIND_ENTRY, encode(&chunk)?));
+                frame_encoded(&mut bytes, KIND_ENTRY, &chunk)?;
                 chunk.clear();
                 chunk_bytes = 0;
             }
@@ -439,15 +463,9 @@ impl LogStore {
             chunk.push(entry);
         }
         if !chunk.is_empty() {
-            records.push((KIND_ENTRY, encode(&chunk)?));
+            frame_encoded(&mut bytes, KIND_ENTRY, &chunk)?;
         }
-        if records
-            .iter()
-            .any(|(_, body)| body.len() > RECORD_BYTES_MAX)
-        {
-            return Err(StorageError::TooLarge);
-        }
-        let job = self.stage_records(&records);
+        let job = self.stage_bytes(bytes);
         for entry in entries {
             self.entries.insert(entry.log_id.index, entry);
         }
@@ -648,6 +666,35 @@ fn frame_as(buffer: &mut Vec<u8>, magic: u8, kind: u8, body: &[u8]) {
     }
 }
 
+/// `frame` of `value`'s encoding, encoded in place after a header filled in
+/// afterwards (the same bytes as `frame(buffer, kind, &encode(value)?)`,
+/// without the copy). A body over `RECORD_BYTES_MAX` is `TooLarge`.
+fn frame_encoded<T: Serialize + ?Sized>(
+    buffer: &mut Vec<u8>,
+    kind: u8,
+    value: &T,
+) -> Result<(), StorageError> {
+    let start = buffer.len();
+    buffer.extend_from_slice(&[0; HEADER_BYTES]);
+    *buffer =
+        postcard::to_extend(value, std::mem::take(buffer)).map_err(|_| StorageError::Encode)?;
+    let body = &buffer[start + HEADER_BYTES..];
+    if body.len() > RECORD_BYTES_MAX {
+        return Err(StorageError::TooLarge);
+    }
+    let length = u32::try_from(body.len()).map_err(|_| StorageError::TooLarge)?;
+    let body_crc = crc32fast::hash(body);
+    let header = &mut buffer[start..start + HEADER_BYTES];
+    header[0] = MAGIC;
+    header[1] = kind;
+    header[2..6].copy_from_slice(&length.to_le_bytes());
+    header[6..10].copy_from_slice(&body_crc.to_le_bytes());
+    let header_crc = crc32fast::hash(&header[..10]);
+    header[10..14].copy_from_slice(&header_crc.to_le_bytes());
+    buffer.push(TRAILER);
+    Ok(())
+}
+
 /// Entries framed as versions before the trailer wrote them (for tests).
 #[cfg(test)]
 pub(crate) fn untrailed_entries_record(entries: &[StoredEntry]) -> Vec<u8> {
@@ -714,6 +761,31 @@ fn parse_frame(bytes: &[u8], written: usize) -> Result<(u8, &[u8], usize), Damag
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_encoded_in_place_is_the_frame_of_the_encoding() {
+        let entry = |index: u64, bytes: usize| StoredEntry {
+            log_id: LogIdRecord {
+                term: 1,
+                node_id: 0,
+                index,
+            },
+            payload: vec![index as u8; bytes].into(),
+        };
+        let chunks: [Vec<StoredEntry>; 3] = [
+            vec![],
+            vec![entry(1, 0)],
+            vec![entry(1, 10), entry(2, 300), entry(3, 70_000)],
+        ];
+        for chunk in &chunks {
+            let refs: Vec<&StoredEntry> = chunk.iter().collect();
+            let mut framed = vec![7, 7];
+            frame(&mut framed, KIND_ENTRY, &encode(&refs).expect("encodes"));
+            let mut in_place = vec![7, 7];
+            frame_encoded(&mut in_place, KIND_ENTRY, &refs).expect("encodes");
+            assert_eq!(in_place, framed, "{} entries", chunk.len());
+        }
+    }
 
     #[test]
     fn zeros_are_topped_up_ahead_of_the_end() {

@@ -63,6 +63,10 @@ struct Args {
     /// Smoke run: 2 s workloads, 20k keys for rss, 20 MB for restart, 1 rep.
     #[arg(long)]
     quick: bool,
+    /// Bytes per value written and read by the put, get, txn and watch
+    /// workloads (8 to 1 MiB; `rss` and `restart` keep their own sizes).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..=1 << 20))]
+    value_bytes: u32,
 }
 
 /// How long a fresh cluster may take to serve.
@@ -156,7 +160,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             rss_keys: if args.quick { 20_000 } else { 200_000 },
             restart_bytes: if args.quick { 20 } else { 200 } * 1024 * 1024,
             ticks_per_second: procfs::clock_ticks_per_second(),
-            value: Arc::new(rng.bytes(256)),
+            value: Arc::new(rng.bytes(args.value_bytes as usize)),
             big_value: Arc::new(rng.bytes(4096)),
             seed: rng.next_u64(),
         },

@@ -1463,7 +1463,7 @@ fn liveness(
                         .into_inner()
                         .kvs
                         .first()
-                        .is_some_and(|kv| kv.value == &b"ok"[..])
+                        .is_some_and(|kv| kv.value == b"ok"[..])
                 {
                     *lock(&flag) = true;
                     return Ok(());

@@ -147,7 +147,7 @@ fn txns_have_etcds_shapes() {
 
     let campaign = campaign_txn(b"e/1", b"v", 1);
     assert!(
-        matches!(&campaign.success[..], [RequestOp::Put(p)] if p.value == &b"v"[..] && p.lease == 1)
+        matches!(&campaign.success[..], [RequestOp::Put(p)] if p.value == b"v"[..] && p.lease == 1)
     );
     assert!(matches!(&campaign.failure[..], [RequestOp::Range(_)]));
 

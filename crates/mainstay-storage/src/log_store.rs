@@ -652,23 +652,15 @@ fn frame(buffer: &mut Vec<u8>, kind: u8, body: &[u8]) {
 }
 
 fn frame_as(buffer: &mut Vec<u8>, magic: u8, kind: u8, body: &[u8]) {
-    let length = u32::try_from(body.len()).expect("record length bounded by RECORD_BYTES_MAX");
     let start = buffer.len();
-    buffer.push(magic);
-    buffer.push(kind);
-    buffer.extend_from_slice(&length.to_le_bytes());
-    buffer.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-    let header_crc = crc32fast::hash(&buffer[start..]);
-    buffer.extend_from_slice(&header_crc.to_le_bytes());
+    buffer.extend_from_slice(&[0; HEADER_BYTES]);
     buffer.extend_from_slice(body);
-    if magic == MAGIC {
-        buffer.push(TRAILER);
-    }
+    seal(buffer, start, magic, kind);
 }
 
-/// `frame` of `value`'s encoding, encoded in place after a header filled in
-/// afterwards (the same bytes as `frame(buffer, kind, &encode(value)?)`,
-/// without the copy). A body over `RECORD_BYTES_MAX` is `TooLarge`.
+/// `frame` of `value`'s encoding, encoded in place after the header (the
+/// same bytes as `frame(buffer, kind, &encode(value)?)`, without the copy).
+/// A body over `RECORD_BYTES_MAX` is `TooLarge`.
 fn frame_encoded<T: Serialize + ?Sized>(
     buffer: &mut Vec<u8>,
     kind: u8,
@@ -678,21 +670,27 @@ fn frame_encoded<T: Serialize + ?Sized>(
     buffer.extend_from_slice(&[0; HEADER_BYTES]);
     *buffer =
         postcard::to_extend(value, std::mem::take(buffer)).map_err(|_| StorageError::Encode)?;
-    let body = &buffer[start + HEADER_BYTES..];
-    if body.len() > RECORD_BYTES_MAX {
+    if buffer.len() - start - HEADER_BYTES > RECORD_BYTES_MAX {
         return Err(StorageError::TooLarge);
     }
-    let length = u32::try_from(body.len()).map_err(|_| StorageError::TooLarge)?;
-    let body_crc = crc32fast::hash(body);
-    let header = &mut buffer[start..start + HEADER_BYTES];
-    header[0] = MAGIC;
-    header[1] = kind;
-    header[2..6].copy_from_slice(&length.to_le_bytes());
-    header[6..10].copy_from_slice(&body_crc.to_le_bytes());
-    let header_crc = crc32fast::hash(&header[..10]);
-    header[10..14].copy_from_slice(&header_crc.to_le_bytes());
-    buffer.push(TRAILER);
+    seal(buffer, start, MAGIC, kind);
     Ok(())
+}
+
+/// Fills in the header of the record that starts at `start` (its body is
+/// everything after the header) and ends it with the trailer (`MAGIC` only).
+fn seal(buffer: &mut Vec<u8>, start: usize, magic: u8, kind: u8) {
+    let (head, body) = buffer[start..].split_at_mut(HEADER_BYTES);
+    let length = u32::try_from(body.len()).expect("record length bounded by RECORD_BYTES_MAX");
+    head[0] = magic;
+    head[1] = kind;
+    head[2..6].copy_from_slice(&length.to_le_bytes());
+    head[6..10].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
+    let header_crc = crc32fast::hash(&head[..10]);
+    head[10..14].copy_from_slice(&header_crc.to_le_bytes());
+    if magic == MAGIC {
+        buffer.push(TRAILER);
+    }
 }
 
 /// Entries framed as versions before the trailer wrote them (for tests).

@@ -302,9 +302,8 @@ fn large_and_small_appends_of_one_batch_keep_their_order() {
     // batch's buffer) lands between the small ones around it, and a synced
     // batch survives a crash whole.
     let mem = MemDisk::new();
-    let disk: Arc<dyn Disk> = Arc::new(mem.clone());
     let dir = Path::new("/m");
-    let (mut log, _) = LogStore::open(&disk, dir).expect("open");
+    let mut log = mem_log(&mem, dir);
     let writer = log.writer();
     let big = |index: u64| StoredEntry {
         log_id: LogIdRecord {
@@ -327,6 +326,7 @@ fn large_and_small_appends_of_one_batch_keep_their_order() {
         .expect("write");
     drop(log);
     mem.crash(dir, &mut |_| 0);
+    let disk: Arc<dyn Disk> = Arc::new(mem.clone());
     let (log, report) = LogStore::open(&disk, dir).expect("reopen");
     assert_eq!(report.torn_bytes, 0);
     let expected = vec![entry(1, 1), big(2), entry(3, 1), big(4), entry(5, 1)];

@@ -51,6 +51,9 @@ pub struct ReplicaConfig {
     pub state_cache_bytes: u64,
     /// Entries kept in the log behind a snapshot for slow followers.
     pub snapshot_catchup_entries: u64,
+    /// Size at which a Raft log segment is full (`mainstay_storage::SEGMENT_BYTES`
+    /// in production; small in the simulator, to roll over often).
+    pub log_segment_bytes: u64,
     /// Seed of this member's Raft randomness (election timeouts).
     pub seed: u64,
     /// How to reach peers (real sockets in production, simulated in tests).
@@ -172,8 +175,9 @@ impl Replica {
     /// Opens storage and starts the Raft node (not yet part of any cluster
     /// unless its log says so; see `bootstrap`).
     pub async fn open(config: ReplicaConfig) -> Result<Replica, String> {
-        let (mut log_store, report) = LogStore::open(&config.disk, &config.data_dir)
-            .map_err(|e| format!("open raft log: {e}"))?;
+        let (mut log_store, report) =
+            LogStore::open_with(&config.disk, &config.data_dir, config.log_segment_bytes)
+                .map_err(|e| format!("open raft log: {e}"))?;
         if report.torn_bytes > 0 {
             tracing::warn!(
                 torn_bytes = report.torn_bytes,

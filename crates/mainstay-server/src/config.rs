@@ -378,6 +378,9 @@ pub struct Config {
     pub state_cache_bytes: u64,
     /// Entries kept behind a snapshot.
     pub snapshot_catchup_entries: u64,
+    /// Size at which a Raft log segment is full. Not a flag: the simulator
+    /// and tests set it small to roll segments over often.
+    pub log_segment_bytes: u64,
     /// Watch progress notification period (ms).
     pub watch_progress_notify_interval_ms: u64,
     /// etcd's strict reconfiguration check: refuse member changes that leave
@@ -478,6 +481,7 @@ impl Default for Config {
             snapshot_count: defaults::SNAPSHOT_COUNT,
             state_cache_bytes: defaults::STATE_CACHE_BYTES,
             snapshot_catchup_entries: defaults::SNAPSHOT_CATCHUP_ENTRIES,
+            log_segment_bytes: mainstay_storage::SEGMENT_BYTES,
             watch_progress_notify_interval_ms: defaults::WATCH_PROGRESS_MS,
             strict_reconfig_check: true,
             force_new_cluster: false,
@@ -1294,6 +1298,7 @@ impl ServeArgs {
             snapshot_count,
             state_cache_bytes,
             snapshot_catchup_entries,
+            log_segment_bytes: mainstay_storage::SEGMENT_BYTES,
             watch_progress_notify_interval_ms,
             strict_reconfig_check: self.strict_reconfig_check.unwrap_or(true),
             force_new_cluster: self.force_new_cluster.unwrap_or(false),

@@ -452,6 +452,7 @@ async fn serve_member(
         snapshot_count: config.snapshot_count,
         state_cache_bytes: config.state_cache_bytes,
         snapshot_catchup_entries: config.snapshot_catchup_entries,
+        log_segment_bytes: config.log_segment_bytes,
         seed: env.seed,
         dial: dial.clone(),
         disk: env.disk.clone(),

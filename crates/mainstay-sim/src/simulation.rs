@@ -123,7 +123,15 @@ const HASH_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// The member that diverges under `SimOptions::diverge`.
 const DIVERGING: &str = "m1";
 
-pub(crate) fn member_config(name: &str, names: &[String], snapshot_count: u64) -> Config {
+/// A member's configuration. `log_segment_bytes` is small (a few KiB), so
+/// Raft log segments roll over and purges remove them many times a run, under
+/// every crash and torn write.
+pub(crate) fn member_config(
+    name: &str,
+    names: &[String],
+    snapshot_count: u64,
+    log_segment_bytes: u64,
+) -> Config {
     let initial_cluster: BTreeMap<String, String> = names
         .iter()
         .map(|n| (n.clone(), format!("http://{n}:2380")))
@@ -145,6 +153,7 @@ pub(crate) fn member_config(name: &str, names: &[String], snapshot_count: u64) -
         quota_backend_bytes: 2 << 30,
         snapshot_count,
         snapshot_catchup_entries: snapshot_count / 4,
+        log_segment_bytes,
         watch_progress_notify_interval_ms: 1000,
         // Often, so every run also checks that no CORRUPT alarm is raised
         // where no data differs (`corrupt_alarms`).
@@ -188,6 +197,8 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
     let keys = rng.between(2, 5);
     let clients = rng.between(3, 6);
     let snapshot_count = rng.between(30, 200);
+    // 1 to 8 KiB, from the seed without a draw (the draws of a seed stay as they were).
+    let log_segment_bytes = 1024 << (seed % 4);
     let max_latency_ms = rng.between(1, 15);
     let names: Vec<String> = (0..size).map(|i| format!("m{i}")).collect();
     let mut result = SimResult {
@@ -222,11 +233,11 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
     let diverge = options.diverge;
     let disk = MemDisk::new();
     if options.lying_fsync {
-        disk.lie_on_sync_of("raft.log");
+        disk.lie_on_sync_of("raft");
         disk.lie_on_sync_of("state.redb");
     }
     for (position, name) in names.iter().enumerate() {
-        let config = member_config(name, &names, snapshot_count);
+        let config = member_config(name, &names, snapshot_count, log_segment_bytes);
         let replicas = replicas.clone();
         let exits = exits.clone();
         let incarnations = incarnations.clone();
@@ -566,6 +577,29 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
 
     world.judge_exits();
     result.faults = world.counts.clone();
+    // Not faults: how far the members' Raft logs rolled over (the newest
+    // segment's number) and how many old segments purges removed, so a run
+    // shows it crossed segment boundaries under its faults.
+    for name in &names {
+        let mut seqs: Vec<u64> = world
+            .disk
+            .files_under(&data_dir(name))
+            .iter()
+            .filter_map(|path| {
+                path.file_name()?
+                    .to_str()?
+                    .strip_prefix("raft-")?
+                    .strip_suffix(".log")
+                    .map(str::to_string)
+            })
+            .filter_map(|hex| u64::from_str_radix(&hex, 16).ok())
+            .collect();
+        seqs.sort_unstable();
+        if let (Some(first), Some(last)) = (seqs.first(), seqs.last()) {
+            result.faults.bump("log_segments_rolled", last - 1);
+            result.faults.bump("log_segments_removed", first - 1);
+        }
+    }
     if world.corrupted.is_empty() && world.state_flipped.is_empty() {
         result.violations.extend(corrupt_alarms(&replicas));
     }
@@ -843,10 +877,24 @@ impl FaultState {
                 let rng = &mut self.rng;
                 // The raft log or the state database, half and half.
                 let in_log = rng.chance(50);
-                let file = if in_log { "raft.log" } else { "state.redb" };
-                let flipped = self
-                    .disk
-                    .flip_bit(&data_dir(a).join(file), &mut |n| rng.below(n));
+                let file = if in_log {
+                    // One of the log's segments (every one is read at start-up).
+                    let segments: Vec<_> = self
+                        .disk
+                        .files_under(&data_dir(a))
+                        .into_iter()
+                        .filter(|path| {
+                            path.file_name()
+                                .and_then(|name| name.to_str())
+                                .is_some_and(|name| name.starts_with("raft"))
+                        })
+                        .collect();
+                    let pick = rng.below(segments.len().max(1) as u64) as usize;
+                    segments.get(pick).cloned().unwrap_or_default()
+                } else {
+                    data_dir(a).join("state.redb")
+                };
+                let flipped = self.disk.flip_bit(&file, &mut |n| rng.below(n));
                 if flipped.is_some() {
                     if in_log {
                         self.corrupted.insert(a.clone(), self.incarnation(a));

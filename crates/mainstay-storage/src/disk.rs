@@ -18,6 +18,10 @@ pub trait Disk: Send + Sync + fmt::Debug + 'static {
     fn open(&self, path: &Path) -> io::Result<Arc<dyn DiskFile>>;
     /// Replaces `to` with `from`; durable once `sync_dir` of the parent returns.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Unlinks `path`; durable once `sync_dir` of the parent returns.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// The names of the files directly in `dir` (any order).
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Makes the directory's entries (creations, renames) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Takes the exclusive lock on a data directory; held until the guard drops.
@@ -89,6 +93,23 @@ impl Disk for OsDisk {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file()
+                && let Some(name) = entry.file_name().to_str()
+            {
+                names.push(name.to_string());
+            }
+        }
+        Ok(names)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -1,6 +1,7 @@
 //! The only crate that touches the data directory.
 //!
-//! - `LogStore`: the Raft log, vote and committed id in one CRC-checked append-only file.
+//! - `LogStore`: the Raft log, vote and committed id in CRC-checked append-only
+//!   segment files.
 //! - `StateStore`: the applied keyspace and state-machine metadata in redb, committed
 //!   once per applied batch together with the applied log id.
 //!
@@ -23,7 +24,8 @@ pub use disk::{DirLock, Disk, DiskFile, OsDisk};
 pub use error::StorageError;
 pub use identity::Identity;
 pub use log_store::{
-    LogIdRecord, LogJob, LogStore, LogWriter, OpenReport, RECORD_BYTES_MAX, StoredEntry, VoteRecord,
+    LOG_FORMAT, LogIdRecord, LogJob, LogStore, LogWriter, OpenReport, RECORD_BYTES_MAX,
+    SEGMENT_BYTES, StoredEntry, VoteRecord, segment_file_name,
 };
 pub use mem_disk::{CrashReport, MemDisk};
 pub use state_store::{

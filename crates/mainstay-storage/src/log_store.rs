@@ -1,5 +1,5 @@
-//! `LogStore`: the Raft log, the vote and the committed log id in one append-only,
-//! CRC-checked file (`raft.log`).
+//! `LogStore`: the Raft log, the vote and the committed log id in append-only,
+//! CRC-checked segment files (`raft-<sequence number, 16 hex digits>.log`).
 //!
 //! Two ways to write. The `stage_*` calls change the in-memory log at once and
 //! return a `LogJob`: the bytes that make the change on disk. A `LogWriter`
@@ -11,17 +11,39 @@
 //!
 //! Durability promises (the protocol openraft relies on; see ARCHITECTURE.md):
 //! - a job is durable once a `LogWriter::write` with `sync` that includes it (or
-//!   any later job) returns Ok; the file is always a prefix of the staged jobs, so
-//!   a crash loses a suffix of them, never a middle one;
-//! - records are replayed in file order, so writes complete in order with no holes;
-//! - at start-up an *incomplete* last record (a torn write: it runs past the end
-//!   of the file, or into the zeros after the last written byte) is cut off with a
-//!   warning. Any checksum failure in a complete record, even the last one, is
-//!   corruption and the store refuses to open: a flipped bit is never mistaken for
-//!   a torn write, so an acknowledged entry is never dropped silently (etcd's WAL
-//!   repairs only an unexpected EOF for the same reason);
+//!   any later job) returns Ok; the segments are always a prefix of the staged
+//!   jobs, so a crash loses a suffix of them, never a middle one;
+//! - records are replayed in order, so writes complete in order with no holes;
+//! - at start-up an *incomplete* last record of the newest segment (a torn
+//!   write: it runs past the end of the file, or into the zeros after the last
+//!   written byte) is cut off with a warning. Any checksum failure in a complete
+//!   record, even the last one, is corruption and the store refuses to open: a
+//!   flipped bit is never mistaken for a torn write, so an acknowledged entry is
+//!   never dropped silently (etcd's WAL repairs only an unexpected EOF for the
+//!   same reason);
 //! - an fsync error is returned once and the store is poisoned: the caller stops
 //!   the member, it never retries (an fsync failure may have dropped dirty pages).
+//!
+//! Segments (etcd's WAL files): records go to the newest segment; once it holds
+//! `segment_bytes` the next job starts a new one. A roll-over cuts the full
+//! segment to its last record and fsyncs it, then creates the next file and
+//! fsyncs the directory, before any byte goes into the new segment: a crash
+//! never leaves records in a later segment after a hole in an earlier one. A
+//! segment opens with its header: a `KIND_SEGMENT` record (format, sequence
+//! number), then the vote, committed id and purge point as they stand, so it
+//! replays without the segments before it. A purge queues the removal of the
+//! oldest segments (never the newest) whose entries it covers; the writer
+//! removes them, oldest first, only after an fsync that made the purge durable,
+//! then fsyncs the directory. So nothing is ever rewritten: disk use is what
+//! the log retains plus at most one segment, and a purge costs an unlink.
+//!
+//! At start-up the segments replay in order; their numbers must be consecutive
+//! (a missing one is corruption), and only the newest may end in a torn record.
+//! A newest segment without a complete header (a crash in a roll-over, before
+//! anything in it was acknowledged) is removed and started again. A log of
+//! format 1 (one `raft.log`, no headers) replays as segment 0 and stays until
+//! purges cover it; new records go to segment 1. A segment of a newer format is
+//! refused.
 //!
 //! Hand-written rather than a crate: the evaluated WAL crates own threads and call
 //! std::fs directly, which the simulator must replace (stack.md §4). All I/O goes
@@ -63,18 +85,24 @@ const HEADER_BYTES: usize = 14;
 const PREALLOCATE_AHEAD: u64 = 128 << 10;
 /// The largest record we write or accept (a batch of entries is split below it).
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
-/// Rewrite the file once this many bytes are garbage (purged or truncated entries).
-const GARBAGE_BYTES_MAX: u64 = 64 << 20;
 /// An append job at least this long is written as it is, not copied into
 /// the batch's buffer first (a few small jobs are cheaper copied than written
 /// one system call each).
 const DIRECT_WRITE_BYTES: usize = 16 << 10;
+/// The format of the segments, named in each one's header. Format 1 was one
+/// `raft.log` without headers (still read, as segment 0).
+pub const LOG_FORMAT: u32 = 2;
+/// Where a format-1 log lives.
+const LEGACY_FILE: &str = "raft.log";
+/// A segment this long is full (etcd's WAL segments are 64 MB too).
+pub const SEGMENT_BYTES: u64 = 64 << 20;
 
 const KIND_ENTRY: u8 = 1;
 const KIND_TRUNCATE: u8 = 2;
 const KIND_PURGE: u8 = 3;
 const KIND_VOTE: u8 = 4;
 const KIND_COMMITTED: u8 = 5;
+const KIND_SEGMENT: u8 = 6;
 
 /// A log id in our own persisted form: the leader's term and node id, and the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -112,24 +140,64 @@ pub struct StoredEntry {
 /// What `LogStore::open` found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpenReport {
-    /// Bytes cut off a torn tail (0 if the file ended cleanly).
+    /// Bytes cut off a torn tail (0 if the log ended cleanly).
     pub torn_bytes: u64,
     /// Records replayed.
     pub records: u64,
+    /// Segment files replayed.
+    pub segments: u64,
 }
 
-/// The Raft log store. See the module docs.
+/// The first record of a segment.
+#[derive(Serialize, Deserialize)]
+struct SegmentHead {
+    format: u32,
+    seq: u64,
+}
+
+/// The name of segment `seq` (0: the format-1 file).
+pub fn segment_file_name(seq: u64) -> String {
+    if seq == 0 {
+        LEGACY_FILE.to_string()
+    } else {
+        format!("raft-{seq:016x}.log")
+    }
+}
+
+/// The segment a file name names, if it names one.
+fn segment_seq(name: &str) -> Option<u64> {
+    if name == LEGACY_FILE {
+        return Some(0);
+    }
+    let hex = name.strip_prefix("raft-")?.strip_suffix(".log")?;
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if hex.len() != 16 || !hex.bytes().all(lower_hex) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok().filter(|&seq| seq > 0)
+}
+
+/// One segment as it is once every staged job is written.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    seq: u64,
+    bytes: u64,
+    /// The highest entry index written into it (truncated since or not).
+    max_index: Option<u64>,
+}
+
+/// The raft log store. See the module docs.
 #[derive(Debug)]
 pub struct LogStore {
-    path: PathBuf,
+    dir: PathBuf,
     _lock: DirLock,
     entries: BTreeMap<u64, StoredEntry>,
     vote: Option<VoteRecord>,
     committed: Option<LogIdRecord>,
     purged: Option<LogIdRecord>,
-    /// Length of the file once every staged job is written.
-    file_bytes: u64,
-    garbage_bytes: u64,
+    /// Oldest first; the last takes new records. Never empty after `open`.
+    segments: Vec<Segment>,
+    segment_bytes: u64,
     writer: Arc<Mutex<LogWriter>>,
     /// Set after a failed write or fsync: every later call fails.
     poisoned: Arc<AtomicBool>,
@@ -152,22 +220,32 @@ impl LogJob {
 
 #[derive(Debug)]
 enum JobOp {
-    /// Framed records to append at `offset` (the file's end when staged).
-    Append { offset: u64, bytes: Vec<u8> },
-    /// The whole file, rewritten without garbage (written, fsynced, renamed).
-    Rewrite { bytes: Vec<u8> },
+    /// Framed records to append to segment `seq` at `offset` (its end when staged).
+    Append {
+        seq: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// Close the current segment and start segment `seq`.
+    Roll { seq: u64 },
+    /// Remove these segments once an fsync made the purge staged before it durable.
+    Remove { seqs: Vec<u64> },
 }
 
-/// Writes staged jobs to `raft.log`, in order. See the module docs.
+/// Writes staged jobs to the segments, in order. See the module docs.
 #[derive(Debug)]
 pub struct LogWriter {
     disk: Arc<dyn Disk>,
-    path: PathBuf,
-    file: Arc<dyn DiskFile>,
-    /// Length of the log as written (records only).
+    dir: PathBuf,
+    /// The segment being written (none only while the store opens).
+    file: Option<Arc<dyn DiskFile>>,
+    seq: u64,
+    /// Length of the segment as written (records only).
     end: u64,
-    /// Length of the file: zeros from `end` up to here (see the module docs).
+    /// Length of its file: zeros from `end` up to here (see the module docs).
     allocated: u64,
+    /// Segments to remove after the next fsync, oldest first.
+    removable: Vec<u64>,
     poisoned: Arc<AtomicBool>,
 }
 
@@ -191,10 +269,10 @@ impl LogWriter {
         let mut pending: Vec<u8> = Vec::new();
         for op in jobs.iter().flat_map(|job| &job.ops) {
             match op {
-                JobOp::Append { offset, bytes } => {
+                JobOp::Append { seq, offset, bytes } => {
                     assert_eq!(
-                        *offset,
-                        self.end + pending.len() as u64,
+                        (*seq, *offset),
+                        (self.seq, self.end + pending.len() as u64),
                         "raft log jobs written out of order"
                     );
                     if bytes.len() >= DIRECT_WRITE_BYTES {
@@ -204,19 +282,27 @@ impl LogWriter {
                         pending.extend_from_slice(bytes);
                     }
                 }
-                JobOp::Rewrite { bytes } => {
+                JobOp::Roll { seq } => {
                     self.flush_pending(&mut pending)?;
-                    self.rewrite(bytes)?;
+                    self.roll(*seq)?;
                 }
+                JobOp::Remove { seqs } => self.removable.extend_from_slice(seqs),
             }
         }
         self.flush_pending(&mut pending)?;
         if sync {
-            self.file
+            self.file()
                 .sync()
-                .map_err(|e| StorageError::io("fsync raft.log", e))?;
+                .map_err(|e| StorageError::io("fsync the raft log", e))?;
+            self.remove_segments()?;
         }
         Ok(())
+    }
+
+    fn file(&self) -> &Arc<dyn DiskFile> {
+        self.file
+            .as_ref()
+            .expect("the raft log writer has a segment once the store is open")
     }
 
     fn flush_pending(&mut self, pending: &mut Vec<u8>) -> Result<(), StorageError> {
@@ -228,104 +314,240 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Writes `bytes` at the end of the file (not synced), then tops up the
+    /// Writes `bytes` at the end of the segment (not synced), then tops up the
     /// preallocated zeros after it.
     fn append_bytes(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
-        self.file
-            .write_at(self.end, bytes)
-            .map_err(|e| StorageError::io("append to raft.log", e))?;
+        let file = self.file().clone();
+        file.write_at(self.end, bytes)
+            .map_err(|e| StorageError::io("append to the raft log", e))?;
         self.end += bytes.len() as u64;
         let (from, to) = top_up(self.end, self.allocated);
         if to > from {
             let zeros = vec![0; (to - from) as usize];
-            self.file
-                .write_at(from, &zeros)
-                .map_err(|e| StorageError::io("preallocate raft.log", e))?;
+            file.write_at(from, &zeros)
+                .map_err(|e| StorageError::io("preallocate the raft log", e))?;
         }
         self.allocated = self.allocated.max(to);
         Ok(())
     }
 
-    /// A new file is written and fsynced, renamed over the old one, and the
-    /// directory fsynced.
-    fn rewrite(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
-        let temporary = self.path.with_extension("log.rewrite");
+    /// Ends the current segment at its last record and makes it durable, then
+    /// creates segment `seq` and makes its name durable: nothing reaches the
+    /// new segment before the old one is whole on disk.
+    fn roll(&mut self, seq: u64) -> Result<(), StorageError> {
+        if let Some(file) = &self.file {
+            file.set_len(self.end)
+                .and_then(|()| file.sync())
+                .map_err(|e| StorageError::io("close a raft log segment", e))?;
+        }
+        let path = self.dir.join(segment_file_name(seq));
         let file = (|| -> std::io::Result<Arc<dyn DiskFile>> {
-            let file = self.disk.open(&temporary)?;
+            let file = self.disk.open(&path)?;
             file.set_len(0)?;
-            file.write_at(0, bytes)?;
-            file.sync()?;
-            self.disk.rename(&temporary, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                self.disk.sync_dir(dir)?;
-            }
+            self.disk.sync_dir(&self.dir)?;
             Ok(file)
         })()
-        .map_err(|e| StorageError::io("rewrite raft.log", e))?;
-        self.file = file;
-        self.end = bytes.len() as u64;
-        self.allocated = self.end;
+        .map_err(|e| StorageError::io("start a raft log segment", e))?;
+        self.file = Some(file);
+        self.seq = seq;
+        self.end = 0;
+        self.allocated = 0;
         Ok(())
+    }
+
+    /// Removes the segments whose purge is now durable, oldest first (a crash
+    /// midway leaves consecutive segments), then makes that durable.
+    fn remove_segments(&mut self) -> Result<(), StorageError> {
+        if self.removable.is_empty() {
+            return Ok(());
+        }
+        for seq in std::mem::take(&mut self.removable) {
+            self.disk
+                .remove_file(&self.dir.join(segment_file_name(seq)))
+                .map_err(|e| StorageError::io("remove a purged raft log segment", e))?;
+        }
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(|e| StorageError::io("fsync the data directory", e))
     }
 }
 
+/// What replaying one segment found.
+enum Replayed {
+    /// Records, ending at `end`; the file is `allocated` long.
+    Records {
+        file: Arc<dyn DiskFile>,
+        end: u64,
+        allocated: u64,
+    },
+    /// The newest segment had no complete header and was removed.
+    Headerless,
+}
+
 impl LogStore {
-    /// Opens (or creates) `dir/raft.log` on `disk`, replaying it, and takes the data
-    /// directory's lock. See the module docs for a torn tail and for corruption.
+    /// Opens (or creates) the log in `dir` on `disk`, replaying it, and takes the
+    /// data directory's lock. See the module docs for a torn tail, corruption
+    /// and older formats.
     pub fn open(disk: &Arc<dyn Disk>, dir: &Path) -> Result<(LogStore, OpenReport), StorageError> {
+        LogStore::open_with(disk, dir, SEGMENT_BYTES)
+    }
+
+    /// `open`, with segments full at `segment_bytes` (at least 1).
+    pub fn open_with(
+        disk: &Arc<dyn Disk>,
+        dir: &Path,
+        segment_bytes: u64,
+    ) -> Result<(LogStore, OpenReport), StorageError> {
         disk.create_dir_all(dir)
             .map_err(|e| StorageError::io("create data directory", e))?;
         let lock = disk
             .lock_dir(dir)
             .map_err(|e| StorageError::io("lock the data directory", e))?;
-        let path = dir.join("raft.log");
-        let file = disk
-            .open(&path)
-            .map_err(|e| StorageError::io("open raft.log", e))?;
-        let bytes = read_all(file.as_ref()).map_err(|e| StorageError::io("read raft.log", e))?;
+        let mut seqs: Vec<u64> = disk
+            .list_dir(dir)
+            .map_err(|e| StorageError::io("list the data directory", e))?
+            .iter()
+            .filter_map(|name| segment_seq(name))
+            .collect();
+        seqs.sort_unstable();
         let poisoned = Arc::new(AtomicBool::new(false));
         let mut store = LogStore {
-            path: path.clone(),
+            dir: dir.to_path_buf(),
             _lock: lock,
             entries: BTreeMap::new(),
             vote: None,
             committed: None,
             purged: None,
-            file_bytes: 0,
-            garbage_bytes: 0,
+            segments: Vec::new(),
+            segment_bytes: segment_bytes.max(1),
             writer: Arc::new(Mutex::new(LogWriter {
                 disk: disk.clone(),
-                path: path.clone(),
-                file: file.clone(),
+                dir: dir.to_path_buf(),
+                file: None,
+                seq: 0,
                 end: 0,
                 allocated: 0,
+                removable: Vec::new(),
                 poisoned: poisoned.clone(),
             })),
             poisoned,
         };
         let mut report = OpenReport::default();
-        let mut offset = 0usize;
+        let mut next_seq = 1;
+        let mut headerless = false;
+        for (position, &seq) in seqs.iter().enumerate() {
+            if position > 0 && seq != seqs[position - 1] + 1 {
+                return Err(StorageError::Corrupt {
+                    path: dir
+                        .join(segment_file_name(seqs[position - 1] + 1))
+                        .display()
+                        .to_string(),
+                    at: "the whole file".to_string(),
+                    reason: "a raft log segment between two others is missing",
+                });
+            }
+            let newest = position + 1 == seqs.len();
+            match store.replay_segment(disk, seq, newest, &mut report)? {
+                Replayed::Records {
+                    file,
+                    end,
+                    allocated,
+                } => {
+                    let mut writer = store.lock_writer();
+                    writer.file = Some(file);
+                    writer.seq = seq;
+                    writer.end = end;
+                    writer.allocated = allocated;
+                    next_seq = seq + 1;
+                }
+                Replayed::Headerless => {
+                    next_seq = seq;
+                    headerless = true;
+                }
+            }
+        }
+        // Records go to a segment of this format with a header: a new one
+        // after a format-1 log, on a fresh directory, or instead of a
+        // headerless one.
+        if headerless || store.segments.last().is_none_or(|s| s.seq == 0) {
+            let job = store.stage_roll(next_seq)?;
+            store.write_now(job)?;
+        }
+        Ok((store, report))
+    }
+
+    /// Replays segment `seq` (see the module docs for what is refused).
+    fn replay_segment(
+        &mut self,
+        disk: &Arc<dyn Disk>,
+        seq: u64,
+        newest: bool,
+        report: &mut OpenReport,
+    ) -> Result<Replayed, StorageError> {
+        let path = self.dir.join(segment_file_name(seq));
+        let file = disk
+            .open(&path)
+            .map_err(|e| StorageError::io("open a raft log segment", e))?;
+        let bytes =
+            read_all(file.as_ref()).map_err(|e| StorageError::io("read a raft log segment", e))?;
+        let corrupt = |offset: usize, reason: &'static str| StorageError::Corrupt {
+            path: path.display().to_string(),
+            at: format!("offset {offset}"),
+            reason,
+        };
         // Past the last non-zero byte: free space (see the module docs).
         let written = bytes
             .iter()
             .rposition(|&b| b != 0)
             .map_or(0, |last| last + 1);
         let mut allocated = bytes.len() as u64;
+        let mut offset = 0usize;
+        let mut records = 0u64;
+        let mut max_index = None;
         while offset < written {
             match parse_frame(&bytes[offset..], written - offset) {
                 Ok((kind, body, frame_bytes)) => {
-                    store.replay(kind, body, offset)?;
+                    if seq > 0 && (records == 0) != (kind == KIND_SEGMENT) {
+                        return Err(corrupt(
+                            offset,
+                            if records == 0 {
+                                "segment does not start with its header"
+                            } else {
+                                "a segment header inside a segment"
+                            },
+                        ));
+                    }
+                    if kind == KIND_SEGMENT && seq > 0 {
+                        let head: SegmentHead = postcard::from_bytes(body)
+                            .map_err(|_| corrupt(offset, "bad segment header"))?;
+                        if head.format > LOG_FORMAT {
+                            return Err(StorageError::Format {
+                                path: path.display().to_string(),
+                                found: head.format,
+                                supported: LOG_FORMAT,
+                            });
+                        }
+                        if head.format != LOG_FORMAT {
+                            return Err(corrupt(offset, "segment header names an unknown format"));
+                        }
+                        if head.seq != seq {
+                            return Err(corrupt(
+                                offset,
+                                "segment header names another segment than its file name",
+                            ));
+                        }
+                    } else {
+                        self.replay(kind, body, &path, offset, &mut max_index)?;
+                    }
                     offset += frame_bytes;
-                    report.records += 1;
+                    records += 1;
                 }
-                Err(Damage::Corrupt(reason)) => {
-                    return Err(StorageError::Corrupt {
-                        path: path.display().to_string(),
-                        at: format!("offset {offset}"),
-                        reason,
-                    });
-                }
+                Err(Damage::Corrupt(reason)) => return Err(corrupt(offset, reason)),
                 Err(Damage::Incomplete(reason)) => {
+                    if !newest {
+                        // Segments are whole on disk before the next one starts.
+                        return Err(corrupt(offset, "a torn record before the newest segment"));
+                    }
                     report.torn_bytes = (bytes.len() - offset) as u64;
                     tracing::warn!(
                         path = %path.display(),
@@ -342,17 +564,43 @@ impl LogStore {
                 }
             }
         }
-        store.file_bytes = offset as u64;
-        let mut writer = store.lock_writer();
-        writer.end = offset as u64;
-        writer.allocated = allocated;
-        drop(writer);
-        Ok((store, report))
+        report.records += records;
+        if seq > 0 && records == 0 {
+            if !newest {
+                return Err(corrupt(0, "an empty segment before the newest"));
+            }
+            // A roll-over cut short before the header was durable: nothing in
+            // this segment was acknowledged. It starts again.
+            tracing::warn!(path = %path.display(), "removing a raft log segment without a header");
+            drop(file);
+            disk.remove_file(&path)
+                .and_then(|()| disk.sync_dir(&self.dir))
+                .map_err(|e| StorageError::io("remove a raft log segment without a header", e))?;
+            return Ok(Replayed::Headerless);
+        }
+        report.segments += 1;
+        self.segments.push(Segment {
+            seq,
+            bytes: offset as u64,
+            max_index,
+        });
+        Ok(Replayed::Records {
+            file,
+            end: offset as u64,
+            allocated,
+        })
     }
 
-    fn replay(&mut self, kind: u8, body: &[u8], offset: usize) -> Result<(), StorageError> {
+    fn replay(
+        &mut self,
+        kind: u8,
+        body: &[u8],
+        path: &Path,
+        offset: usize,
+        max_index: &mut Option<u64>,
+    ) -> Result<(), StorageError> {
         let decode_error = |what: &'static str| StorageError::Corrupt {
-            path: self.path.display().to_string(),
+            path: path.display().to_string(),
             at: format!("offset {offset}"),
             reason: what,
         };
@@ -367,6 +615,7 @@ impl LogStore {
                     {
                         return Err(decode_error("log entries out of order"));
                     }
+                    *max_index = (*max_index).max(Some(index));
                     self.entries.insert(index, entry);
                 }
             }
@@ -410,8 +659,46 @@ impl LogStore {
         self.writer.clone()
     }
 
-    /// Frames records as one append job at the staged end of the file.
-    fn stage_records(&mut self, records: &[(u8, Vec<u8>)]) -> LogJob {
+    /// Stages the start of segment `seq` with its header: the state as every
+    /// job staged so far leaves it.
+    fn stage_roll(&mut self, seq: u64) -> Result<LogJob, StorageError> {
+        let mut header = Vec::new();
+        frame(
+            &mut header,
+            KIND_SEGMENT,
+            &encode(&SegmentHead {
+                format: LOG_FORMAT,
+                seq,
+            })?,
+        );
+        if let Some(vote) = &self.vote {
+            frame(&mut header, KIND_VOTE, &encode(vote)?);
+        }
+        if let Some(committed) = &self.committed {
+            frame(&mut header, KIND_COMMITTED, &encode(committed)?);
+        }
+        if let Some(purged) = &self.purged {
+            frame(&mut header, KIND_PURGE, &encode(purged)?);
+        }
+        self.segments.push(Segment {
+            seq,
+            bytes: header.len() as u64,
+            max_index: None,
+        });
+        Ok(LogJob {
+            ops: vec![
+                JobOp::Roll { seq },
+                JobOp::Append {
+                    seq,
+                    offset: 0,
+                    bytes: header,
+                },
+            ],
+        })
+    }
+
+    /// Frames records as one append job at the staged end of the log.
+    fn stage_records(&mut self, records: &[(u8, Vec<u8>)]) -> Result<LogJob, StorageError> {
         let mut bytes = Vec::new();
         for (kind, body) in records {
             frame(&mut bytes, *kind, body);
@@ -419,13 +706,35 @@ impl LogStore {
         self.stage_bytes(bytes)
     }
 
-    /// Stages framed records to follow the file's last byte.
-    fn stage_bytes(&mut self, bytes: Vec<u8>) -> LogJob {
-        let offset = self.file_bytes;
-        self.file_bytes += bytes.len() as u64;
-        LogJob {
-            ops: vec![JobOp::Append { offset, bytes }],
+    /// Stages framed records to follow the log's last byte, in a new segment
+    /// if the newest is full.
+    fn stage_bytes(&mut self, bytes: Vec<u8>) -> Result<LogJob, StorageError> {
+        let newest = *self.newest();
+        let mut ops = Vec::new();
+        if newest.bytes >= self.segment_bytes {
+            ops = self.stage_roll(newest.seq + 1)?.ops;
         }
+        let length = bytes.len() as u64;
+        let segment = self.newest_mut();
+        ops.push(JobOp::Append {
+            seq: segment.seq,
+            offset: segment.bytes,
+            bytes,
+        });
+        segment.bytes += length;
+        Ok(LogJob { ops })
+    }
+
+    fn newest(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("an open raft log has a segment")
+    }
+
+    fn newest_mut(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("an open raft log has a segment")
     }
 
     /// Writes one job and fsyncs (the plain, durable-on-return calls).
@@ -433,8 +742,6 @@ impl LogStore {
         self.lock_writer().write(&[job], true)
     }
 
-    /// Stages entries that must directly follow the last one: readable at once,
-    /// durable once the returned job is written with an fsync.
     pub fn stage_append(&mut self, entries: Vec<StoredEntry>) -> Result<LogJob, StorageError> {
         self.check_usable()?;
         let mut next = self.last_index().map(|i| i + 1);
@@ -465,7 +772,11 @@ impl LogStore {
         if !chunk.is_empty() {
             frame_encoded(&mut bytes, KIND_ENTRY, &chunk)?;
         }
-        let job = self.stage_bytes(bytes);
+        let job = self.stage_bytes(bytes)?;
+        if let Some(last) = entries.last() {
+            let newest = self.newest_mut();
+            newest.max_index = newest.max_index.max(Some(last.log_id.index));
+        }
         for entry in entries {
             self.entries.insert(entry.log_id.index, entry);
         }
@@ -486,13 +797,8 @@ impl LogStore {
     /// back, which is the log as it was before the call.
     pub fn stage_truncate(&mut self, from: u64) -> Result<LogJob, StorageError> {
         self.check_usable()?;
-        let mut job = self.stage_records(&[(KIND_TRUNCATE, encode(&from)?)]);
-        let removed = self.entries.split_off(&from);
-        self.garbage_bytes += removed
-            .values()
-            .map(|e| e.payload.len() as u64 + 32)
-            .sum::<u64>();
-        self.maybe_rewrite(&mut job)?;
+        let job = self.stage_records(&[(KIND_TRUNCATE, encode(&from)?)])?;
+        self.entries.split_off(&from);
         Ok(job)
     }
 
@@ -504,17 +810,18 @@ impl LogStore {
 
     /// Stages the deletion of every entry at index ≤ `upto.index` (covered by a
     /// snapshot). Until a later fsync a crash brings them back, which is harmless.
+    /// The oldest segments holding only such entries are removed once the
+    /// purge is durable (see the module docs).
     pub fn stage_purge(&mut self, upto: LogIdRecord) -> Result<LogJob, StorageError> {
         self.check_usable()?;
-        let mut job = self.stage_records(&[(KIND_PURGE, encode(&upto)?)]);
-        let kept = self.entries.split_off(&(upto.index + 1));
-        let removed = std::mem::replace(&mut self.entries, kept);
-        self.garbage_bytes += removed
-            .values()
-            .map(|e| e.payload.len() as u64 + 32)
-            .sum::<u64>();
+        let mut job = self.stage_records(&[(KIND_PURGE, encode(&upto)?)])?;
+        self.entries = self.entries.split_off(&(upto.index + 1));
         self.purged = Some(upto);
-        self.maybe_rewrite(&mut job)?;
+        let covered = removable_segments(&self.segments, upto.index);
+        if covered > 0 {
+            let seqs = self.segments.drain(..covered).map(|s| s.seq).collect();
+            job.ops.push(JobOp::Remove { seqs });
+        }
         Ok(job)
     }
 
@@ -527,7 +834,7 @@ impl LogStore {
     /// Stages the vote; the caller must write it with an fsync before acting on it.
     pub fn stage_vote(&mut self, vote: VoteRecord) -> Result<LogJob, StorageError> {
         self.check_usable()?;
-        let job = self.stage_records(&[(KIND_VOTE, encode(&vote)?)]);
+        let job = self.stage_records(&[(KIND_VOTE, encode(&vote)?)])?;
         self.vote = Some(vote);
         Ok(job)
     }
@@ -547,7 +854,7 @@ impl LogStore {
     ) -> Result<Option<LogJob>, StorageError> {
         self.check_usable()?;
         let job = match committed {
-            Some(committed) => Some(self.stage_records(&[(KIND_COMMITTED, encode(&committed)?)])),
+            Some(committed) => Some(self.stage_records(&[(KIND_COMMITTED, encode(&committed)?)])?),
             None => None,
         };
         self.committed = committed;
@@ -601,36 +908,34 @@ impl LogStore {
             .collect()
     }
 
-    /// Size of the log file in bytes.
+    /// Bytes of the log's segments (once every staged job is written).
     pub fn file_bytes(&self) -> u64 {
-        self.file_bytes
+        self.segments.iter().map(|s| s.bytes).sum()
     }
 
-    /// Once enough garbage has piled up, adds a rewrite of the whole file (the
-    /// log as it is now) to `job`.
-    fn maybe_rewrite(&mut self, job: &mut LogJob) -> Result<(), StorageError> {
-        if self.garbage_bytes < GARBAGE_BYTES_MAX {
-            return Ok(());
-        }
-        let mut buffer = Vec::new();
-        if let Some(vote) = &self.vote {
-            frame(&mut buffer, KIND_VOTE, &encode(vote)?);
-        }
-        if let Some(committed) = &self.committed {
-            frame(&mut buffer, KIND_COMMITTED, &encode(committed)?);
-        }
-        if let Some(purged) = &self.purged {
-            frame(&mut buffer, KIND_PURGE, &encode(purged)?);
-        }
-        let entries: Vec<&StoredEntry> = self.entries.values().collect();
-        for chunk in entries.chunks(1024) {
-            frame(&mut buffer, KIND_ENTRY, &encode(&chunk)?);
-        }
-        self.file_bytes = buffer.len() as u64;
-        self.garbage_bytes = 0;
-        job.ops.push(JobOp::Rewrite { bytes: buffer });
-        Ok(())
+    /// The segment files, oldest first, once every staged job is written.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments
+            .iter()
+            .map(|s| self.dir.join(segment_file_name(s.seq)))
+            .collect()
     }
+
+    /// Bytes of the newest segment (once every staged job is written).
+    pub fn newest_segment_bytes(&self) -> u64 {
+        self.newest().bytes
+    }
+}
+
+/// How many of the oldest `segments` a purge up to `index` covers: each holds
+/// no entry after `index`, and the newest (which takes new records) is never
+/// one of them.
+fn removable_segments(segments: &[Segment], index: u64) -> usize {
+    let older = segments.len().saturating_sub(1);
+    segments[..older]
+        .iter()
+        .take_while(|s| s.max_index.is_none_or(|max| max <= index))
+        .count()
 }
 
 fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StorageError> {
@@ -699,6 +1004,15 @@ pub(crate) fn untrailed_entries_record(entries: &[StoredEntry]) -> Vec<u8> {
     let mut buffer = Vec::new();
     let body = encode(entries).expect("entries encode");
     frame_as(&mut buffer, MAGIC_UNTRAILED, KIND_ENTRY, &body);
+    buffer
+}
+
+/// The header record of a segment (for tests).
+#[cfg(test)]
+pub(crate) fn segment_head_record(format: u32, seq: u64) -> Vec<u8> {
+    let mut buffer = Vec::new();
+    let body = encode(&SegmentHead { format, seq }).expect("header encodes");
+    frame(&mut buffer, KIND_SEGMENT, &body);
     buffer
 }
 
@@ -782,6 +1096,63 @@ mod tests {
             let mut in_place = vec![7, 7];
             frame_encoded(&mut in_place, KIND_ENTRY, &refs).expect("encodes");
             assert_eq!(in_place, framed, "{} entries", chunk.len());
+        }
+    }
+
+    #[test]
+    fn segment_file_names_round_trip() {
+        for seq in [0, 1, 2, 0xff, u64::MAX] {
+            assert_eq!(segment_seq(&segment_file_name(seq)), Some(seq), "{seq}");
+        }
+        assert_eq!(segment_file_name(1), "raft-0000000000000001.log");
+        for other in [
+            "raft-0000000000000000.log",
+            "raft-000000000000001.log",
+            "raft-00000000000000001.log",
+            "raft-000000000000000A.log",
+            "raft-000000000000000g.log",
+            "raft-0000000000000001.log.tmp",
+            "raft.log.rewrite",
+            "state.redb",
+            "LOCK",
+        ] {
+            assert_eq!(segment_seq(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_purge_removes_the_oldest_segments_it_covers() {
+        let segments = |maxima: &[Option<u64>]| -> Vec<Segment> {
+            maxima
+                .iter()
+                .enumerate()
+                .map(|(i, &max_index)| Segment {
+                    seq: i as u64 + 1,
+                    bytes: 100,
+                    max_index,
+                })
+                .collect()
+        };
+        // (max index per segment, purged up to) -> segments removed
+        let table: [(&[Option<u64>], u64, usize); 8] = [
+            (&[], 10, 0),
+            // The newest takes new records: never removed.
+            (&[Some(5)], 10, 0),
+            (&[Some(5), Some(9)], 10, 1),
+            (&[Some(5), Some(9), Some(12)], 10, 2),
+            (&[Some(5), Some(9), Some(12)], 9, 2),
+            (&[Some(5), Some(9), Some(12)], 8, 1),
+            // Segments without entries go with the ones around them; one
+            // with entries not yet covered stops the removal there.
+            (&[None, Some(5), None, Some(20), None, Some(21)], 10, 3),
+            (&[Some(20), None, Some(5), Some(21)], 10, 0),
+        ];
+        for (maxima, purged, removed) in table {
+            assert_eq!(
+                removable_segments(&segments(maxima), purged),
+                removed,
+                "{maxima:?} purged {purged}"
+            );
         }
     }
 

@@ -8,7 +8,7 @@
 //! Dropping only a suffix models an append-ordered device; a disk that reorders
 //! writes inside one unsynced batch is not modelled.
 //!
-//! Directory entries (creation, rename) are durable at once: a simplification that
+//! Directory entries (creation, rename, removal) are durable at once: a simplification that
 //! only helps the stores, noted in docs/simulation.md.
 //!
 //! Faults an operator of the simulation can add: fail every later `sync` under a
@@ -187,10 +187,11 @@ impl MemDisk {
             .collect()
     }
 
-    /// Makes `sync` of every file whose name is `file_name` return success without
-    /// making anything durable: a disk (or a member) that acknowledges before fsync.
-    pub fn lie_on_sync_of(&self, file_name: &str) {
-        lock(&self.state).lying_sync.push(file_name.to_string());
+    /// Makes `sync` of every file whose name starts with `prefix` return success
+    /// without making anything durable: a disk (or a member) that acknowledges
+    /// before fsync.
+    pub fn lie_on_sync_of(&self, prefix: &str) {
+        lock(&self.state).lying_sync.push(prefix.to_string());
     }
 
     /// Removes everything under `dir` (an operator wiping a member's data).
@@ -263,6 +264,36 @@ impl Disk for MemDisk {
             drop(old);
         }
         Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        // Handles keep working on the unlinked file, as on a real filesystem.
+        lock(&self.state)
+            .files
+            .remove(path)
+            .map(drop)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no file {}", path.display()),
+                )
+            })
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let state = lock(&self.state);
+        if !state.dirs.iter().any(|known| dir.starts_with(known)) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no directory {}", dir.display()),
+            ));
+        }
+        Ok(state
+            .files
+            .keys()
+            .filter(|path| path.parent() == Some(dir))
+            .filter_map(|path| path.file_name()?.to_str().map(str::to_string))
+            .collect())
     }
 
     fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
@@ -369,7 +400,7 @@ impl DiskFile for MemFile {
                 .path
                 .file_name()
                 .and_then(|name| name.to_str())
-                .is_some_and(|name| state.lying_sync.iter().any(|lie| lie == name));
+                .is_some_and(|name| state.lying_sync.iter().any(|lie| name.starts_with(lie)));
             (failing, lying)
         };
         let mut file = self.live()?;

@@ -15,6 +15,17 @@ fn os() -> Arc<dyn Disk> {
     Arc::new(OsDisk)
 }
 
+/// The newest segment of the log in `dir`.
+fn newest_segment(dir: &Path) -> std::path::PathBuf {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .filter(|name| name.starts_with("raft-"))
+        .collect();
+    names.sort();
+    dir.join(names.pop().expect("a segment"))
+}
+
 fn entry(index: u64, term: u64) -> StoredEntry {
     StoredEntry {
         log_id: LogIdRecord {
@@ -73,9 +84,9 @@ fn torn_tail_is_truncated() {
         let (mut log, _) = LogStore::open(&os(), dir.path()).expect("open");
         log.append(vec![entry(1, 1), entry(2, 1)]).expect("append");
         log.append(vec![entry(3, 1)]).expect("append");
-        log.file_bytes()
+        log.newest_segment_bytes()
     };
-    let path = dir.path().join("raft.log");
+    let path = newest_segment(dir.path());
     OpenOptions::new()
         .write(true)
         .open(&path)
@@ -101,9 +112,9 @@ fn zeros_after_the_last_record_are_free_space() {
     let length = {
         let (mut log, _) = LogStore::open(&os(), dir.path()).expect("open");
         log.append(vec![entry(1, 1)]).expect("append");
-        log.file_bytes()
+        log.newest_segment_bytes()
     };
-    let path = dir.path().join("raft.log");
+    let path = newest_segment(dir.path());
     let file_length = std::fs::metadata(&path).expect("meta").len();
     assert!(file_length > length, "zeros written ahead");
     OpenOptions::new()
@@ -136,11 +147,11 @@ fn every_torn_prefix_of_the_last_record_is_cut() {
     let (start, end) = {
         let (mut log, _) = LogStore::open(&os(), dir.path()).expect("open");
         log.append(vec![entry(1, 1), entry(2, 1)]).expect("append");
-        let start = log.file_bytes();
+        let start = log.newest_segment_bytes();
         log.append(vec![entry(3, 1)]).expect("append");
-        (start, log.file_bytes())
+        (start, log.newest_segment_bytes())
     };
-    let path = dir.path().join("raft.log");
+    let path = newest_segment(dir.path());
     let whole = std::fs::read(&path).expect("read");
     for landed in 0..end - start {
         let mut bytes = whole.clone();
@@ -187,7 +198,7 @@ fn corruption_before_valid_records_refuses_to_start() {
         log.append(vec![entry(2, 1)]).expect("append");
         log.append(vec![entry(3, 1)]).expect("append");
     }
-    let path = dir.path().join("raft.log");
+    let path = newest_segment(dir.path());
     let mut bytes = std::fs::read(&path).expect("read");
     bytes[14] ^= 0x40; // inside the first record's body
     std::fs::write(&path, &bytes).expect("write");
@@ -494,7 +505,7 @@ fn a_crash_keeps_every_synced_write_and_a_prefix_of_the_rest() {
             let mut log = mem_log(&mem, dir);
             log.append((1..=3).map(|i| entry(i, 1)).collect())
                 .expect("append");
-            mem.lie_on_sync_of("raft.log");
+            mem.lie_on_sync_of("raft-");
             for i in 4..=8 {
                 log.append(vec![entry(i, 1)]).expect("append");
             }
@@ -529,9 +540,9 @@ fn every_flipped_bit_in_the_log_is_refused() {
     })
     .expect("vote");
     log.append(vec![entry(3, 1)]).expect("append");
-    let length = log.file_bytes();
+    let length = log.newest_segment_bytes();
+    let path = log.segment_paths().pop().expect("a segment");
     drop(log);
-    let path = dir.join("raft.log");
     // Every record byte, the zeros just after them (where a torn write would
     // start) and some further into the free space.
     let offsets = (0..length + 64).chain([length + 1000, length + 50_000]);
@@ -977,4 +988,266 @@ fn a_damaged_table_definition_is_refused_as_corruption() {
         }
     }
     assert!(other_errors.is_empty(), "{other_errors:#?}");
+}
+
+/// The names of the log's segment files in `dir`, sorted.
+fn segment_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .filter(|name| name.starts_with("raft"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn segments_roll_over_and_a_purge_removes_whole_ones() {
+    // Goal: a full segment is followed by a new one whose header carries the
+    // vote, committed id and purge point; a purge removes the oldest segments
+    // it covers and nothing else; everything replays, with any segment size.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vote = VoteRecord {
+        term: 3,
+        node_id: Some(2),
+        committed: true,
+    };
+    {
+        let (mut log, _) = LogStore::open_with(&os(), dir.path(), 200).expect("open");
+        for i in 1..=40 {
+            log.append(vec![entry(i, 1)]).expect("append");
+            if i == 7 {
+                log.save_vote(vote).expect("vote");
+                log.save_committed(Some(entry(5, 1).log_id))
+                    .expect("committed");
+            }
+        }
+        let names = segment_names(dir.path());
+        assert!(names.len() >= 8, "{names:?}");
+        assert_eq!(names[0], "raft-0000000000000001.log");
+        assert_eq!(
+            log.segment_paths()
+                .iter()
+                .map(|p| p.file_name().expect("name").to_string_lossy().to_string())
+                .collect::<Vec<_>>(),
+            names
+        );
+        let sizes: u64 = names
+            .iter()
+            .map(|n| std::fs::metadata(dir.path().join(n)).expect("meta").len())
+            .sum();
+        assert!(sizes >= log.file_bytes(), "preallocated zeros only add");
+
+        log.purge_upto(entry(20, 1).log_id).expect("purge");
+        let kept = segment_names(dir.path());
+        assert!(kept.len() < names.len(), "{kept:?}");
+        assert_eq!(kept, names[names.len() - kept.len()..], "the oldest went");
+        // Every entry after the purge point is still on disk: the oldest kept
+        // segment starts at or before entry 21.
+        drop(log);
+        let (log, report) = LogStore::open(&os(), dir.path()).expect("reopen");
+        assert_eq!(report.torn_bytes, 0);
+        assert_eq!(report.segments, kept.len() as u64);
+        assert_eq!(log.vote(), Some(vote));
+        assert_eq!(log.committed(), Some(entry(5, 1).log_id));
+        assert_eq!(log.purged(), Some(entry(20, 1).log_id));
+        assert_eq!(
+            log.entries(0, 100),
+            (21..=40).map(|i| entry(i, 1)).collect::<Vec<_>>()
+        );
+    }
+    // Purging everything keeps the newest segment, whose header is the state.
+    let (mut log, _) = LogStore::open_with(&os(), dir.path(), 200).expect("reopen");
+    log.purge_upto(entry(40, 1).log_id).expect("purge");
+    log.append(vec![entry(41, 2)]).expect("append");
+    log.purge_upto(entry(41, 2).log_id).expect("purge");
+    assert_eq!(segment_names(dir.path()).len(), 1);
+    drop(log);
+    let (log, _) = LogStore::open(&os(), dir.path()).expect("reopen");
+    assert_eq!(log.vote(), Some(vote));
+    assert_eq!(log.last_log_id(), Some(entry(41, 2).log_id));
+    assert_eq!(log.entries(0, 100), vec![]);
+}
+
+#[test]
+fn a_format_1_log_is_read_and_removed_once_purged() {
+    // Goal: a data directory written before segments (one `raft.log`) opens
+    // with everything in it; new records go to segment 1; a purge covering
+    // the old file removes it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut old = crate::log_store::untrailed_entries_record(&[entry(1, 1), entry(2, 1)]);
+    old.extend_from_slice(&[0; 4096]);
+    std::fs::write(dir.path().join("raft.log"), &old).expect("write");
+    let (mut log, report) = LogStore::open(&os(), dir.path()).expect("open");
+    assert_eq!(report.segments, 1);
+    assert_eq!(
+        segment_names(dir.path()),
+        ["raft-0000000000000001.log", "raft.log"]
+    );
+    log.append(vec![entry(3, 1)]).expect("append");
+    drop(log);
+    let (mut log, _) = LogStore::open(&os(), dir.path()).expect("reopen");
+    assert_eq!(
+        log.entries(1, 4),
+        (1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>()
+    );
+    log.purge_upto(entry(1, 1).log_id).expect("purge");
+    assert!(dir.path().join("raft.log").exists(), "entry 2 still in it");
+    log.purge_upto(entry(2, 1).log_id).expect("purge");
+    assert_eq!(segment_names(dir.path()), ["raft-0000000000000001.log"]);
+    drop(log);
+    let (log, _) = LogStore::open(&os(), dir.path()).expect("reopen");
+    assert_eq!(log.entries(1, 4), vec![entry(3, 1)]);
+    assert_eq!(log.purged(), Some(entry(2, 1).log_id));
+}
+
+#[test]
+fn a_missing_or_newer_segment_is_refused() {
+    // Goal: a segment missing between two others, a segment of a newer
+    // format, and an empty segment before the newest are never read past.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, _) = LogStore::open_with(&os(), dir.path(), 100).expect("open");
+        for i in 1..=10 {
+            log.append(vec![entry(i, 1)]).expect("append");
+        }
+    }
+    let names = segment_names(dir.path());
+    assert!(names.len() >= 4, "{names:?}");
+    let middle = dir.path().join(&names[1]);
+    let saved = std::fs::read(&middle).expect("read");
+
+    std::fs::remove_file(&middle).expect("remove");
+    let error = LogStore::open(&os(), dir.path()).expect_err("a hole");
+    assert!(
+        matches!(&error, StorageError::Corrupt { reason, .. } if reason.contains("missing")),
+        "{error}"
+    );
+
+    std::fs::write(&middle, []).expect("empty");
+    let error = LogStore::open(&os(), dir.path()).expect_err("an empty old segment");
+    assert!(matches!(error, StorageError::Corrupt { .. }), "{error}");
+
+    let seq = 2;
+    let mut newer = crate::log_store::segment_head_record(LOG_FORMAT + 1, seq);
+    newer.extend_from_slice(&saved[newer.len()..]);
+    std::fs::write(&middle, &newer).expect("newer");
+    let error = LogStore::open(&os(), dir.path()).expect_err("a newer format");
+    assert!(
+        matches!(error, StorageError::Format { found, supported, .. }
+            if found == LOG_FORMAT + 1 && supported == LOG_FORMAT),
+        "{error}"
+    );
+
+    std::fs::write(&middle, &saved).expect("restore");
+    let (log, _) = LogStore::open(&os(), dir.path()).expect("whole again");
+    assert_eq!(log.last_index(), Some(10));
+}
+
+#[test]
+fn a_newest_segment_without_a_header_starts_again() {
+    // Goal: a crash in a roll-over can leave the next segment empty or with
+    // part of its header: nothing in it was acknowledged, so it is removed,
+    // started again, and the log goes on.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let newest = {
+        let (mut log, _) = LogStore::open(&os(), dir.path()).expect("open");
+        log.append((1..=3).map(|i| entry(i, 1)).collect())
+            .expect("append");
+        newest_segment(dir.path())
+    };
+    let next = dir.path().join("raft-0000000000000002.log");
+    let header = crate::log_store::segment_head_record(LOG_FORMAT, 2);
+    for landed in [0, 1, 5, header.len() - 1] {
+        let mut bytes = header[..landed].to_vec();
+        bytes.extend_from_slice(&[0; 100]);
+        std::fs::write(&next, &bytes).expect("torn roll-over");
+        let (mut log, _) = LogStore::open(&os(), dir.path()).expect("opens");
+        assert_eq!(log.last_index(), Some(3), "landed {landed}");
+        assert_eq!(newest_segment(dir.path()), next, "started again");
+        log.append(vec![entry(4, 1)]).expect("append");
+        drop(log);
+        let (log, report) = LogStore::open(&os(), dir.path()).expect("reopen");
+        assert_eq!(report.torn_bytes, 0);
+        assert_eq!(log.last_index(), Some(4));
+        drop(log);
+        // Back to one segment (and entry 4 with it) for the next round.
+        std::fs::remove_file(&next).expect("remove");
+        assert_eq!(newest_segment(dir.path()), newest);
+    }
+}
+
+#[test]
+fn a_crash_anywhere_in_rolls_and_purges_leaves_a_staged_state() {
+    // Goal: with tiny segments (a roll-over every few jobs) and jobs written
+    // with and without fsync, a crash at any point leaves a log that opens
+    // as one of the states staged since the last fsync, and goes on.
+    type State = (Vec<StoredEntry>, Option<VoteRecord>, Option<LogIdRecord>);
+    let state = |log: &LogStore| -> State { (log.entries(0, u64::MAX), log.vote(), log.purged()) };
+    for seed in 1..=400u64 {
+        let mut random = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move |n: u64| {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            random % n.max(1)
+        };
+        let mem = MemDisk::new();
+        let dir = Path::new("/m");
+        let disk: Arc<dyn Disk> = Arc::new(mem.clone());
+        let (mut log, _) = LogStore::open_with(&disk, dir, 256).expect("open");
+        let writer = log.writer();
+        let mut possible = vec![state(&log)];
+        let mut term = 1;
+        for _ in 0..30 {
+            let last = log.last_index().unwrap_or(0);
+            let first = log.purged().map_or(1, |p| p.index + 1);
+            let job = match next(10) {
+                0..=5 => {
+                    let count = 1 + next(3);
+                    log.stage_append((last + 1..=last + count).map(|i| entry(i, term)).collect())
+                }
+                6 => {
+                    term += 1;
+                    log.stage_vote(VoteRecord {
+                        term,
+                        node_id: Some(1),
+                        committed: false,
+                    })
+                }
+                7 if last > first => log.stage_truncate(last - next(2)),
+                8 | 9 if last >= first => {
+                    let upto = first + next(last - first + 1);
+                    let id = log.entries(upto, upto + 1)[0].log_id;
+                    log.stage_purge(id)
+                }
+                _ => continue,
+            }
+            .expect("stage");
+            let sync = next(3) == 0;
+            writer
+                .lock()
+                .expect("writer")
+                .write(&[job], sync)
+                .expect("write");
+            if sync {
+                possible.clear();
+            }
+            possible.push(state(&log));
+        }
+        drop(log);
+        mem.crash(dir, &mut next);
+        let (mut log, _) = LogStore::open_with(&disk, dir, 256)
+            .unwrap_or_else(|e| panic!("seed {seed}: a crash left a log that does not open: {e}"));
+        assert!(possible.contains(&state(&log)), "seed {seed}");
+        let last = log.last_index().unwrap_or(0);
+        log.append(vec![entry(last + 1, 99)]).expect("append");
+        drop(log);
+        let (log, _) = LogStore::open_with(&disk, dir, 256).expect("reopen");
+        assert_eq!(
+            log.last_log_id(),
+            Some(entry(last + 1, 99).log_id),
+            "seed {seed}"
+        );
+    }
 }

@@ -19,6 +19,8 @@ pub struct Member {
     pub args: ServeArgs,
     /// Deliberate bugs this member runs with (self-tests of the checks).
     pub safety_breaks: SafetyBreaks,
+    /// Raft log segment size, when not the default (not a flag).
+    pub log_segment_bytes: Option<u64>,
     pub client_port: u16,
     pub peer_port: u16,
     pub replica: Option<Replica>,
@@ -36,6 +38,8 @@ pub struct Options {
     pub snapshot_count: u64,
     pub snapshot_catchup_entries: u64,
     pub max_request_bytes: Option<u64>,
+    /// Raft log segment size (the default's 64 MiB when `None`).
+    pub log_segment_bytes: Option<u64>,
 }
 
 impl Default for Options {
@@ -44,6 +48,7 @@ impl Default for Options {
             snapshot_count: 10_000,
             snapshot_catchup_entries: 5_000,
             max_request_bytes: None,
+            log_segment_bytes: None,
         }
     }
 }
@@ -123,6 +128,7 @@ impl TestCluster {
             members.push(Member {
                 args,
                 safety_breaks: SafetyBreaks::default(),
+                log_segment_bytes: options.log_segment_bytes,
                 client_port: *client,
                 peer_port: *peer,
                 replica: None,
@@ -140,7 +146,10 @@ impl TestCluster {
     pub async fn start_member(&mut self, i: usize) {
         let member = &mut self.members[i];
         assert!(member.task.is_none(), "member {i} already running");
-        let config = member.args.resolve().expect("valid config");
+        let mut config = member.args.resolve().expect("valid config");
+        if let Some(bytes) = member.log_segment_bytes {
+            config.log_segment_bytes = bytes;
+        }
         let mut client = None;
         let mut peer = None;
         for _ in 0..50 {
@@ -230,9 +239,11 @@ impl TestCluster {
             initial_cluster_state: Some("existing".into()),
             ..template
         };
+        let log_segment_bytes = self.members[0].log_segment_bytes;
         self.members.push(Member {
             args,
             safety_breaks: SafetyBreaks::default(),
+            log_segment_bytes,
             client_port: client,
             peer_port: peer,
             replica: None,

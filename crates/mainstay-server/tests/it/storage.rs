@@ -11,6 +11,17 @@ use mainstay_proto::etcdserverpb::{
 
 use crate::harness::{Options, TestCluster};
 
+/// The Raft log segment that takes new records: the last by name.
+fn newest_log_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list the data directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+        .filter(|name| name.starts_with("raft-") && name.ends_with(".log"))
+        .collect();
+    names.sort();
+    dir.join(names.pop().expect("a raft log segment"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_tail_is_truncated_and_the_member_rejoins() {
     // Goal: garbage after the last record (a write torn by a crash) is cut with a
@@ -21,7 +32,7 @@ async fn torn_tail_is_truncated_and_the_member_rejoins() {
     cluster.stop_member(2).await.expect("clean stop");
     // The start of a record's header where the next record goes: after the
     // last written byte, in the zeros the log keeps ahead of its end.
-    let log = cluster.data_dir(2).join("raft.log");
+    let log = newest_log_segment(&cluster.data_dir(2));
     let mut bytes = std::fs::read(&log).expect("read");
     let end = bytes.iter().rposition(|&b| b != 0).expect("records") + 1;
     let torn = [0xA8, 1, 200, 0, 0, 0, 1, 2, 3, 4, 5];
@@ -37,6 +48,45 @@ async fn torn_tail_is_truncated_and_the_member_rejoins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_segments_roll_over_and_purged_ones_go() {
+    // Goal: with small segments, writes fill many; snapshots purge the log and
+    // whole segments are removed (the data directory does not grow with the
+    // writes); a member stopped and started replays its segments and catches up.
+    let options = Options {
+        snapshot_count: 40,
+        snapshot_catchup_entries: 10,
+        log_segment_bytes: Some(4096),
+        ..Options::default()
+    };
+    let mut cluster = TestCluster::start(3, options).await;
+    let value = "v".repeat(200);
+    for i in 0..300 {
+        cluster.put(0, &format!("k{i:03}"), &value).await;
+    }
+    cluster.eventually_sees(1, "k299", &value).await;
+    let segments = |dir: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+            .filter(|name| name.starts_with("raft"))
+            .collect();
+        names.sort();
+        names
+    };
+    // 300 puts of over 200 bytes fill more than 15 segments of 4 KiB; purges
+    // keep about a snapshot's worth of entries.
+    let names = segments(&cluster.data_dir(1));
+    assert!(names.len() < 10, "purged segments removed: {names:?}");
+    assert_ne!(names[0], "raft-0000000000000001.log", "{names:?}");
+    cluster.stop_member(1).await.expect("clean stop");
+    cluster.put(0, "after", "1").await;
+    cluster.start_member(1).await;
+    cluster.eventually_sees(1, "after", "1").await;
+    cluster.eventually_sees(1, "k150", &value).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_log_refuses_to_start() {
     // Goal: a flipped bit in a record followed by valid records is corruption:
     // the member exits with a clear error instead of serving wrong data.
@@ -46,7 +96,7 @@ async fn corrupt_log_refuses_to_start() {
     }
     cluster.eventually_sees(1, "k4", "v").await;
     cluster.stop_member(1).await.expect("clean stop");
-    let log = cluster.data_dir(1).join("raft.log");
+    let log = newest_log_segment(&cluster.data_dir(1));
     let mut bytes = std::fs::read(&log).expect("read");
     bytes[12] ^= 0x10;
     std::fs::write(&log, &bytes).expect("write");

@@ -95,7 +95,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Adds a real member of the cluster `names` on host `name`.
 fn add_member(sim: &mut turmoil::Sim<'_>, name: &str, names: &[String], disk: &MemDisk, seed: u64) {
-    let config = member_config(name, names, 100);
+    let config = member_config(name, names, 100, 4096);
     let disk = disk.clone();
     let incarnation = Arc::new(Mutex::new(0u64));
     sim.host(name, move || {

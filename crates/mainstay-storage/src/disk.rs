@@ -20,7 +20,8 @@ pub trait Disk: Send + Sync + fmt::Debug + 'static {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Unlinks `path`; durable once `sync_dir` of the parent returns.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
-    /// The names of the files directly in `dir` (any order).
+    /// The names of the entries directly in `dir`, whatever their type, in
+    /// any order (names that are not UTF-8 are left out).
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Makes the directory's entries (creations, renames) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
@@ -102,10 +103,7 @@ impl Disk for OsDisk {
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file()
-                && let Some(name) = entry.file_name().to_str()
-            {
+            if let Some(name) = entry?.file_name().to_str() {
                 names.push(name.to_string());
             }
         }

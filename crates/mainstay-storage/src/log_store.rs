@@ -40,7 +40,8 @@
 //! At start-up the segments replay in order; their numbers must be consecutive
 //! (a missing one is corruption), and only the newest may end in a torn record.
 //! A newest segment without a complete header (a crash in a roll-over, before
-//! anything in it was acknowledged) is removed and started again. A log of
+//! anything in it was acknowledged) is removed and started again, unless no
+//! segment is left before it but the first: then the log lost what it held. A log of
 //! format 1 (one `raft.log`, no headers) replays as segment 0 and stays until
 //! purges cover it; new records go to segment 1. A segment of a newer format is
 //! refused.
@@ -362,9 +363,16 @@ impl LogWriter {
             return Ok(());
         }
         for seq in std::mem::take(&mut self.removable) {
-            self.disk
+            match self
+                .disk
                 .remove_file(&self.dir.join(segment_file_name(seq)))
-                .map_err(|e| StorageError::io("remove a purged raft log segment", e))?;
+            {
+                // Gone already (by hand): what the removal was for.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                result => {
+                    result.map_err(|e| StorageError::io("remove a purged raft log segment", e))?
+                }
+            }
         }
         self.disk
             .sync_dir(&self.dir)
@@ -447,7 +455,8 @@ impl LogStore {
                 });
             }
             let newest = position + 1 == seqs.len();
-            match store.replay_segment(disk, seq, newest, &mut report)? {
+            let only = seqs.len() == 1;
+            match store.replay_segment(disk, seq, newest, only, &mut report)? {
                 Replayed::Records {
                     file,
                     end,
@@ -482,6 +491,7 @@ impl LogStore {
         disk: &Arc<dyn Disk>,
         seq: u64,
         newest: bool,
+        only: bool,
         report: &mut OpenReport,
     ) -> Result<Replayed, StorageError> {
         let path = self.dir.join(segment_file_name(seq));
@@ -568,6 +578,11 @@ impl LogStore {
         if seq > 0 && records == 0 {
             if !newest {
                 return Err(corrupt(0, "an empty segment before the newest"));
+            }
+            if only && seq > 1 {
+                // Older segments go only after a purge in a newer one with its
+                // header is durable: this log lost what it held.
+                return Err(corrupt(0, "the only raft log segment has no header"));
             }
             // A roll-over cut short before the header was durable: nothing in
             // this segment was acknowledged. It starts again.

@@ -1175,6 +1175,17 @@ fn a_newest_segment_without_a_header_starts_again() {
         std::fs::remove_file(&next).expect("remove");
         assert_eq!(newest_segment(dir.path()), newest);
     }
+    // Alone, an empty first segment is a crash while the log was created;
+    // an empty later one means the segments before it are lost.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    std::fs::write(fresh.path().join("raft-0000000000000001.log"), []).expect("empty");
+    let (log, _) = LogStore::open(&os(), fresh.path()).expect("a new log");
+    assert_eq!(log.last_index(), None);
+    drop(log);
+    let lost = tempfile::tempdir().expect("tempdir");
+    std::fs::write(lost.path().join("raft-0000000000000003.log"), []).expect("empty");
+    let error = LogStore::open(&os(), lost.path()).expect_err("lost segments");
+    assert!(matches!(error, StorageError::Corrupt { .. }), "{error}");
 }
 
 #[test]

@@ -1193,7 +1193,8 @@ mod tests {
                     (1000 + PREALLOCATE_AHEAD).next_multiple_of(4096),
                 ),
             ),
-            // Written past the allocation (after a rewrite): from the end on.
+            // Written past the allocation (a closed segment has no zeros left):
+            // from the end on.
             (
                 (5000, 10),
                 (5000, (5000 + PREALLOCATE_AHEAD).next_multiple_of(4096)),

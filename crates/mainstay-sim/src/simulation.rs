@@ -585,14 +585,8 @@ pub fn run(seed: u64, options: &SimOptions) -> SimResult {
             .disk
             .files_under(&data_dir(name))
             .iter()
-            .filter_map(|path| {
-                path.file_name()?
-                    .to_str()?
-                    .strip_prefix("raft-")?
-                    .strip_suffix(".log")
-                    .map(str::to_string)
-            })
-            .filter_map(|hex| u64::from_str_radix(&hex, 16).ok())
+            .filter_map(|path| mainstay_storage::segment_seq(path.file_name()?.to_str()?))
+            .filter(|&seq| seq > 0)
             .collect();
         seqs.sort_unstable();
         if let (Some(first), Some(last)) = (seqs.first(), seqs.last()) {
@@ -886,7 +880,8 @@ impl FaultState {
                         .filter(|path| {
                             path.file_name()
                                 .and_then(|name| name.to_str())
-                                .is_some_and(|name| name.starts_with("raft"))
+                                .and_then(mainstay_storage::segment_seq)
+                                .is_some()
                         })
                         .collect();
                     let pick = rng.below(segments.len().max(1) as u64) as usize;

@@ -25,7 +25,7 @@ pub use error::StorageError;
 pub use identity::Identity;
 pub use log_store::{
     LOG_FORMAT, LogIdRecord, LogJob, LogStore, LogWriter, OpenReport, RECORD_BYTES_MAX,
-    SEGMENT_BYTES, StoredEntry, VoteRecord, segment_file_name,
+    SEGMENT_BYTES, StoredEntry, VoteRecord, segment_file_name, segment_seq,
 };
 pub use mem_disk::{CrashReport, MemDisk};
 pub use state_store::{

@@ -165,8 +165,8 @@ pub fn segment_file_name(seq: u64) -> String {
     }
 }
 
-/// The segment a file name names, if it names one.
-fn segment_seq(name: &str) -> Option<u64> {
+/// The segment a file name names, if it names one (0: the format-1 file).
+pub fn segment_seq(name: &str) -> Option<u64> {
     if name == LEGACY_FILE {
         return Some(0);
     }

@@ -15,14 +15,21 @@ fn os() -> Arc<dyn Disk> {
     Arc::new(OsDisk)
 }
 
-/// The newest segment of the log in `dir`.
-fn newest_segment(dir: &Path) -> std::path::PathBuf {
-    let mut names: Vec<_> = std::fs::read_dir(dir)
+/// The names of the log's segment files in `dir`, sorted.
+fn segment_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("list")
         .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
-        .filter(|name| name.starts_with("raft-"))
+        .filter(|name| name.starts_with("raft"))
         .collect();
     names.sort();
+    names
+}
+
+/// The newest segment of the log in `dir` (never a format-1 `raft.log`).
+fn newest_segment(dir: &Path) -> std::path::PathBuf {
+    let mut names = segment_names(dir);
+    names.retain(|name| name.starts_with("raft-"));
     dir.join(names.pop().expect("a segment"))
 }
 
@@ -988,17 +995,6 @@ fn a_damaged_table_definition_is_refused_as_corruption() {
         }
     }
     assert!(other_errors.is_empty(), "{other_errors:#?}");
-}
-
-/// The names of the log's segment files in `dir`, sorted.
-fn segment_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
-        .filter(|name| name.starts_with("raft"))
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

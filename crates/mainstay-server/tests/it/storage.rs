@@ -11,15 +11,20 @@ use mainstay_proto::etcdserverpb::{
 
 use crate::harness::{Options, TestCluster};
 
-/// The Raft log segment that takes new records: the last by name.
-fn newest_log_segment(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
+/// The names of the Raft log's segment files in `dir`, oldest first.
+fn log_segments(dir: &std::path::Path) -> Vec<String> {
+    let mut named: Vec<(u64, String)> = std::fs::read_dir(dir)
         .expect("list the data directory")
         .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
-        .filter(|name| name.starts_with("raft-") && name.ends_with(".log"))
+        .filter_map(|name| Some((mainstay_storage::segment_seq(&name)?, name)))
         .collect();
-    names.sort();
-    dir.join(names.pop().expect("a raft log segment"))
+    named.sort();
+    named.into_iter().map(|(_, name)| name).collect()
+}
+
+/// The Raft log segment that takes new records.
+fn newest_log_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join(log_segments(dir).pop().expect("a raft log segment"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,18 +69,9 @@ async fn log_segments_roll_over_and_purged_ones_go() {
         cluster.put(0, &format!("k{i:03}"), &value).await;
     }
     cluster.eventually_sees(1, "k299", &value).await;
-    let segments = |dir: &std::path::Path| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .expect("list")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
-            .filter(|name| name.starts_with("raft"))
-            .collect();
-        names.sort();
-        names
-    };
     // 300 puts of over 200 bytes fill more than 15 segments of 4 KiB; purges
     // keep about a snapshot's worth of entries.
-    let names = segments(&cluster.data_dir(1));
+    let names = log_segments(&cluster.data_dir(1));
     assert!(names.len() < 10, "purged segments removed: {names:?}");
     assert_ne!(names[0], "raft-0000000000000001.log", "{names:?}");
     cluster.stop_member(1).await.expect("clean stop");
